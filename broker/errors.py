@@ -1,0 +1,103 @@
+"""One root error; subclasses by origin.
+
+Every error that can reach a client is a ``BrokerError``: it carries an HTTP status, a
+stable machine-readable ``code`` and a human ``message`` that never contains a secret.
+The web middleware maps it to ``{"error": {"code", "message"}}``; anything else escaping
+a handler is a bug and becomes a generic 500 without details.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BackendUnavailable",
+    "BadRequest",
+    "BrokerError",
+    "Conflict",
+    "Forbidden",
+    "LedgerUnavailable",
+    "NotFound",
+    "PolicyError",
+    "VaultError",
+    "VaultUnavailable",
+]
+
+
+class BrokerError(Exception):
+    """Root of every error the broker raises on purpose."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_body(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadRequest(BrokerError):
+    """The request itself is malformed (400)."""
+
+    status = 400
+    code = "bad_request"
+
+
+class AuthError(BrokerError):
+    """The bearer token is missing or not acceptable (401). ``code`` names the reason."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(BrokerError):
+    """Authenticated, but policy does not allow it (403)."""
+
+    status = 403
+    code = "denied"
+
+
+class NotFound(BrokerError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(BrokerError):
+    status = 409
+    code = "conflict"
+
+
+class PolicyError(BrokerError):
+    """A policy file is invalid. ``errors`` holds ``file:line: message`` strings."""
+
+    status = 400
+    code = "invalid_policy"
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
+
+
+class BackendUnavailable(BrokerError):
+    """A dependency is down or too slow; the broker fails closed (503)."""
+
+    status = 503
+    code = "unavailable"
+
+
+class LedgerUnavailable(BackendUnavailable):
+    code = "ledger_unavailable"
+
+
+class VaultUnavailable(BackendUnavailable):
+    code = "vault_unavailable"
+
+
+class VaultError(BrokerError):
+    """Vault answered, but refused or failed the request (502: our configuration is wrong)."""
+
+    status = 502
+    code = "vault_error"
