@@ -1,0 +1,33 @@
+"""The ledger: the only package with SQL. Append-only, hash-chained, checkpoint-signed."""
+
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointSigner,
+    CheckpointVerifier,
+    load_or_create_signing_key,
+)
+from .events import EVENT_TYPES, Event, NewEvent
+from .migrate import apply_migrations
+from .store import GrantRecord, Ledger, connect_pool
+from .verify import VerifyReport, verify_ledger
+from .writer import Appended, LedgerWriter
+
+__all__ = [
+    "EVENT_TYPES",
+    "Appended",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointSigner",
+    "CheckpointVerifier",
+    "Event",
+    "GrantRecord",
+    "Ledger",
+    "LedgerWriter",
+    "NewEvent",
+    "VerifyReport",
+    "apply_migrations",
+    "connect_pool",
+    "load_or_create_signing_key",
+    "verify_ledger",
+]

@@ -1,0 +1,103 @@
+"""Ledger event shapes: what callers append and what is read back.
+
+Event names are a closed vocabulary (``EVENT_TYPES``); the same words appear in the API,
+the docs and the evidence package. Bodies hold identifiers, hashes and decisions — never a
+secret value, password or token. ``body`` values must be JSON without floats so the
+canonical form is stable through Postgres ``jsonb``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["EVENT_TYPES", "Event", "NewEvent"]
+
+EVENT_TYPES = frozenset(
+    {
+        "grant.intent",  # about to ask Vault to mint (leased engines)
+        "grant.issued",  # credential handed to the client (row committed first)
+        "grant.failed",  # Vault refused or failed after an intent
+        "grant.denied",  # policy said no (or elevation required)
+        "grant.revoked",  # ended early by a person
+        "grant.expired",  # reached its expires_at
+        "lease.orphan_revoked",  # a lease minted without a committed issued row, revoked
+        "request.rejected",  # malformed request from a known subject
+        "auth.failed",  # aggregated authentication failures (counts per reason)
+        "policy.loaded",  # a policy version became active on a replica
+        "broker.started",
+        "broker.stopped",
+    }
+)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append. The writer assigns seq, time, replica and hashes."""
+
+    event: str
+    outcome: str
+    subject: str | None = None
+    subject_kind: str | None = None
+    secret: str | None = None
+    role: str | None = None
+    policy_version: str | None = None
+    grant_id: uuid.UUID | None = None
+    lease_id: str | None = None
+    expires_at: datetime | None = None
+    request_id: str | None = None
+    body: Mapping[str, Any] = field(default_factory=dict)
+    # Writers skip (and report) an event whose dedupe_key is already in the ledger: how
+    # two replicas racing to expire the same grant record it once.
+    dedupe_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.event not in EVENT_TYPES:
+            raise ValueError(f"unknown ledger event type {self.event!r}")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A committed ledger row."""
+
+    seq: int
+    recorded_at: datetime
+    event: str
+    replica: str
+    subject: str | None
+    subject_kind: str | None
+    secret: str | None
+    role: str | None
+    policy_version: str | None
+    grant_id: uuid.UUID | None
+    lease_id: str | None
+    expires_at: datetime | None
+    outcome: str
+    request_id: str | None
+    body: Mapping[str, Any]
+    dedupe_key: str | None
+    prev_hash: bytes
+    hash: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "recorded_at": self.recorded_at.isoformat(),
+            "event": self.event,
+            "replica": self.replica,
+            "subject": self.subject,
+            "subject_kind": self.subject_kind,
+            "secret": self.secret,
+            "role": self.role,
+            "policy_version": self.policy_version,
+            "grant_id": str(self.grant_id) if self.grant_id else None,
+            "lease_id": self.lease_id,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "outcome": self.outcome,
+            "request_id": self.request_id,
+            "body": dict(self.body),
+            "hash": self.hash.hex(),
+        }

@@ -1,0 +1,215 @@
+"""The ledger facade: pool, writer, checkpoints and the read queries the API needs.
+
+This package is the only place with SQL. Reads never lock; appends go through the single
+``LedgerWriter``. Grant state is *derived* from events (issued, then at most one of
+revoked/expired), never kept in a mutable table, so the evidence and the state cannot
+disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from broker.errors import LedgerUnavailable
+
+from .checkpoint import Checkpoint, CheckpointSigner
+from .events import Event, NewEvent
+from .writer import LEDGER_LOCK, Appended, LedgerWriter
+
+__all__ = ["GrantRecord", "Ledger", "connect_pool", "row_to_event"]
+
+_TERMINAL = ("grant.revoked", "grant.expired")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 5.0
+) -> asyncpg.Pool:
+    """Create the pool lazily usable even if Postgres is down now (min_size connects later)."""
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        command_timeout=timeout,
+        init=_init_connection,
+        # Durability of ledger rows is the product: never relax synchronous_commit.
+        server_settings={"synchronous_commit": "on", "application_name": "jit-broker"},
+    )
+
+
+def row_to_event(r: Mapping[str, Any]) -> Event:
+    return Event(
+        seq=r["seq"],
+        recorded_at=r["recorded_at"],
+        event=r["event"],
+        replica=r["replica"],
+        subject=r["subject"],
+        subject_kind=r["subject_kind"],
+        secret=r["secret"],
+        role=r["role"],
+        policy_version=r["policy_version"],
+        grant_id=r["grant_id"],
+        lease_id=r["lease_id"],
+        expires_at=r["expires_at"],
+        outcome=r["outcome"],
+        request_id=r["request_id"],
+        body=r["body"],
+        dedupe_key=r["dedupe_key"],
+        prev_hash=bytes(r["prev_hash"]),
+        hash=bytes(r["hash"]),
+    )
+
+
+@dataclass(frozen=True)
+class GrantRecord:
+    """A grant as the ledger knows it: the issued row plus its end, if any."""
+
+    issued: Event
+    ended_event: str | None
+    ended_at: datetime | None
+    ended_by: str | None
+
+    @property
+    def grant_id(self) -> uuid.UUID:
+        assert self.issued.grant_id is not None
+        return self.issued.grant_id
+
+    def status(self, now: datetime) -> str:
+        if self.ended_event == "grant.revoked":
+            return "revoked"
+        if self.ended_event == "grant.expired":
+            return "expired"
+        expires = self.issued.expires_at
+        return "expired" if expires is not None and expires <= now else "active"
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        body = self.issued.body
+        return {
+            "id": str(self.grant_id),
+            "secret": self.issued.secret,
+            "subject": self.issued.subject,
+            "role": self.issued.role,
+            "policy_version": self.issued.policy_version,
+            "issued_at": self.issued.recorded_at.isoformat(),
+            "expires_at": self.issued.expires_at.isoformat() if self.issued.expires_at else None,
+            "lease_id": self.issued.lease_id,
+            "engine": body.get("engine"),
+            "status": self.status(now),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "ended_by": self.ended_by,
+        }
+
+
+_GRANT_SELECT = """
+SELECT i.*, t.event AS end_event, t.recorded_at AS end_at, t.subject AS end_by
+FROM ledger.events i
+LEFT JOIN LATERAL (
+    SELECT e.event, e.recorded_at, e.subject FROM ledger.events e
+    WHERE e.grant_id = i.grant_id AND e.event IN ('grant.revoked', 'grant.expired')
+    ORDER BY e.seq LIMIT 1
+) t ON true
+WHERE i.event = 'grant.issued'
+"""
+
+
+def _grant(r: Mapping[str, Any]) -> GrantRecord:
+    return GrantRecord(row_to_event(r), r["end_event"], r["end_at"], r["end_by"])
+
+
+class Ledger:
+    """Owns the pool and the writer for one broker process."""
+
+    def __init__(self, pool: asyncpg.Pool, writer: LedgerWriter, *, origin: str) -> None:
+        self.pool = pool
+        self.writer = writer
+        self.origin = origin
+
+    async def append(self, event: NewEvent) -> Appended:
+        return await self.writer.append(event)
+
+    async def ping(self) -> None:
+        """Raise LedgerUnavailable unless the database answers."""
+        try:
+            await self.pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+            raise LedgerUnavailable("ledger database is unreachable") from e
+
+    async def head(self) -> tuple[int, bytes | None]:
+        r = await self.pool.fetchrow(
+            "SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1"
+        )
+        return (r["seq"], bytes(r["hash"])) if r else (0, None)
+
+    async def grants_for(
+        self, subject: str, *, active_only: bool, limit: int
+    ) -> list[GrantRecord]:
+        sql = _GRANT_SELECT + " AND i.subject = $1"
+        if active_only:
+            sql += " AND t.event IS NULL AND i.expires_at > now()"
+        sql += " ORDER BY i.seq DESC LIMIT $2"
+        return [_grant(r) for r in await self.pool.fetch(sql, subject, limit)]
+
+    async def grant(self, grant_id: uuid.UUID) -> GrantRecord | None:
+        r = await self.pool.fetchrow(_GRANT_SELECT + " AND i.grant_id = $1", grant_id)
+        return _grant(r) if r else None
+
+    async def due_for_expiry(self, limit: int) -> list[GrantRecord]:
+        """Issued grants past expires_at with no end event yet (oldest first)."""
+        sql = (
+            _GRANT_SELECT
+            + " AND t.event IS NULL AND i.expires_at <= now() ORDER BY i.expires_at LIMIT $1"
+        )
+        return [_grant(r) for r in await self.pool.fetch(sql, limit)]
+
+    async def known_lease_ids(self, lease_ids: list[str]) -> set[str]:
+        rows = await self.pool.fetch(
+            "SELECT lease_id FROM ledger.events WHERE event = 'grant.issued'"
+            " AND lease_id = ANY($1::text[])",
+            lease_ids,
+        )
+        return {r["lease_id"] for r in rows}
+
+    async def record_policy_version(self, version: str, documents: Mapping[str, str]) -> None:
+        await self.pool.execute(
+            "INSERT INTO ledger.policy_versions (version, first_seen, documents)"
+            " VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+            version,
+            datetime.now(UTC),
+            dict(documents),
+        )
+
+    async def checkpoint(self, signer: CheckpointSigner) -> Checkpoint | None:
+        """Sign the current head if it moved since the last checkpoint; return it or None.
+
+        Runs under the ledger lock so the head cannot move while it is read and signed.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
+            head = await conn.fetchrow(
+                "SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1"
+            )
+            last = await conn.fetchval("SELECT max(size) FROM ledger.checkpoints")
+            if head is None or (last is not None and last >= head["seq"]):
+                return None
+            cp = Checkpoint(self.origin, head["seq"], bytes(head["hash"]))
+            await conn.execute(
+                "INSERT INTO ledger.checkpoints (size, head_hash, signed_at, key_id, note)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                cp.size,
+                cp.head_hash,
+                datetime.now(UTC),
+                signer.key_id,
+                signer.sign(cp),
+            )
+            return cp

@@ -1,0 +1,155 @@
+"""Whole-ledger verification: chain, sequence and signed checkpoints.
+
+What each check catches:
+- seq not gapless from 1            -> a deleted or inserted row (first bad seq named)
+- prev_hash != predecessor's hash   -> a deleted, inserted or reordered row
+- recomputed hash != stored hash    -> a row whose content was edited
+- checkpoint signature invalid      -> a forged or altered checkpoint
+- checkpoint head != chain at size  -> the chain was rewritten (even with recomputed
+                                       hashes); the first bad seq is reported as the first
+                                       row after the last checkpoint that still matches
+- checkpoint size > rows            -> the chain was truncated
+Rows after the newest checkpoint are hash-chained but not yet signed (``unsigned_tail``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from .chain import GENESIS, canonical_row, chain_hash
+from .checkpoint import CheckpointError, CheckpointVerifier
+from .store import row_to_event
+
+__all__ = ["VerifyReport", "verify_ledger"]
+
+_MAX_PROBLEMS = 50
+
+
+@dataclass
+class VerifyReport:
+    ok: bool = True
+    rows: int = 0
+    head_seq: int = 0
+    head_hash: str | None = None
+    checkpoints: int = 0
+    latest_checkpoint: int | None = None
+    unsigned_tail: int = 0
+    first_bad_seq: int | None = None
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    def fail(self, seq: int | None, problem: str) -> None:
+        self.ok = False
+        if seq is not None and (self.first_bad_seq is None or seq < self.first_bad_seq):
+            self.first_bad_seq = seq
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.append({"seq": seq, "problem": problem})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "checkpoints": self.checkpoints,
+            "latest_checkpoint": self.latest_checkpoint,
+            "unsigned_tail": self.unsigned_tail,
+            "first_bad_seq": self.first_bad_seq,
+            "problems": self.problems,
+        }
+
+
+async def verify_ledger(
+    conn: asyncpg.Connection,
+    *,
+    verifier: CheckpointVerifier,
+    origin: str,
+    batch_rows: int = 5000,
+) -> VerifyReport:
+    """Verify the whole ledger in one snapshot, streaming rows (memory bounded).
+
+    Never raises for a bad ledger: every finding is in the report.
+    """
+    report = VerifyReport()
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        checkpoints = await conn.fetch(
+            "SELECT size, head_hash, key_id, note FROM ledger.checkpoints ORDER BY size"
+        )
+        wanted: dict[int, list[tuple[bytes, str]]] = {}
+        for cp in checkpoints:
+            report.checkpoints += 1
+            try:
+                signed = verifier.verify(cp["note"], origin=origin)
+            except CheckpointError as e:
+                report.fail(None, f"checkpoint at size {cp['size']}: {e}")
+                continue
+            if signed.size != cp["size"] or signed.head_hash != bytes(cp["head_hash"]):
+                report.fail(None, f"checkpoint at size {cp['size']}: row disagrees with its note")
+                continue
+            wanted.setdefault(signed.size, []).append((signed.head_hash, cp["key_id"]))
+        # Hash of our recomputed chain at each checkpoint size.
+        computed_at: dict[int, bytes] = {}
+        expected_seq = 1
+        prev_stored = GENESIS
+        prev_computed = GENESIS
+        async for r in conn.cursor("SELECT * FROM ledger.events ORDER BY seq", prefetch=batch_rows):
+            ev = row_to_event(r)
+            report.rows += 1
+            if ev.seq != expected_seq:
+                report.fail(expected_seq, f"sequence gap: expected {expected_seq}, found {ev.seq}")
+                expected_seq = ev.seq
+            if ev.prev_hash != prev_stored:
+                report.fail(ev.seq, "prev_hash does not match the previous row's hash")
+            payload = canonical_row(
+                seq=ev.seq,
+                recorded_at=ev.recorded_at,
+                event=ev.event,
+                replica=ev.replica,
+                subject=ev.subject,
+                subject_kind=ev.subject_kind,
+                secret=ev.secret,
+                role=ev.role,
+                policy_version=ev.policy_version,
+                grant_id=ev.grant_id,
+                lease_id=ev.lease_id,
+                expires_at=ev.expires_at,
+                outcome=ev.outcome,
+                request_id=ev.request_id,
+                body=ev.body,
+                dedupe_key=ev.dedupe_key,
+            )
+            recomputed = chain_hash(ev.prev_hash, payload)
+            if recomputed != ev.hash:
+                report.fail(ev.seq, "row content does not match its hash (edited)")
+            # The independent chain: our own hashes from genesis, never trusting stored ones.
+            prev_computed = chain_hash(prev_computed, payload)
+            if ev.seq in wanted:
+                computed_at[ev.seq] = prev_computed
+            prev_stored = ev.hash
+            expected_seq += 1
+            report.head_seq = ev.seq
+        report.head_hash = prev_stored.hex() if report.rows else None
+
+    last_good = 0
+    for size in sorted(wanted):
+        for head_hash, key_id in wanted[size]:
+            if size > report.head_seq:
+                report.fail(
+                    report.head_seq + 1,
+                    f"checkpoint at size {size} ({key_id}) but the ledger has only "
+                    f"{report.head_seq} rows (truncated)",
+                )
+            elif computed_at.get(size) != head_hash:
+                report.fail(
+                    last_good + 1,
+                    f"checkpoint at size {size} ({key_id}) does not match the chain: rows "
+                    f"{last_good + 1}..{size} were rewritten",
+                )
+            else:
+                last_good = max(last_good, size)
+    if wanted:
+        report.latest_checkpoint = max(wanted)
+    report.unsigned_tail = max(0, report.head_seq - (report.latest_checkpoint or 0))
+    return report
