@@ -1,0 +1,361 @@
+"""Grants: issue, revoke and expire just-in-time credentials.
+
+The request path (one place, in order):
+  decide (pure policy) -> [leased engines: ledger ``grant.intent``] -> Vault mint
+  -> ledger ``grant.issued`` (committed) -> credential returned.
+Fail closed: if the issued row does not commit, the credential is never returned and
+the lease/certificate just minted is revoked. KV v2 reads mint nothing revocable, so they
+skip the intent row; their single issued row still commits before the value leaves.
+
+Nothing secret is recorded: lease ids, usernames, serial numbers, KV versions — never
+passwords, private keys or secret values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from broker.auth.principal import Principal
+from broker.errors import (
+    BackendUnavailable,
+    BrokerError,
+    Conflict,
+    Forbidden,
+    LedgerUnavailable,
+    NotFound,
+)
+from broker.ledger import GrantRecord, Ledger, NewEvent
+from broker.metrics import Metrics
+from broker.policy.active import ActivePolicy
+from broker.policy.decide import Decision, capabilities, decide
+from broker.policy.model import CatalogEntry
+from broker.vault import VaultClient
+
+__all__ = ["GrantService", "IssueRequest"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    secret: str
+    reason: str | None = None
+    ticket: str | None = None
+    ttl: int | None = None
+
+
+def _end_key(grant_id: uuid.UUID) -> str:
+    # One end per grant, whichever replica or path gets there first.
+    return f"grant:{grant_id}:end"
+
+
+def _principal_fields(p: Principal) -> dict[str, Any]:
+    return {"subject": p.subject, "subject_kind": p.kind}
+
+
+def _common_name(p: Principal) -> str:
+    """Certificates are for the caller's own identity only: no caller-chosen names."""
+    sa = p.service_account
+    if sa:
+        namespace, _, name = sa.partition(":")
+        return f"{name}.{namespace}.internal"
+    return f"{p.subject}.users.internal"
+
+
+class GrantService:
+    def __init__(
+        self, *, ledger: Ledger, vault: VaultClient, policy: ActivePolicy, metrics: Metrics
+    ) -> None:
+        self._ledger = ledger
+        self._vault = vault
+        self._policy = policy
+        self._metrics = metrics
+
+    def _count(self, secret: str, outcome: str) -> None:
+        known = secret in self._policy.current.catalog
+        self._metrics.issuances.labels(secret if known else "other", outcome).inc()
+
+    async def issue(
+        self, principal: Principal, req: IssueRequest, *, request_id: str
+    ) -> dict[str, Any]:
+        """Issue a credential or raise. Every outcome is ledgered before it is returned."""
+        policy = self._policy.current
+        decision = decide(policy, principal, req.secret, req.ttl)
+        if decision.outcome != "allow":
+            await self._record_denial(principal, req, decision, policy.version, request_id)
+            self._count(req.secret, decision.outcome)
+            if decision.outcome == "elevation_required":
+                raise Forbidden(decision.message, code="elevation_required")
+            if decision.outcome == "unknown_secret":
+                raise NotFound(decision.message, code="unknown_secret")
+            raise Forbidden(decision.message, code="denied")
+        assert decision.entry is not None and decision.role is not None
+        grant_id = uuid.uuid4()
+        base = {
+            **_principal_fields(principal),
+            "secret": req.secret,
+            "role": decision.role.name,
+            "policy_version": policy.version,
+            "grant_id": grant_id,
+            "request_id": request_id,
+        }
+        context = {
+            "engine": decision.entry.engine,
+            "mount": decision.entry.mount,
+            "path": decision.entry.path,
+            "ttl": decision.ttl,
+            "reason": req.reason,
+            "ticket": req.ticket,
+            "role_source": decision.role.source,
+            "issuer": principal.issuer,
+        }
+        try:
+            grant = await self._mint(decision, principal, base, context)
+        except BrokerError:
+            self._count(req.secret, "error")
+            raise
+        self._count(req.secret, "issued")
+        return grant
+
+    async def _mint(
+        self,
+        decision: Decision,
+        principal: Principal,
+        base: dict[str, Any],
+        context: dict[str, Any],
+    ) -> dict[str, Any]:
+        entry: CatalogEntry = decision.entry  # type: ignore[assignment]
+        ttl = decision.ttl
+        if entry.engine == "kv2":
+            kv = await self._vault.read_kv2(entry.mount, entry.path)
+            expires = datetime.now(UTC) + timedelta(seconds=ttl)
+            appended = await self._ledger.append(
+                NewEvent(
+                    event="grant.issued",
+                    outcome="issued",
+                    expires_at=expires,
+                    body={**context, "kv_version": kv.version},
+                    **base,
+                )
+            )
+            credential: dict[str, Any] = {"data": dict(kv.data), "version": kv.version}
+            return self._grant_body(base, appended.recorded_at, expires, None, credential)
+
+        # Leased engines: the intent row exists before Vault mints anything.
+        await self._ledger.append(
+            NewEvent(event="grant.intent", outcome="pending", body=context, **base)
+        )
+        try:
+            if entry.engine == "database":
+                creds = await self._vault.database_creds(entry.mount, entry.path)
+                lease_id, revoke = creds.lease_id, self._lease_revoker(creds.lease_id)
+                duration = creds.lease_duration
+                if ttl < duration:
+                    # Let Vault itself end the login at our TTL, not only our sweeper.
+                    duration = await self._vault.renew_lease(creds.lease_id, ttl) or ttl
+                duration = min(duration, ttl)
+                expires = datetime.now(UTC) + timedelta(seconds=duration)
+                record = {**context, "username": creds.username, "lease_duration": duration}
+                credential = {"username": creds.username, "password": creds.password}
+            else:
+                cert = await self._vault.pki_issue(
+                    entry.mount, entry.path, common_name=_common_name(principal), ttl=ttl
+                )
+                lease_id, revoke = None, self._cert_revoker(entry.mount, cert.serial_number)
+                expires = datetime.fromtimestamp(cert.expiration, UTC)
+                record = {
+                    **context,
+                    "serial_number": cert.serial_number,
+                    "common_name": _common_name(principal),
+                }
+                credential = {
+                    "certificate": cert.certificate,
+                    "private_key": cert.private_key,
+                    "issuing_ca": cert.issuing_ca,
+                    "ca_chain": list(cert.ca_chain),
+                    "serial_number": cert.serial_number,
+                }
+        except BrokerError as e:
+            with contextlib.suppress(LedgerUnavailable):
+                await self._ledger.append(
+                    NewEvent(
+                        event="grant.failed",
+                        outcome=e.code,
+                        body={**context, "error": e.message},
+                        **base,
+                    )
+                )
+            raise
+        try:
+            appended = await self._ledger.append(
+                NewEvent(
+                    event="grant.issued",
+                    outcome="issued",
+                    lease_id=lease_id,
+                    expires_at=expires,
+                    body=record,
+                    **base,
+                )
+            )
+        except LedgerUnavailable:
+            # No committed row: the credential must die before anyone can use it.
+            await revoke()
+            raise
+        return self._grant_body(base, appended.recorded_at, expires, lease_id, credential)
+
+    def _lease_revoker(self, lease_id: str) -> Any:
+        async def revoke() -> None:
+            try:
+                await self._vault.revoke_lease(lease_id)
+            except BrokerError:
+                _log.error("could not revoke unrecorded lease; orphan sweep will retry")
+
+        return revoke
+
+    def _cert_revoker(self, mount: str, serial: str) -> Any:
+        async def revoke() -> None:
+            try:
+                await self._vault.pki_revoke(mount, serial)
+            except BrokerError:
+                _log.error("could not revoke unrecorded certificate %s", serial)
+
+        return revoke
+
+    @staticmethod
+    def _grant_body(
+        base: dict[str, Any],
+        issued_at: datetime | None,
+        expires: datetime,
+        lease_id: str | None,
+        credential: dict[str, Any],
+    ) -> dict[str, Any]:
+        return {
+            "id": str(base["grant_id"]),
+            "secret": base["secret"],
+            "subject": base["subject"],
+            "role": base["role"],
+            "policy_version": base["policy_version"],
+            "issued_at": issued_at.isoformat() if issued_at else None,
+            "expires_at": expires.isoformat(),
+            "lease_id": lease_id,
+            "credential": credential,
+        }
+
+    async def _record_denial(
+        self,
+        principal: Principal,
+        req: IssueRequest,
+        decision: Decision,
+        version: str,
+        request_id: str,
+    ) -> None:
+        await self._ledger.append(
+            NewEvent(
+                event="grant.denied",
+                outcome=decision.outcome,
+                secret=req.secret[:128],
+                role=decision.role.name if decision.role else None,
+                policy_version=version,
+                request_id=request_id,
+                body={"message": decision.message, "reason": req.reason, "ticket": req.ticket},
+                **_principal_fields(principal),
+            )
+        )
+
+    async def list(
+        self, principal: Principal, *, active_only: bool, limit: int
+    ) -> list[GrantRecord]:
+        return await self._ledger.grants_for(
+            principal.subject, active_only=active_only, limit=limit
+        )
+
+    async def revoke(
+        self, principal: Principal, grant_id: uuid.UUID, *, request_id: str, reason: str | None
+    ) -> dict[str, Any]:
+        """End a grant now: Vault first (so the ledger never understates access), then ledger.
+
+        Owners may revoke their own grants; the ``admin`` capability may revoke anyone's.
+        Someone else's grant is reported as not found so ids cannot be probed.
+        """
+        record = await self._ledger.grant(grant_id)
+        is_admin = "admin" in capabilities(self._policy.current, principal)
+        if record is None or (record.issued.subject != principal.subject and not is_admin):
+            raise NotFound("no such grant", code="grant_not_found")
+        now = datetime.now(UTC)
+        if record.status(now) != "active":
+            raise Conflict(f"grant is already {record.status(now)}", code="grant_not_active")
+        await self._end_in_vault(record)
+        appended = await self._ledger.append(
+            NewEvent(
+                event="grant.revoked",
+                outcome="revoked",
+                subject=principal.subject,
+                subject_kind=principal.kind,
+                secret=record.issued.secret,
+                role=record.issued.role,
+                policy_version=self._policy.current.version,
+                grant_id=grant_id,
+                lease_id=record.issued.lease_id,
+                request_id=request_id,
+                body={"grant_subject": record.issued.subject, "reason": reason},
+                dedupe_key=_end_key(grant_id),
+            )
+        )
+        if appended.duplicate:
+            raise Conflict("grant already ended", code="grant_not_active")
+        self._metrics.revocations.labels("revoked").inc()
+        result = record.to_json(now)
+        result.update(status="revoked", ended_at=now.isoformat(), ended_by=principal.subject)
+        return result
+
+    async def _end_in_vault(self, record: GrantRecord) -> None:
+        body = record.issued.body
+        if record.issued.lease_id:
+            await self._vault.revoke_lease(record.issued.lease_id)
+        elif body.get("engine") == "pki" and body.get("serial_number"):
+            await self._vault.pki_revoke(str(body["mount"]), str(body["serial_number"]))
+        # KV v2 values are static: the grant's window ends here; rotating is a separate act.
+
+    async def expire_due(self, *, limit: int = 200) -> int:
+        """Record ``grant.expired`` for grants past their end; revoke leftovers in Vault.
+
+        Safe on every replica at once: the dedupe key records each expiry once.
+        """
+        done = 0
+        for record in await self._ledger.due_for_expiry(limit):
+            try:
+                if record.issued.lease_id:
+                    await self._vault.revoke_lease(record.issued.lease_id)
+            except BackendUnavailable:
+                return done  # Vault down: try again next sweep
+            except BrokerError:
+                _log.warning("revoke at expiry failed for grant %s", record.grant_id)
+            appended = await self._ledger.append(
+                NewEvent(
+                    event="grant.expired",
+                    outcome="expired",
+                    subject=record.issued.subject,
+                    subject_kind=record.issued.subject_kind,
+                    secret=record.issued.secret,
+                    role=record.issued.role,
+                    policy_version=record.issued.policy_version,
+                    grant_id=record.grant_id,
+                    lease_id=record.issued.lease_id,
+                    expires_at=record.issued.expires_at,
+                    body={
+                        "expired_at": record.issued.expires_at.isoformat()
+                        if record.issued.expires_at
+                        else None
+                    },
+                    dedupe_key=_end_key(record.grant_id),
+                )
+            )
+            if not appended.duplicate:
+                done += 1
+                self._metrics.revocations.labels("expired").inc()
+        return done

@@ -1,0 +1,99 @@
+"""Prometheus metrics, one registry per app (tests run several apps in one process).
+
+Label values are bounded: secrets are catalog names or ``"other"``, routes are route
+templates, never raw paths, subjects never appear.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.issuances = Counter(
+            "broker_issuances_total",
+            "Credential requests by catalog secret and outcome.",
+            ["secret", "outcome"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "broker_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.vault_latency = Histogram(
+            "broker_vault_request_duration_seconds",
+            "Vault/OpenBao call latency by endpoint and success.",
+            ["endpoint", "ok"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ledger_commit_latency = Histogram(
+            "broker_ledger_commit_duration_seconds",
+            "Time to commit one ledger batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ledger_batch_rows = Histogram(
+            "broker_ledger_batch_rows",
+            "Rows per committed ledger batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.ledger_rows = Counter(
+            "broker_ledger_rows_total", "Ledger rows committed by this replica.", registry=r
+        )
+        self.ledger_head = Gauge(
+            "broker_ledger_head_seq", "Newest ledger sequence number seen.", registry=r
+        )
+        self.ledger_checkpoint_seq = Gauge(
+            "broker_ledger_checkpoint_seq", "Size of the newest signed checkpoint.", registry=r
+        )
+        self.dependency_up = Gauge(
+            "broker_dependency_up",
+            "1 if the dependency answered its last health check.",
+            ["dependency"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "broker_auth_failures_total",
+            "Rejected bearer tokens by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            "broker_policy_reloads_total",
+            "Policy reload attempts by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.policy_info = Gauge(
+            "broker_policy_version_info",
+            "The active policy version (value 1).",
+            ["version"],
+            registry=r,
+        )
+        self.revocations = Counter(
+            "broker_revocations_total", "Grants ended, by kind.", ["kind"], registry=r
+        )
+
+    def on_ledger_commit(self, rows: int, seconds: float, head: int) -> None:
+        self.ledger_commit_latency.observe(seconds)
+        self.ledger_batch_rows.observe(rows)
+        self.ledger_rows.inc(rows)
+        self.ledger_head.set(head)
+
+    def on_vault_call(self, endpoint: str, seconds: float, ok: bool) -> None:
+        self.vault_latency.labels(endpoint, "true" if ok else "false").observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,49 @@
+"""Request authentication, with failures counted and aggregated for the ledger.
+
+Each failed attempt increments a metric and a per-reason counter; ``drain()`` hands the
+counts to a periodic task that writes one ``auth.failed`` row per interval. An
+unauthenticated flood therefore costs at most one ledger row per interval per replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from aiohttp import web
+
+from broker.auth import Principal, Verifier
+from broker.errors import AuthError
+from broker.metrics import Metrics
+
+__all__ = ["Authenticator"]
+
+_log = logging.getLogger(__name__)
+
+
+class Authenticator:
+    def __init__(self, verifier: Verifier, metrics: Metrics) -> None:
+        self._verifier = verifier
+        self._metrics = metrics
+        self._failures: Counter[str] = Counter()
+
+    async def authenticate(self, request: web.Request) -> Principal:
+        """Return the caller's Principal or raise AuthError (401, code = reason)."""
+        try:
+            return await self._verifier.verify(request.headers.get("Authorization"))
+        except AuthError as e:
+            self._metrics.auth_failures.labels(e.code).inc()
+            self._failures[e.code] += 1
+            _log.info(
+                "authentication failed: %s (%s %s from %s)",
+                e.code,
+                request.method,
+                request.path[:200],
+                request.remote,
+            )
+            raise
+
+    def drain(self) -> dict[str, int]:
+        counts = dict(self._failures)
+        self._failures.clear()
+        return counts

@@ -1,0 +1,82 @@
+"""Middleware: request ids, error mapping, latency metrics.
+
+The error contract: every error response is ``{"error": {"code", "message"}}``. A
+``BrokerError`` maps to its status; aiohttp's own HTTP errors (404 route, 405, 413) keep
+their status with a generic code; anything else is a bug, logged with its traceback
+server-side and answered with a bare 500 that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from broker.errors import BrokerError
+
+from .keys import METRICS
+
+__all__ = ["REQUEST_ID", "error_response", "middlewares"]
+
+_log = logging.getLogger(__name__)
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+REQUEST_ID = "request_id"
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(status: int, code: str, message: str, request_id: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}},
+        status=status,
+        headers={"X-Request-Id": request_id},
+    )
+
+
+@web.middleware
+async def _request_context(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    except BrokerError as e:
+        status = e.status
+        return error_response(e.status, e.code, e.message, request_id)
+    except web.HTTPException as e:
+        status = e.status
+        if e.status < 400:
+            raise
+        code = _HTTP_CODES.get(e.status, "http_error")
+        return error_response(e.status, code, e.reason, request_id)
+    except Exception:
+        _log.exception("unhandled error (request %s)", request_id)
+        return error_response(500, "internal", "internal error", request_id)
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].http_latency.labels(route, request.method, str(status)).observe(
+            time.perf_counter() - started
+        )
+
+
+def middlewares() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    return [_request_context]
