@@ -105,8 +105,17 @@ def test_table_covers_whole_catalog(demo: PolicySet) -> None:
 
 
 @pytest.mark.parametrize(
-    "secret", ["db/nope", "DB/orders-ro", "", "../etc/passwd", "db//orders-ro", "stripe/*",
-               "db/orders-ro/", "a" * 200]
+    "secret",
+    [
+        "db/nope",
+        "DB/orders-ro",
+        "",
+        "../etc/passwd",
+        "db//orders-ro",
+        "stripe/*",
+        "db/orders-ro/",
+        "a" * 200,
+    ],
 )
 def test_unknown_or_invalid_secret(demo: PolicySet, secret: str) -> None:
     d = decide(demo, BOB, secret)
@@ -123,13 +132,16 @@ def test_service_account_membership_is_exact(demo: PolicySet) -> None:
 
 
 def test_subject_membership(tmp_path: Path) -> None:
-    policy = _load_ok(tmp_path, """
+    policy = _load_ok(
+        tmp_path,
+        """
         roles:
           - name: by-subject
             members: {subjects: [alice]}
             secrets: [a/one]
             max_ttl: 10m
-    """)
+    """,
+    )
     assert decide(policy, human("alice"), "a/one").outcome == "allow"
     assert decide(policy, human("alicE"), "a/one").outcome == "deny"
 
@@ -153,14 +165,17 @@ def test_bad_ttl_is_bad_request(demo: PolicySet, ttl: int) -> None:
 
 
 def test_default_ttl(tmp_path: Path) -> None:
-    policy = _load_ok(tmp_path, """
+    policy = _load_ok(
+        tmp_path,
+        """
         roles:
           - name: r
             members: {groups: [g]}
             secrets: [a/one]
             max_ttl: 1h
             default_ttl: 5m
-    """)
+    """,
+    )
     g = human("x", "g")
     assert decide(policy, g, "a/one").ttl == 300
     assert decide(policy, g, "a/one", ttl=1800).ttl == 1800
@@ -177,13 +192,16 @@ _CATALOG = """
 
 
 def test_glob_grants_one_segment(tmp_path: Path) -> None:
-    policy = _load_ok(tmp_path, """
+    policy = _load_ok(
+        tmp_path,
+        """
         roles:
           - name: r
             members: {groups: [g]}
             secrets: ["a/*"]
             max_ttl: 1h
-    """)
+    """,
+    )
     g = human("x", "g")
     assert decide(policy, g, "a/one").outcome == "allow"
     assert decide(policy, g, "a/two").outcome == "allow"
@@ -202,7 +220,9 @@ def test_secret_matches() -> None:
 
 
 def test_role_choice_largest_ttl_then_name_and_standing_wins(tmp_path: Path) -> None:
-    policy = _load_ok(tmp_path, """
+    policy = _load_ok(
+        tmp_path,
+        """
         roles:
           - name: zz-long
             members: {groups: [g]}
@@ -222,7 +242,8 @@ def test_role_choice_largest_ttl_then_name_and_standing_wins(tmp_path: Path) -> 
             max_ttl: 3h
             privileged: true
             elevation: {approver_groups: [leads], max_duration: 4h}
-    """)
+    """,
+    )
     g = human("x", "g")
     # The privileged role has the longest ttl, but a standing grant always wins.
     d = decide(policy, g, "a/one")
@@ -261,7 +282,11 @@ def test_roles_capabilities_requestable(demo: PolicySet) -> None:
 
 def test_demo_model(demo: PolicySet) -> None:
     assert set(demo.catalog) == {
-        "db/orders-ro", "db/orders-admin", "stripe/test", "stripe/prod", "pki/internal"
+        "db/orders-ro",
+        "db/orders-admin",
+        "stripe/test",
+        "stripe/prod",
+        "pki/internal",
     }
     ro = demo.catalog["db/orders-ro"]
     assert (ro.engine, ro.mount, ro.path) == ("database", "database", "orders-ro")
@@ -330,9 +355,10 @@ def test_to_json_is_canonical(demo: PolicySet) -> None:
     assert json.loads(json.dumps(doc, sort_keys=True)) == doc
     assert doc["version"] == demo.version
     assert list(doc["catalog"]) == sorted(doc["catalog"])
-    assert doc["files"]["roles.yaml"] == "sha256:" + hashlib.sha256(
-        (DEMO / "roles.yaml").read_bytes()
-    ).hexdigest()
+    assert (
+        doc["files"]["roles.yaml"]
+        == "sha256:" + hashlib.sha256((DEMO / "roles.yaml").read_bytes()).hexdigest()
+    )
     eng = next(r for r in doc["roles"] if r["name"] == "engineering")
     assert eng["members"] == {"groups": ["engineering"], "subjects": [], "service_accounts": []}
     assert eng["max_ttl"] == 3600 and eng["elevation"] is None
@@ -348,10 +374,22 @@ def test_policy_set_is_immutable(demo: PolicySet) -> None:
 @pytest.mark.parametrize(
     ("name", "ok"),
     [
-        ("db/orders-ro", True), ("a", True), ("a.b_c-d/0", True), ("a" * 128, True),
-        ("a" * 129, False), ("", False), ("/a", False), ("a/", False), ("a//b", False),
-        ("A", False), ("-a", False), ("a/.b", False), ("a b", False), ("a/*", False),
-        (None, False), (5, False),
+        ("db/orders-ro", True),
+        ("a", True),
+        ("a.b_c-d/0", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("", False),
+        ("/a", False),
+        ("a/", False),
+        ("a//b", False),
+        ("A", False),
+        ("-a", False),
+        ("a/.b", False),
+        ("a b", False),
+        ("a/*", False),
+        (None, False),
+        (5, False),
     ],
 )
 def test_validate_secret_name(name: object, ok: bool) -> None:
@@ -493,8 +531,10 @@ ROLE_CASES = {
           - secrets: [a/one]
             max_ttl: 1h
         """,
-        ["roles.yaml:2: role: missing required key 'members'",
-         "roles.yaml:2: role: missing required key 'name'"],
+        [
+            "roles.yaml:2: role: missing required key 'members'",
+            "roles.yaml:2: role: missing required key 'name'",
+        ],
     ),
     "bad_service_account": (
         """
@@ -809,14 +849,17 @@ def test_catalog_validation_errors(tmp_path: Path, case: str) -> None:
 
 
 def test_catalog_name_in_two_files(tmp_path: Path) -> None:
-    errors = _errors(tmp_path, {
-        "a.yaml": GOOD_CATALOG,
-        "b.yml": """
+    errors = _errors(
+        tmp_path,
+        {
+            "a.yaml": GOOD_CATALOG,
+            "b.yml": """
             # second copy
             catalog:
               a/one: {engine: kv2, mount: secret, path: other}
         """,
-    })
+        },
+    )
     assert errors == ["b.yml:3: catalog: secret 'a/one' is already defined at a.yaml:2"]
 
 
@@ -833,28 +876,33 @@ def test_role_defined_in_two_files(tmp_path: Path) -> None:
 
 def test_roles_may_reference_catalog_from_later_file(tmp_path: Path) -> None:
     d = tmp_path / "p"
-    _write(d, {
-        "a-roles.yaml": """
+    _write(
+        d,
+        {
+            "a-roles.yaml": """
             roles:
               - name: r
                 members: {groups: [g]}
                 secrets: [a/one]
                 max_ttl: 1h
         """,
-        "z-catalog.yaml": GOOD_CATALOG,
-    })
+            "z-catalog.yaml": GOOD_CATALOG,
+        },
+    )
     policy = load_policy_dir(d)
     assert policy.role("r") is not None
     assert policy.role("r").source == "a-roles.yaml:2"  # type: ignore[union-attr]
 
 
 def test_errors_collected_across_files_sorted(tmp_path: Path) -> None:
-    errors = _errors(tmp_path, {
-        "b.yaml": """
+    errors = _errors(
+        tmp_path,
+        {
+            "b.yaml": """
             catalog:
               x/y: {engine: nope, mount: m, path: p}
         """,
-        "a.yaml": """
+            "a.yaml": """
             roles:
               - name: r
                 members: {groups: [g]}
@@ -862,7 +910,8 @@ def test_errors_collected_across_files_sorted(tmp_path: Path) -> None:
                 max_ttl: forever
                 colour: blue
         """,
-    })
+        },
+    )
     assert [e.split(": ")[0] for e in errors] == ["a.yaml:5", "a.yaml:6", "b.yaml:2"]
 
 
@@ -903,9 +952,7 @@ def test_too_many_files(tmp_path: Path) -> None:
         (tmp_path / f"f{i:03}.yaml").write_text("")
     with pytest.raises(PolicyError) as exc:
         load_policy_dir(tmp_path)
-    assert exc.value.errors == [
-        f"{tmp_path}:0: 201 policy files, more than the limit of 200"
-    ]
+    assert exc.value.errors == [f"{tmp_path}:0: 201 policy files, more than the limit of 200"]
 
 
 def test_empty_and_comment_only_files_contribute_nothing(tmp_path: Path) -> None:

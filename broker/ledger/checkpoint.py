@@ -136,7 +136,7 @@ class CheckpointVerifier:
         for line in sigs.splitlines():
             if not line.startswith(_SIG_PREFIX):
                 raise CheckpointError("malformed signature line")
-            name, _, blob = line[len(_SIG_PREFIX):].partition(" ")
+            name, _, blob = line[len(_SIG_PREFIX) :].partition(" ")
             try:
                 raw = base64.b64decode(blob, validate=True)
             except ValueError as e:

@@ -151,9 +151,7 @@ class Ledger:
         )
         return (r["seq"], bytes(r["hash"])) if r else (0, None)
 
-    async def grants_for(
-        self, subject: str, *, active_only: bool, limit: int
-    ) -> list[GrantRecord]:
+    async def grants_for(self, subject: str, *, active_only: bool, limit: int) -> list[GrantRecord]:
         sql = _GRANT_SELECT + " AND i.subject = $1"
         if active_only:
             sql += " AND t.event IS NULL AND i.expires_at > now()"

@@ -194,10 +194,26 @@ class LedgerWriter:
                 )
                 digest = chain_hash(prev, row)
                 args.append(
-                    (seq, now, ev.event, self._replica, ev.subject, ev.subject_kind,
-                     ev.secret, ev.role, ev.policy_version, ev.grant_id, ev.lease_id,
-                     ev.expires_at, ev.outcome, ev.request_id, dict(ev.body),
-                     ev.dedupe_key, prev, digest)
+                    (
+                        seq,
+                        now,
+                        ev.event,
+                        self._replica,
+                        ev.subject,
+                        ev.subject_kind,
+                        ev.secret,
+                        ev.role,
+                        ev.policy_version,
+                        ev.grant_id,
+                        ev.lease_id,
+                        ev.expires_at,
+                        ev.outcome,
+                        ev.request_id,
+                        dict(ev.body),
+                        ev.dedupe_key,
+                        prev,
+                        digest,
+                    )
                 )
                 results.append(Appended(seq, now, digest))
                 prev = digest

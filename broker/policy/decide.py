@@ -130,11 +130,19 @@ def decide(
     effective, note = _ttl(role, ttl)
     if standing is not None:
         return Decision(
-            "allow", secret, entry, standing, effective,
+            "allow",
+            secret,
+            entry,
+            standing,
+            effective,
             f"granted by role {standing.name!r} for {format_duration(effective)}{note}",
         )
     return Decision(
-        "elevation_required", secret, entry, role, effective,
+        "elevation_required",
+        secret,
+        entry,
+        role,
+        effective,
         f"role {role.name!r} is privileged: request elevation, then fetch"
         f" for up to {format_duration(effective)}{note}",
     )
@@ -164,7 +172,11 @@ def requestable(policy: PolicySet, principal: Principal) -> list[Requestable]:
         role = standing or privileged
         if role is not None:
             out.append(
-                {"secret": name, "role": role.name, "privileged": role.privileged,
-                 "max_ttl": role.max_ttl}
+                {
+                    "secret": name,
+                    "role": role.name,
+                    "privileged": role.privileged,
+                    "max_ttl": role.max_ttl,
+                }
             )
     return out

@@ -137,9 +137,7 @@ def _read_limited(p: Path, limit: int) -> bytes | None:
 
 
 def _version(raw: dict[str, bytes]) -> str:
-    manifest = "".join(
-        f"{hashlib.sha256(raw[name]).hexdigest()}  {name}\n" for name in sorted(raw)
-    )
+    manifest = "".join(f"{hashlib.sha256(raw[name]).hexdigest()}  {name}\n" for name in sorted(raw))
     return "sha256:" + hashlib.sha256(manifest.encode("utf-8")).hexdigest()
 
 
@@ -349,8 +347,9 @@ class _Validator:
                 )
                 continue
             if name in self.catalog_at:
-                self.err(key, f"catalog: secret {name!r} is already defined at "
-                         f"{self.catalog_at[name]}")
+                self.err(
+                    key, f"catalog: secret {name!r} is already defined at {self.catalog_at[name]}"
+                )
                 continue
             self.catalog_at[name] = self.at(key)
             entry = self.read_entry(name, key, value)
@@ -360,8 +359,11 @@ class _Validator:
     def read_entry(self, name: str, key: Node, node: Node) -> CatalogEntry | None:
         what = f"catalog {name!r}"
         m = self.mapping(
-            node, what, frozenset({"engine", "mount", "path", "role", "description"}),
-            frozenset({"engine", "mount"}), anchor=key,
+            node,
+            what,
+            frozenset({"engine", "mount", "path", "role", "description"}),
+            frozenset({"engine", "mount"}),
+            anchor=key,
         )
         if m is None:
             return None
@@ -381,8 +383,9 @@ class _Validator:
         # kv2 addresses a path inside the mount; database/pki mint through a named role.
         want, other = ("path", "role") if engine == "kv2" else ("role", "path")
         if other in m:
-            self.err(m[other][0], f"{what}: {other!r} is not used by engine {engine!r}; "
-                     f"use {want!r}")
+            self.err(
+                m[other][0], f"{what}: {other!r} is not used by engine {engine!r}; use {want!r}"
+            )
         if want not in m:
             self.err(key, f"{what}: engine {engine!r} requires {want!r}")
             return None
@@ -399,10 +402,19 @@ class _Validator:
         m = self.mapping(
             node,
             "role",
-            frozenset({
-                "name", "description", "members", "secrets", "max_ttl", "default_ttl",
-                "privileged", "elevation", "capabilities",
-            }),
+            frozenset(
+                {
+                    "name",
+                    "description",
+                    "members",
+                    "secrets",
+                    "max_ttl",
+                    "default_ttl",
+                    "privileged",
+                    "elevation",
+                    "capabilities",
+                }
+            ),
             frozenset({"name", "members"}),
         )
         if m is not None and isinstance(node, MappingNode):
@@ -443,12 +455,16 @@ class _Validator:
 
         description = (
             self.string(m["description"][1], f"{what}: description", allow_empty=True) or ""
-            if "description" in m else ""
+            if "description" in m
+            else ""
         )
         members = self.read_members(*m["members"], what) if "members" in m else None
         secrets = self.read_secrets(m["secrets"][1], what) if "secrets" in m else ()
-        capabilities = self.read_capabilities(m["capabilities"][1], what) if (
-            "capabilities" in m) else frozenset()
+        capabilities = (
+            self.read_capabilities(m["capabilities"][1], what)
+            if ("capabilities" in m)
+            else frozenset()
+        )
         max_ttl = opt("max_ttl", self.duration)
         default_ttl = opt("default_ttl", self.duration)
         privileged = opt("privileged", self.boolean)
@@ -471,8 +487,11 @@ class _Validator:
         if "elevation" in m and (privileged is False or "privileged" not in m):
             self.err(m["elevation"][0], f"{what}: 'elevation' needs 'privileged: true'")
         if privileged and "capabilities" in m:
-            self.err(m["capabilities"][0], f"{what}: a privileged role cannot carry "
-                     "capabilities (they would be standing, not elevated)")
+            self.err(
+                m["capabilities"][0],
+                f"{what}: a privileged role cannot carry "
+                "capabilities (they would be standing, not elevated)",
+            )
         if privileged and "secrets" not in m:
             self.err(m["privileged"][0], f"{what}: a privileged role must grant secrets")
         if elevation is not None and max_ttl is not None and max_ttl > elevation.max_duration:
@@ -559,10 +578,16 @@ class _Validator:
         m = self.mapping(
             node,
             what,
-            frozenset({
-                "approver_groups", "approvals", "max_duration", "ticket_required",
-                "ticket_pattern", "break_glass",
-            }),
+            frozenset(
+                {
+                    "approver_groups",
+                    "approvals",
+                    "max_duration",
+                    "ticket_required",
+                    "ticket_pattern",
+                    "break_glass",
+                }
+            ),
             frozenset({"approver_groups", "max_duration"}),
             anchor=key,
         )
@@ -581,13 +606,12 @@ class _Validator:
             approvals = self.integer(m["approvals"][1], f"{what}.approvals", 1) or 1
         max_duration = (
             self.duration(m["max_duration"][1], f"{what}.max_duration")
-            if "max_duration" in m else None
+            if "max_duration" in m
+            else None
         )
         ticket_required = False
         if "ticket_required" in m:
-            ticket_required = bool(
-                self.boolean(m["ticket_required"][1], f"{what}.ticket_required")
-            )
+            ticket_required = bool(self.boolean(m["ticket_required"][1], f"{what}.ticket_required"))
         ticket_pattern = DEFAULT_TICKET_PATTERN
         if "ticket_pattern" in m:
             value = self.string(m["ticket_pattern"][1], f"{what}.ticket_pattern")
@@ -618,4 +642,3 @@ def _describe(node: Node) -> str:
     if isinstance(node, SequenceNode):
         return "a list"
     return _TYPE_NAMES.get(node.tag, f"a value tagged {node.tag}")
-

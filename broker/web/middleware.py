@@ -25,7 +25,7 @@ __all__ = ["REQUEST_ID", "error_response", "middlewares"]
 _log = logging.getLogger(__name__)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 _HTTP_CODES = {
     400: "bad_request",

@@ -1,0 +1,188 @@
+"""The application factory: ``create_app(settings)`` wires every part; no I/O at import.
+
+``cleanup_ctx`` owns every pool, client and background task, in start order, and tears
+them down in reverse. Handlers reach them only through the typed keys in ``web.keys``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from broker import __version__
+from broker.auth import DevIssuer, IssuerConfig, Verifier
+from broker.background import Periodic, flush_auth_failures, write_checkpoint
+from broker.config import Settings
+from broker.grants import GrantService
+from broker.ledger import (
+    CheckpointSigner,
+    CheckpointVerifier,
+    Ledger,
+    LedgerWriter,
+    NewEvent,
+    connect_pool,
+    load_or_create_signing_key,
+)
+from broker.metrics import Metrics
+from broker.policy.active import ActivePolicy
+from broker.policy.model import PolicySet
+from broker.vault import VaultClient
+from broker.web.authn import Authenticator
+from broker.web.keys import (
+    AUTHN,
+    CHECKPOINT_VERIFIER,
+    GRANTS,
+    LEDGER,
+    METRICS,
+    POLICY,
+    SETTINGS,
+    VAULT,
+    VERIFIER,
+)
+from broker.web.middleware import middlewares
+from broker.web.routes import ROUTES
+
+__all__ = ["create_app", "issuer_configs"]
+
+_log = logging.getLogger(__name__)
+
+
+def issuer_configs(settings: Settings) -> list[IssuerConfig]:
+    """Trusted issuers from settings, plus the local dev issuer when one is configured."""
+    configs = [
+        IssuerConfig(
+            issuer=i.issuer,
+            audience=i.audience,
+            algorithms=i.algorithms,
+            jwks_url=i.jwks_url,
+            public_keys=i.public_keys,
+            groups_claim=i.groups_claim,
+        )
+        for i in settings.issuers
+    ]
+    if settings.dev_issuer_key_path is not None:
+        configs.append(DevIssuer.load_or_create(settings.dev_issuer_key_path).issuer_config())
+    if not configs:
+        raise ValueError("no trusted JWT issuer configured (BROKER_TRUSTED_ISSUERS)")
+    return configs
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    if not settings.vault_token:
+        raise ValueError("VAULT_TOKEN is required")
+    vault_token = settings.vault_token
+    signer = CheckpointSigner(
+        settings.checkpoint_key_name,
+        load_or_create_signing_key(settings.checkpoint_key_path, create=False),
+    )
+    app[CHECKPOINT_VERIFIER] = CheckpointVerifier(
+        [signer.verifier_key(), *settings.checkpoint_verifier_keys]
+    )
+    pool = await connect_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=settings.db_pool_max,
+        timeout=settings.db_timeout_seconds,
+    )
+    writer = LedgerWriter(
+        pool,
+        replica=settings.replica_id,
+        max_batch=settings.ledger_max_batch,
+        max_queue=settings.ledger_max_queue,
+        commit_timeout=settings.ledger_commit_timeout_seconds,
+        on_commit=metrics.on_ledger_commit,
+    )
+    writer.start()
+    ledger = Ledger(pool, writer, origin=settings.ledger_origin)
+    app[LEDGER] = ledger
+    vault = VaultClient(
+        settings.vault_addr,
+        lambda: vault_token,
+        timeout=settings.vault_timeout_seconds,
+        max_connections=settings.vault_max_connections,
+        on_call=metrics.on_vault_call,
+    )
+    await vault.start()
+    app[VAULT] = vault
+
+    async def record_policy(policy: PolicySet) -> None:
+        await ledger.record_policy_version(policy.version, policy.documents)
+        await ledger.append(
+            NewEvent(
+                event="policy.loaded",
+                outcome="active",
+                policy_version=policy.version,
+                body={"files": policy.to_json()["files"]},
+            )
+        )
+
+    def on_reload(outcome: str, policy: PolicySet | None) -> None:
+        metrics.policy_reloads.labels(outcome).inc()
+        if policy is not None:
+            metrics.policy_info.clear()
+            metrics.policy_info.labels(policy.version).set(1)
+
+    active = ActivePolicy(
+        settings.policies_dir,
+        max_file_bytes=settings.policy_max_file_bytes,
+        record=record_policy,
+        on_reload=on_reload,
+    )
+    verifier = Verifier(
+        issuer_configs(settings),
+        max_token_bytes=settings.max_token_bytes,
+        leeway_seconds=settings.jwt_leeway_seconds,
+    )
+    app[VERIFIER] = verifier
+    app[AUTHN] = Authenticator(verifier, metrics)
+    app[POLICY] = active
+    periodic = Periodic()
+    try:
+        await active.load()
+        app[GRANTS] = GrantService(ledger=ledger, vault=vault, policy=active, metrics=metrics)
+        await ledger.append(
+            NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
+        )
+        window = [datetime.now(UTC)]
+        periodic.every(
+            settings.checkpoint_interval_seconds,
+            "checkpoint",
+            lambda: write_checkpoint(ledger, signer, metrics),
+        )
+        periodic.every(settings.expiry_sweep_interval_seconds, "expiry", app[GRANTS].expire_due)
+        periodic.every(
+            settings.policy_reload_interval_seconds, "policy-reload", active.reload_if_changed
+        )
+        periodic.every(
+            settings.auth_failure_flush_seconds,
+            "auth-failures",
+            lambda: flush_auth_failures(ledger, app[AUTHN].drain, window),
+        )
+        yield
+    finally:
+        await periodic.stop()
+        try:
+            await flush_auth_failures(ledger, app[AUTHN].drain, [datetime.now(UTC)])
+            await ledger.append(NewEvent(event="broker.stopped", outcome="ok"))
+            await ledger.checkpoint(signer)
+        except Exception as e:  # shutting down with the ledger gone: nothing more to save
+            _log.warning("could not record shutdown: %s", type(e).__name__)
+        await writer.stop()
+        await vault.close()
+        await verifier.close()
+        await pool.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the broker app. Start-up I/O happens in ``cleanup_ctx`` when it runs."""
+    app = web.Application(middlewares=middlewares(), client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_routes(ROUTES)
+    return app

@@ -1,0 +1,83 @@
+"""Periodic work each replica does: checkpoints, expiry, policy reload, auth-failure rows.
+
+Each job is safe to run on every replica at once (the ledger lock and dedupe keys make
+them idempotent), so there is no leader election to get wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from broker.errors import BrokerError
+from broker.ledger import CheckpointSigner, Ledger, NewEvent
+from broker.metrics import Metrics
+
+__all__ = ["Periodic", "flush_auth_failures", "write_checkpoint"]
+
+_log = logging.getLogger(__name__)
+
+
+class Periodic:
+    """Runs named coroutines every N seconds until ``stop()``; one failure never ends a job."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def every(self, seconds: float, name: str, job: Callable[[], Awaitable[object]]) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await job()
+                except BrokerError as e:
+                    _log.warning("%s: %s", name, e.message)
+                except Exception:
+                    _log.exception("%s failed", name)
+
+        self._tasks.append(asyncio.create_task(loop(), name=name))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+
+async def write_checkpoint(ledger: Ledger, signer: CheckpointSigner, metrics: Metrics) -> None:
+    cp = await ledger.checkpoint(signer)
+    if cp is not None:
+        metrics.ledger_checkpoint_seq.set(cp.size)
+
+
+async def flush_auth_failures(
+    ledger: Ledger, drain: Callable[[], dict[str, int]], window_start: list[datetime]
+) -> None:
+    """One ``auth.failed`` row per interval with counts per reason (nothing if none)."""
+    counts = drain()
+    now = datetime.now(UTC)
+    start, window_start[0] = window_start[0], now
+    if not counts:
+        return
+    try:
+        await ledger.append(
+            NewEvent(
+                event="auth.failed",
+                outcome="rejected",
+                body={
+                    "window_start": start.isoformat(),
+                    "window_end": now.isoformat(),
+                    "total": sum(counts.values()),
+                    "by_reason": counts,
+                },
+            )
+        )
+    except BrokerError:
+        # Keep the counts for the next window rather than lose them.
+        window_start[0] = start
+        raise

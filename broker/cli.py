@@ -1,0 +1,262 @@
+"""The ``broker`` command: dev, serve, migrate, verify, token, policy check.
+
+Exit codes: 0 success, 1 a check failed (verify found tampering, policy invalid),
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["main"]
+
+_log = logging.getLogger("broker")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Access logs carry paths only; never headers (tokens) or bodies.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - optional speed-up
+        pass
+
+
+async def _run_app(settings: Any, *, on_ready: Any = None) -> None:
+    from aiohttp import web
+
+    from broker.app import create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    await site.start()
+    port = runner.addresses[0][1]
+    if on_ready is not None:
+        on_ready(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        # Graceful: stop accepting, let in-flight requests finish, then cleanup_ctx.
+        await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from broker.config import from_env
+
+    settings = from_env()
+    if args.port is not None:
+        settings = settings.with_overrides(port=args.port)
+
+    def ready(port: int) -> None:
+        # One machine-readable line so supervisors and tests can find the port.
+        print(json.dumps({"listening": f"http://{settings.host}:{port}"}), flush=True)
+
+    _install_uvloop()
+    asyncio.run(_run_app(settings, on_ready=ready))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from broker.config import from_env
+    from broker.ledger import apply_migrations
+
+    settings = from_env()
+    admin = settings.admin_database_url
+    if not admin or not settings.database_url:
+        print("BROKER_ADMIN_DATABASE_URL and BROKER_DATABASE_URL are required", file=sys.stderr)
+        return 2
+    writer = urlsplit(settings.database_url)
+    applied = asyncio.run(
+        apply_migrations(admin, writer_role=writer.username or "", writer_password=writer.password)
+    )
+    print(json.dumps({"applied": applied, "writer_role": writer.username}))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from broker.config import from_env
+    from broker.ledger import (
+        CheckpointSigner,
+        CheckpointVerifier,
+        load_or_create_signing_key,
+        verify_ledger,
+    )
+
+    settings = from_env()
+    dsn = args.database_url or settings.database_url
+    keys = list(settings.checkpoint_verifier_keys)
+    if settings.checkpoint_key_path.exists():
+        key = load_or_create_signing_key(settings.checkpoint_key_path, create=False)
+        keys.append(CheckpointSigner(settings.checkpoint_key_name, key).verifier_key())
+    if not dsn or not keys:
+        print(
+            "need BROKER_DATABASE_URL (or --database-url) and a checkpoint key"
+            " (BROKER_CHECKPOINT_KEY or BROKER_CHECKPOINT_VERIFIER_KEYS)",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def run() -> dict[str, Any]:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.set_type_codec(
+                "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            )
+            report = await verify_ledger(
+                conn, verifier=CheckpointVerifier(keys), origin=settings.ledger_origin
+            )
+            return report.to_json()
+        finally:
+            await conn.close()
+
+    result = asyncio.run(run())
+    print(json.dumps(result, indent=2))
+    return 0 if result["ok"] else 1
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from broker.auth import DevIssuer
+    from broker.durations import parse_duration
+
+    key = Path(args.key or os.environ.get("BROKER_DEV_ISSUER_KEY") or ".broker/dev-issuer.key")
+    if not key.exists():
+        print(f"dev issuer key {key} not found: run `broker dev` first", file=sys.stderr)
+        return 2
+    groups = [g for g in (args.groups or "").split(",") if g]
+    token = DevIssuer.load_or_create(key).mint(
+        args.sub, groups, ttl_seconds=parse_duration(args.ttl)
+    )
+    print(token)
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from broker.errors import PolicyError
+    from broker.policy import load_policy_dir
+
+    try:
+        policy = load_policy_dir(Path(args.dir))
+    except PolicyError as e:
+        for line in e.errors:
+            print(f"{args.dir.rstrip('/')}/{line}" if not line.startswith(args.dir) else line)
+        print(e.message, file=sys.stderr)
+        return 1
+    print(f"ok: {len(policy.catalog)} secrets, {len(policy.roles)} roles, version {policy.version}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from broker.config import from_env
+    from broker.devenv import demo_tokens, prepare_broker
+    from broker.stack.devstack import DevStack
+
+    state = Path(args.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    print(f"starting OpenBao and PostgreSQL under {state} ...", flush=True)
+    with DevStack(state) as stack:
+        settings = asyncio.run(
+            prepare_broker(stack, policies_dir=Path(args.policies).resolve(), port=args.port)
+        )
+        # Environment still wins for anything set explicitly (e.g. BROKER_REPLICA_ID).
+        settings = from_env(
+            {k: v for k, v in os.environ.items() if k.startswith("BROKER_")}, base=settings
+        )
+        assert settings.dev_issuer_key_path is not None
+
+        def ready(port: int) -> None:
+            info = {
+                "url": f"http://127.0.0.1:{port}",
+                "tokens": demo_tokens(settings.dev_issuer_key_path),  # type: ignore[arg-type]
+                "database_url": stack.superuser_dsn("broker"),
+                "vault_addr": stack.bao.addr,
+                "vault_token": stack.bao.root_token,
+                "dev_issuer_key": str(settings.dev_issuer_key_path),
+                "checkpoint_key": str(settings.checkpoint_key_path),
+            }
+            out = state / "dev.json"
+            out.write_text(json.dumps(info, indent=2))
+            out.chmod(0o600)
+            print(json.dumps({k: info[k] for k in ("url", "vault_addr", "database_url")}, indent=2))
+            print(f"demo tokens for {', '.join(info['tokens'])} written to {out}")
+            print("broker is running; Ctrl-C stops the broker, OpenBao and PostgreSQL", flush=True)
+
+        _install_uvloop()
+        asyncio.run(_run_app(settings, on_ready=ready))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="broker", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run OpenBao + PostgreSQL + the broker with the demo")
+    dev.add_argument("--state-dir", default=".broker")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--policies", default="policies")
+    dev.set_defaults(func=cmd_dev)
+
+    serve = sub.add_parser("serve", help="run the broker (configuration from the environment)")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply ledger migrations as the owner role")
+    migrate.set_defaults(func=cmd_migrate)
+
+    verify = sub.add_parser("verify", help="verify the ledger chain and signed checkpoints")
+    verify.add_argument("--database-url")
+    verify.set_defaults(func=cmd_verify)
+
+    token = sub.add_parser("token", help="mint a dev JWT from the local dev issuer")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--groups", default="")
+    token.add_argument("--ttl", default="8h")
+    token.add_argument("--key")
+    token.set_defaults(func=cmd_token)
+
+    policy = sub.add_parser("policy", help="policy tools")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    check = psub.add_parser("check", help="validate policy files (line-numbered errors)")
+    check.add_argument("dir", nargs="?", default="policies")
+    check.set_defaults(func=cmd_policy_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
