@@ -156,6 +156,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         )
         periodic.every(settings.expiry_sweep_interval_seconds, "expiry", app[GRANTS].expire_due)
         periodic.every(
+            settings.orphan_lease_sweep_seconds,
+            "orphan-leases",
+            app[GRANTS].reconcile_orphan_leases,
+        )
+        periodic.every(
             settings.policy_reload_interval_seconds, "policy-reload", active.reload_if_changed
         )
         periodic.every(

@@ -75,6 +75,8 @@ class GrantService:
         self._vault = vault
         self._policy = policy
         self._metrics = metrics
+        # Leases seen in Vault without a ledger row on the previous orphan sweep.
+        self._orphan_suspects: set[str] = set()
 
     def _count(self, secret: str, outcome: str) -> None:
         known = secret in self._policy.current.catalog
@@ -359,3 +361,41 @@ class GrantService:
                 done += 1
                 self._metrics.revocations.labels("expired").inc()
         return done
+
+    async def reconcile_orphan_leases(self) -> int:
+        """Revoke database leases Vault holds that no ``grant.issued`` row accounts for.
+
+        Such a lease exists when a replica died between minting and committing its issued
+        row (or its post-failure revoke failed). A lease must be unknown on two consecutive
+        sweeps before it is revoked, so a mint whose row is committing right now is safe.
+        Each revocation is ledgered as ``lease.orphan_revoked``. Returns how many.
+        """
+        prefixes = sorted(
+            {
+                f"{e.mount}/creds/{e.path}"
+                for e in self._policy.current.catalog.values()
+                if e.engine == "database"
+            }
+        )
+        seen: list[str] = []
+        for prefix in prefixes:
+            seen.extend(await self._vault.list_leases(prefix))
+        unknown = set(seen) - await self._ledger.known_lease_ids(seen) if seen else set()
+        confirmed = unknown & self._orphan_suspects
+        self._orphan_suspects = unknown - confirmed
+        revoked = 0
+        for lease_id in sorted(confirmed):
+            await self._vault.revoke_lease(lease_id)
+            await self._ledger.append(
+                NewEvent(
+                    event="lease.orphan_revoked",
+                    outcome="revoked",
+                    lease_id=lease_id,
+                    policy_version=self._policy.current.version,
+                    body={"why": "lease has no committed grant.issued row"},
+                    dedupe_key=f"lease:{lease_id}:orphan",
+                )
+            )
+            self._metrics.revocations.labels("orphan").inc()
+            revoked += 1
+        return revoked

@@ -33,6 +33,7 @@ CREATE INDEX events_grant_idx ON ledger.events (grant_id) WHERE grant_id IS NOT 
 CREATE INDEX events_subject_idx ON ledger.events (subject, recorded_at);
 CREATE INDEX events_secret_idx ON ledger.events (secret, recorded_at);
 CREATE INDEX events_event_idx ON ledger.events (event, recorded_at);
+CREATE INDEX events_lease_idx ON ledger.events (lease_id) WHERE lease_id IS NOT NULL;
 CREATE INDEX events_open_grants_idx ON ledger.events (expires_at) WHERE event = 'grant.issued';
 
 -- Signed checkpoints of the chain head (C2SP signed-note text in `note`). The signing key

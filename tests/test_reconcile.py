@@ -1,0 +1,72 @@
+"""Orphan leases: a lease Vault minted without a committed ledger row gets revoked.
+
+Simulates a replica that died between minting and committing its ``grant.issued`` row by
+minting directly in OpenBao, then runs the broker's reconciliation.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import asyncpg
+import hvac
+import pytest
+
+from broker.stack.devstack import DevStack
+from broker.web.keys import GRANTS, LEDGER
+from tests.conftest import RunningBroker
+
+pytestmark = pytest.mark.stack
+
+
+async def test_orphan_lease_is_revoked_after_two_sweeps(
+    broker: RunningBroker, stack: DevStack
+) -> None:
+    client = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
+    minted = client.secrets.database.generate_credentials("orders-ro", mount_point="database")
+    lease_id = minted["lease_id"]
+    username = minted["data"]["username"]
+    password = minted["data"]["password"]
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=stack.pg.port, user=username, password=password, database="orders"
+    )
+    await conn.close()
+
+    grants = broker.app[GRANTS]
+    await grants.reconcile_orphan_leases()  # first sighting: only a suspect
+    lookup = client.sys.read_lease(lease_id)
+    assert lookup["data"]["id"] == lease_id, "must not revoke on first sighting"
+    revoked = await grants.reconcile_orphan_leases()
+    assert revoked >= 1
+
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(
+            host="127.0.0.1",
+            port=stack.pg.port,
+            user=username,
+            password=password,
+            database="orders",
+        )
+    row = await broker.app[LEDGER].pool.fetchrow(
+        "SELECT event, outcome FROM ledger.events WHERE lease_id = $1", lease_id
+    )
+    assert row is not None and row["event"] == "lease.orphan_revoked"
+
+
+async def test_ledgered_lease_is_not_an_orphan(
+    broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        f"{broker.url}/v1/credentials",
+        json={"secret": "db/orders-ro"},
+        headers={"Authorization": f"Bearer {tokens['alice']}"},
+    ) as r:
+        assert r.status == 201, await r.text()
+        grant = await r.json()
+    grants = broker.app[GRANTS]
+    await grants.reconcile_orphan_leases()
+    await grants.reconcile_orphan_leases()
+    row = await broker.app[LEDGER].pool.fetchval(
+        "SELECT count(*) FROM ledger.events WHERE lease_id = $1 AND event = 'lease.orphan_revoked'",
+        grant["lease_id"],
+    )
+    assert row == 0
