@@ -14,7 +14,12 @@ from aiohttp import web
 
 from broker import __version__
 from broker.auth import DevIssuer, IssuerConfig, Verifier
-from broker.background import Periodic, flush_auth_failures, write_checkpoint
+from broker.background import (
+    Periodic,
+    flush_auth_failures,
+    probe_dependencies,
+    write_checkpoint,
+)
 from broker.config import Settings
 from broker.grants import GrantService
 from broker.ledger import (
@@ -155,6 +160,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             lambda: write_checkpoint(ledger, signer, metrics),
         )
         periodic.every(settings.expiry_sweep_interval_seconds, "expiry", app[GRANTS].expire_due)
+        periodic.every(
+            settings.dependency_probe_seconds,
+            "dependency-probe",
+            lambda: probe_dependencies(
+                {"vault": vault.health, "ledger": ledger.ping}, metrics, timeout=2.0
+            ),
+        )
         periodic.every(
             settings.orphan_lease_sweep_seconds,
             "orphan-leases",

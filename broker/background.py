@@ -16,7 +16,7 @@ from broker.errors import BrokerError
 from broker.ledger import CheckpointSigner, Ledger, NewEvent
 from broker.metrics import Metrics
 
-__all__ = ["Periodic", "flush_auth_failures", "write_checkpoint"]
+__all__ = ["Periodic", "flush_auth_failures", "probe_dependencies", "write_checkpoint"]
 
 _log = logging.getLogger(__name__)
 
@@ -81,3 +81,21 @@ async def flush_auth_failures(
         # Keep the counts for the next window rather than lose them.
         window_start[0] = start
         raise
+
+
+async def probe_dependencies(
+    probes: dict[str, Callable[[], Awaitable[None]]], metrics: Metrics, timeout: float
+) -> dict[str, bool]:
+    """Ping each dependency; set ``broker_dependency_up``; return name -> up."""
+
+    async def one(name: str, probe: Callable[[], Awaitable[None]]) -> tuple[str, bool]:
+        try:
+            await asyncio.wait_for(probe(), timeout)
+            return name, True
+        except (BrokerError, TimeoutError):
+            return name, False
+
+    results = dict(await asyncio.gather(*(one(n, p) for n, p in probes.items())))
+    for name, up in results.items():
+        metrics.dependency_up.labels(name).set(1 if up else 0)
+    return results

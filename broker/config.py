@@ -73,6 +73,7 @@ class Settings:
     policy_reload_interval_seconds: float = 5.0
     auth_failure_flush_seconds: float = 60.0
     orphan_lease_sweep_seconds: float = 60.0
+    dependency_probe_seconds: float = 10.0
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -163,12 +163,23 @@ class Ledger:
         return _grant(r) if r else None
 
     async def due_for_expiry(self, limit: int) -> list[GrantRecord]:
-        """Issued grants past expires_at with no end event yet (oldest first)."""
+        """Issued grants past expires_at with no end event yet (oldest first).
+
+        Expiries are recorded oldest first, so everything well before the newest recorded
+        expiry is done: the scan starts an hour (slack for replicas racing) before it
+        instead of at the beginning of time, keeping each sweep independent of history.
+        """
+        watermark = await self.pool.fetchval(
+            "SELECT expires_at FROM ledger.events WHERE event = 'grant.expired'"
+            " ORDER BY recorded_at DESC LIMIT 1"
+        )
         sql = (
             _GRANT_SELECT
-            + " AND t.event IS NULL AND i.expires_at <= now() ORDER BY i.expires_at LIMIT $1"
+            + " AND t.event IS NULL AND i.expires_at <= now()"
+            + " AND i.expires_at > coalesce($2 - interval '1 hour', '-infinity')"
+            + " ORDER BY i.expires_at LIMIT $1"
         )
-        return [_grant(r) for r in await self.pool.fetch(sql, limit)]
+        return [_grant(r) for r in await self.pool.fetch(sql, limit, watermark)]
 
     async def known_lease_ids(self, lease_ids: list[str]) -> set[str]:
         rows = await self.pool.fetch(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
 from broker.auth import Principal
-from broker.errors import BadRequest, BrokerError, Forbidden, NotFound
+from broker.background import probe_dependencies
+from broker.errors import BadRequest, Forbidden, NotFound
 from broker.grants import IssueRequest
 from broker.ledger import NewEvent, verify_ledger
 from broker.policy.decide import capabilities, requestable, roles_for
@@ -137,26 +136,16 @@ async def revoke_grant(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
-    checks: dict[str, str] = {}
-    metrics = request.app[METRICS]
-
-    async def check(name: str, probe: Any) -> None:
-        try:
-            await asyncio.wait_for(probe(), timeout=2.0)
-            checks[name] = "ok"
-            metrics.dependency_up.labels(name).set(1)
-        except (BrokerError, TimeoutError):
-            checks[name] = "unavailable"
-            metrics.dependency_up.labels(name).set(0)
-
-    await asyncio.gather(
-        check("vault", request.app[VAULT].health), check("ledger", request.app[LEDGER].ping)
+    up = await probe_dependencies(
+        {"vault": request.app[VAULT].health, "ledger": request.app[LEDGER].ping},
+        request.app[METRICS],
+        timeout=2.0,
     )
-    ok = all(v == "ok" for v in checks.values())
+    ok = all(up.values())
     return web.json_response(
         {
             "status": "ok" if ok else "unavailable",
-            "checks": checks,
+            "checks": {name: "ok" if v else "unavailable" for name, v in up.items()},
             "replica": request.app[SETTINGS].replica_id,
             "policy_version": request.app[POLICY].current.version,
         },
