@@ -34,7 +34,7 @@ from broker.ledger import (
 from broker.metrics import Metrics
 from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
-from broker.vault import VaultClient
+from broker.vault import AppRoleCredentials, VaultClient, VaultLogin
 from broker.web.authn import Authenticator
 from broker.web.keys import (
     AUTHN,
@@ -78,9 +78,21 @@ def issuer_configs(settings: Settings) -> list[IssuerConfig]:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
-    if not settings.vault_token:
-        raise ValueError("VAULT_TOKEN is required")
-    vault_token = settings.vault_token
+    login = VaultLogin(
+        settings.vault_addr,
+        static_token=None if settings.vault_role_id else settings.vault_token,
+        approle=(
+            AppRoleCredentials(
+                settings.vault_role_id,
+                settings.vault_secret_id or "",
+                settings.vault_approle_mount,
+            )
+            if settings.vault_role_id
+            else None
+        ),
+        timeout=settings.vault_timeout_seconds,
+    )
+    await login.login()
     signer = CheckpointSigner(
         settings.checkpoint_key_name,
         load_or_create_signing_key(settings.checkpoint_key_path, create=False),
@@ -107,10 +119,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[LEDGER] = ledger
     vault = VaultClient(
         settings.vault_addr,
-        lambda: vault_token,
+        login.token,
         timeout=settings.vault_timeout_seconds,
         max_connections=settings.vault_max_connections,
         on_call=metrics.on_vault_call,
+        on_token_rejected=login.relogin_after_rejection,
     )
     await vault.start()
     app[VAULT] = vault
@@ -160,6 +173,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             lambda: write_checkpoint(ledger, signer, metrics),
         )
         periodic.every(settings.expiry_sweep_interval_seconds, "expiry", app[GRANTS].expire_due)
+        periodic.every(settings.vault_login_check_seconds, "vault-login", login.maintain)
         periodic.every(
             settings.dependency_probe_seconds,
             "dependency-probe",

@@ -44,6 +44,10 @@ class Settings:
     # Vault/OpenBao.
     vault_addr: str = "http://127.0.0.1:8200"
     vault_token: str | None = None
+    # AppRole (production): role id + secret id instead of a token.
+    vault_role_id: str | None = None
+    vault_secret_id: str | None = None
+    vault_approle_mount: str = "approle"
     policies_dir: Path = Path("policies")
     # Checkpoint signing key: outside the database by design.
     checkpoint_key_path: Path = Path(".broker/checkpoint.key")
@@ -74,6 +78,7 @@ class Settings:
     auth_failure_flush_seconds: float = 60.0
     orphan_lease_sweep_seconds: float = 60.0
     dependency_probe_seconds: float = 10.0
+    vault_login_check_seconds: float = 5.0
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -124,6 +129,17 @@ def _issuers(raw: str | None) -> tuple[IssuerSettings, ...]:
         ) from None
 
 
+def _secret_id(env: Mapping[str, str]) -> str | None:
+    """VAULT_SECRET_ID, or the contents of VAULT_SECRET_ID_FILE (a mounted Secret)."""
+    path = env.get("VAULT_SECRET_ID_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as e:
+            raise SettingsError(f"VAULT_SECRET_ID_FILE {path!r}: {e.strerror}") from None
+    return env.get("VAULT_SECRET_ID")
+
+
 def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = None) -> Settings:
     """Build Settings from ``BROKER_*`` / ``VAULT_*`` variables over ``base`` (defaults)."""
     env = os.environ if env is None else env
@@ -138,6 +154,9 @@ def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = No
         admin_database_url=env.get("BROKER_ADMIN_DATABASE_URL", s.admin_database_url),
         vault_addr=env.get("VAULT_ADDR", s.vault_addr),
         vault_token=env.get("VAULT_TOKEN", s.vault_token),
+        vault_role_id=env.get("VAULT_ROLE_ID", s.vault_role_id),
+        vault_secret_id=_secret_id(env) or s.vault_secret_id,
+        vault_approle_mount=env.get("VAULT_APPROLE_MOUNT", s.vault_approle_mount),
         policies_dir=Path(env.get("BROKER_POLICIES_DIR", str(s.policies_dir))),
         checkpoint_key_path=Path(env.get("BROKER_CHECKPOINT_KEY", str(s.checkpoint_key_path))),
         checkpoint_key_name=env.get("BROKER_CHECKPOINT_KEY_NAME", s.checkpoint_key_name),

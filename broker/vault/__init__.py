@@ -1,5 +1,13 @@
 """Vault/OpenBao: the only package that talks to it."""
 
 from .client import DatabaseCredential, KVSecret, PKICertificate, VaultClient
+from .login import AppRoleCredentials, VaultLogin
 
-__all__ = ["DatabaseCredential", "KVSecret", "PKICertificate", "VaultClient"]
+__all__ = [
+    "AppRoleCredentials",
+    "DatabaseCredential",
+    "KVSecret",
+    "PKICertificate",
+    "VaultClient",
+    "VaultLogin",
+]

@@ -12,7 +12,7 @@ Vault's JSON. Errors are translated at this boundary:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -51,7 +51,9 @@ class PKICertificate:
 class VaultClient:
     """Async client bound to one Vault address and token source.
 
-    ``token`` is a callable so AppRole/Kubernetes login can rotate the token underneath.
+    ``token`` is a callable so AppRole/Kubernetes login can rotate the token underneath;
+    on a 403, ``on_token_rejected(token)`` may log in again, and the call is retried once
+    if the token changed (an expired or revoked broker token heals without a failed call).
     ``on_call(endpoint, seconds, ok)`` feeds metrics.
     """
 
@@ -63,12 +65,14 @@ class VaultClient:
         timeout: float = 5.0,
         max_connections: int = 64,
         on_call: Callable[[str, float, bool], None] | None = None,
+        on_token_rejected: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self._addr = addr.rstrip("/")
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
         self._on_call = on_call
+        self._on_token_rejected = on_token_rejected
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -92,6 +96,24 @@ class VaultClient:
         json: Mapping[str, Any] | None = None,
         allow: tuple[int, ...] = (),
     ) -> tuple[int, dict[str, Any]]:
+        token = self._token()
+        status, body = await self._call_once(method, path, endpoint, token, json)
+        if (
+            status == 403
+            and self._on_token_rejected is not None
+            and await self._on_token_rejected(token)
+        ):
+            status, body = await self._call_once(method, path, endpoint, self._token(), json)
+        return self._check(status, body, endpoint, allow)
+
+    async def _call_once(
+        self,
+        method: str,
+        path: str,
+        endpoint: str,
+        token: str,
+        json: Mapping[str, Any] | None,
+    ) -> tuple[int, dict[str, Any]]:
         if self._session is None:
             raise VaultUnavailable("vault client is not started")
         started = time.perf_counter()
@@ -101,7 +123,7 @@ class VaultClient:
                 method,
                 f"{self._addr}/v1/{path}",
                 json=json,
-                headers={"X-Vault-Token": self._token(), "X-Vault-Request": "true"},
+                headers={"X-Vault-Token": token, "X-Vault-Request": "true"},
             ) as resp:
                 status = resp.status
                 body: dict[str, Any] = {}
@@ -113,6 +135,12 @@ class VaultClient:
         finally:
             if self._on_call is not None:
                 self._on_call(endpoint, time.perf_counter() - started, 0 < status < 500)
+        return status, body
+
+    @staticmethod
+    def _check(
+        status: int, body: dict[str, Any], endpoint: str, allow: tuple[int, ...]
+    ) -> tuple[int, dict[str, Any]]:
         if status in allow or 200 <= status < 300:
             return status, body
         if status >= 500 or status == 429:

@@ -1,0 +1,103 @@
+"""The broker's own Vault identity via AppRole, against the real OpenBao.
+
+Shows: login with the least-privilege policy in deploy/, renewal before expiry, a fresh
+login once the token hits its max TTL, and recovery without a failed request after an
+operator revokes the broker's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+import hvac
+
+from broker.config import Settings
+from broker.stack.devstack import DevStack
+from broker.vault import AppRoleCredentials, VaultLogin
+from tests.conftest import REPO, start_broker
+
+
+def _approle(stack: DevStack, *, ttl: str, max_ttl: str) -> tuple[str, str, str]:
+    """Enable AppRole with the broker policy; return (mount, role_id, secret_id)."""
+    client = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
+    mount = f"approle-{uuid.uuid4().hex[:8]}"
+    client.sys.enable_auth_method("approle", path=mount)
+    policy = (REPO / "deploy" / "openbao-broker-policy.hcl").read_text()
+    client.sys.create_or_update_policy("jit-broker", policy)
+    client.auth.approle.create_or_update_approle(
+        "broker",
+        token_policies=["jit-broker"],
+        token_ttl=ttl,
+        token_max_ttl=max_ttl,
+        mount_point=mount,
+    )
+    role_id = client.auth.approle.read_role_id("broker", mount_point=mount)["data"]["role_id"]
+    secret_id = client.auth.approle.generate_secret_id("broker", mount_point=mount)["data"][
+        "secret_id"
+    ]
+    return mount, role_id, secret_id
+
+
+async def test_approle_renews_and_relogs_in(stack: DevStack) -> None:
+    mount, role_id, secret_id = _approle(stack, ttl="4s", max_ttl="9s")
+    login = VaultLogin(stack.bao.addr, approle=AppRoleCredentials(role_id, secret_id, mount))
+    await login.login()
+    first_token, first_accessor = login.token(), login.accessor
+    root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
+    renewed = False
+    relogged = False
+    last_ttl = 10**9
+    for _ in range(60):
+        await asyncio.sleep(0.25)
+        await login.maintain()
+        if login.token() == first_token:
+            ttl = root.auth.token.lookup_accessor(first_accessor)["data"]["ttl"]
+            renewed = renewed or ttl > last_ttl  # the TTL went back up: renewed, same token
+            last_ttl = ttl
+        else:
+            relogged = True
+            break
+    assert renewed, "token was never renewed before expiry"
+    assert relogged, "no fresh login at max TTL"
+    assert root.auth.token.lookup_accessor(login.accessor)["data"]["ttl"] > 0
+
+
+async def test_broker_on_approle_survives_token_revocation(
+    stack: DevStack, broker_settings: Settings, tokens: dict[str, str]
+) -> None:
+    mount, role_id, secret_id = _approle(stack, ttl="1h", max_ttl="2h")
+    running = await start_broker(
+        broker_settings.with_overrides(
+            vault_token=None,
+            vault_role_id=role_id,
+            vault_secret_id=secret_id,
+            vault_approle_mount=mount,
+            replica_id="approle-test",
+        )
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def fetch(secret: str) -> int:
+                async with http.post(
+                    f"{running.url}/v1/credentials",
+                    json={"secret": secret},
+                    headers={"Authorization": f"Bearer {tokens['alice']}"},
+                ) as r:
+                    return r.status
+
+            assert await fetch("stripe/test") == 201
+            assert await fetch("db/orders-ro") == 201
+            # An operator revokes every token of the broker's AppRole.
+            root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
+            for accessor in root.list("auth/token/accessors")["data"]["keys"]:
+                meta = root.auth.token.lookup_accessor(accessor)["data"]
+                if meta.get("path", "").startswith(f"auth/{mount}/"):
+                    root.auth.token.revoke_accessor(accessor)
+            # The next request re-authenticates and succeeds: no failed call.
+            assert await fetch("stripe/test") == 201
+            assert await fetch("db/orders-ro") == 201
+    finally:
+        await running.runner.cleanup()
