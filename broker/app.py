@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -166,7 +165,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ledger.append(
             NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
         )
-        window = [datetime.now(UTC)]
         periodic.every(
             settings.checkpoint_interval_seconds,
             "checkpoint",
@@ -192,13 +190,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         periodic.every(
             settings.auth_failure_flush_seconds,
             "auth-failures",
-            lambda: flush_auth_failures(ledger, app[AUTHN].drain, window),
+            lambda: flush_auth_failures(ledger, app[AUTHN]),
         )
         yield
     finally:
         await periodic.stop()
         try:
-            await flush_auth_failures(ledger, app[AUTHN].drain, [datetime.now(UTC)])
+            await flush_auth_failures(ledger, app[AUTHN])
             await ledger.append(NewEvent(event="broker.stopped", outcome="ok"))
             await ledger.checkpoint(signer)
         except Exception as e:  # shutting down with the ledger gone: nothing more to save
@@ -211,7 +209,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the broker app. Start-up I/O happens in ``cleanup_ctx`` when it runs."""
-    app = web.Application(middlewares=middlewares(), client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=middlewares(),
+        client_max_size=settings.max_body_bytes,
+        # Let oversized tokens reach the verifier, which answers token_too_large in JSON,
+        # instead of aiohttp's plain-text 400 at its 8190-byte header default.
+        handler_args={"max_field_size": settings.max_token_bytes + 1024},
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_lifecycle)

@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 
 from broker.errors import BrokerError
 from broker.ledger import CheckpointSigner, Ledger, NewEvent
 from broker.metrics import Metrics
+from broker.web.authn import Authenticator
 
 __all__ = ["Periodic", "flush_auth_failures", "probe_dependencies", "write_checkpoint"]
 
@@ -55,13 +55,12 @@ async def write_checkpoint(ledger: Ledger, signer: CheckpointSigner, metrics: Me
         metrics.ledger_checkpoint_seq.set(cp.size)
 
 
-async def flush_auth_failures(
-    ledger: Ledger, drain: Callable[[], dict[str, int]], window_start: list[datetime]
-) -> None:
-    """One ``auth.failed`` row per interval with counts per reason (nothing if none)."""
-    counts = drain()
-    now = datetime.now(UTC)
-    start, window_start[0] = window_start[0], now
+async def flush_auth_failures(ledger: Ledger, tally: Authenticator) -> None:
+    """One ``auth.failed`` row per interval with counts per reason (nothing if none).
+
+    If the ledger write fails the counts go back to the tally for the next window.
+    """
+    counts, start, end = tally.drain()
     if not counts:
         return
     try:
@@ -71,15 +70,14 @@ async def flush_auth_failures(
                 outcome="rejected",
                 body={
                     "window_start": start.isoformat(),
-                    "window_end": now.isoformat(),
+                    "window_end": end.isoformat(),
                     "total": sum(counts.values()),
                     "by_reason": counts,
                 },
             )
         )
     except BrokerError:
-        # Keep the counts for the next window rather than lose them.
-        window_start[0] = start
+        tally.give_back(counts, start)
         raise
 
 

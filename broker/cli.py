@@ -123,6 +123,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
         return 2
 
+    trusted = [Path(f).read_text() for f in args.trusted_checkpoint]
+
     async def run() -> dict[str, Any]:
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
@@ -130,7 +132,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
             )
             report = await verify_ledger(
-                conn, verifier=CheckpointVerifier(keys), origin=settings.ledger_origin
+                conn,
+                verifier=CheckpointVerifier(keys),
+                origin=settings.ledger_origin,
+                max_unsigned_seconds=args.max_unsigned_age,
+                trusted_checkpoints=trusted,
             )
             return report.to_json()
         finally:
@@ -169,6 +175,26 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         print(e.message, file=sys.stderr)
         return 1
     print(f"ok: {len(policy.catalog)} secrets, {len(policy.roles)} roles, version {policy.version}")
+    return 0
+
+
+def cmd_checkpoint_key(args: argparse.Namespace) -> int:
+    """Create the checkpoint signing key (never overwrites) or print its verifier key."""
+    from broker.config import from_env
+    from broker.ledger import CheckpointSigner, load_or_create_signing_key
+
+    settings = from_env()
+    path = Path(args.path) if args.path else settings.checkpoint_key_path
+    if args.action == "create" and path.exists():
+        print(f"{path} already exists; not overwriting a signing key", file=sys.stderr)
+        return 2
+    if args.action == "show" and not path.exists():
+        print(f"{path} not found", file=sys.stderr)
+        return 2
+    key = load_or_create_signing_key(path, create=args.action == "create")
+    # The verifier key is public: auditors pass it to `broker verify` via
+    # BROKER_CHECKPOINT_VERIFIER_KEYS without ever holding the private key.
+    print(CheckpointSigner(settings.checkpoint_key_name, key).verifier_key())
     return 0
 
 
@@ -232,7 +258,28 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="verify the ledger chain and signed checkpoints")
     verify.add_argument("--database-url")
+    verify.add_argument(
+        "--trusted-checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a signed checkpoint note kept outside the database; the chain must reproduce it",
+    )
+    verify.add_argument(
+        "--max-unsigned-age",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="rows older than this must be covered by a signed checkpoint (default 600)",
+    )
     verify.set_defaults(func=cmd_verify)
+
+    ck = sub.add_parser(
+        "checkpoint-key", help="create the checkpoint signing key or print its verifier key"
+    )
+    ck.add_argument("action", choices=["create", "show"])
+    ck.add_argument("path", nargs="?", help="default: BROKER_CHECKPOINT_KEY")
+    ck.set_defaults(func=cmd_checkpoint_key)
 
     token = sub.add_parser("token", help="mint a dev JWT from the local dev issuer")
     token.add_argument("--sub", required=True)
@@ -250,10 +297,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from broker.config import SettingsError
+
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         return int(args.func(args))
+    except SettingsError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

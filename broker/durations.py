@@ -26,6 +26,8 @@ def parse_duration(value: object) -> int:
         text = value.strip()
         if len(text) > 32:
             raise ValueError("duration is too long")
+        if not text.isascii():
+            raise ValueError(f"invalid duration {value!r}: use seconds or e.g. '90s', '15m', '1h'")
         if text.isdigit():
             seconds = int(text)
         elif _WHOLE.fullmatch(text):

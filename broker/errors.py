@@ -17,6 +17,7 @@ __all__ = [
     "Forbidden",
     "LedgerUnavailable",
     "NotFound",
+    "PayloadTooLarge",
     "PolicyError",
     "VaultError",
     "VaultUnavailable",
@@ -44,6 +45,13 @@ class BadRequest(BrokerError):
 
     status = 400
     code = "bad_request"
+
+
+class PayloadTooLarge(BadRequest):
+    """The body exceeds the configured limit (413)."""
+
+    status = 413
+    code = "body_too_large"
 
 
 class AuthError(BrokerError):

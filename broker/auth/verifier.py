@@ -46,6 +46,7 @@ from broker.auth.jwks import (
 )
 from broker.auth.principal import Principal, PrincipalKind
 from broker.errors import AuthError
+from broker.text import is_safe_text
 
 __all__ = ["MAX_SUBJECT_CHARS", "REQUIRED_CLAIMS", "IssuerConfig", "Verifier"]
 
@@ -324,13 +325,21 @@ class Verifier:
 
     def _principal(self, claims: Mapping[str, Any], config: IssuerConfig) -> Principal:
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_CHARS:
+        if (
+            not isinstance(subject, str)
+            or not subject
+            or len(subject) > MAX_SUBJECT_CHARS
+            or not is_safe_text(subject)
+        ):
             _fail(
                 "missing_claim",
-                f"token 'sub' must be a non-empty string of at most {MAX_SUBJECT_CHARS} chars",
+                f"token 'sub' must be a non-empty printable string of at most"
+                f" {MAX_SUBJECT_CHARS} chars",
             )
         raw_groups = claims.get(config.groups_claim, [])
-        if not isinstance(raw_groups, list) or not all(isinstance(g, str) for g in raw_groups):
+        if not isinstance(raw_groups, list) or not all(
+            isinstance(g, str) and is_safe_text(g) for g in raw_groups
+        ):
             _fail("missing_claim", f"token {config.groups_claim!r} must be a list of strings")
         prefix = config.service_account_prefix
         kind: PrincipalKind = "service" if prefix and subject.startswith(prefix) else "human"
@@ -340,7 +349,7 @@ class Verifier:
             kind=kind,
             issuer=config.issuer,
             groups=frozenset(raw_groups),
-            token_id=token_id if isinstance(token_id, str) else None,
+            token_id=token_id if isinstance(token_id, str) and is_safe_text(token_id) else None,
         )
 
     def _get_session(self) -> aiohttp.ClientSession:

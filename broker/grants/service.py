@@ -311,8 +311,9 @@ class GrantService:
         if appended.duplicate:
             raise Conflict("grant already ended", code="grant_not_active")
         self._metrics.revocations.labels("revoked").inc()
-        result = record.to_json(now)
-        result.update(status="revoked", ended_at=now.isoformat(), ended_by=principal.subject)
+        ended = appended.recorded_at or now
+        result = record.to_json(ended)
+        result.update(status="revoked", ended_at=ended.isoformat(), ended_by=principal.subject)
         return result
 
     async def _end_in_vault(self, record: GrantRecord) -> None:

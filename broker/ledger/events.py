@@ -34,6 +34,46 @@ EVENT_TYPES = frozenset(
 )
 
 
+_TEXT_FIELDS = (
+    "event",
+    "outcome",
+    "subject",
+    "subject_kind",
+    "secret",
+    "role",
+    "policy_version",
+    "lease_id",
+    "request_id",
+    "dedupe_key",
+)
+
+
+def _storable(text: str) -> bool:
+    # NUL is refused by Postgres text/jsonb; lone surrogates cannot be encoded as UTF-8.
+    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _check_body(value: object, depth: int = 0) -> None:
+    """Bodies must round-trip through jsonb byte-for-byte, or verify would cry tamper."""
+    if depth > 20:
+        raise ValueError("ledger body nested too deeply")
+    if isinstance(value, float):
+        raise ValueError("ledger bodies may not hold floats (jsonb would re-spell them)")
+    if isinstance(value, str):
+        if not _storable(value):
+            raise ValueError("ledger body holds text Postgres cannot store")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str) or not _storable(k):
+                raise ValueError("ledger body keys must be storable strings")
+            _check_body(v, depth + 1)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _check_body(v, depth + 1)
+    elif value is not None and not isinstance(value, bool | int):
+        raise ValueError(f"ledger bodies may not hold {type(value).__name__}")
+
+
 @dataclass(frozen=True)
 class NewEvent:
     """An event to append. The writer assigns seq, time, replica and hashes."""
@@ -57,6 +97,11 @@ class NewEvent:
     def __post_init__(self) -> None:
         if self.event not in EVENT_TYPES:
             raise ValueError(f"unknown ledger event type {self.event!r}")
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not _storable(value):
+                raise ValueError(f"ledger field {name!r} holds text Postgres cannot store")
+        _check_body(self.body)
 
 
 @dataclass(frozen=True)

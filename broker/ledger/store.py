@@ -176,7 +176,7 @@ class Ledger:
         sql = (
             _GRANT_SELECT
             + " AND t.event IS NULL AND i.expires_at <= now()"
-            + " AND i.expires_at > coalesce($2 - interval '1 hour', '-infinity')"
+            + " AND i.expires_at > coalesce($2::timestamptz - interval '1 hour', '-infinity')"
             + " ORDER BY i.expires_at LIMIT $1"
         )
         return [_grant(r) for r in await self.pool.fetch(sql, limit, watermark)]

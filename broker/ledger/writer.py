@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -152,10 +152,15 @@ class LedgerWriter:
     async def _commit(self, events: list[NewEvent]) -> list[Appended]:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
+            # One clock for every replica: the database's, read under the lock, so time
+            # order and sequence order agree whatever the replicas' clocks say.
             head = await conn.fetchrow(
-                "SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1"
+                "SELECT clock_timestamp() AS now, h.seq, h.hash FROM (SELECT 1) one"
+                " LEFT JOIN (SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1) h"
+                " ON true"
             )
-            seq, prev = (head["seq"], bytes(head["hash"])) if head else (0, GENESIS)
+            now = head["now"]
+            seq, prev = (head["seq"], bytes(head["hash"])) if head["seq"] else (0, GENESIS)
             keys = [ev.dedupe_key for ev in events if ev.dedupe_key]
             taken: set[str] = set()
             if keys:
@@ -164,7 +169,6 @@ class LedgerWriter:
                     keys,
                 )
                 taken = {r["dedupe_key"] for r in rows}
-            now = datetime.now(UTC)
             args: list[tuple[Any, ...]] = []
             results: list[Appended] = []
             for ev in events:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -26,6 +27,7 @@ class Authenticator:
         self._verifier = verifier
         self._metrics = metrics
         self._failures: Counter[str] = Counter()
+        self._since = datetime.now(UTC)
 
     async def authenticate(self, request: web.Request) -> Principal:
         """Return the caller's Principal or raise AuthError (401, code = reason)."""
@@ -43,7 +45,14 @@ class Authenticator:
             )
             raise
 
-    def drain(self) -> dict[str, int]:
-        counts = dict(self._failures)
+    def drain(self) -> tuple[dict[str, int], datetime, datetime]:
+        """Take the counts since the last drain: (counts, window start, window end)."""
+        counts, start, now = dict(self._failures), self._since, datetime.now(UTC)
         self._failures.clear()
-        return counts
+        self._since = now
+        return counts, start, now
+
+    def give_back(self, counts: dict[str, int], start: datetime) -> None:
+        """Return drained counts that could not be recorded, to go in the next window."""
+        self._failures.update(counts)
+        self._since = min(self._since, start)

@@ -14,7 +14,7 @@ from broker.grants import IssueRequest
 from broker.ledger import NewEvent, verify_ledger
 from broker.policy.decide import capabilities, requestable, roles_for
 
-from .inputs import optional_text, parse_ttl, read_object, require_secret, ticket
+from .inputs import optional_text, parse_ttl, query_text, read_object, require_secret, ticket
 from .keys import (
     AUTHN,
     CHECKPOINT_VERIFIER,
@@ -126,9 +126,7 @@ async def revoke_grant(request: web.Request) -> web.Response:
         grant_id = uuid.UUID(request.match_info["grant_id"])
     except ValueError:
         raise NotFound("no such grant", code="grant_not_found") from None
-    reason = request.query.get("reason")
-    if reason is not None and len(reason) > request.app[SETTINGS].max_reason_chars:
-        raise BadRequest("'reason' is too long", code="invalid_reason")
+    reason = query_text(request, "reason", request.app[SETTINGS].max_reason_chars)
     result = await request.app[GRANTS].revoke(
         principal, grant_id, request_id=request[REQUEST_ID], reason=reason
     )

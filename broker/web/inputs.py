@@ -9,23 +9,37 @@ from typing import Any
 from aiohttp import web
 
 from broker.durations import parse_duration
-from broker.errors import BadRequest
+from broker.errors import BadRequest, PayloadTooLarge
 from broker.policy.model import validate_secret_name
+from broker.text import is_safe_text
 
-__all__ = ["optional_text", "parse_ttl", "read_object", "require_secret", "ticket"]
+from .keys import SETTINGS
+
+__all__ = [
+    "optional_text",
+    "parse_ttl",
+    "query_text",
+    "read_object",
+    "require_secret",
+    "ticket",
+]
 
 _TICKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 async def read_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
     """The JSON object body; unknown fields are refused so typos never pass silently."""
-    raw = await request.read()  # bounded by the app's client_max_size (413 beyond)
+    try:
+        raw = await request.read()  # bounded by the app's client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(
+            f"request body is larger than {request.app[SETTINGS].max_body_bytes} bytes"
+        ) from None
     if not raw:
         raise BadRequest("request body must be a JSON object", code="malformed_json")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise BadRequest("request body is not valid JSON", code="malformed_json") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="malformed_json")
@@ -55,7 +69,7 @@ def optional_text(body: dict[str, Any], name: str, max_chars: int) -> str | None
     value = body.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > max_chars or _CONTROL.search(value):
+    if not isinstance(value, str) or len(value) > max_chars or not is_safe_text(value):
         raise BadRequest(
             f"'{name}' must be text of at most {max_chars} characters without control characters",
             code=f"invalid_{name}",
@@ -83,3 +97,8 @@ def parse_ttl(body: dict[str, Any], name: str = "ttl") -> int | None:
         return parse_duration(value)
     except ValueError as e:
         raise BadRequest(f"'{name}': {e}", code=f"invalid_{name}") from None
+
+
+def query_text(request: web.Request, name: str, max_chars: int) -> str | None:
+    """A free-text query parameter, held to the same rules as body text."""
+    return optional_text(dict(request.query), name, max_chars)
