@@ -198,43 +198,80 @@ def cmd_checkpoint_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_dev(settings: Any, state: Path, port_info: dict[str, Any], stops: str) -> None:
+    """Serve ``settings``; once listening, write ``dev.json`` (url, tokens, ...) and say so."""
+    from broker.devenv import demo_tokens
+
+    assert settings.dev_issuer_key_path is not None
+
+    def ready(port: int) -> None:
+        info = {
+            "url": f"http://127.0.0.1:{port}",
+            "tokens": demo_tokens(settings.dev_issuer_key_path),
+            **port_info,
+            "dev_issuer_key": str(settings.dev_issuer_key_path),
+            "checkpoint_key": str(settings.checkpoint_key_path),
+        }
+        out = state / "dev.json"
+        out.write_text(json.dumps(info, indent=2))
+        out.chmod(0o600)
+        print(json.dumps({k: info[k] for k in ("url", "vault_addr", "database_url")}, indent=2))
+        print(f"demo tokens for {', '.join(info['tokens'])} written to {out}")
+        print(f"broker is running; Ctrl-C stops {stops}", flush=True)
+
+    _install_uvloop()
+    asyncio.run(_run_app(settings, on_ready=ready))
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
-    from broker.config import from_env
-    from broker.devenv import demo_tokens, prepare_broker
+    """The demo on the embedded stack, or the dev broker against external Postgres + Vault.
+
+    With BROKER_DATABASE_URL and VAULT_ADDR both set, nothing embedded starts: the ledger is
+    migrated there (as BROKER_ADMIN_DATABASE_URL if given), and the broker serves the local
+    policies with the dev issuer. The demo secrets are not provisioned into a real Vault.
+    """
+    from broker.config import Settings, from_env
+    from broker.devenv import prepare_broker, prepare_keys
+    from broker.ledger import apply_migrations
     from broker.stack.devstack import DevStack
 
     state = Path(args.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
+    policies = Path(args.policies).resolve()
+    external_db = os.environ.get("BROKER_DATABASE_URL")
+    external_vault = os.environ.get("VAULT_ADDR")
+    if external_db or external_vault:
+        if not (external_db and external_vault):
+            print("set both BROKER_DATABASE_URL and VAULT_ADDR, or neither", file=sys.stderr)
+            return 2
+        base = prepare_keys(state, Settings(port=args.port, policies_dir=policies))
+        settings = from_env(base=base)
+        writer = urlsplit(settings.database_url)
+        asyncio.run(
+            apply_migrations(
+                settings.admin_database_url or settings.database_url,
+                writer_role=writer.username or "",
+                writer_password=None,
+            )
+        )
+        print(f"using external PostgreSQL and Vault at {settings.vault_addr}", flush=True)
+        info = {"database_url": settings.database_url, "vault_addr": settings.vault_addr}
+        _serve_dev(settings, state, info, "the broker")
+        return 0
+
     print(f"starting OpenBao and PostgreSQL under {state} ...", flush=True)
     with DevStack(state) as stack:
-        settings = asyncio.run(
-            prepare_broker(stack, policies_dir=Path(args.policies).resolve(), port=args.port)
-        )
+        settings = asyncio.run(prepare_broker(stack, policies_dir=policies, port=args.port))
         # Environment still wins for anything set explicitly (e.g. BROKER_REPLICA_ID).
         settings = from_env(
             {k: v for k, v in os.environ.items() if k.startswith("BROKER_")}, base=settings
         )
-        assert settings.dev_issuer_key_path is not None
-
-        def ready(port: int) -> None:
-            info = {
-                "url": f"http://127.0.0.1:{port}",
-                "tokens": demo_tokens(settings.dev_issuer_key_path),  # type: ignore[arg-type]
-                "database_url": stack.superuser_dsn("broker"),
-                "vault_addr": stack.bao.addr,
-                "vault_token": stack.bao.root_token,
-                "dev_issuer_key": str(settings.dev_issuer_key_path),
-                "checkpoint_key": str(settings.checkpoint_key_path),
-            }
-            out = state / "dev.json"
-            out.write_text(json.dumps(info, indent=2))
-            out.chmod(0o600)
-            print(json.dumps({k: info[k] for k in ("url", "vault_addr", "database_url")}, indent=2))
-            print(f"demo tokens for {', '.join(info['tokens'])} written to {out}")
-            print("broker is running; Ctrl-C stops the broker, OpenBao and PostgreSQL", flush=True)
-
-        _install_uvloop()
-        asyncio.run(_run_app(settings, on_ready=ready))
+        info = {
+            "database_url": stack.superuser_dsn("broker"),
+            "vault_addr": stack.bao.addr,
+            "vault_token": stack.bao.root_token,
+        }
+        _serve_dev(settings, state, info, "the broker, OpenBao and PostgreSQL")
     return 0
 
 

@@ -13,7 +13,13 @@ from broker.config import Settings
 from broker.ledger import apply_migrations, load_or_create_signing_key
 from broker.stack.devstack import DevStack
 
-__all__ = ["DEMO_IDENTITIES", "WRITER_ROLE", "demo_tokens", "prepare_broker"]
+__all__ = [
+    "DEMO_IDENTITIES",
+    "WRITER_ROLE",
+    "demo_tokens",
+    "prepare_broker",
+    "prepare_keys",
+]
 
 WRITER_ROLE = "broker_writer"
 
@@ -26,6 +32,16 @@ DEMO_IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "erin": ("erin", ("security-admins",)),
     "svc-orders": ("system:serviceaccount:orders:orders-api", ()),
 }
+
+
+def prepare_keys(state_dir: Path, base: Settings) -> Settings:
+    """Create (once) the checkpoint signing key and the dev issuer key under ``state_dir``;
+    return ``base`` pointing at them."""
+    checkpoint = state_dir / "checkpoint.key"
+    issuer = state_dir / "dev-issuer.key"
+    load_or_create_signing_key(checkpoint, create=True)
+    DevIssuer.load_or_create(issuer)
+    return base.with_overrides(checkpoint_key_path=checkpoint, dev_issuer_key_path=issuer)
 
 
 def _writer_password(state_dir: Path) -> str:
@@ -48,10 +64,8 @@ async def prepare_broker(
     await apply_migrations(
         stack.superuser_dsn("broker"), writer_role=WRITER_ROLE, writer_password=password
     )
-    load_or_create_signing_key(state / "checkpoint.key", create=True)
-    DevIssuer.load_or_create(state / "dev-issuer.key")
     pg = stack.pg
-    return Settings(
+    base = Settings(
         host="127.0.0.1",
         port=port,
         database_url=f"postgresql://{WRITER_ROLE}:{password}@{pg.host}:{pg.port}/broker",
@@ -59,10 +73,9 @@ async def prepare_broker(
         vault_addr=stack.bao.addr,
         vault_token=stack.bao.root_token,
         policies_dir=policies_dir,
-        checkpoint_key_path=state / "checkpoint.key",
-        dev_issuer_key_path=state / "dev-issuer.key",
         replica_id=replica_id,
     )
+    return prepare_keys(state, base)
 
 
 def demo_tokens(issuer_key: Path, *, ttl_seconds: int = 8 * 3600) -> dict[str, str]:
