@@ -712,3 +712,30 @@ async def test_close_is_idempotent(dev: DevIssuer) -> None:
     assert isinstance(principal, Principal)
     await verifier.close()
     await verifier.close()
+
+
+async def test_verified_token_cache_still_enforces_expiry(dev: DevIssuer) -> None:
+    """A cached verification is reused, but never past the token's own exp."""
+    verifier = Verifier([dev.issuer_config()], leeway_seconds=0)
+    try:
+        token = dev.mint("alice", ["engineering"], ttl_seconds=1)
+        first = await verifier.verify(f"Bearer {token}")
+        assert await verifier.verify(f"Bearer {token}") is first  # served from the cache
+        await asyncio.sleep(1.2)
+        with pytest.raises(AuthError) as e:
+            await verifier.verify(f"Bearer {token}")
+        assert e.value.code == "token_expired"
+    finally:
+        await verifier.close()
+
+
+async def test_verified_token_cache_is_bounded(dev: DevIssuer) -> None:
+    verifier = Verifier([dev.issuer_config()], verified_cache_size=3)
+    try:
+        tokens = [dev.mint(f"user{i}") for i in range(5)]
+        for t in tokens:
+            await verifier.verify(f"Bearer {t}")
+        assert len(verifier._verified) == 3
+        assert tokens[0] not in verifier._verified and tokens[-1] in verifier._verified
+    finally:
+        await verifier.close()

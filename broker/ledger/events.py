@@ -8,6 +8,7 @@ canonical form is stable through Postgres ``jsonb``.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,9 +49,12 @@ _TEXT_FIELDS = (
 )
 
 
+# NUL is refused by Postgres text/jsonb; lone surrogates cannot be encoded as UTF-8.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _storable(text: str) -> bool:
-    # NUL is refused by Postgres text/jsonb; lone surrogates cannot be encoded as UTF-8.
-    return "\x00" not in text and not any("\ud800" <= c <= "\udfff" for c in text)
+    return _UNSTORABLE.search(text) is None
 
 
 def _check_body(value: object, depth: int = 0) -> None:
@@ -93,6 +97,9 @@ class NewEvent:
     # Writers skip (and report) an event whose dedupe_key is already in the ledger: how
     # two replicas racing to expire the same grant record it once.
     dedupe_key: str | None = None
+    # Guards: the event is refused (not written) if any of these dedupe keys exists, checked
+    # under the ledger lock — e.g. no approval after a request was closed.
+    requires_absent: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.event not in EVENT_TYPES:

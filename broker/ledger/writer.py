@@ -1,13 +1,17 @@
 """The batching ledger writer: the only code that appends to ``ledger.events``.
 
-One writer task per replica drains a bounded queue into one transaction per batch. Each
-batch takes ``pg_advisory_xact_lock(LEDGER_LOCK)``, reads the chain head from the table
-(other replicas append too), skips events whose ``dedupe_key`` already exists, hashes and
-inserts, and commits with ``synchronous_commit`` on. Each caller's future resolves only
+One writer task per replica drains a bounded queue into one INSERT statement per batch
+(its own transaction, ``synchronous_commit`` on). Each caller's future resolves only
 after COMMIT: a caller that got an ``Appended`` back knows its row is durable.
 
-Invariant: seq is gapless and every row's prev_hash is its predecessor's hash — checked
-again by the ``check_chain`` trigger, so a bug here cannot fork the log silently.
+Two paths (see ``_commit``): the fast path chains the batch on the head this writer last
+committed, in one round trip; the locked path takes ``pg_advisory_xact_lock(LEDGER_LOCK)``,
+reads the head from the table, and checks dedupe/guard keys — used when another replica
+appended in between, at start, and for events that must not be written twice.
+
+Invariant: seq is gapless and every row's prev_hash is its predecessor's hash — enforced
+again by the seq primary key and the ``check_chain`` trigger, so neither a bug here nor two
+replicas racing can fork the log.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -35,22 +39,38 @@ _log = logging.getLogger(__name__)
 # Advisory lock key that serialises chain extension across replicas ("ledger" in ASCII).
 LEDGER_LOCK = 0x6C6564676572
 
+# One statement for the whole batch (one round trip); rows go in array order, which
+# check_chain needs, hence WITH ORDINALITY ... ORDER BY.
 _INSERT = """
 INSERT INTO ledger.events (seq, recorded_at, event, replica, subject, subject_kind, secret,
     role, policy_version, grant_id, lease_id, expires_at, outcome, request_id, body,
     dedupe_key, prev_hash, hash)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+SELECT seq, recorded_at, event, replica, subject, subject_kind, secret, role, policy_version,
+    grant_id, lease_id, expires_at, outcome, request_id, body, dedupe_key, prev_hash, hash
+FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::uuid[], $11::text[], $12::timestamptz[],
+    $13::text[], $14::text[], $15::jsonb[], $16::text[], $17::bytea[], $18::bytea[])
+    WITH ORDINALITY AS u(seq, recorded_at, event, replica, subject, subject_kind, secret, role,
+        policy_version, grant_id, lease_id, expires_at, outcome, request_id, body, dedupe_key,
+        prev_hash, hash, ord)
+ORDER BY ord
 """
+
+# After a conflict with another replica, take the lock path for this long.
+_CONTENDED_SECONDS = 1.0
+_LOCKED_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
 class Appended:
-    """Result of an append. ``duplicate`` means the dedupe_key existed; nothing was written."""
+    """Result of an append. ``duplicate``: the dedupe_key existed; ``refused``: a
+    ``requires_absent`` key existed. In both cases nothing was written."""
 
     seq: int | None
     recorded_at: datetime | None
     hash: bytes | None
     duplicate: bool = False
+    refused: bool = False
 
 
 _Item = tuple[NewEvent, "asyncio.Future[Appended]"]
@@ -76,6 +96,10 @@ class LedgerWriter:
         self._commit_timeout = commit_timeout
         self._on_commit = on_commit  # (batch size, seconds, head seq) for metrics
         self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._head: tuple[int, bytes] | None = None  # (seq, hash) this writer last committed
+        self._contended_until = 0.0
+        self._last_time = datetime.min.replace(tzinfo=UTC)
         self.head_seq = 0
 
     def start(self) -> None:
@@ -92,6 +116,7 @@ class LedgerWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        await self._drop_connection()
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()
             if not fut.done():
@@ -138,7 +163,7 @@ class LedgerWriter:
                     fut.set_exception(LedgerUnavailable("ledger writer stopped"))
             raise
         except Exception as e:  # any failure: every caller in the batch fails closed
-            _log.warning("ledger batch of %d failed: %s", len(live), type(e).__name__)
+            _log.warning("ledger batch of %d failed: %s: %s", len(live), type(e).__name__, e)
             for _, fut in live:
                 if not fut.done():
                     fut.set_exception(LedgerUnavailable("ledger write failed"))
@@ -150,78 +175,131 @@ class LedgerWriter:
             self._on_commit(len(live), time.perf_counter() - started, self.head_seq)
 
     async def _commit(self, events: list[NewEvent]) -> list[Appended]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        """Commit one batch. Fast path: one INSERT statement (its own transaction) chained
+        on the head this writer last committed. Locked path: when the batch carries dedupe
+        or guard keys, the head is unknown, or another replica appended recently.
+
+        The fast path needs no lock because the database refuses a fork by itself: seq is
+        the primary key and ``check_chain`` demands the visible head as prev_hash, so a
+        batch built on a stale head fails whole and is redone on the locked path.
+        """
+        conn = await self._connection()
+        try:
+            if (
+                self._head is not None
+                and time.monotonic() >= self._contended_until
+                and not any(ev.dedupe_key or ev.requires_absent for ev in events)
+            ):
+                try:
+                    return await self._insert(conn, events, self._head, set())
+                except (asyncpg.UniqueViolationError, asyncpg.RaiseError):
+                    # Another replica moved the head: use the lock for a while.
+                    self._head = None
+                    self._contended_until = time.monotonic() + _CONTENDED_SECONDS
+            # The lock orders lock-path writers; a fast-path writer on another replica can
+            # still slip in between, so a conflict here is retried with a fresh head.
+            for attempt in range(_LOCKED_ATTEMPTS):
+                try:
+                    return await self._commit_locked(conn, events)
+                except (asyncpg.UniqueViolationError, asyncpg.RaiseError):
+                    self._contended_until = time.monotonic() + _CONTENDED_SECONDS
+                    if attempt == _LOCKED_ATTEMPTS - 1:
+                        raise
+            raise AssertionError("unreachable")
+        except BaseException:
+            await self._drop_connection()
+            raise
+
+    async def _commit_locked(
+        self, conn: asyncpg.Connection, events: list[NewEvent]
+    ) -> list[Appended]:
+        async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
-            # One clock for every replica: the database's, read under the lock, so time
-            # order and sequence order agree whatever the replicas' clocks say.
             head = await conn.fetchrow(
-                "SELECT clock_timestamp() AS now, h.seq, h.hash FROM (SELECT 1) one"
-                " LEFT JOIN (SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1) h"
-                " ON true"
+                "SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1"
             )
-            now = head["now"]
-            seq, prev = (head["seq"], bytes(head["hash"])) if head["seq"] else (0, GENESIS)
-            keys = [ev.dedupe_key for ev in events if ev.dedupe_key]
+            start = (head["seq"], bytes(head["hash"])) if head else (0, GENESIS)
+            keys = {k for ev in events for k in (ev.dedupe_key, *ev.requires_absent) if k}
             taken: set[str] = set()
             if keys:
                 rows = await conn.fetch(
                     "SELECT dedupe_key FROM ledger.events WHERE dedupe_key = ANY($1::text[])",
-                    keys,
+                    list(keys),
                 )
                 taken = {r["dedupe_key"] for r in rows}
-            args: list[tuple[Any, ...]] = []
-            results: list[Appended] = []
-            for ev in events:
-                if ev.dedupe_key and ev.dedupe_key in taken:
-                    results.append(Appended(None, None, None, duplicate=True))
-                    continue
-                if ev.dedupe_key:
-                    taken.add(ev.dedupe_key)
-                seq += 1
-                row = canonical_row(
-                    seq=seq,
-                    recorded_at=now,
-                    event=ev.event,
-                    replica=self._replica,
-                    subject=ev.subject,
-                    subject_kind=ev.subject_kind,
-                    secret=ev.secret,
-                    role=ev.role,
-                    policy_version=ev.policy_version,
-                    grant_id=ev.grant_id,
-                    lease_id=ev.lease_id,
-                    expires_at=ev.expires_at,
-                    outcome=ev.outcome,
-                    request_id=ev.request_id,
-                    body=ev.body,
-                    dedupe_key=ev.dedupe_key,
-                )
-                digest = chain_hash(prev, row)
-                args.append(
-                    (
-                        seq,
-                        now,
-                        ev.event,
-                        self._replica,
-                        ev.subject,
-                        ev.subject_kind,
-                        ev.secret,
-                        ev.role,
-                        ev.policy_version,
-                        ev.grant_id,
-                        ev.lease_id,
-                        ev.expires_at,
-                        ev.outcome,
-                        ev.request_id,
-                        dict(ev.body),
-                        ev.dedupe_key,
-                        prev,
-                        digest,
-                    )
-                )
-                results.append(Appended(seq, now, digest))
-                prev = digest
-            if args:
-                await conn.executemany(_INSERT, args)
+            return await self._insert(conn, events, start, taken)
+
+    async def _insert(
+        self,
+        conn: asyncpg.Connection,
+        events: list[NewEvent],
+        start: tuple[int, bytes],
+        taken: set[str],
+    ) -> list[Appended]:
+        """Hash ``events`` onto ``start`` and insert them in one statement.
+
+        ``taken`` holds the dedupe keys already in the ledger (updated as the batch adds
+        its own): an event whose dedupe key is taken is a duplicate, one whose
+        ``requires_absent`` key is taken is refused; neither is written.
+        """
+        seq, prev = start
+        # Replicas' clocks are NTP-close, not equal; never let this writer's run backwards.
+        now = max(datetime.now(UTC), self._last_time)
+        columns: list[list[Any]] = [[] for _ in range(18)]
+        results: list[Appended] = []
+        for ev in events:
+            if ev.dedupe_key and ev.dedupe_key in taken:
+                results.append(Appended(None, None, None, duplicate=True))
+                continue
+            if any(k in taken for k in ev.requires_absent):
+                results.append(Appended(None, None, None, refused=True))
+                continue
+            if ev.dedupe_key:
+                taken.add(ev.dedupe_key)
+            seq += 1
+            row = canonical_row(
+                seq=seq,
+                recorded_at=now,
+                event=ev.event,
+                replica=self._replica,
+                subject=ev.subject,
+                subject_kind=ev.subject_kind,
+                secret=ev.secret,
+                role=ev.role,
+                policy_version=ev.policy_version,
+                grant_id=ev.grant_id,
+                lease_id=ev.lease_id,
+                expires_at=ev.expires_at,
+                outcome=ev.outcome,
+                request_id=ev.request_id,
+                body=ev.body,
+                dedupe_key=ev.dedupe_key,
+            )
+            digest = chain_hash(prev, row)
+            values = (
+                seq, now, ev.event, self._replica, ev.subject, ev.subject_kind, ev.secret,
+                ev.role, ev.policy_version, ev.grant_id, ev.lease_id, ev.expires_at,
+                ev.outcome, ev.request_id, dict(ev.body), ev.dedupe_key, prev, digest,
+            )  # fmt: skip
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+            results.append(Appended(seq, now, digest))
+            prev = digest
+        if columns[0]:
+            await conn.execute(_INSERT, *columns)
+        self._head = (seq, prev)
+        self._last_time = now
         self.head_seq = seq
         return results
+
+    async def _connection(self) -> asyncpg.Connection:
+        # The writer keeps one connection: no pool acquire/reset round trips per batch.
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn, self._head = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
