@@ -6,6 +6,8 @@ templates, never raw paths, subjects never appear.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
@@ -82,9 +84,26 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self._http_children: dict[tuple[str, str, int], Any] = {}
+        self._issuance_children: dict[tuple[str, str], Any] = {}
         self.revocations = Counter(
             "broker_revocations_total", "Grants ended, by kind.", ["kind"], registry=r
         )
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        # .labels() hashes and locks on every call; the child per label set is stable.
+        key = (route, method, status)
+        child = self._http_children.get(key)
+        if child is None:
+            child = self._http_children[key] = self.http_latency.labels(route, method, str(status))
+        child.observe(seconds)
+
+    def count_issuance(self, secret: str, outcome: str) -> None:
+        key = (secret, outcome)
+        child = self._issuance_children.get(key)
+        if child is None:
+            child = self._issuance_children[key] = self.issuances.labels(secret, outcome)
+        child.inc()
 
     def on_ledger_commit(self, rows: int, seconds: float, head: int) -> None:
         self.ledger_commit_latency.observe(seconds)

@@ -80,7 +80,7 @@ class GrantService:
 
     def _count(self, secret: str, outcome: str) -> None:
         known = secret in self._policy.current.catalog
-        self._metrics.issuances.labels(secret if known else "other", outcome).inc()
+        self._metrics.count_issuance(secret if known else "other", outcome)
 
     async def issue(
         self, principal: Principal, req: IssueRequest, *, request_id: str

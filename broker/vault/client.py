@@ -11,6 +11,7 @@ Vault's JSON. Errors are translated at this boundary:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class VaultClient:
         self._on_call = on_call
         self._on_token_rejected = on_token_rejected
         self._session: aiohttp.ClientSession | None = None
+        self._kv_in_flight: dict[tuple[str, str], asyncio.Future[KVSecret]] = {}
 
     async def start(self) -> None:
         if self._session is None:
@@ -151,6 +153,24 @@ class VaultClient:
         raise VaultError(f"vault refused {endpoint}: {detail}")
 
     async def read_kv2(self, mount: str, path: str) -> KVSecret:
+        """Read the current version of a KV v2 secret.
+
+        Concurrent reads of the same secret share one Vault request (single flight): a
+        caller that arrives while a read is in flight gets that read's answer. It is never
+        older than one Vault round trip — no cache, nothing kept after the read ends — and
+        it spares Vault (and this process) a request per caller under load. Only static KV
+        values are shared this way; dynamic credentials are always minted per caller.
+        """
+        key = (mount, path)
+        pending = self._kv_in_flight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        task = asyncio.ensure_future(self._read_kv2(mount, path))
+        self._kv_in_flight[key] = task
+        task.add_done_callback(lambda _: self._kv_in_flight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _read_kv2(self, mount: str, path: str) -> KVSecret:
         _, body = await self._call("GET", f"{_seg(mount)}/data/{_seg(path)}", "kv2.read")
         data = body.get("data") or {}
         meta = data.get("metadata") or {}

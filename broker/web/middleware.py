@@ -73,8 +73,8 @@ async def _request_context(request: web.Request, handler: _Handler) -> web.Strea
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].http_latency.labels(route, request.method, str(status)).observe(
-            time.perf_counter() - started
+        request.app[METRICS].observe_http(
+            route, request.method, status, time.perf_counter() - started
         )
 
 
