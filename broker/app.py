@@ -20,6 +20,7 @@ from broker.background import (
     write_checkpoint,
 )
 from broker.config import Settings
+from broker.elevation import ElevationService
 from broker.grants import GrantService
 from broker.ledger import (
     CheckpointSigner,
@@ -31,6 +32,7 @@ from broker.ledger import (
     load_or_create_signing_key,
 )
 from broker.metrics import Metrics
+from broker.notify import WebhookNotifier
 from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
 from broker.vault import AppRoleCredentials, VaultClient, VaultLogin
@@ -38,6 +40,7 @@ from broker.web.authn import Authenticator
 from broker.web.keys import (
     AUTHN,
     CHECKPOINT_VERIFIER,
+    ELEVATIONS,
     GRANTS,
     LEDGER,
     METRICS,
@@ -158,10 +161,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[VERIFIER] = verifier
     app[AUTHN] = Authenticator(verifier, metrics)
     app[POLICY] = active
+    notifier = WebhookNotifier(
+        settings.webhook_urls,
+        timeout=settings.webhook_timeout_seconds,
+        max_attempts=settings.webhook_max_attempts,
+        on_result=lambda kind, outcome: metrics.webhook_deliveries.labels(kind, outcome).inc(),
+    )
+    await notifier.start()
     periodic = Periodic()
     try:
         await active.load()
         app[GRANTS] = GrantService(ledger=ledger, vault=vault, policy=active, metrics=metrics)
+        app[ELEVATIONS] = ElevationService(
+            ledger=ledger, policy=active, grants=app[GRANTS], metrics=metrics, notifier=notifier
+        )
         await ledger.append(
             NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
         )
@@ -184,6 +197,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             "orphan-leases",
             app[GRANTS].reconcile_orphan_leases,
         )
+        periodic.every(settings.elevation_sweep_seconds, "elevation-sweep", app[ELEVATIONS].sweep)
         periodic.every(
             settings.policy_reload_interval_seconds, "policy-reload", active.reload_if_changed
         )
@@ -201,6 +215,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await ledger.checkpoint(signer)
         except Exception as e:  # shutting down with the ledger gone: nothing more to save
             _log.warning("could not record shutdown: %s", type(e).__name__)
+        await notifier.close()
         await writer.stop()
         await vault.close()
         await verifier.close()

@@ -79,6 +79,11 @@ class Settings:
     orphan_lease_sweep_seconds: float = 60.0
     dependency_probe_seconds: float = 10.0
     vault_login_check_seconds: float = 5.0
+    elevation_sweep_seconds: float = 5.0
+    # Slack-compatible webhooks told of elevation requests and decisions.
+    webhook_urls: tuple[str, ...] = ()
+    webhook_timeout_seconds: float = 5.0
+    webhook_max_attempts: int = 5
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -173,6 +178,11 @@ def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = No
         db_timeout_seconds=_float(env, "BROKER_DB_TIMEOUT", s.db_timeout_seconds),
         db_pool_max=_int(env, "BROKER_DB_POOL_MAX", s.db_pool_max),
         max_body_bytes=_int(env, "BROKER_MAX_BODY_BYTES", s.max_body_bytes),
+        webhook_urls=(
+            tuple(u.strip() for u in env["BROKER_WEBHOOK_URLS"].split(",") if u.strip())
+            if env.get("BROKER_WEBHOOK_URLS")
+            else s.webhook_urls
+        ),
         checkpoint_interval_seconds=_float(
             env, "BROKER_CHECKPOINT_INTERVAL", s.checkpoint_interval_seconds
         ),

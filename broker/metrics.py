@@ -84,6 +84,29 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self.elevations_pending = Gauge(
+            "broker_elevations_pending", "Elevation requests awaiting a decision.", registry=r
+        )
+        self.elevation_decision_seconds = Histogram(
+            "broker_elevation_decision_seconds",
+            "Time from an elevation request to its approval (quorum met).",
+            buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
+            registry=r,
+        )
+        self.break_glass = Counter(
+            "broker_break_glass_total", "Break-glass elevations taken.", registry=r
+        )
+        self.break_glass_unreviewed = Gauge(
+            "broker_break_glass_unreviewed",
+            "Break-glass uses still waiting for a second person's review.",
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "broker_webhook_deliveries_total",
+            "Webhook notification outcomes.",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self._http_children: dict[tuple[str, str, int], Any] = {}
         self._issuance_children: dict[tuple[str, str], Any] = {}
         self.revocations = Counter(

@@ -15,6 +15,8 @@ import pytest
 from broker.auth.principal import Principal
 from broker.errors import BadRequest, PolicyError
 from broker.policy import (
+    ApprovalFactor,
+    ElevationRule,
     PolicySet,
     capabilities,
     decide,
@@ -300,8 +302,19 @@ def test_demo_model(demo: PolicySet) -> None:
     assert pay.elevation.max_duration == 3600
     assert pay.elevation.ticket_pattern == r"^(INC|CHG)-[0-9]+$"
     assert not pay.elevation.break_glass
+    assert pay.elevation.factors == (ApprovalFactor(frozenset({"sre-leads"}), 1),)
+    assert pay.elevation.request_expiry == 4 * 3600
+    assert pay.elevation.reason_min_length == 10
     dba = demo.role("orders-dba")
     assert dba is not None and dba.elevation is not None and not dba.elevation.ticket_required
+    assert dba.elevation.factors == (ApprovalFactor(frozenset({"sre-leads"}), 1),)
+    assert (dba.elevation.max_duration, dba.elevation.request_expiry) == (3600, 4 * 3600)
+    # alice (engineering) may break glass on the orders DB; erin (security-admins) reviews.
+    assert dba.elevation.break_glass
+    assert dba.elevation.break_glass_reviewers == {"security-admins"}
+    assert decide(demo, ALICE, "db/orders-admin").role is dba
+    assert ERIN.groups & dba.elevation.break_glass_reviewers
+    assert not ALICE.groups & dba.elevation.break_glass_reviewers
     auditors = demo.role("auditors")
     assert auditors is not None
     assert (auditors.secrets, auditors.max_ttl) == ((), 0)
@@ -647,7 +660,8 @@ ROLE_CASES = {
               approvals: 2
         """,
         [
-            "roles.yaml:7: role 'r': elevation: missing required key 'approver_groups'",
+            "roles.yaml:7: role 'r': elevation: missing required key 'approver_groups' (or give"
+            " 'factors')",
             "roles.yaml:7: role 'r': elevation: missing required key 'max_duration'",
         ],
     ),
@@ -731,6 +745,405 @@ def test_role_validation_errors(tmp_path: Path, case: str) -> None:
     assert len(errors) == len(expected), errors
     for got, want in zip(errors, expected, strict=True):
         assert got.startswith(want), (got, want)
+
+
+# -- elevation rules: both forms, defaults, validation ------------------------------------
+
+_PRIV = """
+    roles:
+      - name: r
+        members: {groups: [g]}
+        secrets: [a/one]
+        max_ttl: 1h
+        privileged: true
+        elevation:
+"""  # the elevation mapping's keys start on line 8
+
+
+def _priv(elevation: str) -> str:
+    return textwrap.dedent(_PRIV) + textwrap.indent(
+        textwrap.dedent(elevation).lstrip("\n"), "      "
+    )
+
+
+def _elevation(tmp_path: Path, elevation: str) -> ElevationRule:
+    tmp_path.mkdir(exist_ok=True)
+    rule = _load_ok(tmp_path, _priv(elevation)).role("r").elevation  # type: ignore[union-attr]
+    assert rule is not None
+    return rule
+
+
+def test_elevation_shorthand_and_factors_parse_alike(tmp_path: Path) -> None:
+    short = _elevation(
+        tmp_path / "s",
+        """
+        approver_groups: [leads, sre]
+        approvals: 2
+        max_duration: 1h
+        """,
+    )
+    general = _elevation(
+        tmp_path / "g",
+        """
+        max_duration: 1h
+        factors:
+          - approver_groups: [sre, leads]
+            approvals: 2
+        """,
+    )
+    assert short == general
+    assert short.factors == (ApprovalFactor(frozenset({"leads", "sre"}), 2),)
+    assert short.to_json() == general.to_json()
+    # approvals defaults to 1 in both forms.
+    assert _elevation(tmp_path / "d1", "{approver_groups: [l], max_duration: 1h}") == _elevation(
+        tmp_path / "d2", "{factors: [{approver_groups: [l]}], max_duration: 1h}"
+    )
+
+
+def test_elevation_factors(tmp_path: Path) -> None:
+    rule = _elevation(
+        tmp_path,
+        """
+        factors:
+          - {approver_groups: [sre-leads], approvals: 1}
+          - {approver_groups: [security-admins, security-eng], approvals: 2}
+          - {approver_groups: [sre-leads]}
+        max_duration: 2h
+        """,
+    )
+    assert rule.factors == (
+        ApprovalFactor(frozenset({"sre-leads"}), 1),
+        ApprovalFactor(frozenset({"security-admins", "security-eng"}), 2),
+        ApprovalFactor(frozenset({"sre-leads"}), 1),
+    )
+    # The one-factor view kept for older callers: union of groups, sum of approvals.
+    assert rule.approver_groups == {"sre-leads", "security-admins", "security-eng"}
+    assert rule.approvals == 4
+    # Break-glass reviewers default to every approver group.
+    assert rule.break_glass_reviewers == rule.approver_groups
+
+
+def test_elevation_defaults(tmp_path: Path) -> None:
+    rule = _elevation(tmp_path, "{approver_groups: [l], max_duration: 90m}")
+    assert rule == ElevationRule(
+        factors=(ApprovalFactor(frozenset({"l"}), 1),),
+        max_duration=5400,
+        request_expiry=86400,
+        reason_min_length=10,
+        ticket_required=False,
+        ticket_pattern=r"^(INC|CHG)-[0-9]+$",
+        break_glass=False,
+        break_glass_reviewers=frozenset({"l"}),
+    )
+    # The same defaults when constructed by hand.
+    assert rule == ElevationRule((ApprovalFactor(frozenset({"l"})),), 5400)
+
+
+def test_elevation_all_fields_and_to_json(tmp_path: Path) -> None:
+    rule = _elevation(
+        tmp_path,
+        """
+        factors:
+          - {approver_groups: [sre-leads, dba-leads], approvals: 2}
+          - {approver_groups: [security-admins], approvals: 1}
+        max_duration: 1h
+        request_expiry: 90m
+        reason_min_length: 25
+        ticket_required: true
+        ticket_pattern: "^SEC-[0-9]{3,}$"
+        break_glass: true
+        break_glass_reviewers: [security-admins, auditors]
+        """,
+    )
+    assert rule.to_json() == {
+        "factors": [
+            {"approver_groups": ["dba-leads", "sre-leads"], "approvals": 2},
+            {"approver_groups": ["security-admins"], "approvals": 1},
+        ],
+        "max_duration": 3600,
+        "request_expiry": 5400,
+        "reason_min_length": 25,
+        "ticket_required": True,
+        "ticket_pattern": "^SEC-[0-9]{3,}$",
+        "break_glass": True,
+        "break_glass_reviewers": ["auditors", "security-admins"],
+    }
+    assert json.loads(json.dumps(rule.to_json())) == rule.to_json()
+    # Round trip: the JSON form rebuilds an equal rule.
+    doc = rule.to_json()
+    rebuilt = ElevationRule(
+        factors=tuple(
+            ApprovalFactor(frozenset(f["approver_groups"]), f["approvals"]) for f in doc["factors"]
+        ),
+        max_duration=doc["max_duration"],
+        request_expiry=doc["request_expiry"],
+        reason_min_length=doc["reason_min_length"],
+        ticket_required=doc["ticket_required"],
+        ticket_pattern=doc["ticket_pattern"],
+        break_glass=doc["break_glass"],
+        break_glass_reviewers=frozenset(doc["break_glass_reviewers"]),
+    )
+    assert rebuilt == rule
+    assert rule.ticket_matches("SEC-123")
+    assert not rule.ticket_matches("SEC-12")
+    assert not rule.ticket_matches("SEC-123\n")  # fullmatch: '$' alone would allow this
+
+
+def test_demo_to_json_elevation(demo: PolicySet) -> None:
+    roles = {r["name"]: r for r in demo.to_json()["roles"]}
+    assert roles["orders-dba"]["elevation"] == {
+        "factors": [{"approver_groups": ["sre-leads"], "approvals": 1}],
+        "max_duration": 3600,
+        "request_expiry": 14400,
+        "reason_min_length": 10,
+        "ticket_required": False,
+        "ticket_pattern": "^(INC|CHG)-[0-9]+$",
+        "break_glass": True,
+        "break_glass_reviewers": ["security-admins"],
+    }
+    assert roles["payments-prod"]["elevation"]["ticket_required"] is True
+    assert roles["payments-prod"]["elevation"]["break_glass"] is False
+
+
+# Each case: the elevation mapping's body (its first line is roles.yaml line 8), and the
+# expected error lines (prefix match), all under "role 'r': ".
+ELEVATION_CASES: dict[str, tuple[str, list[str]]] = {
+    "both_forms": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        factors:
+          - {approver_groups: [s]}
+        """,
+        ["10: elevation: give either 'factors' or the shorthand"],
+    ),
+    "both_forms_approvals_only": (
+        """
+        approvals: 2
+        factors: [{approver_groups: [s]}]
+        max_duration: 1h
+        """,
+        ["9: elevation: give either 'factors' or the shorthand"],
+    ),
+    "no_factors": (
+        """
+        max_duration: 1h
+        approvals: 2
+        """,
+        ["7: elevation: missing required key 'approver_groups' (or give 'factors')"],
+    ),
+    "empty_factors": (
+        """
+        max_duration: 1h
+        factors: []
+        """,
+        ["9: elevation.factors must not be empty"],
+    ),
+    "factors_not_list": (
+        """
+        max_duration: 1h
+        factors: {approver_groups: [l]}
+        """,
+        ["9: elevation.factors must be a list"],
+    ),
+    "factor_problems": (
+        """
+        max_duration: 1h
+        factors:
+          - {approver_groups: [], approvals: 1}
+          - {approver_groups: [l], approvals: 0}
+          - {approver_groups: [l], approvals: 11}
+          - {approvals: 1}
+          - {approver_groups: [l], quorum: 2}
+          - sre-leads
+          - {approver_groups: [l], approvals: "2"}
+        """,
+        [
+            "10: elevation.factors[0].approver_groups must not be empty",
+            "11: elevation.factors[1].approvals must be at least 1",
+            "12: elevation.factors[2].approvals must be at most 10",
+            "13: elevation.factors[3]: missing required key 'approver_groups'",
+            "14: elevation.factors[4]: unknown key 'quorum'",
+            "15: elevation.factors[5] must be a mapping",
+            "16: elevation.factors[6].approvals must be an integer, got a string",
+        ],
+    ),
+    "shorthand_approvals_over_cap": (
+        """
+        approver_groups: [l]
+        approvals: 11
+        max_duration: 1h
+        """,
+        ["9: elevation.approvals must be at most 10"],
+    ),
+    "request_expiry_too_short": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        request_expiry: 59s
+        """,
+        ["10: elevation.request_expiry must be between 1m and 7d"],
+    ),
+    "request_expiry_too_long": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        request_expiry: 8d
+        """,
+        ["10: elevation.request_expiry must be between 1m and 7d"],
+    ),
+    "request_expiry_not_duration": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        request_expiry: soon
+        """,
+        ["10: elevation.request_expiry: invalid duration"],
+    ),
+    "reason_min_length_zero": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        reason_min_length: 0
+        """,
+        ["10: elevation.reason_min_length must be at least 1"],
+    ),
+    "reason_min_length_too_long": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        reason_min_length: 501
+        """,
+        ["10: elevation.reason_min_length must be at most 500"],
+    ),
+    "reason_min_length_not_int": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        reason_min_length: true
+        """,
+        ["10: elevation.reason_min_length must be an integer, got a boolean"],
+    ),
+    "ticket_pattern_unanchored_start": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        ticket_pattern: "INC-[0-9]+$"
+        """,
+        ["10: elevation.ticket_pattern: 'INC-[0-9]+$' must be anchored"],
+    ),
+    "ticket_pattern_unanchored_end": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        ticket_pattern: "^INC-[0-9]+"
+        """,
+        ["10: elevation.ticket_pattern: '^INC-[0-9]+' must be anchored"],
+    ),
+    "ticket_pattern_escaped_dollar": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        ticket_pattern: '^INC-[0-9]+\\$'
+        """,
+        ["10: elevation.ticket_pattern: '^INC-[0-9]+\\\\$' must be anchored"],
+    ),
+    "ticket_pattern_invalid": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        ticket_pattern: "^(INC-[0-9]+$"
+        """,
+        ["10: elevation.ticket_pattern: bad regex"],
+    ),
+    "reviewers_without_break_glass": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        break_glass_reviewers: [security-admins]
+        """,
+        ["10: elevation: 'break_glass_reviewers' needs 'break_glass: true'"],
+    ),
+    "reviewers_with_break_glass_false": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        break_glass: false
+        break_glass_reviewers: [security-admins]
+        """,
+        ["11: elevation: 'break_glass_reviewers' needs 'break_glass: true'"],
+    ),
+    "reviewers_empty": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        break_glass: true
+        break_glass_reviewers: []
+        """,
+        ["11: elevation.break_glass_reviewers must not be empty"],
+    ),
+    "unknown_key": (
+        """
+        approver_groups: [l]
+        max_duration: 1h
+        request_timeout: 4h
+        """,
+        ["10: elevation: unknown key 'request_timeout'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ELEVATION_CASES))
+def test_elevation_validation_errors(tmp_path: Path, case: str) -> None:
+    body, expected = ELEVATION_CASES[case]
+    errors = _errors(tmp_path, {"catalog.yaml": GOOD_CATALOG, "roles.yaml": _priv(body)})
+    assert len(errors) == len(expected), errors
+    for got, want in zip(errors, expected, strict=True):
+        assert got.startswith(f"roles.yaml:{want.split(': ', 1)[0]}: role 'r': "), (got, want)
+        assert got.split(": ", 1)[1].startswith(f"role 'r': {want.split(': ', 1)[1]}"), (got, want)
+
+
+def test_elevation_ttl_rule_kept_with_factors(tmp_path: Path) -> None:
+    errors = _errors(
+        tmp_path,
+        {
+            "catalog.yaml": GOOD_CATALOG,
+            "roles.yaml": _priv(
+                """
+                factors: [{approver_groups: [l]}, {approver_groups: [s]}]
+                max_duration: 30m
+                """
+            ),
+        },
+    )
+    assert errors == ["roles.yaml:5: role 'r': max_ttl is longer than elevation.max_duration"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"factors": ()}, "at least one approval factor"),
+        ({"request_expiry": 59}, "request_expiry"),
+        ({"request_expiry": 7 * 86400 + 1}, "request_expiry"),
+        ({"reason_min_length": 0}, "reason_min_length"),
+        ({"reason_min_length": 501}, "reason_min_length"),
+        ({"ticket_pattern": "INC-1"}, "anchored"),
+        ({"ticket_pattern": "^(x$"}, "bad regex"),
+        ({"max_duration": 0}, "max_duration"),
+    ],
+)
+def test_elevation_rule_checks_invariants(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"factors": (ApprovalFactor(frozenset({"l"})),), "max_duration": 60}
+    with pytest.raises(ValueError, match=message):
+        ElevationRule(**{**args, **kwargs})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("groups", "approvals"), [(frozenset(), 1), ({"l"}, 0), ({"l"}, 11)])
+def test_approval_factor_checks_invariants(groups: frozenset[str], approvals: int) -> None:
+    with pytest.raises(ValueError):
+        ApprovalFactor(frozenset(groups), approvals)
+    with pytest.raises(AttributeError):
+        ApprovalFactor(frozenset({"l"})).approvals = 2  # type: ignore[misc]
 
 
 CATALOG_CASES = {

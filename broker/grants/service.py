@@ -33,7 +33,7 @@ from broker.ledger import GrantRecord, Ledger, NewEvent
 from broker.metrics import Metrics
 from broker.policy.active import ActivePolicy
 from broker.policy.decide import Decision, capabilities, decide
-from broker.policy.model import CatalogEntry
+from broker.policy.model import CatalogEntry, Role
 from broker.vault import VaultClient
 
 __all__ = ["GrantService", "IssueRequest"]
@@ -89,7 +89,14 @@ class GrantService:
         policy = self._policy.current
         decision = decide(policy, principal, req.secret, req.ttl)
         if decision.outcome != "allow":
-            await self._record_denial(principal, req, decision, policy.version, request_id)
+            await self.record_denial(
+                principal,
+                req.secret,
+                decision,
+                request_id=request_id,
+                reason=req.reason,
+                ticket=req.ticket,
+            )
             self._count(req.secret, decision.outcome)
             if decision.outcome == "elevation_required":
                 raise Forbidden(decision.message, code="elevation_required")
@@ -97,42 +104,101 @@ class GrantService:
                 raise NotFound(decision.message, code="unknown_secret")
             raise Forbidden(decision.message, code="denied")
         assert decision.entry is not None and decision.role is not None
-        grant_id = uuid.uuid4()
+        return await self._issue_allowed(
+            principal,
+            entry=decision.entry,
+            role=decision.role,
+            ttl=decision.ttl,
+            policy_version=policy.version,
+            reason=req.reason,
+            ticket=req.ticket,
+            request_id=request_id,
+        )
+
+    async def issue_elevated(
+        self,
+        principal: Principal,
+        *,
+        entry: CatalogEntry,
+        role: Role,
+        ttl: int,
+        policy_version: str,
+        elevation_id: uuid.UUID,
+        guard: str,
+        reason: str | None,
+        ticket: str | None,
+        request_id: str,
+    ) -> dict[str, Any]:
+        """Issue under an approved elevation (the caller checked it is open and theirs).
+
+        The issued row carries ``elevation_id`` and is written only if ``guard`` (the
+        elevation's closing key) is absent at commit: a cancel racing this redemption
+        either lands first (nothing issued, lease revoked, 409) or after (it revokes this).
+        """
+        return await self._issue_allowed(
+            principal,
+            entry=entry,
+            role=role,
+            ttl=ttl,
+            policy_version=policy_version,
+            reason=reason,
+            ticket=ticket,
+            request_id=request_id,
+            extra={"elevation_id": str(elevation_id)},
+            guard=(guard,),
+        )
+
+    async def _issue_allowed(
+        self,
+        principal: Principal,
+        *,
+        entry: CatalogEntry,
+        role: Role,
+        ttl: int,
+        policy_version: str,
+        reason: str | None,
+        ticket: str | None,
+        request_id: str,
+        extra: dict[str, Any] | None = None,
+        guard: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        secret = entry.name
         base = {
             **_principal_fields(principal),
-            "secret": req.secret,
-            "role": decision.role.name,
-            "policy_version": policy.version,
-            "grant_id": grant_id,
+            "secret": secret,
+            "role": role.name,
+            "policy_version": policy_version,
+            "grant_id": uuid.uuid4(),
             "request_id": request_id,
         }
         context = {
-            "engine": decision.entry.engine,
-            "mount": decision.entry.mount,
-            "path": decision.entry.path,
-            "ttl": decision.ttl,
-            "reason": req.reason,
-            "ticket": req.ticket,
-            "role_source": decision.role.source,
+            "engine": entry.engine,
+            "mount": entry.mount,
+            "path": entry.path,
+            "ttl": ttl,
+            "reason": reason,
+            "ticket": ticket,
+            "role_source": role.source,
             "issuer": principal.issuer,
+            **(extra or {}),
         }
         try:
-            grant = await self._mint(decision, principal, base, context)
+            grant = await self._mint(entry, ttl, principal, base, context, guard)
         except BrokerError:
-            self._count(req.secret, "error")
+            self._count(secret, "error")
             raise
-        self._count(req.secret, "issued")
+        self._count(secret, "issued")
         return grant
 
     async def _mint(
         self,
-        decision: Decision,
+        entry: CatalogEntry,
+        ttl: int,
         principal: Principal,
         base: dict[str, Any],
         context: dict[str, Any],
+        guard: tuple[str, ...],
     ) -> dict[str, Any]:
-        entry: CatalogEntry = decision.entry  # type: ignore[assignment]
-        ttl = decision.ttl
         if entry.engine == "kv2":
             kv = await self._vault.read_kv2(entry.mount, entry.path)
             expires = datetime.now(UTC) + timedelta(seconds=ttl)
@@ -142,9 +208,12 @@ class GrantService:
                     outcome="issued",
                     expires_at=expires,
                     body={**context, "kv_version": kv.version},
+                    requires_absent=guard,
                     **base,
                 )
             )
+            if appended.refused:
+                raise Conflict("the elevation closed before issuance", code="elevation_not_active")
             credential: dict[str, Any] = {"data": dict(kv.data), "version": kv.version}
             return self._grant_body(base, appended.recorded_at, expires, None, credential)
 
@@ -201,6 +270,7 @@ class GrantService:
                     lease_id=lease_id,
                     expires_at=expires,
                     body=record,
+                    requires_absent=guard,
                     **base,
                 )
             )
@@ -208,6 +278,9 @@ class GrantService:
             # No committed row: the credential must die before anyone can use it.
             await revoke()
             raise
+        if appended.refused:
+            await revoke()
+            raise Conflict("the elevation closed before issuance", code="elevation_not_active")
         return self._grant_body(base, appended.recorded_at, expires, lease_id, credential)
 
     def _lease_revoker(self, lease_id: str) -> Any:
@@ -248,28 +321,30 @@ class GrantService:
             "credential": credential,
         }
 
-    async def _record_denial(
+    async def record_denial(
         self,
         principal: Principal,
-        req: IssueRequest,
+        secret: str,
         decision: Decision,
-        version: str,
+        *,
         request_id: str,
+        reason: str | None,
+        ticket: str | None,
     ) -> None:
         await self._ledger.append(
             NewEvent(
                 event="grant.denied",
                 outcome=decision.outcome,
-                secret=req.secret[:128],
+                secret=secret[:128],
                 role=decision.role.name if decision.role else None,
-                policy_version=version,
+                policy_version=self._policy.current.version,
                 request_id=request_id,
-                body={"message": decision.message, "reason": req.reason, "ticket": req.ticket},
+                body={"message": decision.message, "reason": reason, "ticket": ticket},
                 **_principal_fields(principal),
             )
         )
 
-    async def list(
+    async def list_grants(
         self, principal: Principal, *, active_only: bool, limit: int
     ) -> list[GrantRecord]:
         return await self._ledger.grants_for(
@@ -291,30 +366,52 @@ class GrantService:
         now = datetime.now(UTC)
         if record.status(now) != "active":
             raise Conflict(f"grant is already {record.status(now)}", code="grant_not_active")
+        ended = await self._revoke_record(record, principal, request_id=request_id, reason=reason)
+        if ended is None:
+            raise Conflict("grant already ended", code="grant_not_active")
+        result = record.to_json(ended)
+        result.update(status="revoked", ended_at=ended.isoformat(), ended_by=principal.subject)
+        return result
+
+    async def revoke_grants(
+        self, grant_ids: list[str], actor: Principal, *, request_id: str, reason: str
+    ) -> list[str]:
+        """Revoke each still-active grant (the caller has the authority); return those ended."""
+        ended: list[str] = []
+        now = datetime.now(UTC)
+        for gid in grant_ids:
+            record = await self._ledger.grant(uuid.UUID(gid))
+            if record is None or record.status(now) != "active":
+                continue
+            if await self._revoke_record(record, actor, request_id=request_id, reason=reason):
+                ended.append(gid)
+        return ended
+
+    async def _revoke_record(
+        self, record: GrantRecord, actor: Principal, *, request_id: str, reason: str | None
+    ) -> datetime | None:
+        """Vault first, then the ``grant.revoked`` row; None if another path ended it first."""
         await self._end_in_vault(record)
         appended = await self._ledger.append(
             NewEvent(
                 event="grant.revoked",
                 outcome="revoked",
-                subject=principal.subject,
-                subject_kind=principal.kind,
+                subject=actor.subject,
+                subject_kind=actor.kind,
                 secret=record.issued.secret,
                 role=record.issued.role,
                 policy_version=self._policy.current.version,
-                grant_id=grant_id,
+                grant_id=record.grant_id,
                 lease_id=record.issued.lease_id,
                 request_id=request_id,
                 body={"grant_subject": record.issued.subject, "reason": reason},
-                dedupe_key=_end_key(grant_id),
+                dedupe_key=_end_key(record.grant_id),
             )
         )
         if appended.duplicate:
-            raise Conflict("grant already ended", code="grant_not_active")
+            return None
         self._metrics.revocations.labels("revoked").inc()
-        ended = appended.recorded_at or now
-        result = record.to_json(ended)
-        result.update(status="revoked", ended_at=ended.isoformat(), ended_by=principal.subject)
-        return result
+        return appended.recorded_at or datetime.now(UTC)
 
     async def _end_in_vault(self, record: GrantRecord) -> None:
         body = record.issued.body

@@ -29,6 +29,14 @@ EVENT_TYPES = frozenset(
         "request.rejected",  # malformed request from a known subject
         "auth.failed",  # aggregated authentication failures (counts per reason)
         "policy.loaded",  # a policy version became active on a replica
+        "elevation.requested",  # a privileged secret asked for, with reason (and ticket)
+        "elevation.approved",  # one approver's vote
+        "elevation.denied",  # an approver said no (closes the request)
+        "elevation.activated",  # quorum met (or break-glass): the window opens
+        "elevation.cancelled",  # the requester withdrew it (closes)
+        "elevation.ended",  # an admin ended the window early (closes)
+        "elevation.expired",  # request undecided in time, or the window elapsed (closes)
+        "elevation.reviewed",  # a second person reviewed a break-glass use
         "broker.started",
         "broker.stopped",
     }

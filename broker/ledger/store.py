@@ -189,6 +189,46 @@ class Ledger:
         )
         return {r["lease_id"] for r in rows}
 
+    async def elevation_events(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Event]]:
+        """Every event of each elevation (incl. grants issued under it), in seq order."""
+        if not ids:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT * FROM ledger.events WHERE body ? 'elevation_id'"
+            " AND body->>'elevation_id' = ANY($1::text[]) ORDER BY seq",
+            [str(i) for i in ids],
+        )
+        out: dict[uuid.UUID, list[Event]] = {i: [] for i in ids}
+        for r in rows:
+            out[uuid.UUID(r["body"]["elevation_id"])].append(row_to_event(r))
+        return out
+
+    async def elevation_ids(
+        self, *, since: datetime | None, requester: str | None, limit: int
+    ) -> list[uuid.UUID]:
+        """Ids of elevation requests, newest first, optionally since a time / by requester."""
+        rows = await self.pool.fetch(
+            "SELECT body->>'elevation_id' AS id FROM ledger.events"
+            " WHERE event = 'elevation.requested'"
+            " AND ($1::timestamptz IS NULL OR recorded_at >= $1)"
+            " AND ($2::text IS NULL OR subject = $2)"
+            " ORDER BY seq DESC LIMIT $3",
+            since,
+            requester,
+            limit,
+        )
+        return [uuid.UUID(r["id"]) for r in rows]
+
+    async def break_glass_ids(self, *, limit: int) -> list[uuid.UUID]:
+        """Ids of break-glass elevations, newest first (rare; reviewed or not)."""
+        rows = await self.pool.fetch(
+            "SELECT body->>'elevation_id' AS id FROM ledger.events"
+            " WHERE event = 'elevation.requested' AND outcome = 'break_glass'"
+            " ORDER BY seq DESC LIMIT $1",
+            limit,
+        )
+        return [uuid.UUID(r["id"]) for r in rows]
+
     async def record_policy_version(self, version: str, documents: Mapping[str, str]) -> None:
         await self.pool.execute(
             "INSERT INTO ledger.policy_versions (version, first_seen, documents)"

@@ -28,11 +28,21 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from broker.durations import parse_duration
+from broker.durations import format_duration, parse_duration
 from broker.errors import PolicyError
 from broker.policy.model import (
     CAPABILITIES,
+    DEFAULT_REASON_MIN_LENGTH,
+    DEFAULT_REQUEST_EXPIRY,
+    DEFAULT_TICKET_PATTERN,
     ENGINES,
+    MAX_FACTOR_APPROVALS,
+    MAX_REASON_LENGTH,
+    MAX_REQUEST_EXPIRY,
+    MIN_FACTOR_APPROVALS,
+    MIN_REASON_LENGTH,
+    MIN_REQUEST_EXPIRY,
+    ApprovalFactor,
     CatalogEntry,
     ElevationRule,
     Engine,
@@ -40,6 +50,7 @@ from broker.policy.model import (
     PolicySet,
     Role,
     secret_matches,
+    ticket_pattern_problem,
     validate_secret_name,
 )
 
@@ -47,7 +58,6 @@ __all__ = ["DEFAULT_MAX_FILE_BYTES", "DEFAULT_TICKET_PATTERN", "MAX_FILES", "loa
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
 MAX_FILES = 200
-DEFAULT_TICKET_PATTERN = r"^(INC|CHG)-[0-9]+$"
 
 _ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SERVICE_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.-]*:[a-z0-9][a-z0-9.-]*")
@@ -247,17 +257,22 @@ class _Validator:
         self.err(node, f"{what} must be true or false, got {_describe(node)}")
         return None
 
-    def integer(self, node: Node, what: str, minimum: int) -> int | None:
+    def integer(
+        self, node: Node, what: str, minimum: int, maximum: int | None = None
+    ) -> int | None:
         if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:int":
             try:
                 value = int(self.scalar(node))
             except _SCALAR_ERRORS:
                 value = None
-            if value is not None and value >= minimum:
-                return value
-            if value is not None:
+            if value is not None and value < minimum:
                 self.err(node, f"{what} must be at least {minimum}")
                 return None
+            if value is not None and maximum is not None and value > maximum:
+                self.err(node, f"{what} must be at most {maximum}")
+                return None
+            if value is not None:
+                return value
         self.err(node, f"{what} must be an integer, got {_describe(node)}")
         return None
 
@@ -580,60 +595,163 @@ class _Validator:
             what,
             frozenset(
                 {
+                    "factors",
                     "approver_groups",
                     "approvals",
                     "max_duration",
+                    "request_expiry",
+                    "reason_min_length",
                     "ticket_required",
                     "ticket_pattern",
                     "break_glass",
+                    "break_glass_reviewers",
                 }
             ),
-            frozenset({"approver_groups", "max_duration"}),
+            frozenset({"max_duration"}),
             anchor=key,
         )
         if m is None:
             return None
         before = len(self.errors)
-        groups: frozenset[str] = frozenset()
-        if "approver_groups" in m:
-            groups = frozenset(
-                v for v, _ in self.string_list(m["approver_groups"][1], f"{what}.approver_groups")
+
+        # Who approves: the general 'factors' list, or the one-factor shorthand.
+        factors: tuple[ApprovalFactor, ...] = ()
+        shorthand = [k for k in ("approver_groups", "approvals") if k in m]
+        if "factors" in m and shorthand:
+            self.err(
+                m["factors"][0],
+                f"{what}: give either 'factors' or the shorthand 'approver_groups'/'approvals',"
+                " not both",
             )
-            if not groups and isinstance(m["approver_groups"][1], SequenceNode):
-                self.err(m["approver_groups"][1], f"{what}.approver_groups must not be empty")
-        approvals = 1
-        if "approvals" in m:
-            approvals = self.integer(m["approvals"][1], f"{what}.approvals", 1) or 1
-        max_duration = (
-            self.duration(m["max_duration"][1], f"{what}.max_duration")
-            if "max_duration" in m
-            else None
-        )
-        ticket_required = False
-        if "ticket_required" in m:
-            ticket_required = bool(self.boolean(m["ticket_required"][1], f"{what}.ticket_required"))
+        elif "factors" in m:
+            factors = self.read_factors(m["factors"][1], f"{what}.factors")
+        elif "approver_groups" in m:
+            factor = self.read_factor(m, what)
+            factors = (factor,) if factor is not None else ()
+        else:
+            self.err(key, f"{what}: missing required key 'approver_groups' (or give 'factors')")
+
+        def opt_duration(name: str, default: int) -> int:
+            if name not in m:
+                return default
+            return self.duration(m[name][1], f"{what}.{name}") or default
+
+        def opt_bool(name: str) -> bool:
+            return name in m and bool(self.boolean(m[name][1], f"{what}.{name}"))
+
+        max_duration = opt_duration("max_duration", 0)
+        request_expiry = opt_duration("request_expiry", DEFAULT_REQUEST_EXPIRY)
+        if "request_expiry" in m and not (
+            MIN_REQUEST_EXPIRY <= request_expiry <= MAX_REQUEST_EXPIRY
+        ):
+            self.err(
+                m["request_expiry"][1],
+                f"{what}.request_expiry must be between {format_duration(MIN_REQUEST_EXPIRY)}"
+                f" and {format_duration(MAX_REQUEST_EXPIRY)}",
+            )
+        reason_min_length = DEFAULT_REASON_MIN_LENGTH
+        if "reason_min_length" in m:
+            reason_min_length = (
+                self.integer(
+                    m["reason_min_length"][1],
+                    f"{what}.reason_min_length",
+                    MIN_REASON_LENGTH,
+                    MAX_REASON_LENGTH,
+                )
+                or DEFAULT_REASON_MIN_LENGTH
+            )
+        ticket_required = opt_bool("ticket_required")
         ticket_pattern = DEFAULT_TICKET_PATTERN
         if "ticket_pattern" in m:
             value = self.string(m["ticket_pattern"][1], f"{what}.ticket_pattern")
             if value is not None:
-                try:
-                    re.compile(value)
+                problem = ticket_pattern_problem(value)
+                if problem is None:
                     ticket_pattern = value
-                except re.error as e:
-                    self.err(m["ticket_pattern"][1], f"{what}.ticket_pattern: bad regex: {e}")
-        break_glass = False
-        if "break_glass" in m:
-            break_glass = bool(self.boolean(m["break_glass"][1], f"{what}.break_glass"))
-        if len(self.errors) != before or max_duration is None:
+                else:
+                    self.err(m["ticket_pattern"][1], f"{what}.ticket_pattern: {problem}")
+        break_glass_value = (
+            self.boolean(m["break_glass"][1], f"{what}.break_glass")
+            if "break_glass" in m
+            else False
+        )
+        break_glass = bool(break_glass_value)
+        reviewers: frozenset[str] = frozenset()
+        if "break_glass_reviewers" in m:
+            reviewers = self.group_list(
+                m["break_glass_reviewers"][1], f"{what}.break_glass_reviewers"
+            )
+            # Present-but-not-true: a typo'd or forgotten flag must not go unnoticed.
+            if break_glass_value is False:
+                self.err(
+                    m["break_glass_reviewers"][0],
+                    f"{what}: 'break_glass_reviewers' needs 'break_glass: true'",
+                )
+        if len(self.errors) != before or not factors or not max_duration:
             return None
         return ElevationRule(
-            approver_groups=groups,
-            approvals=approvals,
+            factors=factors,
             max_duration=max_duration,
+            request_expiry=request_expiry,
+            reason_min_length=reason_min_length,
             ticket_required=ticket_required,
             ticket_pattern=ticket_pattern,
             break_glass=break_glass,
+            break_glass_reviewers=reviewers,
         )
+
+    def read_factors(self, node: Node, what: str) -> tuple[ApprovalFactor, ...]:
+        if not isinstance(node, SequenceNode):
+            self.err(node, f"{what} must be a list")
+            return ()
+        if not node.value:
+            self.err(node, f"{what} must not be empty")
+            return ()
+        out: list[ApprovalFactor] = []
+        for i, item in enumerate(node.value):
+            item_what = f"{what}[{i}]"
+            m = self.mapping(
+                item,
+                item_what,
+                frozenset({"approver_groups", "approvals"}),
+                frozenset({"approver_groups"}),
+            )
+            if m is None:
+                continue
+            factor = self.read_factor(m, item_what)
+            if factor is not None:
+                out.append(factor)
+        return tuple(out) if len(out) == len(node.value) else ()
+
+    def read_factor(
+        self, m: dict[str, tuple[ScalarNode, Node]], what: str
+    ) -> ApprovalFactor | None:
+        """One factor from a mapping holding 'approver_groups' and optional 'approvals'
+        (a 'factors' item, or the elevation mapping itself in the shorthand form)."""
+        before = len(self.errors)
+        groups = frozenset[str]()
+        if "approver_groups" in m:
+            groups = self.group_list(m["approver_groups"][1], f"{what}.approver_groups")
+        approvals = MIN_FACTOR_APPROVALS
+        if "approvals" in m:
+            approvals = (
+                self.integer(
+                    m["approvals"][1],
+                    f"{what}.approvals",
+                    MIN_FACTOR_APPROVALS,
+                    MAX_FACTOR_APPROVALS,
+                )
+                or MIN_FACTOR_APPROVALS
+            )
+        if len(self.errors) != before or not groups:
+            return None
+        return ApprovalFactor(approver_groups=groups, approvals=approvals)
+
+    def group_list(self, node: Node, what: str) -> frozenset[str]:
+        groups = frozenset(v for v, _ in self.string_list(node, what))
+        if isinstance(node, SequenceNode) and not node.value:
+            self.err(node, f"{what} must not be empty")
+        return groups
 
 
 def _describe(node: Node) -> str:

@@ -8,6 +8,9 @@ Invariants (the loader guarantees them; nothing else constructs these in product
   ``max_ttl == default_ttl == 0``;
 - ``privileged`` is true exactly when ``elevation`` is set; privileged roles carry no
   capabilities (a capability cannot be elevated, it would be standing access);
+- a privileged role's ``max_ttl <= elevation.max_duration``; an ``ElevationRule`` has at
+  least one factor, each with a non-empty group set and 1..10 approvals, and its
+  ``ticket_pattern`` compiles and is anchored (``ElevationRule`` checks these itself);
 - role names are unique.
 """
 
@@ -22,7 +25,17 @@ from typing import Any, Literal
 
 __all__ = [
     "CAPABILITIES",
+    "DEFAULT_REASON_MIN_LENGTH",
+    "DEFAULT_REQUEST_EXPIRY",
+    "DEFAULT_TICKET_PATTERN",
     "ENGINES",
+    "MAX_FACTOR_APPROVALS",
+    "MAX_REASON_LENGTH",
+    "MAX_REQUEST_EXPIRY",
+    "MIN_FACTOR_APPROVALS",
+    "MIN_REASON_LENGTH",
+    "MIN_REQUEST_EXPIRY",
+    "ApprovalFactor",
     "CatalogEntry",
     "ElevationRule",
     "Engine",
@@ -30,6 +43,7 @@ __all__ = [
     "PolicySet",
     "Role",
     "secret_matches",
+    "ticket_pattern_problem",
     "validate_secret_name",
 ]
 
@@ -39,6 +53,16 @@ CAPABILITIES: frozenset[str] = frozenset({"audit", "admin"})
 
 _SECRET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*)*")
 _SECRET_NAME_MAX = 128
+
+DEFAULT_TICKET_PATTERN = r"^(INC|CHG)-[0-9]+$"
+DEFAULT_REQUEST_EXPIRY = 24 * 3600
+MIN_REQUEST_EXPIRY = 60
+MAX_REQUEST_EXPIRY = 7 * 24 * 3600
+DEFAULT_REASON_MIN_LENGTH = 10
+MIN_REASON_LENGTH = 1
+MAX_REASON_LENGTH = 500
+MIN_FACTOR_APPROVALS = 1
+MAX_FACTOR_APPROVALS = 10
 
 
 def validate_secret_name(name: object) -> bool:
@@ -114,31 +138,113 @@ class Members:
 
 
 @dataclass(frozen=True)
-class ElevationRule:
-    """How a privileged role is activated: ``approvals`` distinct approvers (never the
-    requester) from ``approver_groups``, for at most ``max_duration`` seconds.
-
-    ``ticket_pattern`` is a full-match regex for the ticket reference, enforced when
-    ``ticket_required``. ``break_glass`` allows self-activation without approval, to be
-    reviewed after the fact.
+class ApprovalFactor:
+    """One approval factor of an elevation: ``approvals`` distinct approvers, each a member
+    of at least one of ``approver_groups`` at the time they approve (never the requester).
     """
 
     approver_groups: frozenset[str]
-    approvals: int
+    approvals: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.approver_groups:
+            raise ValueError("an approval factor needs at least one approver group")
+        if not MIN_FACTOR_APPROVALS <= self.approvals <= MAX_FACTOR_APPROVALS:
+            raise ValueError(
+                f"a factor needs {MIN_FACTOR_APPROVALS}..{MAX_FACTOR_APPROVALS} approvals, "
+                f"not {self.approvals}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"approver_groups": sorted(self.approver_groups), "approvals": self.approvals}
+
+
+@dataclass(frozen=True)
+class ElevationRule:
+    """How a privileged role is activated.
+
+    Every one of ``factors`` must be met; one approver counts toward at most one factor
+    (the elevation service assigns approvers to factors). An approved elevation lasts at
+    most ``max_duration`` seconds; a request nobody decides expires after
+    ``request_expiry`` seconds. A reason of at least ``reason_min_length`` characters is
+    always required; when ``ticket_required`` the ticket must match ``ticket_pattern``
+    (anchored, applied with ``re.fullmatch``: see ``ticket_matches``).
+
+    ``break_glass`` allows self-activation without approval, issued at once and reviewed
+    afterwards by a member of ``break_glass_reviewers``; left empty at construction it
+    defaults to the union of the factors' groups (so it is never empty afterwards).
+    """
+
+    factors: tuple[ApprovalFactor, ...]
     max_duration: int
-    ticket_required: bool
-    ticket_pattern: str
-    break_glass: bool
+    request_expiry: int = DEFAULT_REQUEST_EXPIRY
+    reason_min_length: int = DEFAULT_REASON_MIN_LENGTH
+    ticket_required: bool = False
+    ticket_pattern: str = DEFAULT_TICKET_PATTERN
+    break_glass: bool = False
+    break_glass_reviewers: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        # The loader reports all of these with file:line first; these checks only keep
+        # hand-built rules (tests, other callers) from violating the same invariants.
+        if not self.factors:
+            raise ValueError("an elevation rule needs at least one approval factor")
+        if self.max_duration <= 0:
+            raise ValueError("max_duration must be positive")
+        if not MIN_REQUEST_EXPIRY <= self.request_expiry <= MAX_REQUEST_EXPIRY:
+            raise ValueError(
+                f"request_expiry must be {MIN_REQUEST_EXPIRY}..{MAX_REQUEST_EXPIRY} seconds"
+            )
+        if not MIN_REASON_LENGTH <= self.reason_min_length <= MAX_REASON_LENGTH:
+            raise ValueError(f"reason_min_length must be {MIN_REASON_LENGTH}..{MAX_REASON_LENGTH}")
+        problem = ticket_pattern_problem(self.ticket_pattern)
+        if problem is not None:
+            raise ValueError(f"ticket_pattern: {problem}")
+        if not self.break_glass_reviewers:
+            object.__setattr__(self, "break_glass_reviewers", self.approver_groups)
+
+    @property
+    def approver_groups(self) -> frozenset[str]:
+        """Every group named by any factor (kept for callers of the one-factor model)."""
+        return frozenset(g for f in self.factors for g in f.approver_groups)
+
+    @property
+    def approvals(self) -> int:
+        """Total approvals needed across all factors."""
+        return sum(f.approvals for f in self.factors)
+
+    def ticket_matches(self, ticket: str) -> bool:
+        """True iff ``ticket`` matches ``ticket_pattern`` in full."""
+        return re.fullmatch(self.ticket_pattern, ticket) is not None
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "approver_groups": sorted(self.approver_groups),
-            "approvals": self.approvals,
+            "factors": [f.to_json() for f in self.factors],
             "max_duration": self.max_duration,
+            "request_expiry": self.request_expiry,
+            "reason_min_length": self.reason_min_length,
             "ticket_required": self.ticket_required,
             "ticket_pattern": self.ticket_pattern,
             "break_glass": self.break_glass,
+            "break_glass_reviewers": sorted(self.break_glass_reviewers),
         }
+
+
+def ticket_pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not an acceptable ``ticket_pattern``, or None if it is.
+
+    It must compile and be anchored: start with ``^`` and end with an unescaped ``$``, so
+    the written rule reads as a whole-ticket match (the service uses ``re.fullmatch``
+    regardless, which also refuses a trailing newline that ``$`` alone would allow).
+    """
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        return f"bad regex: {e}"
+    trailing_backslashes = len(pattern[:-1]) - len(pattern[:-1].rstrip("\\"))
+    if not (pattern.startswith("^") and pattern.endswith("$") and trailing_backslashes % 2 == 0):
+        return f"{pattern!r} must be anchored: start with '^' and end with '$'"
+    return None
 
 
 @dataclass(frozen=True)

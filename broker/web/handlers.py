@@ -29,24 +29,27 @@ from .middleware import REQUEST_ID
 from .openapi import openapi_document
 
 __all__ = [
+    "authenticated",
     "get_grants",
     "get_health",
     "get_me",
     "get_metrics",
     "get_openapi",
     "get_verify",
+    "page_size",
     "post_credentials",
+    "rejected",
     "revoke_grant",
 ]
 
 _ISSUE_FIELDS = frozenset({"secret", "reason", "ticket", "ttl"})
 
 
-async def _principal(request: web.Request) -> Principal:
+async def authenticated(request: web.Request) -> Principal:
     return await request.app[AUTHN].authenticate(request)
 
 
-async def _rejected(request: web.Request, principal: Principal, error: BadRequest) -> None:
+async def rejected(request: web.Request, principal: Principal, error: BadRequest) -> None:
     """Malformed requests from a known subject are evidence too (probing, broken clients)."""
     await request.app[LEDGER].append(
         NewEvent(
@@ -66,7 +69,7 @@ def _require(request: web.Request, principal: Principal, capability: str) -> Non
 
 
 async def post_credentials(request: web.Request) -> web.Response:
-    principal = await _principal(request)
+    principal = await authenticated(request)
     settings = request.app[SETTINGS]
     try:
         body = await read_object(request, _ISSUE_FIELDS)
@@ -77,14 +80,14 @@ async def post_credentials(request: web.Request) -> web.Response:
             ttl=parse_ttl(body),
         )
     except BadRequest as e:
-        await _rejected(request, principal, e)
+        await rejected(request, principal, e)
         raise
     grant = await request.app[GRANTS].issue(principal, issue, request_id=request[REQUEST_ID])
     return web.json_response(grant, status=201, headers={"Cache-Control": "no-store"})
 
 
 async def get_me(request: web.Request) -> web.Response:
-    principal = await _principal(request)
+    principal = await authenticated(request)
     policy = request.app[POLICY].current
     return web.json_response(
         {
@@ -100,7 +103,7 @@ async def get_me(request: web.Request) -> web.Response:
     )
 
 
-def _page_size(request: web.Request) -> int:
+def page_size(request: web.Request) -> int:
     raw = request.query.get("limit", "100")
     maximum = request.app[SETTINGS].max_page_size
     if not raw.isdigit() or not 1 <= int(raw) <= maximum:
@@ -109,19 +112,19 @@ def _page_size(request: web.Request) -> int:
 
 
 async def get_grants(request: web.Request) -> web.Response:
-    principal = await _principal(request)
+    principal = await authenticated(request)
     active = request.query.get("active", "false")
     if active not in ("true", "false"):
         raise BadRequest("'active' must be true or false", code="invalid_active")
-    records = await request.app[GRANTS].list(
-        principal, active_only=active == "true", limit=_page_size(request)
+    records = await request.app[GRANTS].list_grants(
+        principal, active_only=active == "true", limit=page_size(request)
     )
     now = datetime.now(UTC)
     return web.json_response({"grants": [r.to_json(now) for r in records]})
 
 
 async def revoke_grant(request: web.Request) -> web.Response:
-    principal = await _principal(request)
+    principal = await authenticated(request)
     try:
         grant_id = uuid.UUID(request.match_info["grant_id"])
     except ValueError:
@@ -152,7 +155,7 @@ async def get_health(request: web.Request) -> web.Response:
 
 
 async def get_verify(request: web.Request) -> web.Response:
-    principal = await _principal(request)
+    principal = await authenticated(request)
     _require(request, principal, "audit")
     ledger = request.app[LEDGER]
     async with ledger.pool.acquire() as conn:

@@ -16,6 +16,7 @@ from broker.text import is_safe_text
 from .keys import SETTINGS
 
 __all__ = [
+    "optional_bool",
     "optional_text",
     "parse_ttl",
     "query_text",
@@ -27,8 +28,13 @@ __all__ = [
 _TICKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}$")
 
 
-async def read_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
-    """The JSON object body; unknown fields are refused so typos never pass silently."""
+async def read_object(
+    request: web.Request, allowed: frozenset[str], *, optional: bool = False
+) -> dict[str, Any]:
+    """The JSON object body; unknown fields are refused so typos never pass silently.
+
+    With ``optional``, an empty body is an empty object (e.g. an approval without comment).
+    """
     try:
         raw = await request.read()  # bounded by the app's client_max_size
     except web.HTTPRequestEntityTooLarge:
@@ -36,6 +42,8 @@ async def read_object(request: web.Request, allowed: frozenset[str]) -> dict[str
             f"request body is larger than {request.app[SETTINGS].max_body_bytes} bytes"
         ) from None
     if not raw:
+        if optional:
+            return {}
         raise BadRequest("request body must be a JSON object", code="malformed_json")
     try:
         body = json.loads(raw)
@@ -102,3 +110,10 @@ def parse_ttl(body: dict[str, Any], name: str = "ttl") -> int | None:
 def query_text(request: web.Request, name: str, max_chars: int) -> str | None:
     """A free-text query parameter, held to the same rules as body text."""
     return optional_text(dict(request.query), name, max_chars)
+
+
+def optional_bool(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be true or false", code=f"invalid_{name}")
+    return value

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from broker.auth import Verifier
 from broker.config import Settings
+from broker.elevation import ElevationService
 from broker.grants import GrantService
 from broker.ledger import CheckpointVerifier, Ledger
 from broker.metrics import Metrics
@@ -23,3 +24,4 @@ GRANTS = web.AppKey("grants", GrantService)
 VERIFIER = web.AppKey("verifier", Verifier)
 AUTHN = web.AppKey("authn", Authenticator)
 CHECKPOINT_VERIFIER = web.AppKey("checkpoint_verifier", CheckpointVerifier)
+ELEVATIONS = web.AppKey("elevations", ElevationService)

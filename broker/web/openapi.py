@@ -29,6 +29,46 @@ _COMMON = {
     "503": _err("Vault or the ledger is unavailable: nothing was issued"),
 }
 
+_ELEVATION_ID = {
+    "name": "elevation_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _body(schema: str, *, required: bool = True) -> dict[str, Any]:
+    return {
+        "required": required,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _decision(operation: str, summary: str, forbidden: str, conflict: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "operationId": operation,
+            "parameters": [_ELEVATION_ID],
+            "requestBody": _body("Comment", required=False),
+            "responses": {
+                "200": _json("The elevation after the decision", "Elevation"),
+                **_COMMON,
+                "403": _err(forbidden),
+                "404": _err("`elevation_not_found` (or not visible to you)"),
+                "409": _err(conflict),
+            },
+        }
+    }
+
+
 _DOC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -100,6 +140,80 @@ _DOC: dict[str, Any] = {
                             " pki: {certificate, private_key, issuing_ca, ca_chain, serial_number}"
                         ),
                     },
+                },
+            },
+            "ElevationRequest": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["secret"],
+                "properties": {
+                    "secret": {"type": "string", "maxLength": 128, "examples": ["stripe/prod"]},
+                    "reason": {"type": "string", "maxLength": 500},
+                    "ticket": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}$"},
+                    "duration": {"$ref": "#/components/schemas/Duration"},
+                    "break_glass": {"type": "boolean"},
+                },
+            },
+            "Comment": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"comment": {"type": "string", "maxLength": 500}},
+            },
+            "Elevation": {
+                "type": "object",
+                "required": [
+                    "id",
+                    "status",
+                    "secret",
+                    "role",
+                    "requester",
+                    "reason",
+                    "duration",
+                    "break_glass",
+                    "requested_at",
+                    "expires_at",
+                    "approvals_required",
+                    "approvals",
+                    "grants",
+                    "can_decide",
+                ],
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "status": {
+                        "enum": ["pending", "approved", "denied", "cancelled", "expired", "ended"]
+                    },
+                    "secret": {"type": "string"},
+                    "role": {"type": "string"},
+                    "requester": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "ticket": {"type": ["string", "null"]},
+                    "duration": {"type": "integer", "description": "window length, seconds"},
+                    "break_glass": {"type": "boolean"},
+                    "policy_version": {"type": ["string", "null"]},
+                    "requested_at": {"type": "string", "format": "date-time"},
+                    "expires_at": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "when an undecided request expires",
+                    },
+                    "approvals_required": {
+                        "type": "array",
+                        "description": "factors, all required; one approver counts once",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "approver_groups": {"type": "array", "items": {"type": "string"}},
+                                "approvals": {"type": "integer"},
+                            },
+                        },
+                    },
+                    "approvals": {"type": "array", "items": {"type": "object"}},
+                    "approved_at": {"type": ["string", "null"], "format": "date-time"},
+                    "window_ends_at": {"type": ["string", "null"], "format": "date-time"},
+                    "closed": {"type": ["object", "null"]},
+                    "review": {"type": ["object", "null"]},
+                    "grants": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+                    "can_decide": {"type": "boolean"},
                 },
             },
             "GrantSummary": {
@@ -225,6 +339,134 @@ _DOC: dict[str, Any] = {
                     "404": _err("`grant_not_found` (or not yours)"),
                     "409": _err("`grant_not_active`: already revoked or expired"),
                     "502": _err("Vault refused the revocation"),
+                },
+            }
+        },
+        "/v1/elevations": {
+            "post": {
+                "summary": "Ask for elevation to a privileged secret (or take break-glass access)",
+                "operationId": "requestElevation",
+                "requestBody": _body("ElevationRequest"),
+                "responses": {
+                    "201": _json(
+                        "The elevation (pending, or approved at once for break-glass)", "Elevation"
+                    ),
+                    **_COMMON,
+                    "403": _err("`denied`, `break_glass_not_allowed`"),
+                    "404": _err("`unknown_secret`"),
+                    "409": _err("`elevation_not_needed`: a standing role already grants it"),
+                    "413": _err("Body too large"),
+                },
+            },
+            "get": {
+                "summary": "Elevations you requested, may decide, or (admin/audit) all",
+                "operationId": "listElevations",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {
+                            "enum": [
+                                "pending",
+                                "approved",
+                                "denied",
+                                "cancelled",
+                                "expired",
+                                "ended",
+                            ]
+                        },
+                    },
+                    {"name": "break_glass", "in": "query", "schema": {"enum": ["unreviewed"]}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Elevations, newest first",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["elevations"],
+                                    "properties": {
+                                        "elevations": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Elevation"},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _err("Bad query parameter"),
+                    **_AUTH_ERRORS,
+                },
+            },
+        },
+        "/v1/elevations/{elevation_id}": {
+            "get": {
+                "summary": "One elevation with its full history",
+                "operationId": "getElevation",
+                "parameters": [_ELEVATION_ID],
+                "responses": {
+                    "200": _json("The elevation", "Elevation"),
+                    **_AUTH_ERRORS,
+                    "404": _err("`elevation_not_found` (or not visible to you)"),
+                },
+            }
+        },
+        "/v1/elevations/{elevation_id}/approve": _decision(
+            "approveElevation",
+            "Approve (one vote; activates when every factor is met)",
+            "`self_approval`, `not_an_approver`",
+            "`elevation_not_pending`, `already_voted`",
+        ),
+        "/v1/elevations/{elevation_id}/deny": _decision(
+            "denyElevation",
+            "Deny (comment required; closes the request)",
+            "`self_approval`, `not_an_approver`",
+            "`elevation_not_pending`",
+        ),
+        "/v1/elevations/{elevation_id}/cancel": _decision(
+            "cancelElevation",
+            "Cancel (requester), or end early (admin); revokes grants minted under it",
+            "`not_requester`",
+            "`elevation_not_pending`",
+        ),
+        "/v1/elevations/{elevation_id}/review": _decision(
+            "reviewElevation",
+            "Review a break-glass use (a second person; comment required)",
+            "`self_review`, `not_a_reviewer`",
+            "`not_break_glass`, `already_reviewed`",
+        ),
+        "/v1/elevations/{elevation_id}/credentials": {
+            "post": {
+                "summary": "Mint the credential under an approved elevation (requester only)",
+                "operationId": "redeemElevation",
+                "description": "TTL is clipped to the role's max_ttl and to the window's end.",
+                "parameters": [_ELEVATION_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {"ttl": {"$ref": "#/components/schemas/Duration"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json("Issued; the ledger row committed first", "Grant"),
+                    **_COMMON,
+                    "403": _err("`not_requester`, `no_longer_eligible`"),
+                    "404": _err("`elevation_not_found`"),
+                    "409": _err("`elevation_not_active`: not approved, or the window ended"),
+                    "502": _err("Vault refused the request"),
                 },
             }
         },

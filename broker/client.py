@@ -1,0 +1,189 @@
+"""A small synchronous HTTP client for the broker API, used by the ``broker`` CLI.
+
+Standard library only (``urllib``), one method per endpoint, a timeout on every call.
+The bearer token is sent in the ``Authorization`` header and nowhere else; nothing here
+logs requests or responses (a response may carry a credential).
+
+Errors:
+  ``BrokerError``       the broker answered with an error status (``{"error": {code, message}}``)
+  ``BrokerUnreachable`` no answer: connection refused, DNS failure, timeout, broken response
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+__all__ = ["BrokerClient", "BrokerError", "BrokerUnreachable"]
+
+_MAX_ERROR_TEXT = 200
+
+
+class BrokerError(Exception):
+    """The broker refused: ``status`` is the HTTP status, ``code``/``message`` its error body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class BrokerUnreachable(Exception):
+    """The broker could not be reached or gave no usable answer."""
+
+
+def _error_from(status: int, raw: bytes) -> BrokerError:
+    try:
+        body = json.loads(raw)
+        err = body["error"]
+        return BrokerError(status, str(err["code"]), str(err["message"]))
+    except (ValueError, KeyError, TypeError):
+        text = raw.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
+        return BrokerError(status, f"http_{status}", text or "no error body")
+
+
+class BrokerClient:
+    """Talks to one broker at ``url`` as the holder of ``token``."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"broker URL must be http(s)://host[:port], got {url!r}")
+        if not token:
+            raise ValueError("a bearer token is required")
+        self.url = url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+
+    def __repr__(self) -> str:  # never show the token
+        return f"BrokerClient(url={self.url!r})"
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        query: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        url = self.url + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310 - scheme checked in __init__
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                raw: bytes = resp.read()
+                status: int = resp.status
+        except urllib.error.HTTPError as e:
+            with e:
+                raise _error_from(e.code, e.read()) from None
+        except urllib.error.URLError as e:
+            raise BrokerUnreachable(f"cannot reach broker at {self.url}: {e.reason}") from None
+        except TimeoutError:
+            raise BrokerUnreachable(
+                f"broker at {self.url} did not answer within {self.timeout:g}s"
+            ) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise BrokerUnreachable(f"broker at {self.url} failed: {e!r}") from None
+        try:
+            result = json.loads(raw)
+        except ValueError:
+            raise BrokerError(status, "bad_response", "the broker's answer is not JSON") from None
+        if not isinstance(result, dict):
+            raise BrokerError(status, "bad_response", "the broker's answer is not a JSON object")
+        return result
+
+    # --- identity and plain credentials ---------------------------------------------
+
+    def me(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/me")
+
+    def issue_credentials(
+        self,
+        secret: str,
+        *,
+        ttl: str | None = None,
+        reason: str | None = None,
+        ticket: str | None = None,
+    ) -> dict[str, Any]:
+        body = _drop_none({"secret": secret, "ttl": ttl, "reason": reason, "ticket": ticket})
+        return self._call("POST", "/v1/credentials", body=body)
+
+    def list_grants(self, *, active: bool = False) -> list[dict[str, Any]]:
+        out = self._call("GET", "/v1/grants", query={"active": "true" if active else "false"})
+        return list(out.get("grants") or [])
+
+    def revoke_grant(self, grant_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        query = {"reason": reason} if reason else None
+        return self._call("DELETE", f"/v1/grants/{_seg(grant_id)}", query=query)
+
+    # --- elevations ---------------------------------------------------------------------
+
+    def request_elevation(
+        self,
+        secret: str,
+        *,
+        reason: str | None,
+        ticket: str | None = None,
+        duration: str | None = None,
+        break_glass: bool = False,
+    ) -> dict[str, Any]:
+        body = _drop_none(
+            {"secret": secret, "reason": reason, "ticket": ticket, "duration": duration}
+        )
+        if break_glass:
+            body["break_glass"] = True
+        return self._call("POST", "/v1/elevations", body=body)
+
+    def list_elevations(
+        self, *, status: str | None = None, unreviewed_break_glass: bool = False
+    ) -> list[dict[str, Any]]:
+        query: dict[str, str] = {}
+        if status:
+            query["status"] = status
+        if unreviewed_break_glass:
+            query["break_glass"] = "unreviewed"
+        out = self._call("GET", "/v1/elevations", query=query)
+        return list(out.get("elevations") or [])
+
+    def get_elevation(self, elevation_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/elevations/{_seg(elevation_id)}")
+
+    def _decide(self, elevation_id: str, action: str, comment: str | None) -> dict[str, Any]:
+        body = {"comment": comment} if comment is not None else {}
+        return self._call("POST", f"/v1/elevations/{_seg(elevation_id)}/{action}", body=body)
+
+    def approve_elevation(self, elevation_id: str, comment: str | None = None) -> dict[str, Any]:
+        return self._decide(elevation_id, "approve", comment)
+
+    def deny_elevation(self, elevation_id: str, comment: str) -> dict[str, Any]:
+        return self._decide(elevation_id, "deny", comment)
+
+    def cancel_elevation(self, elevation_id: str, comment: str | None = None) -> dict[str, Any]:
+        return self._decide(elevation_id, "cancel", comment)
+
+    def review_elevation(self, elevation_id: str, comment: str) -> dict[str, Any]:
+        return self._decide(elevation_id, "review", comment)
+
+    def redeem_elevation(self, elevation_id: str, *, ttl: str | None = None) -> dict[str, Any]:
+        body = _drop_none({"ttl": ttl})
+        return self._call("POST", f"/v1/elevations/{_seg(elevation_id)}/credentials", body=body)
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: an ID can never change which endpoint is called."""
+    return urllib.parse.quote(value, safe="")

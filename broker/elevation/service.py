@@ -1,0 +1,547 @@
+"""Step-up elevation: privileged secrets are eligible, never standing.
+
+Flow: the requester asks (reason, ticket where required) -> approvers from the role's
+factor groups vote -> when every factor is met the elevation is *activated* for a bounded
+window -> only the requester may mint, TTL clipped to the window's end. Every step is a
+ledger event carrying the policy version that applied; state is folded from those events
+(``model.fold``), so several replicas agree without any shared memory.
+
+Races are settled by the ledger writer under its lock: one vote per approver (dedupe key),
+no vote or activation after a close, one close per elevation, no issuance after a close
+(guard keys). Rules and their error codes:
+
+  self_approval         an approver is the requester (same subject, case-insensitively)
+  not_an_approver       the approver is in none of the factor groups now
+  already_voted         a second vote by the same approver
+  elevation_not_pending approve/deny on a decided, expired, cancelled or denied request
+  elevation_not_active  redeem outside the approved window
+  not_requester         someone else tries to redeem or cancel
+  reason_required / reason_too_short / ticket_required / invalid_ticket   request rules
+  break_glass_not_allowed, not_break_glass, self_review, not_a_reviewer, already_reviewed
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from broker.auth.principal import Principal
+from broker.errors import BadRequest, Conflict, Forbidden, NotFound
+from broker.grants import GrantService
+from broker.ledger import Ledger, NewEvent
+from broker.metrics import Metrics
+from broker.notify import Notification, WebhookNotifier
+from broker.policy.active import ActivePolicy
+from broker.policy.decide import capabilities, decide
+from broker.policy.model import ElevationRule, Role
+
+from .model import (
+    Elevation,
+    activated_key,
+    closed_key,
+    fold,
+    reviewed_key,
+    subject_key,
+    vote_key,
+)
+from .quorum import quorum_met
+
+__all__ = ["ElevationService"]
+
+_PENDING_HORIZON = timedelta(days=8)  # > the longest allowed request_expiry (7 d)
+_STATUSES = frozenset({"pending", "approved", "denied", "cancelled", "expired", "ended"})
+
+
+def _factor_groups(el: Elevation) -> frozenset[str]:
+    return frozenset(g for f in el.factors for g in f["approver_groups"])
+
+
+class ElevationService:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        policy: ActivePolicy,
+        grants: GrantService,
+        metrics: Metrics,
+        notifier: WebhookNotifier,
+    ) -> None:
+        self._ledger = ledger
+        self._policy = policy
+        self._grants = grants
+        self._metrics = metrics
+        self._notifier = notifier
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def _load(self, elevation_id: uuid.UUID) -> Elevation | None:
+        events = await self._ledger.elevation_events([elevation_id])
+        return fold(events.get(elevation_id, []))
+
+    async def _reload(self, elevation_id: uuid.UUID) -> Elevation:
+        el = await self._load(elevation_id)
+        if el is None:  # we just wrote its events: only a broken ledger gets here
+            raise NotFound("no such elevation", code="elevation_not_found")
+        return el
+
+    async def _load_many(self, ids: list[uuid.UUID]) -> list[Elevation]:
+        events = await self._ledger.elevation_events(ids)
+        folded = (fold(events.get(i, [])) for i in ids)
+        return [el for el in folded if el is not None]
+
+    def _may_decide(self, principal: Principal, el: Elevation) -> bool:
+        return subject_key(principal.subject) != subject_key(el.requester) and bool(
+            principal.groups & _factor_groups(el)
+        )
+
+    def _may_review(self, principal: Principal, el: Elevation, caps: frozenset[str]) -> bool:
+        if not el.break_glass or subject_key(principal.subject) == subject_key(el.requester):
+            return False
+        reviewers = frozenset(el.reviewers)
+        return bool(principal.groups & reviewers) or "admin" in caps
+
+    def _visible(self, principal: Principal, el: Elevation) -> bool:
+        caps = capabilities(self._policy.current, principal)
+        return (
+            subject_key(principal.subject) == subject_key(el.requester)
+            or self._may_decide(principal, el)
+            or self._may_review(principal, el, caps)
+            or bool(caps & {"admin", "audit"})
+        )
+
+    async def _visible_one(self, principal: Principal, elevation_id: uuid.UUID) -> Elevation:
+        el = await self._load(elevation_id)
+        if el is None or not self._visible(principal, el):
+            raise NotFound("no such elevation", code="elevation_not_found")
+        return el
+
+    def _view(self, principal: Principal, el: Elevation, now: datetime) -> dict[str, Any]:
+        out = el.to_json(now)
+        out["can_decide"] = out["status"] == "pending" and self._may_decide(principal, el)
+        return out
+
+    async def get(self, principal: Principal, elevation_id: uuid.UUID) -> dict[str, Any]:
+        el = await self._visible_one(principal, elevation_id)
+        return self._view(principal, el, datetime.now(UTC))
+
+    async def list_elevations(
+        self,
+        principal: Principal,
+        *,
+        status: str | None,
+        break_glass_unreviewed: bool,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Requesters see their own; approvers what they may decide; admins/auditors all."""
+        if status is not None and status not in _STATUSES:
+            raise BadRequest(
+                f"'status' must be one of {', '.join(sorted(_STATUSES))}", code="invalid_status"
+            )
+        now = datetime.now(UTC)
+        since = now - _PENDING_HORIZON if status in ("pending", "approved") else None
+        ids = await self._ledger.elevation_ids(
+            since=since, requester=principal.subject, limit=limit
+        )
+        if principal.groups or capabilities(self._policy.current, principal):
+            ids += await self._ledger.elevation_ids(since=since, requester=None, limit=limit)
+        if break_glass_unreviewed:
+            ids += await self._ledger.break_glass_ids(limit=limit)
+        unique = list(dict.fromkeys(ids))
+        out = []
+        for el in await self._load_many(unique):
+            if not self._visible(principal, el):
+                continue
+            view = self._view(principal, el, now)
+            if status is not None and view["status"] != status:
+                continue
+            if break_glass_unreviewed and (not el.break_glass or el.reviewed_by):
+                continue
+            out.append(view)
+        out.sort(key=lambda v: v["requested_at"], reverse=True)
+        return out[:limit]
+
+    # --- asking -------------------------------------------------------------------------
+
+    def _rule(self, role: Role) -> ElevationRule:
+        if role.elevation is None:  # the loader guarantees privileged roles have one
+            raise Forbidden(f"role {role.name!r} has no elevation rule", code="denied")
+        return role.elevation
+
+    async def request(
+        self,
+        principal: Principal,
+        *,
+        secret: str,
+        reason: str | None,
+        ticket: str | None,
+        duration: int | None,
+        break_glass: bool,
+        request_id: str,
+    ) -> dict[str, Any]:
+        policy = self._policy.current
+        decision = decide(policy, principal, secret)
+        if decision.outcome == "allow":
+            raise Conflict(
+                f"{secret!r} is granted to you without elevation: fetch it directly",
+                code="elevation_not_needed",
+            )
+        if decision.outcome != "elevation_required":
+            await self._grants.record_denial(
+                principal, secret, decision, request_id=request_id, reason=reason, ticket=ticket
+            )
+            if decision.outcome == "unknown_secret":
+                raise NotFound(decision.message, code="unknown_secret")
+            raise Forbidden(decision.message, code="denied")
+        assert decision.role is not None
+        rule = self._rule(decision.role)
+        _check_reason(reason, rule)
+        if rule.ticket_required:
+            if not ticket:
+                raise BadRequest("this role requires a ticket reference", code="ticket_required")
+            if not rule.ticket_matches(ticket):
+                raise BadRequest(f"ticket must match {rule.ticket_pattern}", code="invalid_ticket")
+        if break_glass and not rule.break_glass:
+            raise Forbidden(
+                f"role {decision.role.name!r} does not allow break-glass access",
+                code="break_glass_not_allowed",
+            )
+        granted = min(duration or rule.max_duration, rule.max_duration)
+        elevation_id = uuid.uuid4()
+        now = datetime.now(UTC)
+        factors = [
+            {"approver_groups": sorted(f.approver_groups), "approvals": f.approvals}
+            for f in rule.factors
+        ]
+        common: dict[str, Any] = {
+            "subject": principal.subject,
+            "subject_kind": principal.kind,
+            "secret": secret,
+            "role": decision.role.name,
+            "policy_version": policy.version,
+            "request_id": request_id,
+        }
+        await self._ledger.append(
+            NewEvent(
+                event="elevation.requested",
+                outcome="break_glass" if break_glass else "pending",
+                body={
+                    "elevation_id": str(elevation_id),
+                    "reason": reason,
+                    "ticket": ticket,
+                    "duration": granted,
+                    "requested_duration": duration,
+                    "request_expires_at": (
+                        now + timedelta(seconds=rule.request_expiry)
+                    ).isoformat(),
+                    "factors": factors,
+                    "break_glass": break_glass,
+                    "break_glass_reviewers": sorted(rule.break_glass_reviewers),
+                    "issuer": principal.issuer,
+                },
+                **common,
+            )
+        )
+        if break_glass:
+            # Issued at once, flagged, and left open for a second person's review.
+            await self._activate(elevation_id, granted, common, approvers=[], break_glass=True)
+            self._metrics.break_glass.inc()
+        el = await self._reload(elevation_id)
+        kind = "elevation.break_glass" if break_glass else "elevation.requested"
+        self._notify(kind, el, f"{principal.subject} requests {secret}: {reason}")
+        return self._view(principal, el, datetime.now(UTC))
+
+    async def _activate(
+        self,
+        elevation_id: uuid.UUID,
+        duration: int,
+        common: dict[str, Any],
+        *,
+        approvers: list[str],
+        break_glass: bool,
+    ) -> bool:
+        window_end = datetime.now(UTC) + timedelta(seconds=duration)
+        appended = await self._ledger.append(
+            NewEvent(
+                event="elevation.activated",
+                outcome="break_glass" if break_glass else "approved",
+                body={
+                    "elevation_id": str(elevation_id),
+                    "window_ends_at": window_end.isoformat(),
+                    "approvers": approvers,
+                    "break_glass": break_glass,
+                },
+                dedupe_key=activated_key(elevation_id),
+                requires_absent=(closed_key(elevation_id),),
+                **common,
+            )
+        )
+        return not (appended.duplicate or appended.refused)
+
+    # --- deciding -----------------------------------------------------------------------
+
+    def _common(self, principal: Principal, el: Elevation, request_id: str) -> dict[str, Any]:
+        return {
+            "subject": principal.subject,
+            "subject_kind": principal.kind,
+            "secret": el.secret,
+            "role": el.role,
+            "policy_version": self._policy.current.version,
+            "request_id": request_id,
+        }
+
+    def _check_decider(self, principal: Principal, el: Elevation, now: datetime) -> None:
+        status = el.status(now)
+        if status != "pending":
+            raise Conflict(f"elevation is {status}", code="elevation_not_pending")
+        if subject_key(principal.subject) == subject_key(el.requester):
+            raise Forbidden(
+                "you cannot decide your own request (cancel it instead)", code="self_approval"
+            )
+        if not principal.groups & _factor_groups(el):
+            raise Forbidden(
+                "you are not in an approver group of this elevation", code="not_an_approver"
+            )
+
+    async def approve(
+        self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
+    ) -> dict[str, Any]:
+        el = await self._visible_one(principal, elevation_id)
+        now = datetime.now(UTC)
+        self._check_decider(principal, el, now)
+        if any(subject_key(v.approver) == subject_key(principal.subject) for v in el.approvals):
+            raise Conflict("you have already approved this elevation", code="already_voted")
+        groups = sorted(principal.groups & _factor_groups(el))
+        appended = await self._ledger.append(
+            NewEvent(
+                event="elevation.approved",
+                outcome="approved",
+                body={
+                    "elevation_id": str(elevation_id),
+                    "comment": comment,
+                    "approver_groups": groups,
+                    "requester": el.requester,
+                },
+                dedupe_key=vote_key(elevation_id, principal.subject),
+                requires_absent=(closed_key(elevation_id), activated_key(elevation_id)),
+                **self._common(principal, el, request_id),
+            )
+        )
+        if appended.duplicate:
+            raise Conflict("you have already approved this elevation", code="already_voted")
+        if appended.refused:
+            raise Conflict("elevation was decided meanwhile", code="elevation_not_pending")
+        el = await self._reload(elevation_id)
+        votes = {v.approver: v.groups for v in el.approvals}
+        factors = [(frozenset(f["approver_groups"]), int(f["approvals"])) for f in el.factors]
+        if el.activated_at is None and quorum_met(factors, votes):
+            common = self._common(principal, el, request_id)
+            if await self._activate(
+                elevation_id, el.duration, common, approvers=sorted(votes), break_glass=False
+            ):
+                self._metrics.elevation_decision_seconds.observe(
+                    (datetime.now(UTC) - el.requested_at).total_seconds()
+                )
+            el = await self._reload(elevation_id)
+            self._notify("elevation.approved", el, f"{el.requester}'s {el.secret} approved")
+        else:
+            self._notify("elevation.vote", el, f"{principal.subject} approved {el.secret}")
+        return self._view(principal, el, datetime.now(UTC))
+
+    async def deny(
+        self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
+    ) -> dict[str, Any]:
+        if not comment:
+            raise BadRequest("a denial needs a comment", code="comment_required")
+        el = await self._visible_one(principal, elevation_id)
+        self._check_decider(principal, el, datetime.now(UTC))
+        appended = await self._ledger.append(
+            NewEvent(
+                event="elevation.denied",
+                outcome="denied",
+                body={"elevation_id": str(elevation_id), "comment": comment},
+                dedupe_key=closed_key(elevation_id),
+                requires_absent=(activated_key(elevation_id),),
+                **self._common(principal, el, request_id),
+            )
+        )
+        if appended.duplicate or appended.refused:
+            raise Conflict("elevation was decided meanwhile", code="elevation_not_pending")
+        el = await self._reload(elevation_id)
+        self._notify("elevation.denied", el, f"{el.requester}'s {el.secret} denied")
+        return self._view(principal, el, datetime.now(UTC))
+
+    async def cancel(
+        self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
+    ) -> dict[str, Any]:
+        """The requester withdraws (pending or approved); an admin may end one early.
+
+        Grants minted under it are revoked in Vault and ledgered as revoked.
+        """
+        el = await self._visible_one(principal, elevation_id)
+        now = datetime.now(UTC)
+        own = subject_key(principal.subject) == subject_key(el.requester)
+        admin = "admin" in capabilities(self._policy.current, principal)
+        if not own and not admin:
+            raise Forbidden("only the requester or an admin can cancel", code="not_requester")
+        status = el.status(now)
+        if status not in ("pending", "approved"):
+            raise Conflict(f"elevation is {status}", code="elevation_not_pending")
+        event = "elevation.ended" if (not own and status == "approved") else "elevation.cancelled"
+        appended = await self._ledger.append(
+            NewEvent(
+                event=event,
+                outcome="ended_early" if event == "elevation.ended" else "cancelled",
+                body={"elevation_id": str(elevation_id), "comment": comment},
+                dedupe_key=closed_key(elevation_id),
+                **self._common(principal, el, request_id),
+            )
+        )
+        if appended.duplicate:
+            raise Conflict("elevation was closed meanwhile", code="elevation_not_pending")
+        el = await self._reload(elevation_id)
+        await self._grants.revoke_grants(
+            el.grants, principal, request_id=request_id, reason=f"{event} {elevation_id}"
+        )
+        self._notify(event, el, f"{el.requester}'s {el.secret} elevation {event.split('.')[1]}")
+        return self._view(principal, el, datetime.now(UTC))
+
+    async def review(
+        self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
+    ) -> dict[str, Any]:
+        if not comment:
+            raise BadRequest("a review needs a comment", code="comment_required")
+        el = await self._visible_one(principal, elevation_id)
+        if not el.break_glass:
+            raise Conflict("only break-glass uses are reviewed", code="not_break_glass")
+        if subject_key(principal.subject) == subject_key(el.requester):
+            raise Forbidden("a second person must review break-glass use", code="self_review")
+        if not self._may_review(principal, el, capabilities(self._policy.current, principal)):
+            raise Forbidden("you may not review this break-glass use", code="not_a_reviewer")
+        appended = await self._ledger.append(
+            NewEvent(
+                event="elevation.reviewed",
+                outcome="reviewed",
+                body={"elevation_id": str(elevation_id), "comment": comment},
+                dedupe_key=reviewed_key(elevation_id),
+                **self._common(principal, el, request_id),
+            )
+        )
+        if appended.duplicate:
+            raise Conflict("already reviewed", code="already_reviewed")
+        el = await self._reload(elevation_id)
+        self._notify("elevation.reviewed", el, f"{principal.subject} reviewed break-glass")
+        return self._view(principal, el, datetime.now(UTC))
+
+    # --- using --------------------------------------------------------------------------
+
+    async def redeem(
+        self, principal: Principal, elevation_id: uuid.UUID, ttl: int | None, request_id: str
+    ) -> dict[str, Any]:
+        el = await self._visible_one(principal, elevation_id)
+        if subject_key(principal.subject) != subject_key(el.requester):
+            raise Forbidden("only the requester can use an elevation", code="not_requester")
+        now = datetime.now(UTC)
+        status = el.status(now)
+        if status != "approved" or el.window_ends_at is None:
+            raise Conflict(f"elevation is {status}", code="elevation_not_active")
+        # Still eligible under the policy in force now (a role removed since is final).
+        policy = self._policy.current
+        decision = decide(policy, principal, el.secret, ttl)
+        if (
+            decision.outcome != "elevation_required"
+            or decision.role is None
+            or decision.entry is None
+            or decision.role.name != el.role
+        ):
+            raise Forbidden("you are no longer eligible for this role", code="no_longer_eligible")
+        left = int((el.window_ends_at - now).total_seconds())
+        if left < 1:
+            raise Conflict("elevation window has ended", code="elevation_not_active")
+        return await self._grants.issue_elevated(
+            principal,
+            entry=decision.entry,
+            role=decision.role,
+            ttl=min(decision.ttl, left),
+            policy_version=policy.version,
+            elevation_id=elevation_id,
+            guard=closed_key(elevation_id),
+            reason=el.reason,
+            ticket=el.ticket,
+            request_id=request_id,
+        )
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    async def sweep(self, *, limit: int = 500) -> int:
+        """Close requests nobody decided in time and windows that elapsed; update gauges."""
+        now = datetime.now(UTC)
+        ids = await self._ledger.elevation_ids(
+            since=now - _PENDING_HORIZON, requester=None, limit=limit
+        )
+        closed = 0
+        pending = 0
+        for el in await self._load_many(ids):
+            status = el.status(now)
+            if el.closed_event is not None:
+                continue
+            if status == "pending":
+                pending += 1
+                continue
+            why = "window_elapsed" if el.activated_at else "request_expired"
+            if status not in ("expired", "ended"):
+                continue
+            appended = await self._ledger.append(
+                NewEvent(
+                    event="elevation.expired",
+                    outcome=why,
+                    subject=el.requester,
+                    subject_kind=el.requester_kind,
+                    secret=el.secret,
+                    role=el.role,
+                    policy_version=self._policy.current.version,
+                    body={"elevation_id": str(el.id), "why": why},
+                    dedupe_key=closed_key(el.id),
+                    requires_absent=(() if el.activated_at else (activated_key(el.id),)),
+                )
+            )
+            if not (appended.duplicate or appended.refused):
+                closed += 1
+                self._notify("elevation.expired", el, f"{el.requester}'s {el.secret} {why}")
+        self._metrics.elevations_pending.set(pending)
+        unreviewed = [
+            el
+            for el in await self._load_many(await self._ledger.break_glass_ids(limit=limit))
+            if not el.reviewed_by
+        ]
+        self._metrics.break_glass_unreviewed.set(len(unreviewed))
+        return closed
+
+    def _notify(self, kind: str, el: Elevation, text: str) -> None:
+        # Identifiers and the stated reason only: never a credential.
+        self._notifier.notify(
+            Notification(
+                kind=kind,
+                text=text,
+                fields={
+                    "elevation_id": str(el.id),
+                    "status": el.status(datetime.now(UTC)),
+                    "secret": el.secret,
+                    "role": el.role,
+                    "requester": el.requester,
+                    "reason": el.reason,
+                    "ticket": el.ticket,
+                },
+            )
+        )
+
+
+def _check_reason(reason: str | None, rule: ElevationRule) -> None:
+    text = (reason or "").strip()
+    if not text:
+        raise BadRequest("elevation needs a reason", code="reason_required")
+    if len(text) < rule.reason_min_length or not any(c.isalnum() for c in text):
+        raise BadRequest(
+            f"reason must be at least {rule.reason_min_length} characters of real text",
+            code="reason_too_short",
+        )

@@ -1,0 +1,5 @@
+"""Outbound notifications (elevation events to chat webhooks); never on the request path."""
+
+from broker.notify.webhook import Notification, WebhookNotifier
+
+__all__ = ["Notification", "WebhookNotifier"]

@@ -1,0 +1,141 @@
+"""HTTP handlers for step-up elevation: thin, all rules live in ElevationService."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from broker.errors import BadRequest, NotFound
+
+from .handlers import authenticated, page_size, rejected
+from .inputs import optional_bool, optional_text, parse_ttl, read_object, require_secret, ticket
+from .keys import ELEVATIONS, SETTINGS
+from .middleware import REQUEST_ID
+
+__all__ = [
+    "approve_elevation",
+    "cancel_elevation",
+    "deny_elevation",
+    "get_elevation",
+    "list_elevations",
+    "post_elevation",
+    "redeem_elevation",
+    "review_elevation",
+]
+
+_REQUEST_FIELDS = frozenset({"secret", "reason", "ticket", "duration", "break_glass"})
+_COMMENT_FIELDS = frozenset({"comment"})
+
+
+def _elevation_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["elevation_id"])
+    except ValueError:
+        raise NotFound("no such elevation", code="elevation_not_found") from None
+
+
+async def post_elevation(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    settings = request.app[SETTINGS]
+    try:
+        body = await read_object(request, _REQUEST_FIELDS)
+        fields = {
+            "secret": require_secret(body),
+            "reason": optional_text(body, "reason", settings.max_reason_chars),
+            "ticket": ticket(body),
+            "duration": parse_ttl(body, "duration"),
+            "break_glass": optional_bool(body, "break_glass"),
+        }
+    except BadRequest as e:
+        await rejected(request, principal, e)
+        raise
+    result = await request.app[ELEVATIONS].request(
+        principal,
+        request_id=request[REQUEST_ID],
+        **fields,  # type: ignore[arg-type]
+    )
+    return web.json_response(result, status=201)
+
+
+async def list_elevations(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    bg = request.query.get("break_glass")
+    if bg not in (None, "unreviewed"):
+        raise BadRequest("'break_glass' may only be 'unreviewed'", code="invalid_break_glass")
+    items = await request.app[ELEVATIONS].list_elevations(
+        principal,
+        status=request.query.get("status"),
+        break_glass_unreviewed=bg == "unreviewed",
+        limit=page_size(request),
+    )
+    return web.json_response({"elevations": items})
+
+
+async def get_elevation(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    return web.json_response(await request.app[ELEVATIONS].get(principal, _elevation_id(request)))
+
+
+async def _comment(request: web.Request) -> str | None:
+    principal = await authenticated(request)
+    try:
+        body = await read_object(request, _COMMENT_FIELDS, optional=True)
+        return optional_text(body, "comment", request.app[SETTINGS].max_reason_chars)
+    except BadRequest as e:
+        await rejected(request, principal, e)
+        raise
+
+
+async def approve_elevation(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    comment = await _comment(request)
+    return web.json_response(
+        await request.app[ELEVATIONS].approve(
+            principal, _elevation_id(request), comment, request[REQUEST_ID]
+        )
+    )
+
+
+async def deny_elevation(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    comment = await _comment(request)
+    return web.json_response(
+        await request.app[ELEVATIONS].deny(
+            principal, _elevation_id(request), comment, request[REQUEST_ID]
+        )
+    )
+
+
+async def cancel_elevation(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    comment = await _comment(request)
+    return web.json_response(
+        await request.app[ELEVATIONS].cancel(
+            principal, _elevation_id(request), comment, request[REQUEST_ID]
+        )
+    )
+
+
+async def review_elevation(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    comment = await _comment(request)
+    return web.json_response(
+        await request.app[ELEVATIONS].review(
+            principal, _elevation_id(request), comment, request[REQUEST_ID]
+        )
+    )
+
+
+async def redeem_elevation(request: web.Request) -> web.Response:
+    principal = await authenticated(request)
+    try:
+        body = await read_object(request, frozenset({"ttl"}), optional=True)
+        ttl = parse_ttl(body)
+    except BadRequest as e:
+        await rejected(request, principal, e)
+        raise
+    grant = await request.app[ELEVATIONS].redeem(
+        principal, _elevation_id(request), ttl, request[REQUEST_ID]
+    )
+    return web.json_response(grant, status=201, headers={"Cache-Control": "no-store"})

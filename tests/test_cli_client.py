@@ -1,0 +1,282 @@
+"""The client CLI (``broker elevations|credentials|grants``) as a real subprocess.
+
+It talks HTTP to the in-process broker of the session (real OpenBao + Postgres). The CLI
+runs through ``asyncio.create_subprocess_exec`` so the event loop serving the broker keeps
+running while the command waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.stack.devstack import DevStack
+from tests.conftest import RunningBroker
+
+BROKER_BIN = Path(sys.executable).parent / "broker"
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+async def cli(
+    *args: str,
+    cwd: Path,
+    url: str | None = None,
+    token: str | None = None,
+    timeout: float = 60.0,
+) -> Run:
+    """Run ``broker ARGS`` with only the given BROKER_URL/BROKER_TOKEN in its environment."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("BROKER_") and k.lower() not in _PROXY_VARS
+    }
+    if url is not None:
+        env["BROKER_URL"] = url
+    if token is not None:
+        env["BROKER_TOKEN"] = token
+    proc = await asyncio.create_subprocess_exec(
+        str(BROKER_BIN),
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that is bound but not listening: connections are refused."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+async def test_elevation_story(
+    broker: RunningBroker, tokens: dict[str, str], stack: DevStack, tmp_path: Path
+) -> None:
+    alice = {"cwd": tmp_path, "url": broker.url, "token": tokens["alice"]}
+    bob = {"cwd": tmp_path, "url": broker.url, "token": tokens["bob"]}
+
+    # alice asks for the live Stripe key, citing an incident.
+    r = await cli(
+        "elevations",
+        "request",
+        "stripe/prod",
+        "--reason",
+        "refund run for failed payouts",
+        "--ticket",
+        "INC-4711",
+        "--json",
+        **alice,
+    )
+    assert r.rc == 0, r
+    el = r.json()
+    eid = el["id"]
+    assert el["status"] == "pending" and el["ticket"] == "INC-4711"
+
+    # She cannot approve her own request.
+    r = await cli("elevations", "approve", eid, **alice)
+    assert r.rc == 1, r
+    assert r.err.startswith("error: self_approval: "), r
+    assert r.out == ""
+
+    # bob sees it among the pending requests, as a table and as JSON.
+    r = await cli("elevations", "list", "--status", "pending", **bob)
+    assert r.rc == 0, r
+    header, *rows = r.out.splitlines()
+    assert header.split()[:3] == ["ID", "STATUS", "SECRET"]
+    row = next(line for line in rows if line.startswith(eid[:8]))
+    assert "pending" in row and "stripe/prod" in row and "alice" in row and "0/1" in row
+    r = await cli("elevations", "list", "--status", "pending", "--json", **bob)
+    assert r.rc == 0, r
+    assert eid in [e["id"] for e in r.json()["elevations"]]
+
+    # bob approves by the short ID the table shows.
+    r = await cli("elevations", "approve", eid[:8], "--comment", "ok for INC-4711", **bob)
+    assert r.rc == 0, r
+    assert r.out.startswith(f"approved elevation {eid[:8]}: now approved, approvals 1/1"), r
+
+    r = await cli("elevations", "show", eid, **alice)
+    assert r.rc == 0, r
+    assert "status:     approved" in r.out and "bob at" in r.out and "ok for INC-4711" in r.out
+
+    # alice fetches the key under the elevation: the grant JSON, on stdout only.
+    r = await cli("elevations", "credentials", eid, "--ttl", "5m", **alice)
+    assert r.rc == 0, r
+    grant = r.json()
+    expected = dict(stack.demo.secret_values["stripe/prod"])
+    assert grant["credential"]["data"] == expected
+    assert grant["secret"] == "stripe/prod" and grant["subject"] == "alice"
+    assert expected["api_key"] not in r.err
+
+    # ... and sees the grant in her list.
+    r = await cli("grants", "list", "--active", **alice)
+    assert r.rc == 0, r
+    row = next(line for line in r.out.splitlines() if line.startswith(grant["id"][:8]))
+    assert "active" in row and "stripe/prod" in row
+    assert expected["api_key"] not in r.out
+    r = await cli("grants", "list", "--json", **alice)
+    assert grant["id"] in [g["id"] for g in r.json()["grants"]]
+
+    r = await cli("elevations", "show", eid, "--json", **alice)
+    assert r.json()["grants"] == [grant["id"]]
+
+
+async def test_deny_with_dev_json_identities(
+    broker: RunningBroker, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """``--as NAME`` takes the token, and the URL, from ``.broker/dev.json`` like ``broker dev``."""
+    dev = tmp_path / ".broker"
+    dev.mkdir()
+    (dev / "dev.json").write_text(json.dumps({"url": broker.url, "tokens": tokens}))
+
+    r = await cli(
+        "elevations",
+        "request",
+        "db/orders-admin",
+        "--reason",
+        "fix order 1042 by hand",
+        "--duration",
+        "30m",
+        "--as",
+        "alice",
+        cwd=tmp_path,
+    )
+    assert r.rc == 0, r
+    assert " pending: needs 1 from sre-leads;" in r.out, r
+    short = r.out.split()[1][:8]
+
+    r = await cli("elevations", "deny", short, "--as", "dana", cwd=tmp_path)
+    assert r.rc == 2 and "--comment" in r.err  # argparse: a denial needs a comment
+
+    r = await cli(
+        "elevations", "deny", short, "--comment", "use the runbook", "--as", "dana", cwd=tmp_path
+    )
+    assert r.rc == 0, r
+    assert r.out.startswith(f"denied elevation {short}: now denied"), r
+
+    r = await cli("elevations", "credentials", short, "--as", "alice", cwd=tmp_path)
+    assert r.rc == 1, r
+    assert r.err.startswith("error: elevation_not_active: "), r
+    assert r.out == ""
+
+    r = await cli("elevations", "list", "--as", "nobody", cwd=tmp_path)
+    assert r.rc == 2 and "no token for 'nobody'" in r.err, r
+
+
+async def test_break_glass_listed_until_reviewed(
+    broker: RunningBroker, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    alice = {"cwd": tmp_path, "url": broker.url, "token": tokens["alice"]}
+    erin = {"cwd": tmp_path, "url": broker.url, "token": tokens["erin"]}
+    r = await cli(
+        "elevations",
+        "request",
+        "db/orders-admin",
+        "--reason",
+        "orders table locked, outage",
+        "--break-glass",
+        "--json",
+        **alice,
+    )
+    assert r.rc == 0, r
+    eid = r.json()["id"]
+    assert r.json()["status"] == "approved" and r.json()["break_glass"] is True
+
+    r = await cli("elevations", "list", "--unreviewed-break-glass", **erin)
+    assert r.rc == 0, r
+    assert any(
+        line.startswith(eid[:8]) and "break-glass, unreviewed" in line
+        for line in r.out.splitlines()
+    ), r.out
+
+    r = await cli("elevations", "review", eid, "--comment", "checked the outage log", **erin)
+    assert r.rc == 0, r
+    assert r.out.startswith(f"reviewed elevation {eid[:8]}:"), r
+
+    r = await cli("elevations", "list", "--unreviewed-break-glass", "--json", **erin)
+    assert eid not in [e["id"] for e in r.json()["elevations"]]
+
+    r = await cli("elevations", "cancel", eid, **alice)
+    assert r.rc == 0 and "now cancelled" in r.out, r
+
+
+async def test_plain_credentials_and_revoke(
+    broker: RunningBroker, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    alice = {"cwd": tmp_path, "url": broker.url, "token": tokens["alice"]}
+    r = await cli(
+        "credentials", "get", "stripe/test", "--ttl", "5m", "--reason", "cli test", **alice
+    )
+    assert r.rc == 0, r
+    grant = r.json()
+    assert grant["credential"]["data"]["api_key"].startswith("sk_test_")
+
+    r = await cli("grants", "revoke", grant["id"][:8], "--reason", "done", **alice)
+    assert r.rc == 0, r
+    assert r.out.startswith(f"revoked grant {grant['id'][:8]} (stripe/test)"), r
+    r = await cli("grants", "revoke", grant["id"], **alice)
+    assert r.rc == 1 and r.err.startswith("error: grant_not_active: "), r
+
+    r = await cli("credentials", "get", "stripe/prod", "--reason", "refund run", **alice)
+    assert r.rc == 1 and r.err.startswith("error: elevation_required: "), r
+
+
+async def test_connection_errors(
+    broker: RunningBroker, tokens: dict[str, str], tmp_path: Path, closed_port: int
+) -> None:
+    r = await cli("elevations", "list", cwd=tmp_path, url=broker.url)
+    assert r.rc == 2 and "no token" in r.err, r
+    r = await cli("elevations", "list", cwd=tmp_path, token=tokens["bob"])
+    assert r.rc == 2 and "no broker URL" in r.err, r
+
+    r = await cli(
+        "elevations",
+        "list",
+        "--url",
+        f"http://127.0.0.1:{closed_port}",
+        "--token",
+        tokens["bob"],
+        cwd=tmp_path,
+    )
+    assert r.rc == 3, r
+    assert "cannot reach broker" in r.err and "Traceback" not in r.err, r
+
+    r = await cli("elevations", "list", cwd=tmp_path, url=broker.url, token="not-a-jwt")
+    assert r.rc == 1 and r.err.startswith("error: "), r
+    assert "Traceback" not in r.err
+
+    missing = "00000000-0000-4000-8000-000000000000"
+    r = await cli("elevations", "show", missing, cwd=tmp_path, url=broker.url, token=tokens["bob"])
+    assert r.rc == 1 and r.err.startswith("error: elevation_not_found: "), r
