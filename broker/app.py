@@ -14,10 +14,10 @@ from aiohttp import web
 from broker import __version__
 from broker.auth import DevIssuer, IssuerConfig, Verifier
 from broker.background import (
+    Checkpointer,
     Periodic,
     flush_auth_failures,
     probe_dependencies,
-    write_checkpoint,
 )
 from broker.config import Settings
 from broker.elevation import ElevationService
@@ -88,6 +88,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 settings.vault_role_id,
                 settings.vault_secret_id or "",
                 settings.vault_approle_mount,
+                settings.vault_secret_id_file,
             )
             if settings.vault_role_id
             else None
@@ -178,11 +179,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await ledger.append(
             NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
         )
-        periodic.every(
-            settings.checkpoint_interval_seconds,
-            "checkpoint",
-            lambda: write_checkpoint(ledger, signer, metrics),
+        checkpointer = Checkpointer(
+            ledger, signer, metrics, witness_path=settings.checkpoint_witness_path
         )
+        periodic.every(settings.checkpoint_interval_seconds, "checkpoint", checkpointer.run_once)
         periodic.every(settings.expiry_sweep_interval_seconds, "expiry", app[GRANTS].expire_due)
         periodic.every(settings.vault_login_check_seconds, "vault-login", login.maintain)
         periodic.every(
@@ -212,7 +212,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
             await flush_auth_failures(ledger, app[AUTHN])
             await ledger.append(NewEvent(event="broker.stopped", outcome="ok"))
-            await ledger.checkpoint(signer)
+            await checkpointer.run_once()
         except Exception as e:  # shutting down with the ledger gone: nothing more to save
             _log.warning("could not record shutdown: %s", type(e).__name__)
         await notifier.close()

@@ -10,13 +10,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from broker.errors import BrokerError
-from broker.ledger import CheckpointSigner, Ledger, NewEvent
+from broker.errors import BrokerError, LedgerTampered
+from broker.ledger import (
+    CheckpointError,
+    CheckpointSigner,
+    CheckpointVerifier,
+    Ledger,
+    NewEvent,
+)
 from broker.metrics import Metrics
 from broker.web.authn import Authenticator
 
-__all__ = ["Periodic", "flush_auth_failures", "probe_dependencies", "write_checkpoint"]
+__all__ = ["Checkpointer", "Periodic", "flush_auth_failures", "probe_dependencies"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,10 +56,51 @@ class Periodic:
         self._tasks.clear()
 
 
-async def write_checkpoint(ledger: Ledger, signer: CheckpointSigner, metrics: Metrics) -> None:
-    cp = await ledger.checkpoint(signer)
-    if cp is not None:
-        metrics.ledger_checkpoint_seq.set(cp.size)
+class Checkpointer:
+    """Signs the chain head periodically, anchored on what it signed before.
+
+    The anchor — the newest checkpoint this broker signed — is kept in memory and, when
+    ``witness_path`` is set, in a file outside the database, so a restart keeps it too.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        signer: CheckpointSigner,
+        metrics: Metrics,
+        *,
+        witness_path: Path | None,
+    ) -> None:
+        self._ledger = ledger
+        self._signer = signer
+        self._metrics = metrics
+        self._witness = witness_path
+        self._anchor: tuple[int, bytes] | None = None
+        if witness_path is not None and witness_path.exists():
+            verifier = CheckpointVerifier([signer.verifier_key()])
+            try:
+                cp = verifier.verify(witness_path.read_text(), origin=ledger.origin)
+            except (CheckpointError, OSError) as e:
+                raise ValueError(f"checkpoint witness {witness_path} is unusable: {e}") from e
+            self._anchor = (cp.size, cp.head_hash)
+
+    async def run_once(self) -> None:
+        try:
+            cp = await self._ledger.checkpoint(
+                self._signer, anchors=[self._anchor] if self._anchor else []
+            )
+        except LedgerTampered:
+            self._metrics.ledger_tamper_detected.inc()
+            _log.error("LEDGER TAMPERING SUSPECTED: checkpoint refused; run `broker verify`")
+            raise
+        if cp is None:
+            return
+        self._anchor = (cp.size, cp.head_hash)
+        self._metrics.ledger_checkpoint_seq.set(cp.size)
+        if self._witness is not None:
+            tmp = self._witness.with_suffix(".tmp")
+            tmp.write_text(self._signer.sign(cp))
+            tmp.replace(self._witness)  # atomic: a crash never leaves half a note
 
 
 async def flush_auth_failures(ledger: Ledger, tally: Authenticator) -> None:

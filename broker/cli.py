@@ -722,6 +722,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from broker.config import SettingsError
+    from broker.errors import BrokerError, PolicyError
 
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -729,6 +730,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SettingsError as e:
         print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, BrokerError) as e:
+        # Start-up refusals (no issuer, no key, invalid policy, Vault login refused):
+        # a clear line, not a traceback.
+        message = e.message if isinstance(e, BrokerError) else str(e)
+        if isinstance(e, PolicyError):
+            message += "\n" + "\n".join(e.errors)
+        print(f"cannot start: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

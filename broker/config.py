@@ -48,11 +48,14 @@ class Settings:
     vault_role_id: str | None = None
     vault_secret_id: str | None = None
     vault_approle_mount: str = "approle"
+    vault_secret_id_file: Path | None = None
     policies_dir: Path = Path("policies")
     # Checkpoint signing key: outside the database by design.
     checkpoint_key_path: Path = Path(".broker/checkpoint.key")
     checkpoint_key_name: str = "jit-broker"
     checkpoint_verifier_keys: tuple[str, ...] = ()
+    # The newest signed checkpoint, kept outside the database (a file on a volume).
+    checkpoint_witness_path: Path | None = None
     ledger_origin: str = "jit-broker/ledger"
     replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     issuers: tuple[IssuerSettings, ...] = ()
@@ -161,6 +164,11 @@ def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = No
         vault_token=env.get("VAULT_TOKEN", s.vault_token),
         vault_role_id=env.get("VAULT_ROLE_ID", s.vault_role_id),
         vault_secret_id=_secret_id(env) or s.vault_secret_id,
+        vault_secret_id_file=(
+            Path(env["VAULT_SECRET_ID_FILE"])
+            if env.get("VAULT_SECRET_ID_FILE")
+            else s.vault_secret_id_file
+        ),
         vault_approle_mount=env.get("VAULT_APPROLE_MOUNT", s.vault_approle_mount),
         policies_dir=Path(env.get("BROKER_POLICIES_DIR", str(s.policies_dir))),
         checkpoint_key_path=Path(env.get("BROKER_CHECKPOINT_KEY", str(s.checkpoint_key_path))),
@@ -171,6 +179,11 @@ def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = No
             else s.checkpoint_verifier_keys
         ),
         ledger_origin=env.get("BROKER_LEDGER_ORIGIN", s.ledger_origin),
+        checkpoint_witness_path=(
+            Path(env["BROKER_CHECKPOINT_WITNESS"])
+            if env.get("BROKER_CHECKPOINT_WITNESS")
+            else s.checkpoint_witness_path
+        ),
         replica_id=env.get("BROKER_REPLICA_ID", s.replica_id),
         issuers=_issuers(env.get("BROKER_TRUSTED_ISSUERS")) or s.issuers,
         dev_issuer_key_path=Path(dev_key) if dev_key else s.dev_issuer_key_path,

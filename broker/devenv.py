@@ -41,7 +41,11 @@ def prepare_keys(state_dir: Path, base: Settings) -> Settings:
     issuer = state_dir / "dev-issuer.key"
     load_or_create_signing_key(checkpoint, create=True)
     DevIssuer.load_or_create(issuer)
-    return base.with_overrides(checkpoint_key_path=checkpoint, dev_issuer_key_path=issuer)
+    return base.with_overrides(
+        checkpoint_key_path=checkpoint,
+        dev_issuer_key_path=issuer,
+        checkpoint_witness_path=state_dir / "checkpoint.witness",
+    )
 
 
 def _writer_password(state_dir: Path) -> str:

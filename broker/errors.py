@@ -15,6 +15,7 @@ __all__ = [
     "BrokerError",
     "Conflict",
     "Forbidden",
+    "LedgerTampered",
     "LedgerUnavailable",
     "NotFound",
     "PayloadTooLarge",
@@ -98,6 +99,13 @@ class BackendUnavailable(BrokerError):
 
 class LedgerUnavailable(BackendUnavailable):
     code = "ledger_unavailable"
+
+
+class LedgerTampered(BrokerError):
+    """The ledger no longer matches what the broker signed: stop signing, raise the alarm."""
+
+    status = 500
+    code = "ledger_tampered"
 
 
 class VaultUnavailable(BackendUnavailable):

@@ -84,6 +84,11 @@ class Metrics:
             ["version"],
             registry=r,
         )
+        self.ledger_tamper_detected = Counter(
+            "broker_ledger_tamper_detected_total",
+            "Checkpoint refusals: the chain no longer matches what this broker signed.",
+            registry=r,
+        )
         self.elevations_pending = Gauge(
             "broker_elevations_pending", "Elevation requests awaiting a decision.", registry=r
         )

@@ -1,4 +1,4 @@
-# Vault/OpenBao policy for the broker's own identity (AppRole or Kubernetes auth).
+# Vault/OpenBao policy for the broker's own identity (AppRole, or a static token).
 # Exactly the hot paths of broker/vault/client.py, for the demo catalog's mounts.
 # Adjust the mount names to your catalog (policies/catalog.yaml).
 
@@ -36,7 +36,4 @@ path "sys/leases/lookup/database/creds/*" {
 # The broker's own token
 path "auth/token/renew-self" {
   capabilities = ["update"]
-}
-path "auth/token/lookup-self" {
-  capabilities = ["read"]
 }

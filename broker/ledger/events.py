@@ -124,6 +124,8 @@ class NewEvent:
             value = getattr(self, name)
             if value is not None and not _storable(value):
                 raise ValueError(f"ledger field {name!r} holds text Postgres cannot store")
+        if not all(type(k) is str and _storable(k) for k in self.requires_absent):
+            raise ValueError("ledger guard keys must be storable strings")
         _check_body(self.body)
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from broker.errors import LedgerUnavailable
+from broker.errors import LedgerTampered, LedgerUnavailable
 
 from .checkpoint import Checkpoint, CheckpointSigner
 from .events import Event, NewEvent
@@ -238,18 +238,37 @@ class Ledger:
             dict(documents),
         )
 
-    async def checkpoint(self, signer: CheckpointSigner) -> Checkpoint | None:
+    async def checkpoint(
+        self, signer: CheckpointSigner, *, anchors: Sequence[tuple[int, bytes]] = ()
+    ) -> Checkpoint | None:
         """Sign the current head if it moved since the last checkpoint; return it or None.
 
-        Runs under the ledger lock so the head cannot move while it is read and signed.
+        Never signs a chain that no longer contains what was signed before: each anchor
+        (size, head hash) this signer vouched for earlier — kept outside the database by
+        the caller — and the newest checkpoint row must still match the row at that size,
+        else LedgerTampered is raised and nothing is signed. (A superuser who rewrites the
+        chain and deletes the checkpoints must not get the rewrite signed by the broker.)
+        The signed row is committed, so appends racing this call cannot invalidate it.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
             head = await conn.fetchrow(
                 "SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1"
             )
-            last = await conn.fetchval("SELECT max(size) FROM ledger.checkpoints")
-            if head is None or (last is not None and last >= head["seq"]):
+            last = await conn.fetchrow(
+                "SELECT size, head_hash FROM ledger.checkpoints ORDER BY size DESC LIMIT 1"
+            )
+            checks = list(anchors)
+            if last is not None:
+                checks.append((last["size"], bytes(last["head_hash"])))
+            for size, expected in checks:
+                found = await conn.fetchval("SELECT hash FROM ledger.events WHERE seq = $1", size)
+                if found is None or bytes(found) != expected:
+                    raise LedgerTampered(
+                        f"ledger row {size} no longer matches a signed checkpoint:"
+                        " refusing to sign (run `broker verify`)"
+                    )
+            if head is None or (last is not None and last["size"] >= head["seq"]):
                 return None
             cp = Checkpoint(self.origin, head["seq"], bytes(head["hash"]))
             await conn.execute(

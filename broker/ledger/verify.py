@@ -193,6 +193,9 @@ async def verify_ledger(
 
     last_good = 0
     for size in sorted(wanted):
+        # Judge every checkpoint of this size against the last good one *before* it: two
+        # notes for the same size that disagree are a fork, whichever matches the chain.
+        prior = last_good
         for head_hash, key_id in wanted[size]:
             if size > report.head_seq:
                 report.fail(
@@ -201,11 +204,11 @@ async def verify_ledger(
                     f"{report.head_seq} rows (truncated)",
                 )
             elif computed_at.get(size) != head_hash:
-                direct = [b for b in row_bad if last_good < b <= size]
+                direct = [b for b in row_bad if prior < b <= size]
                 report.fail(
-                    min(direct, default=last_good + 1),
+                    min(direct, default=prior + 1),
                     f"checkpoint at size {size} ({key_id}) does not match the chain: rows "
-                    f"{last_good + 1}..{size} were rewritten",
+                    f"{prior + 1}..{size} were rewritten",
                 )
             else:
                 last_good = max(last_good, size)

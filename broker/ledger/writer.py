@@ -172,7 +172,8 @@ class LedgerWriter:
             if not fut.done():
                 fut.set_result(result)
         if self._on_commit is not None:
-            self._on_commit(len(live), time.perf_counter() - started, self.head_seq)
+            written = sum(1 for r in results if r.seq is not None)
+            self._on_commit(written, time.perf_counter() - started, self.head_seq)
 
     async def _commit(self, events: list[NewEvent]) -> list[Appended]:
         """Commit one batch. Fast path: one INSERT statement (its own transaction) chained

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -23,9 +24,21 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AppRoleCredentials:
+    """AppRole login. With ``secret_id_file`` the secret id is read at every login, so a
+    rotated or response-wrapped secret id (a re-mounted Kubernetes Secret) is picked up."""
+
     role_id: str
     secret_id: str
     mount: str = "approle"
+    secret_id_file: Path | None = None
+
+    def current_secret_id(self) -> str:
+        if self.secret_id_file is None:
+            return self.secret_id
+        try:
+            return self.secret_id_file.read_text().strip()
+        except OSError as e:
+            raise VaultError(f"cannot read the AppRole secret id file: {e.strerror}") from e
 
 
 class VaultLogin:
@@ -88,7 +101,7 @@ class VaultLogin:
             return
         auth = await self._post(
             f"auth/{self._approle.mount}/login",
-            {"role_id": self._approle.role_id, "secret_id": self._approle.secret_id},
+            {"role_id": self._approle.role_id, "secret_id": self._approle.current_secret_id()},
             None,
         )
         self._login_ttl = _seconds(auth.get("lease_duration"))

@@ -17,7 +17,10 @@ from broker.auth import Principal, Verifier
 from broker.errors import AuthError
 from broker.metrics import Metrics
 
-__all__ = ["Authenticator"]
+__all__ = ["PRINCIPAL", "Authenticator"]
+
+# The authenticated caller, for the middleware that ledgers rejected requests.
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 _log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ class Authenticator:
     async def authenticate(self, request: web.Request) -> Principal:
         """Return the caller's Principal or raise AuthError (401, code = reason)."""
         try:
-            return await self._verifier.verify(request.headers.get("Authorization"))
+            principal = await self._verifier.verify(request.headers.get("Authorization"))
         except AuthError as e:
             self._metrics.auth_failures.labels(e.code).inc()
             self._failures[e.code] += 1
@@ -44,6 +47,8 @@ class Authenticator:
                 request.remote,
             )
             raise
+        request[PRINCIPAL] = principal
+        return principal
 
     def drain(self) -> tuple[dict[str, int], datetime, datetime]:
         """Take the counts since the last drain: (counts, window start, window end)."""

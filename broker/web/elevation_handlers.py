@@ -8,7 +8,7 @@ from aiohttp import web
 
 from broker.errors import BadRequest, NotFound
 
-from .handlers import authenticated, page_size, rejected
+from .handlers import authenticated, page_size
 from .inputs import optional_bool, optional_text, parse_ttl, read_object, require_secret, ticket
 from .keys import ELEVATIONS, SETTINGS
 from .middleware import REQUEST_ID
@@ -38,22 +38,15 @@ def _elevation_id(request: web.Request) -> uuid.UUID:
 async def post_elevation(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     settings = request.app[SETTINGS]
-    try:
-        body = await read_object(request, _REQUEST_FIELDS)
-        fields = {
-            "secret": require_secret(body),
-            "reason": optional_text(body, "reason", settings.max_reason_chars),
-            "ticket": ticket(body),
-            "duration": parse_ttl(body, "duration"),
-            "break_glass": optional_bool(body, "break_glass"),
-        }
-    except BadRequest as e:
-        await rejected(request, principal, e)
-        raise
+    body = await read_object(request, _REQUEST_FIELDS)
     result = await request.app[ELEVATIONS].request(
         principal,
+        secret=require_secret(body),
+        reason=optional_text(body, "reason", settings.max_reason_chars),
+        ticket=ticket(body),
+        duration=parse_ttl(body, "duration"),
+        break_glass=optional_bool(body, "break_glass"),
         request_id=request[REQUEST_ID],
-        **fields,  # type: ignore[arg-type]
     )
     return web.json_response(result, status=201)
 
@@ -78,13 +71,8 @@ async def get_elevation(request: web.Request) -> web.Response:
 
 
 async def _comment(request: web.Request) -> str | None:
-    principal = await authenticated(request)
-    try:
-        body = await read_object(request, _COMMENT_FIELDS, optional=True)
-        return optional_text(body, "comment", request.app[SETTINGS].max_reason_chars)
-    except BadRequest as e:
-        await rejected(request, principal, e)
-        raise
+    body = await read_object(request, _COMMENT_FIELDS, optional=True)
+    return optional_text(body, "comment", request.app[SETTINGS].max_reason_chars)
 
 
 async def approve_elevation(request: web.Request) -> web.Response:
@@ -129,12 +117,8 @@ async def review_elevation(request: web.Request) -> web.Response:
 
 async def redeem_elevation(request: web.Request) -> web.Response:
     principal = await authenticated(request)
-    try:
-        body = await read_object(request, frozenset({"ttl"}), optional=True)
-        ttl = parse_ttl(body)
-    except BadRequest as e:
-        await rejected(request, principal, e)
-        raise
+    body = await read_object(request, frozenset({"ttl"}), optional=True)
+    ttl = parse_ttl(body)
     grant = await request.app[ELEVATIONS].redeem(
         principal, _elevation_id(request), ttl, request[REQUEST_ID]
     )

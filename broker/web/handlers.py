@@ -11,7 +11,7 @@ from broker.auth import Principal
 from broker.background import probe_dependencies
 from broker.errors import BadRequest, Forbidden, NotFound
 from broker.grants import IssueRequest
-from broker.ledger import NewEvent, verify_ledger
+from broker.ledger import verify_ledger
 from broker.policy.decide import capabilities, requestable, roles_for
 
 from .inputs import optional_text, parse_ttl, query_text, read_object, require_secret, ticket
@@ -38,7 +38,6 @@ __all__ = [
     "get_verify",
     "page_size",
     "post_credentials",
-    "rejected",
     "revoke_grant",
 ]
 
@@ -49,20 +48,6 @@ async def authenticated(request: web.Request) -> Principal:
     return await request.app[AUTHN].authenticate(request)
 
 
-async def rejected(request: web.Request, principal: Principal, error: BadRequest) -> None:
-    """Malformed requests from a known subject are evidence too (probing, broken clients)."""
-    await request.app[LEDGER].append(
-        NewEvent(
-            event="request.rejected",
-            outcome=error.code,
-            subject=principal.subject,
-            subject_kind=principal.kind,
-            request_id=request[REQUEST_ID],
-            body={"route": request.path[:200], "method": request.method, "message": error.message},
-        )
-    )
-
-
 def _require(request: web.Request, principal: Principal, capability: str) -> None:
     if capability not in capabilities(request.app[POLICY].current, principal):
         raise Forbidden(f"this endpoint needs the {capability!r} capability", code="forbidden")
@@ -71,17 +56,13 @@ def _require(request: web.Request, principal: Principal, capability: str) -> Non
 async def post_credentials(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     settings = request.app[SETTINGS]
-    try:
-        body = await read_object(request, _ISSUE_FIELDS)
-        issue = IssueRequest(
-            secret=require_secret(body),
-            reason=optional_text(body, "reason", settings.max_reason_chars),
-            ticket=ticket(body),
-            ttl=parse_ttl(body),
-        )
-    except BadRequest as e:
-        await rejected(request, principal, e)
-        raise
+    body = await read_object(request, _ISSUE_FIELDS)
+    issue = IssueRequest(
+        secret=require_secret(body),
+        reason=optional_text(body, "reason", settings.max_reason_chars),
+        ticket=ticket(body),
+        ttl=parse_ttl(body),
+    )
     grant = await request.app[GRANTS].issue(principal, issue, request_id=request[REQUEST_ID])
     return web.json_response(grant, status=201, headers={"Cache-Control": "no-store"})
 

@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from broker.errors import BrokerError
+from broker.errors import BadRequest, BrokerError
+from broker.ledger import NewEvent
 
-from .keys import METRICS
+from .authn import PRINCIPAL
+from .keys import LEDGER, METRICS
 
 __all__ = ["REQUEST_ID", "error_response", "middlewares"]
 
@@ -26,6 +28,7 @@ _log = logging.getLogger(__name__)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 REQUEST_ID = web.RequestKey("request_id", str)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -58,6 +61,16 @@ async def _request_context(request: web.Request, handler: _Handler) -> web.Strea
         status = response.status
         response.headers["X-Request-Id"] = request_id
         return response
+    except BadRequest as e:
+        # Malformed requests from a known subject are evidence too (probing, broken
+        # clients). Recording is part of answering: if the ledger is down, say so.
+        answer: BrokerError = e
+        try:
+            await _record_rejection(request, e)
+        except BrokerError as ledger_error:
+            answer = ledger_error
+        status = answer.status
+        return error_response(answer.status, answer.code, answer.message, request_id)
     except BrokerError as e:
         status = e.status
         return error_response(e.status, e.code, e.message, request_id)
@@ -73,9 +86,29 @@ async def _request_context(request: web.Request, handler: _Handler) -> web.Strea
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].observe_http(
-            route, request.method, status, time.perf_counter() - started
+        # Clients choose the method string: bound the label to the ones HTTP defines.
+        method = request.method if request.method in _METHODS else "OTHER"
+        request.app[METRICS].observe_http(route, method, status, time.perf_counter() - started)
+
+
+async def _record_rejection(request: web.Request, error: BadRequest) -> None:
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        return
+    await request.app[LEDGER].append(
+        NewEvent(
+            event="request.rejected",
+            outcome=error.code,
+            subject=principal.subject,
+            subject_kind=principal.kind,
+            request_id=request[REQUEST_ID],
+            body={
+                "route": request.path[:200],
+                "method": request.method[:16],
+                "message": error.message,
+            },
         )
+    )
 
 
 def middlewares() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
