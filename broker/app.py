@@ -7,7 +7,8 @@ them down in reverse. Handlers reach them only through the typed keys in ``web.k
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -40,6 +41,7 @@ from broker.web.authn import Authenticator
 from broker.web.keys import (
     AUTHN,
     CHECKPOINT_VERIFIER,
+    CLOCK,
     ELEVATIONS,
     GRANTS,
     LEDGER,
@@ -174,7 +176,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await active.load()
         app[GRANTS] = GrantService(ledger=ledger, vault=vault, policy=active, metrics=metrics)
         app[ELEVATIONS] = ElevationService(
-            ledger=ledger, policy=active, grants=app[GRANTS], metrics=metrics, notifier=notifier
+            ledger=ledger,
+            policy=active,
+            grants=app[GRANTS],
+            metrics=metrics,
+            notifier=notifier,
+            clock=app[CLOCK],
         )
         await ledger.append(
             NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
@@ -222,8 +229,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the broker app. Start-up I/O happens in ``cleanup_ctx`` when it runs."""
+def create_app(
+    settings: Settings, *, clock: Callable[[], datetime] | None = None
+) -> web.Application:
+    """Build the broker app. Start-up I/O happens in ``cleanup_ctx`` when it runs.
+
+    ``clock`` (default: UTC now) drives elevation expiry decisions; tests move it.
+    """
     app = web.Application(
         middlewares=middlewares(),
         client_max_size=settings.max_body_bytes,
@@ -233,6 +245,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[CLOCK] = clock or (lambda: datetime.now(UTC))
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_routes(ROUTES)
     return app

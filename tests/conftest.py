@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -69,9 +70,11 @@ class RunningBroker:
     runner: web.AppRunner
 
 
-async def start_broker(settings: Settings) -> RunningBroker:
+async def start_broker(
+    settings: Settings, *, clock: Callable[[], datetime] | None = None
+) -> RunningBroker:
     """Start ``create_app(settings)`` on 127.0.0.1:0 and return it (caller stops it)."""
-    app = create_app(settings.with_overrides(port=0))
+    app = create_app(settings.with_overrides(port=0), clock=clock)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

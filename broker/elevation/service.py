@@ -23,6 +23,7 @@ no vote or activation after a close, one close per elevation, no issuance after 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,7 +67,9 @@ class ElevationService:
         grants: GrantService,
         metrics: Metrics,
         notifier: WebhookNotifier,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._clock = clock  # injectable so request expiry can be shown without waiting
         self._ledger = ledger
         self._policy = policy
         self._grants = grants
@@ -123,7 +126,7 @@ class ElevationService:
 
     async def get(self, principal: Principal, elevation_id: uuid.UUID) -> dict[str, Any]:
         el = await self._visible_one(principal, elevation_id)
-        return self._view(principal, el, datetime.now(UTC))
+        return self._view(principal, el, self._clock())
 
     async def list_elevations(
         self,
@@ -138,7 +141,7 @@ class ElevationService:
             raise BadRequest(
                 f"'status' must be one of {', '.join(sorted(_STATUSES))}", code="invalid_status"
             )
-        now = datetime.now(UTC)
+        now = self._clock()
         since = now - _PENDING_HORIZON if status in ("pending", "approved") else None
         ids = await self._ledger.elevation_ids(
             since=since, requester=principal.subject, limit=limit
@@ -208,7 +211,7 @@ class ElevationService:
             )
         granted = min(duration or rule.max_duration, rule.max_duration)
         elevation_id = uuid.uuid4()
-        now = datetime.now(UTC)
+        now = self._clock()
         factors = [
             {"approver_groups": sorted(f.approver_groups), "approvals": f.approvals}
             for f in rule.factors
@@ -249,7 +252,7 @@ class ElevationService:
         el = await self._reload(elevation_id)
         kind = "elevation.break_glass" if break_glass else "elevation.requested"
         self._notify(kind, el, f"{principal.subject} requests {secret}: {reason}")
-        return self._view(principal, el, datetime.now(UTC))
+        return self._view(principal, el, self._clock())
 
     async def _activate(
         self,
@@ -260,7 +263,7 @@ class ElevationService:
         approvers: list[str],
         break_glass: bool,
     ) -> bool:
-        window_end = datetime.now(UTC) + timedelta(seconds=duration)
+        window_end = self._clock() + timedelta(seconds=duration)
         appended = await self._ledger.append(
             NewEvent(
                 event="elevation.activated",
@@ -307,7 +310,7 @@ class ElevationService:
         self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
     ) -> dict[str, Any]:
         el = await self._visible_one(principal, elevation_id)
-        now = datetime.now(UTC)
+        now = self._clock()
         self._check_decider(principal, el, now)
         if any(subject_key(v.approver) == subject_key(principal.subject) for v in el.approvals):
             raise Conflict("you have already approved this elevation", code="already_voted")
@@ -340,13 +343,13 @@ class ElevationService:
                 elevation_id, el.duration, common, approvers=sorted(votes), break_glass=False
             ):
                 self._metrics.elevation_decision_seconds.observe(
-                    (datetime.now(UTC) - el.requested_at).total_seconds()
+                    (self._clock() - el.requested_at).total_seconds()
                 )
             el = await self._reload(elevation_id)
             self._notify("elevation.approved", el, f"{el.requester}'s {el.secret} approved")
         else:
             self._notify("elevation.vote", el, f"{principal.subject} approved {el.secret}")
-        return self._view(principal, el, datetime.now(UTC))
+        return self._view(principal, el, self._clock())
 
     async def deny(
         self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
@@ -354,7 +357,7 @@ class ElevationService:
         if not comment:
             raise BadRequest("a denial needs a comment", code="comment_required")
         el = await self._visible_one(principal, elevation_id)
-        self._check_decider(principal, el, datetime.now(UTC))
+        self._check_decider(principal, el, self._clock())
         appended = await self._ledger.append(
             NewEvent(
                 event="elevation.denied",
@@ -369,7 +372,7 @@ class ElevationService:
             raise Conflict("elevation was decided meanwhile", code="elevation_not_pending")
         el = await self._reload(elevation_id)
         self._notify("elevation.denied", el, f"{el.requester}'s {el.secret} denied")
-        return self._view(principal, el, datetime.now(UTC))
+        return self._view(principal, el, self._clock())
 
     async def cancel(
         self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
@@ -379,7 +382,7 @@ class ElevationService:
         Grants minted under it are revoked in Vault and ledgered as revoked.
         """
         el = await self._visible_one(principal, elevation_id)
-        now = datetime.now(UTC)
+        now = self._clock()
         own = subject_key(principal.subject) == subject_key(el.requester)
         admin = "admin" in capabilities(self._policy.current, principal)
         if not own and not admin:
@@ -404,7 +407,7 @@ class ElevationService:
             el.grants, principal, request_id=request_id, reason=f"{event} {elevation_id}"
         )
         self._notify(event, el, f"{el.requester}'s {el.secret} elevation {event.split('.')[1]}")
-        return self._view(principal, el, datetime.now(UTC))
+        return self._view(principal, el, self._clock())
 
     async def review(
         self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
@@ -431,7 +434,7 @@ class ElevationService:
             raise Conflict("already reviewed", code="already_reviewed")
         el = await self._reload(elevation_id)
         self._notify("elevation.reviewed", el, f"{principal.subject} reviewed break-glass")
-        return self._view(principal, el, datetime.now(UTC))
+        return self._view(principal, el, self._clock())
 
     # --- using --------------------------------------------------------------------------
 
@@ -441,7 +444,7 @@ class ElevationService:
         el = await self._visible_one(principal, elevation_id)
         if subject_key(principal.subject) != subject_key(el.requester):
             raise Forbidden("only the requester can use an elevation", code="not_requester")
-        now = datetime.now(UTC)
+        now = self._clock()
         status = el.status(now)
         if status != "approved" or el.window_ends_at is None:
             raise Conflict(f"elevation is {status}", code="elevation_not_active")
@@ -455,17 +458,15 @@ class ElevationService:
             or decision.role.name != el.role
         ):
             raise Forbidden("you are no longer eligible for this role", code="no_longer_eligible")
-        left = int((el.window_ends_at - now).total_seconds())
-        if left < 1:
-            raise Conflict("elevation window has ended", code="elevation_not_active")
         return await self._grants.issue_elevated(
             principal,
             entry=decision.entry,
             role=decision.role,
-            ttl=min(decision.ttl, left),
+            ttl=decision.ttl,
             policy_version=policy.version,
             elevation_id=elevation_id,
             guard=closed_key(elevation_id),
+            not_after=el.window_ends_at,
             reason=el.reason,
             ticket=el.ticket,
             request_id=request_id,
@@ -475,7 +476,7 @@ class ElevationService:
 
     async def sweep(self, *, limit: int = 500) -> int:
         """Close requests nobody decided in time and windows that elapsed; update gauges."""
-        now = datetime.now(UTC)
+        now = self._clock()
         ids = await self._ledger.elevation_ids(
             since=now - _PENDING_HORIZON, requester=None, limit=limit
         )
@@ -525,7 +526,7 @@ class ElevationService:
                 text=text,
                 fields={
                     "elevation_id": str(el.id),
-                    "status": el.status(datetime.now(UTC)),
+                    "status": el.status(self._clock()),
                     "secret": el.secret,
                     "role": el.role,
                     "requester": el.requester,

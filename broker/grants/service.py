@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,6 +54,20 @@ class IssueRequest:
 def _end_key(grant_id: uuid.UUID) -> str:
     # One end per grant, whichever replica or path gets there first.
     return f"grant:{grant_id}:end"
+
+
+# Vault starts a lease's clock when it processes our call, a little after we measured.
+_WINDOW_MARGIN_SECONDS = 1
+
+
+def _clip(ttl: int, not_after: datetime | None) -> int:
+    """``ttl`` clipped so the credential ends before ``not_after``; raise if no time is left."""
+    if not_after is None:
+        return ttl
+    left = math.floor((not_after - datetime.now(UTC)).total_seconds()) - _WINDOW_MARGIN_SECONDS
+    if left < 1:
+        raise Conflict("the elevation window has ended", code="elevation_not_active")
+    return min(ttl, left)
 
 
 def _principal_fields(p: Principal) -> dict[str, Any]:
@@ -125,13 +141,17 @@ class GrantService:
         policy_version: str,
         elevation_id: uuid.UUID,
         guard: str,
+        not_after: datetime,
         reason: str | None,
         ticket: str | None,
         request_id: str,
     ) -> dict[str, Any]:
         """Issue under an approved elevation (the caller checked it is open and theirs).
 
-        The issued row carries ``elevation_id`` and is written only if ``guard`` (the
+        The credential never outlives ``not_after`` (the window's end): the TTL is measured
+        against it when Vault mints, not when the request arrived, less a one-second margin
+        for Vault's own clock. The issued row carries ``elevation_id`` and is written only
+        if ``guard`` (the
         elevation's closing key) is absent at commit: a cancel racing this redemption
         either lands first (nothing issued, lease revoked, 409) or after (it revokes this).
         """
@@ -146,6 +166,7 @@ class GrantService:
             request_id=request_id,
             extra={"elevation_id": str(elevation_id)},
             guard=(guard,),
+            not_after=not_after,
         )
 
     async def _issue_allowed(
@@ -161,6 +182,7 @@ class GrantService:
         request_id: str,
         extra: dict[str, Any] | None = None,
         guard: tuple[str, ...] = (),
+        not_after: datetime | None = None,
     ) -> dict[str, Any]:
         secret = entry.name
         base = {
@@ -183,7 +205,7 @@ class GrantService:
             **(extra or {}),
         }
         try:
-            grant = await self._mint(entry, ttl, principal, base, context, guard)
+            grant = await self._mint(entry, ttl, principal, base, context, guard, not_after)
         except BrokerError:
             self._count(secret, "error")
             raise
@@ -198,8 +220,10 @@ class GrantService:
         base: dict[str, Any],
         context: dict[str, Any],
         guard: tuple[str, ...],
+        not_after: datetime | None,
     ) -> dict[str, Any]:
         if entry.engine == "kv2":
+            ttl = _clip(ttl, not_after)
             kv = await self._vault.read_kv2(entry.mount, entry.path)
             expires = datetime.now(UTC) + timedelta(seconds=ttl)
             appended = await self._ledger.append(
@@ -221,19 +245,25 @@ class GrantService:
         await self._ledger.append(
             NewEvent(event="grant.intent", outcome="pending", body=context, **base)
         )
+        revoke: Callable[[], Awaitable[None]] | None = None
         try:
             if entry.engine == "database":
                 creds = await self._vault.database_creds(entry.mount, entry.path)
                 lease_id, revoke = creds.lease_id, self._lease_revoker(creds.lease_id)
+                # Measured now, after the mint: the window keeps running meanwhile.
+                ttl = _clip(ttl, not_after)
                 duration = creds.lease_duration
                 if ttl < duration:
                     # Let Vault itself end the login at our TTL, not only our sweeper.
                     duration = await self._vault.renew_lease(creds.lease_id, ttl) or ttl
                 duration = min(duration, ttl)
                 expires = datetime.now(UTC) + timedelta(seconds=duration)
+                if not_after is not None:
+                    expires = min(expires, not_after)
                 record = {**context, "username": creds.username, "lease_duration": duration}
                 credential = {"username": creds.username, "password": creds.password}
             else:
+                ttl = _clip(ttl, not_after)
                 cert = await self._vault.pki_issue(
                     entry.mount, entry.path, common_name=_common_name(principal), ttl=ttl
                 )
@@ -252,6 +282,8 @@ class GrantService:
                     "serial_number": cert.serial_number,
                 }
         except BrokerError as e:
+            if revoke is not None:  # minted, then failed (renewal, window): kill it now
+                await revoke()
             with contextlib.suppress(LedgerUnavailable):
                 await self._ledger.append(
                     NewEvent(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from aiohttp import web
 
 from broker.auth import Verifier
@@ -25,3 +28,4 @@ VERIFIER = web.AppKey("verifier", Verifier)
 AUTHN = web.AppKey("authn", Authenticator)
 CHECKPOINT_VERIFIER = web.AppKey("checkpoint_verifier", CheckpointVerifier)
 ELEVATIONS = web.AppKey("elevations", ElevationService)
+CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

@@ -1,0 +1,413 @@
+"""Every elevation rule refused with its error code, and nothing minted (issue 3).
+
+"Nothing minted" is checked where it matters: no new OpenBao lease for the privileged orders
+login (LIST sys/leases/lookup) and no new ``grant.intent``/``grant.issued`` ledger row.
+Request expiry is checked twice: on the pure state fold with synthetic events, and on a real
+broker whose elevation service reads a clock moved past the (1 minute) request expiry.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from broker.config import Settings
+from broker.elevation.model import closed_key, fold
+from broker.ledger import Event
+from broker.stack.devstack import DevStack
+from broker.web.keys import ELEVATIONS
+from tests.conftest import RunningBroker
+from tests.helpers import parse_ts
+from tests.test_elevation import (
+    REASON,
+    Api,
+    count_rows,
+    elevation_rows,
+    events_of,
+    expect_error,
+    mint,
+    nothing_minted,
+    variant_broker,
+    variant_policies,
+)
+
+
+@pytest.fixture(scope="module")
+async def variants(broker_settings: Settings) -> AsyncIterator[RunningBroker]:
+    tmp = Path(tempfile.mkdtemp(prefix="elev-rules-policies-"))
+    try:
+        policies = variant_policies(tmp / "policies")
+        async with variant_broker(broker_settings, policies, "elev-rules") as running:
+            yield running
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _votes(stack: DevStack, eid: str) -> list[str]:
+    return [
+        r["subject"] for r in await elevation_rows(stack, eid) if r["event"] == "elevation.approved"
+    ]
+
+
+async def _status(api: Api, token: str, eid: str) -> str:
+    status, el = await api.get(token, eid)
+    assert status == 200, el
+    return str(el["status"])
+
+
+# --- deciding --------------------------------------------------------------------------------
+
+
+async def test_no_self_approval_under_any_spelling(
+    stack: DevStack,
+    broker_settings: Settings,
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    api = Api(http, broker.url)
+    alice = tokens["alice"]
+    eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
+    # Second identities of the same subject, even holding the approver group.
+    upper = mint(broker_settings, "ALICE", ["engineering", "sre-leads"])
+    spaced = mint(broker_settings, " alice", ["engineering", "sre-leads"])
+    async with nothing_minted(stack):
+        expect_error(await api.approve(alice, eid), 403, "self_approval")
+        for token in (upper, spaced):
+            expect_error(await api.approve(token, eid, "me again"), 403, "self_approval")
+            expect_error(await api.deny(token, eid, "me again"), 403, "self_approval")
+            listed = {e["id"]: e for e in await api.list(token, "?status=pending")}
+            assert eid not in listed or listed[eid]["can_decide"] is False
+            expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
+    assert await _votes(stack, eid) == []
+    assert await _status(api, alice, eid) == "pending"
+    await api.cancel(alice, eid)
+
+
+async def test_approver_must_be_in_a_factor_group_now(
+    stack: DevStack,
+    broker_settings: Settings,
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    api = Api(http, broker.url)
+    alice = tokens["alice"]
+    eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
+    async with nothing_minted(stack):
+        # carol (auditor) and erin (security admin) may see it, not decide it.
+        for name in ("carol", "erin"):
+            expect_error(await api.approve(tokens[name], eid), 403, "not_an_approver")
+            expect_error(await api.deny(tokens[name], eid, "no"), 403, "not_an_approver")
+            listed = {e["id"]: e for e in await api.list(tokens[name], "?status=pending")}
+            assert listed[eid]["can_decide"] is False
+        # bob after leaving sre-leads: not an approver any more (nor may he see it).
+        ex_lead = mint(broker_settings, "bob", ["engineering"])
+        expect_error(await api.approve(ex_lead, eid), 404, "elevation_not_found")
+    assert await _votes(stack, eid) == []
+    assert await _status(api, alice, eid) == "pending"
+    await api.cancel(alice, eid)
+
+
+async def test_one_vote_per_approver_in_two_of_n(
+    stack: DevStack,
+    variants: RunningBroker,
+    broker_settings: Settings,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    api = Api(http, variants.url)
+    eid = (await api.requested(tokens["alice"], secret="db/orders-admin-2of2"))["id"]
+    await api.approved(tokens["bob"], eid)
+    bob_upper = mint(broker_settings, "BOB", ["sre-leads"])
+    async with nothing_minted(stack):
+        expect_error(await api.approve(tokens["bob"], eid), 409, "already_voted")
+        # The same approver under another spelling is still one vote.
+        expect_error(await api.approve(bob_upper, eid), 409, "already_voted")
+        expect_error(await api.redeem(tokens["alice"], eid), 409, "elevation_not_active")
+    assert await _votes(stack, eid) == ["bob"]
+    assert await _status(api, tokens["alice"], eid) == "pending"
+    await api.cancel(tokens["alice"], eid)
+
+
+async def test_denial_needs_a_comment_and_is_final(
+    stack: DevStack,
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    api = Api(http, broker.url)
+    alice, bob, dana = tokens["alice"], tokens["bob"], tokens["dana"]
+    eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
+    async with nothing_minted(stack):
+        expect_error(await api.deny(bob, eid), 400, "comment_required")
+        expect_error(await api.act("deny", bob, eid, {"comment": ""}), 400, "comment_required")
+        assert await _status(api, alice, eid) == "pending"
+
+        status, denied = await api.deny(bob, eid, "use the read-only login")
+        assert status == 200 and denied["status"] == "denied", denied
+        assert denied["closed"]["by"] == "bob"
+        expect_error(await api.approve(dana, eid), 409, "elevation_not_pending")
+        expect_error(await api.deny(dana, eid, "again"), 409, "elevation_not_pending")
+        expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
+        expect_error(await api.cancel(alice, eid), 409, "elevation_not_pending")
+    assert await _votes(stack, eid) == []
+    assert events_of(await elevation_rows(stack, eid)) == [
+        "elevation.requested",
+        "elevation.denied",
+    ]
+
+
+async def test_cancelled_request_cannot_be_approved_or_redeemed(
+    stack: DevStack,
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    api = Api(http, broker.url)
+    alice = tokens["alice"]
+    eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
+    async with nothing_minted(stack):
+        status, out = await api.cancel(alice, eid)
+        assert status == 200 and out["status"] == "cancelled", out
+        expect_error(await api.approve(tokens["bob"], eid), 409, "elevation_not_pending")
+        expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
+    assert await _votes(stack, eid) == []
+    assert await _status(api, alice, eid) == "cancelled"
+
+
+# --- redeeming -------------------------------------------------------------------------------
+
+
+async def test_redeem_only_by_the_requester_and_only_once_approved(
+    stack: DevStack,
+    broker_settings: Settings,
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    api = Api(http, broker.url)
+    alice = tokens["alice"]
+    eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
+    async with nothing_minted(stack):
+        expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
+        await api.approved(tokens["bob"], eid)
+        for name in ("bob", "dana", "carol", "erin"):
+            expect_error(await api.redeem(tokens[name], eid), 403, "not_requester")
+        # An engineer who is neither requester nor approver cannot even see it.
+        other = mint(broker_settings, "mallory", ["engineering"])
+        expect_error(await api.redeem(other, eid), 404, "elevation_not_found")
+    await api.cancel(alice, eid)
+
+
+async def test_requester_cannot_widen_secret_or_duration(
+    stack: DevStack,
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    api = Api(http, broker.url)
+    alice = tokens["alice"]
+    # Longer than max_duration (1h): clipped, and the answer says so.
+    long = await api.requested(alice, secret="db/orders-admin", duration="10h")
+    assert long["duration"] == 3600
+    await api.cancel(alice, long["id"])
+
+    created = await api.requested(alice, secret="stripe/prod", ticket="CHG-9", duration="2m")
+    eid = created["id"]
+    assert created["duration"] == 120
+    rows = await elevation_rows(stack, eid)
+    assert rows[0]["body"]["duration"] == 120 and rows[0]["body"]["requested_duration"] == 120
+    approved = await api.approved(tokens["bob"], eid)
+    window_end = parse_ts(approved["window_ends_at"])
+
+    async with nothing_minted(stack):
+        # Redeem takes a TTL only: no other secret, no longer window.
+        for extra in ({"secret": "db/orders-admin"}, {"duration": "1h"}, {"break_glass": True}):
+            expect_error(await api.redeem(alice, eid, **extra), 400, "unknown_field")
+    grant = await api.redeemed(alice, eid, ttl="10h")
+    assert grant["secret"] == "stripe/prod"
+    expires = parse_ts(grant["expires_at"])
+    assert expires <= window_end, (grant["expires_at"], approved["window_ends_at"])
+    assert expires - parse_ts(grant["issued_at"]) <= timedelta(seconds=120)
+    await api.cancel(alice, eid)
+
+
+# --- asking ----------------------------------------------------------------------------------
+
+
+async def test_request_rules_each_with_its_code(
+    stack: DevStack,
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    api = Api(http, broker.url)
+    alice = tokens["alice"]
+    requested = await count_rows(stack, "e.event = 'elevation.requested'")
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"secret": "db/orders-admin"}, 400, "reason_required"),
+        ({"secret": "db/orders-admin", "reason": "   "}, 400, "reason_required"),
+        ({"secret": "db/orders-admin", "reason": "."}, 400, "reason_too_short"),
+        ({"secret": "db/orders-admin", "reason": "fix it"}, 400, "reason_too_short"),
+        ({"secret": "db/orders-admin", "reason": "............"}, 400, "reason_too_short"),
+        ({"secret": "stripe/prod", "reason": REASON}, 400, "ticket_required"),
+        ({"secret": "stripe/prod", "reason": REASON, "ticket": "JIRA-1"}, 400, "invalid_ticket"),
+        (
+            {"secret": "stripe/prod", "reason": REASON, "ticket": "INC-1", "break_glass": True},
+            403,
+            "break_glass_not_allowed",
+        ),
+        ({"secret": "stripe/test", "reason": REASON}, 409, "elevation_not_needed"),
+        ({"secret": "db/orders-ro", "reason": REASON}, 409, "elevation_not_needed"),
+        ({"secret": "nope/nothing", "reason": REASON}, 404, "unknown_secret"),
+    ]
+    async with nothing_minted(stack):
+        for body, status, code in cases:
+            result = await api.request(alice, **body)
+            assert (result[0], result[1]["error"]["code"]) == (status, code), (body, result)
+            expect_error(result, status, code)
+        # Not eligible at all: an auditor asking for the admin login.
+        expect_error(
+            await api.request(tokens["carol"], secret="db/orders-admin", reason=REASON),
+            403,
+            "denied",
+        )
+    assert await count_rows(stack, "e.event = 'elevation.requested'") == requested
+
+
+# --- request expiry --------------------------------------------------------------------------
+
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def _ev(seq: int, event: str, subject: str, at: datetime, **body: Any) -> Event:
+    return Event(
+        seq=seq,
+        recorded_at=at,
+        event=event,
+        replica="test",
+        subject=subject,
+        subject_kind="human",
+        secret="db/orders-admin",
+        role="orders-dba",
+        policy_version="sha256:test",
+        grant_id=None,
+        lease_id=None,
+        expires_at=None,
+        outcome="ok",
+        request_id=None,
+        body=body,
+        dedupe_key=None,
+        prev_hash=b"",
+        hash=b"",
+    )
+
+
+def _requested(eid: uuid.UUID, *, expiry: timedelta) -> Event:
+    return _ev(
+        1,
+        "elevation.requested",
+        "alice",
+        T0,
+        elevation_id=str(eid),
+        reason=REASON,
+        ticket=None,
+        duration=600,
+        request_expires_at=(T0 + expiry).isoformat(),
+        factors=[{"approver_groups": ["sre-leads"], "approvals": 1}],
+        break_glass=False,
+    )
+
+
+def test_request_expiry_in_the_folded_state() -> None:
+    eid = uuid.uuid4()
+    req = _requested(eid, expiry=timedelta(minutes=1))
+    el = fold([req])
+    assert el is not None
+    assert el.status(T0 + timedelta(seconds=59)) == "pending"
+    assert el.status(T0 + timedelta(seconds=60)) == "expired"
+    # The sweeper's closing event makes it final, whatever the clock says.
+    expired = _ev(
+        2,
+        "elevation.expired",
+        "alice",
+        T0 + timedelta(seconds=61),
+        elevation_id=str(eid),
+        why="request_expired",
+    )
+    el = fold([expired, req])  # fold orders by seq
+    assert el is not None and el.status(T0) == "expired"
+    assert el.to_json(T0)["closed"]["why"] == "request_expired"
+
+    # Approved in time: the request expiry no longer matters, the window does.
+    vote = _ev(2, "elevation.approved", "bob", T0 + timedelta(seconds=10), elevation_id=str(eid))
+    window_end = T0 + timedelta(seconds=610)
+    activated = _ev(
+        3,
+        "elevation.activated",
+        "bob",
+        T0 + timedelta(seconds=10),
+        elevation_id=str(eid),
+        window_ends_at=window_end.isoformat(),
+    )
+    el = fold([req, vote, activated])
+    assert el is not None
+    assert el.status(T0 + timedelta(seconds=120)) == "approved"
+    assert el.status(window_end) == "ended"
+    assert [v.approver for v in el.approvals] == ["bob"]
+
+
+async def test_request_expiry_on_a_real_broker(
+    stack: DevStack,
+    broker_settings: Settings,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """request_expiry is 1m (the minimum): the broker's injected clock is moved past it."""
+    shift = [timedelta(0)]
+    policies = variant_policies(tmp_path / "policies")
+    async with variant_broker(
+        broker_settings,
+        policies,
+        "elev-expiry",
+        clock=lambda: datetime.now(UTC) + shift[0],
+        elevation_sweep_seconds=3600.0,  # this test runs the sweep itself
+    ) as running:
+        api = Api(http, running.url)
+        alice, bob = tokens["alice"], tokens["bob"]
+        created = await api.requested(alice, secret="db/orders-admin-quick")
+        eid = created["id"]
+        expires_at = parse_ts(created["expires_at"])
+        assert timedelta(seconds=55) <= expires_at - parse_ts(created["requested_at"])
+        assert expires_at - parse_ts(created["requested_at"]) <= timedelta(seconds=61)
+
+        shift[0] = timedelta(seconds=62)
+        assert await _status(api, alice, eid) == "expired"
+        async with nothing_minted(stack):
+            expect_error(await api.approve(bob, eid), 409, "elevation_not_pending")
+            expect_error(await api.deny(bob, eid, "too late"), 409, "elevation_not_pending")
+            expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
+        await running.app[ELEVATIONS].sweep()
+        shift[0] = timedelta(0)
+
+        rows = await elevation_rows(stack, eid)
+        assert events_of(rows) == ["elevation.requested", "elevation.expired"], events_of(rows)
+        assert rows[-1]["body"]["why"] == "request_expired"
+        assert rows[-1]["dedupe_key"] == closed_key(uuid.UUID(eid))
+        assert rows[-1]["policy_version"]
+        # Back on the real clock the request is still expired: the ledger says so.
+        assert await _status(api, alice, eid) == "expired"
+        async with nothing_minted(stack):
+            expect_error(await api.approve(bob, eid), 409, "elevation_not_pending")
+            expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
+    assert await _votes(stack, eid) == []
