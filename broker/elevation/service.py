@@ -241,6 +241,8 @@ class ElevationService:
                     "break_glass": break_glass,
                     "break_glass_reviewers": sorted(rule.break_glass_reviewers),
                     "issuer": principal.issuer,
+                    # Groups as the token stated them: policy-vs-log checks replay decide() later.
+                    "groups": sorted(principal.groups),
                 },
                 **common,
             )

@@ -202,6 +202,8 @@ class GrantService:
             "ticket": ticket,
             "role_source": role.source,
             "issuer": principal.issuer,
+            # Groups as the token stated them: policy-vs-log checks replay decide() later.
+            "groups": sorted(principal.groups),
             **(extra or {}),
         }
         try:

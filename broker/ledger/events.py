@@ -37,6 +37,15 @@ EVENT_TYPES = frozenset(
         "elevation.ended",  # an admin ended the window early (closes)
         "elevation.expired",  # request undecided in time, or the window elapsed (closes)
         "elevation.reviewed",  # a second person reviewed a break-glass use
+        "subject.offboarding_started",  # an admin began offboarding a person
+        "subject.offboarded",  # every grant/elevation of the subject ended; SLA measured
+        "subject.reinstated",  # an explicit, ledgered re-onboarding
+        "review.opened",  # an access review for a period, with its snapshot
+        "review.decision",  # a reviewer's keep/revoke for one entitlement
+        "review.completed",  # every entitlement decided
+        "review.action_resolved",  # a policy version removed an entitlement marked revoke
+        "gap.annotated",  # a remediation note for a stretch without heartbeats
+        "broker.heartbeat",  # a replica is alive and logging (continuity evidence)
         "broker.started",
         "broker.stopped",
     }
