@@ -76,6 +76,7 @@ class Checkpointer:
         self._metrics = metrics
         self._witness = witness_path
         self._anchor: tuple[int, bytes] | None = None
+        self._tamper_reported = False
         if witness_path is not None and witness_path.exists():
             verifier = CheckpointVerifier([signer.verifier_key()])
             try:
@@ -90,7 +91,9 @@ class Checkpointer:
                 self._signer, anchors=[self._anchor] if self._anchor else []
             )
         except LedgerTampered:
-            self._metrics.ledger_tamper_detected.inc()
+            if not self._tamper_reported:  # one incident, however often we retry
+                self._tamper_reported = True
+                self._metrics.ledger_tamper_detected.inc()
             _log.error("LEDGER TAMPERING SUSPECTED: checkpoint refused; run `broker verify`")
             raise
         if cp is None:

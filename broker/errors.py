@@ -31,11 +31,14 @@ class BrokerError(Exception):
     status: int = 500
     code: str = "internal"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, recorded: bool = False) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        # True when the service already wrote the ledger row for this refusal (a denial),
+        # so the middleware does not record it a second time as request.rejected.
+        self.recorded = recorded
 
     def to_body(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}

@@ -208,7 +208,8 @@ def fold(events: Iterable[Event]) -> Elevation | None:
         ):
             elevation.closed_event = ev.event
             elevation.closed_at = ev.recorded_at
-            elevation.closed_by = ev.subject
+            # Expiry is the broker's act, not the requester's (whose name the row carries).
+            elevation.closed_by = None if ev.event == "elevation.expired" else ev.subject
             elevation.closed_comment = body.get("comment")
             elevation.closed_why = body.get("why")
         elif ev.event == "elevation.reviewed":

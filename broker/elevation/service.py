@@ -194,8 +194,8 @@ class ElevationService:
                 principal, secret, decision, request_id=request_id, reason=reason, ticket=ticket
             )
             if decision.outcome == "unknown_secret":
-                raise NotFound(decision.message, code="unknown_secret")
-            raise Forbidden(decision.message, code="denied")
+                raise NotFound(decision.message, code="unknown_secret", recorded=True)
+            raise Forbidden(decision.message, code="denied", recorded=True)
         assert decision.role is not None
         rule = self._rule(decision.role)
         _check_reason(reason, rule)

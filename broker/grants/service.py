@@ -115,10 +115,10 @@ class GrantService:
             )
             self._count(req.secret, decision.outcome)
             if decision.outcome == "elevation_required":
-                raise Forbidden(decision.message, code="elevation_required")
+                raise Forbidden(decision.message, code="elevation_required", recorded=True)
             if decision.outcome == "unknown_secret":
-                raise NotFound(decision.message, code="unknown_secret")
-            raise Forbidden(decision.message, code="denied")
+                raise NotFound(decision.message, code="unknown_secret", recorded=True)
+            raise Forbidden(decision.message, code="denied", recorded=True)
         assert decision.entry is not None and decision.role is not None
         return await self._issue_allowed(
             principal,

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from broker.errors import BadRequest, BrokerError
+from broker.errors import BrokerError
 from broker.ledger import NewEvent
 
 from .authn import PRINCIPAL
@@ -61,19 +61,18 @@ async def _request_context(request: web.Request, handler: _Handler) -> web.Strea
         status = response.status
         response.headers["X-Request-Id"] = request_id
         return response
-    except BadRequest as e:
-        # Malformed requests from a known subject are evidence too (probing, broken
-        # clients). Recording is part of answering: if the ledger is down, say so.
+    except BrokerError as e:
+        # A refused request from a known subject is evidence too (probing, broken clients,
+        # self-approval attempts): recorded unless the service already did (a denial).
+        # Recording is part of answering: if the ledger is down, say so.
         answer: BrokerError = e
-        try:
-            await _record_rejection(request, e)
-        except BrokerError as ledger_error:
-            answer = ledger_error
+        if 400 <= e.status < 500 and e.status != 401 and not e.recorded:
+            try:
+                await _record_rejection(request, e)
+            except BrokerError as ledger_error:
+                answer = ledger_error
         status = answer.status
         return error_response(answer.status, answer.code, answer.message, request_id)
-    except BrokerError as e:
-        status = e.status
-        return error_response(e.status, e.code, e.message, request_id)
     except web.HTTPException as e:
         status = e.status
         if e.status < 400:
@@ -91,7 +90,7 @@ async def _request_context(request: web.Request, handler: _Handler) -> web.Strea
         request.app[METRICS].observe_http(route, method, status, time.perf_counter() - started)
 
 
-async def _record_rejection(request: web.Request, error: BadRequest) -> None:
+async def _record_rejection(request: web.Request, error: BrokerError) -> None:
     principal = request.get(PRINCIPAL)
     if principal is None:
         return
