@@ -34,6 +34,7 @@ from broker.ledger import (
 )
 from broker.metrics import Metrics
 from broker.notify import WebhookNotifier
+from broker.offboarding import OffboardingService, SubjectBlocklist
 from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
 from broker.vault import AppRoleCredentials, VaultClient, VaultLogin
@@ -46,6 +47,7 @@ from broker.web.keys import (
     GRANTS,
     LEDGER,
     METRICS,
+    OFFBOARDING,
     POLICY,
     SETTINGS,
     VAULT,
@@ -122,6 +124,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     writer.start()
     ledger = Ledger(pool, writer, origin=settings.ledger_origin)
     app[LEDGER] = ledger
+    from broker.audit import AccessAudit
+    from broker.web.keys import AUDIT_ACCESS
+
+    app[AUDIT_ACCESS] = AccessAudit(ledger)
     vault = VaultClient(
         settings.vault_addr,
         login.token,
@@ -162,7 +168,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         leeway_seconds=settings.jwt_leeway_seconds,
     )
     app[VERIFIER] = verifier
-    app[AUTHN] = Authenticator(verifier, metrics)
+    blocklist = SubjectBlocklist(ledger, metrics)
+    app[AUTHN] = Authenticator(verifier, metrics, blocklist=blocklist)
     app[POLICY] = active
     notifier = WebhookNotifier(
         settings.webhook_urls,
@@ -172,6 +179,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     await notifier.start()
     periodic = Periodic()
+    checkpointer: Checkpointer | None = None  # set once start-up gets that far
     try:
         await active.load()
         app[GRANTS] = GrantService(ledger=ledger, vault=vault, policy=active, metrics=metrics)
@@ -182,6 +190,21 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
             notifier=notifier,
             clock=app[CLOCK],
+        )
+        app[OFFBOARDING] = OffboardingService(
+            ledger=ledger,
+            grants=app[GRANTS],
+            policy=active,
+            blocklist=blocklist,
+            sla_seconds=settings.offboarding_sla_seconds,
+            settle_seconds=settings.blocklist_refresh_seconds,
+            max_skew_seconds=settings.jwt_leeway_seconds,
+            clock=app[CLOCK],
+        )
+        # Never serve before knowing who is offboarded; then follow the ledger.
+        await blocklist.refresh()
+        periodic.every(
+            settings.blocklist_refresh_seconds, "offboarding-blocklist", blocklist.refresh
         )
         await ledger.append(
             NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
@@ -208,10 +231,34 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         periodic.every(
             settings.policy_reload_interval_seconds, "policy-reload", active.reload_if_changed
         )
+        from broker.reviews import ReviewService
+        from broker.web.keys import REVIEWS
+
+        app[REVIEWS] = ReviewService(ledger=ledger, policy=active, clock=app[CLOCK])
+        # Review action items resolve when a new policy version drops them (a no-op until
+        # the version changes), checked at the policy-reload pace on every replica.
+        periodic.every(
+            settings.policy_reload_interval_seconds,
+            "review-actions",
+            app[REVIEWS].resolve_actions,
+        )
         periodic.every(
             settings.auth_failure_flush_seconds,
             "auth-failures",
             lambda: flush_auth_failures(ledger, app[AUTHN]),
+        )
+        from broker.evidence.continuity import append_heartbeat, gap_threshold
+
+        gap_threshold(settings.heartbeat_seconds)  # refuses a non-positive interval
+        periodic.every(
+            settings.heartbeat_seconds,
+            "heartbeat",
+            lambda: append_heartbeat(
+                ledger,
+                replica=settings.replica_id,
+                interval_seconds=settings.heartbeat_seconds,
+                metrics=metrics,
+            ),
         )
         yield
     finally:
@@ -219,7 +266,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
             await flush_auth_failures(ledger, app[AUTHN])
             await ledger.append(NewEvent(event="broker.stopped", outcome="ok"))
-            await checkpointer.run_once()
+            if checkpointer is not None:
+                await checkpointer.run_once()
         except Exception as e:  # shutting down with the ledger gone: nothing more to save
             _log.warning("could not record shutdown: %s", type(e).__name__)
         await notifier.close()

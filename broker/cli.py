@@ -717,10 +717,27 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_policy_check)
 
     _add_client_commands(sub)
+    from broker.cli_audit import add_commands as add_audit_commands
+
+    add_audit_commands(sub)
+    from broker.cli_offboarding import add_commands as add_offboarding_commands
+
+    add_offboarding_commands(sub)
+    from broker.cli_reviews import add_commands as add_review_commands
+
+    add_review_commands(sub)
+    from broker.cli_continuity import add_commands as add_continuity_commands
+
+    add_continuity_commands(sub)
+    from broker.cli_evidence import add_commands as add_evidence_commands
+
+    add_evidence_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from asyncpg import PostgresError
+
     from broker.config import SettingsError
     from broker.errors import BrokerError, PolicyError
 
@@ -731,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, BrokerError) as e:
+    except (ValueError, OSError, BrokerError, PostgresError) as e:
         # Start-up refusals (no issuer, no key, invalid policy, Vault login refused):
         # a clear line, not a traceback.
         message = e.message if isinstance(e, BrokerError) else str(e)

@@ -83,6 +83,13 @@ class Settings:
     dependency_probe_seconds: float = 10.0
     vault_login_check_seconds: float = 5.0
     elevation_sweep_seconds: float = 5.0
+    # Offboarding: the SLA from terminated_at to completion (measured, reported), and how
+    # often each replica re-reads the ledger for newly offboarded/reinstated subjects.
+    offboarding_sla_seconds: int = 4 * 3600
+    blocklist_refresh_seconds: float = 2.0
+    # Continuity: every replica appends broker.heartbeat this often; a silence longer than
+    # twice this is a gap in the evidence.
+    heartbeat_seconds: float = 60.0
     # Slack-compatible webhooks told of elevation requests and decisions.
     webhook_urls: tuple[str, ...] = ()
     webhook_timeout_seconds: float = 5.0
@@ -199,4 +206,6 @@ def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = No
         checkpoint_interval_seconds=_float(
             env, "BROKER_CHECKPOINT_INTERVAL", s.checkpoint_interval_seconds
         ),
+        heartbeat_seconds=_float(env, "BROKER_HEARTBEAT_SECONDS", s.heartbeat_seconds),
+        offboarding_sla_seconds=_int(env, "BROKER_OFFBOARDING_SLA", s.offboarding_sla_seconds),
     )

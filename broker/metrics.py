@@ -117,6 +117,22 @@ class Metrics:
         self.revocations = Counter(
             "broker_revocations_total", "Grants ended, by kind.", ["kind"], registry=r
         )
+        self.heartbeats = Counter(
+            "broker_heartbeats_total",
+            "Continuity heartbeats this replica tried to append, by outcome (ok, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.offboarded_refusals = Counter(
+            "broker_offboarded_refusals_total",
+            "Requests refused because the subject was offboarded (valid token or not).",
+            registry=r,
+        )
+        self.offboarded_subjects = Gauge(
+            "broker_offboarded_subjects",
+            "Subjects this replica currently refuses (offboarded, not reinstated).",
+            registry=r,
+        )
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         # .labels() hashes and locks on every call; the child per label set is stable.

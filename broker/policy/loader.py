@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -54,10 +54,20 @@ from broker.policy.model import (
     validate_secret_name,
 )
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "DEFAULT_TICKET_PATTERN", "MAX_FILES", "load_policy_dir"]
+__all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
+    "DEFAULT_TICKET_PATTERN",
+    "MAX_FILES",
+    "MAX_GRANT_TTL",
+    "load_policy_dir",
+    "load_policy_documents",
+]
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
 MAX_FILES = 200
+# No grant outlives this: the audit access query relies on it to bound its index range
+# (a grant overlapping [from, to) was issued after from - MAX_GRANT_TTL).
+MAX_GRANT_TTL = 31 * 24 * 3600
 
 _ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SERVICE_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.-]*:[a-z0-9][a-z0-9.-]*")
@@ -101,29 +111,76 @@ def load_policy_dir(path: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES)
         raise _fail([f"{where}:0: {len(files)} policy files, more than the limit of {MAX_FILES}"])
 
     v = _Validator()
-    raw: dict[str, bytes] = {}
-    documents: dict[str, str] = {}
+    contents: dict[str, bytes | None] = {}
     for p in files:
         try:
-            data = _read_limited(p, max_file_bytes)
+            contents[p.name] = _read_limited(p, max_file_bytes)
         except OSError as e:
             v.errors.append((p.name, 1, f"cannot read file: {e.strerror}"))
+    return _validate(v, contents, max_file_bytes)
+
+
+def load_policy_documents(
+    documents: Mapping[str, str], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> PolicySet:
+    """Load and validate policy files given as ``{file name: text}`` (e.g. a version
+    recorded in ``ledger.policy_versions``), exactly as ``load_policy_dir`` would.
+
+    The same files give the same ``PolicySet`` and ``version`` as the directory they came
+    from. Names must look like policy files (``*.yaml``/``*.yml``, not hidden). Raises
+    ``PolicyError`` with every problem found, as ``load_policy_dir`` does.
+    """
+    where = "<documents>"
+    if not documents:
+        raise _fail([f"{where}:0: no policy files (*.yaml, *.yml) given"])
+    if len(documents) > MAX_FILES:
+        count = len(documents)
+        raise _fail([f"{where}:0: {count} policy files, more than the limit of {MAX_FILES}"])
+    v = _Validator()
+    contents: dict[str, bytes | None] = {}
+    for name in sorted(documents):
+        text = documents[name]
+        if not (
+            isinstance(name, str)
+            and isinstance(text, str)
+            and name.endswith((".yaml", ".yml"))
+            and not name.startswith(".")
+            and "/" not in name
+        ):
+            v.errors.append((str(name), 1, "not a policy file name (*.yaml, *.yml) with text"))
             continue
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            v.errors.append((name, 1, "file is not valid UTF-8"))
+            continue
+        contents[name] = data if len(data) <= max_file_bytes else None
+    return _validate(v, contents, max_file_bytes)
+
+
+def _validate(
+    v: _Validator, contents: Mapping[str, bytes | None], max_file_bytes: int
+) -> PolicySet:
+    """Validate each file's bytes (None: larger than ``max_file_bytes``), in name order."""
+    raw: dict[str, bytes] = {}
+    documents: dict[str, str] = {}
+    for name in sorted(contents):
+        data = contents[name]
         if data is None:
-            v.errors.append((p.name, 1, f"file is larger than {max_file_bytes} bytes"))
+            v.errors.append((name, 1, f"file is larger than {max_file_bytes} bytes"))
             continue
-        raw[p.name] = data
-        if _UNSAFE_FILE_NAME.search(p.name):
-            v.errors.append((p.name, 1, "file name contains control characters or '\\'"))
+        raw[name] = data
+        if _UNSAFE_FILE_NAME.search(name):
+            v.errors.append((name, 1, "file name contains control characters or '\\'"))
             continue
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             line = data[: e.start].count(b"\n") + 1
-            v.errors.append((p.name, line, "file is not valid UTF-8"))
+            v.errors.append((name, line, "file is not valid UTF-8"))
             continue
-        documents[p.name] = text
-        v.read_file(p.name, text)
+        documents[name] = text
+        v.read_file(name, text)
     policy = v.finish(raw, documents)
     if v.errors or policy is None:  # finish() returns None only when it recorded errors
         raise _fail([f"{f}:{line}: {msg}" for f, line, msg in sorted(v.errors)])
@@ -495,6 +552,9 @@ class _Validator:
             for key in ("max_ttl", "default_ttl"):
                 if key in m:
                     self.err(m[key][0], f"{what}: {key!r} only applies to roles with secrets")
+        if max_ttl is not None and max_ttl > MAX_GRANT_TTL:
+            limit = format_duration(MAX_GRANT_TTL)
+            self.err(m["max_ttl"][1], f"{what}: max_ttl is longer than the {limit} limit")
         if max_ttl is not None and default_ttl is not None and default_ttl > max_ttl:
             self.err(m["default_ttl"][1], f"{what}: default_ttl is longer than max_ttl")
         if privileged and "elevation" not in m:

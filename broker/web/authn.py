@@ -16,6 +16,7 @@ from aiohttp import web
 from broker.auth import Principal, Verifier
 from broker.errors import AuthError
 from broker.metrics import Metrics
+from broker.offboarding.blocklist import SubjectBlocklist
 
 __all__ = ["PRINCIPAL", "Authenticator"]
 
@@ -26,14 +27,21 @@ _log = logging.getLogger(__name__)
 
 
 class Authenticator:
-    def __init__(self, verifier: Verifier, metrics: Metrics) -> None:
+    def __init__(
+        self, verifier: Verifier, metrics: Metrics, *, blocklist: SubjectBlocklist | None = None
+    ) -> None:
         self._verifier = verifier
         self._metrics = metrics
+        self._blocklist = blocklist  # offboarded subjects: refused even with a valid token
         self._failures: Counter[str] = Counter()
         self._since = datetime.now(UTC)
 
     async def authenticate(self, request: web.Request) -> Principal:
-        """Return the caller's Principal or raise AuthError (401, code = reason)."""
+        """Return the caller's Principal or raise AuthError (401, code = reason).
+
+        An offboarded subject is refused after verification: Forbidden (403,
+        ``subject_offboarded``).
+        """
         try:
             principal = await self._verifier.verify(request.headers.get("Authorization"))
         except AuthError as e:
@@ -48,6 +56,8 @@ class Authenticator:
             )
             raise
         request[PRINCIPAL] = principal
+        if self._blocklist is not None:
+            self._blocklist.refuse_if_blocked(principal)  # 403 subject_offboarded
         return principal
 
     def drain(self) -> tuple[dict[str, int], datetime, datetime]:

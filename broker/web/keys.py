@@ -7,13 +7,16 @@ from datetime import datetime
 
 from aiohttp import web
 
+from broker.audit import AccessAudit
 from broker.auth import Verifier
 from broker.config import Settings
 from broker.elevation import ElevationService
 from broker.grants import GrantService
 from broker.ledger import CheckpointVerifier, Ledger
 from broker.metrics import Metrics
+from broker.offboarding import OffboardingService
 from broker.policy.active import ActivePolicy
+from broker.reviews import ReviewService
 from broker.vault import VaultClient
 
 from .authn import Authenticator
@@ -27,5 +30,8 @@ GRANTS = web.AppKey("grants", GrantService)
 VERIFIER = web.AppKey("verifier", Verifier)
 AUTHN = web.AppKey("authn", Authenticator)
 CHECKPOINT_VERIFIER = web.AppKey("checkpoint_verifier", CheckpointVerifier)
+AUDIT_ACCESS = web.AppKey("audit_access", AccessAudit)
 ELEVATIONS = web.AppKey("elevations", ElevationService)
+OFFBOARDING = web.AppKey("offboarding", OffboardingService)
+REVIEWS = web.AppKey("reviews", ReviewService)
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

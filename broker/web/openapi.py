@@ -11,6 +11,8 @@ from typing import Any
 
 from broker import __version__
 
+from .review_openapi import REVIEW_PATHS, REVIEW_SCHEMAS
+
 __all__ = ["openapi_document"]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -84,6 +86,7 @@ _DOC: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         "schemas": {
+            **REVIEW_SCHEMAS,
             "Error": {
                 "type": "object",
                 "required": ["error"],
@@ -238,6 +241,7 @@ _DOC: dict[str, Any] = {
     },
     "security": [{"bearer": []}],
     "paths": {
+        **REVIEW_PATHS,
         "/v1/credentials": {
             "post": {
                 "summary": "Issue a just-in-time credential",
@@ -470,6 +474,143 @@ _DOC: dict[str, Any] = {
                 },
             }
         },
+        "/v1/offboarding": {
+            "post": {
+                "summary": "Offboard a person: refuse them everywhere, end every grant/elevation",
+                "operationId": "offboardSubject",
+                "description": (
+                    "Needs the `admin` capability. Ledgers `subject.offboarding_started`"
+                    " (the subject is refused from then on, 403 `subject_offboarded`), closes"
+                    " their pending/approved elevations, revokes their active grants in Vault,"
+                    " then ledgers `subject.offboarded` with the SLA measured from"
+                    " `terminated_at`. After a 503 the subject stays refused; calling again"
+                    " resumes the same offboarding."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["subject", "reason"],
+                                "properties": {
+                                    "subject": {"type": "string", "maxLength": 256},
+                                    "reason": {"type": "string", "maxLength": 500},
+                                    "terminated_at": {
+                                        "type": "string",
+                                        "format": "date-time",
+                                        "description": "default now; not in the future",
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "Completed: what was ended, and whether the SLA was met",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": [
+                                        "offboarding_id",
+                                        "subject",
+                                        "completed_at",
+                                        "grants_revoked",
+                                        "elevations_closed",
+                                        "terminated_at",
+                                        "sla_deadline",
+                                        "sla_met",
+                                        "seconds_from_termination",
+                                    ],
+                                }
+                            }
+                        },
+                    },
+                    **_COMMON,
+                    "403": _err("`forbidden`: the caller lacks the `admin` capability"),
+                    "409": _err("`already_offboarded`"),
+                    "413": _err("Body too large"),
+                    "502": _err("Vault refused a revocation"),
+                },
+            },
+            "get": {
+                "summary": "Offboardings started in a period, with SLA met/missed",
+                "operationId": "listOffboardings",
+                "description": "Needs the `admin` or `audit` capability.",
+                "parameters": [
+                    {"name": "from", "in": "query", "schema": {"type": "string"}},
+                    {"name": "to", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Offboardings, newest first",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["offboardings"],
+                                    "properties": {
+                                        "offboardings": {
+                                            "type": "array",
+                                            "items": {"type": "object"},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _err("Bad query parameter"),
+                    **_AUTH_ERRORS,
+                    "403": _err("`forbidden`: needs `admin` or `audit`"),
+                },
+            },
+        },
+        "/v1/offboarding/{subject}/reinstate": {
+            "post": {
+                "summary": "Re-onboard an offboarded person (ledgered); their requests work again",
+                "operationId": "reinstateSubject",
+                "description": "Needs the `admin` capability.",
+                "parameters": [
+                    {
+                        "name": "subject",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["reason"],
+                                "properties": {"reason": {"type": "string", "maxLength": 500}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "Reinstated",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_COMMON,
+                    "403": _err("`forbidden`: the caller lacks the `admin` capability"),
+                    "404": _err("`not_offboarded`"),
+                    "409": _err("`offboarding_in_progress`: retry the offboarding first"),
+                },
+            }
+        },
         "/v1/health": {
             "get": {
                 "summary": "Readiness: Vault and the ledger answer",
@@ -507,6 +648,273 @@ _DOC: dict[str, Any] = {
                     },
                     **_AUTH_ERRORS,
                     "403": _err("Caller lacks the `audit` capability"),
+                },
+            }
+        },
+        "/v1/audit/evidence": {
+            "get": {
+                "summary": "The signed evidence package (zip) for rows recorded in [from, to)",
+                "operationId": "exportEvidence",
+                "description": "Needs the `audit` capability. Check it offline with"
+                " `broker evidence check FILE.zip`.",
+                "parameters": [
+                    {"name": n, "in": "query", "required": True, "schema": {"type": "string"}}
+                    for n in ("from", "to")
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The package: events, derived CSV/JSON, policies,"
+                        " findings, summary.html, manifest.json and manifest.sig",
+                        "content": {"application/zip": {"schema": {"type": "string"}}},
+                    },
+                    "400": _err("`bad_period`: from/to missing, malformed or reversed"),
+                    **_AUTH_ERRORS,
+                    "403": _err("Caller lacks the `audit` capability"),
+                    "503": _err("`not_yet_signed` or the ledger is unavailable"),
+                },
+            }
+        },
+        "/v1/audit/access": {
+            "get": {
+                "summary": "Who had access to what, when, and why: access windows in a period",
+                "operationId": "auditAccess",
+                "description": (
+                    "Needs the `audit` capability. Every grant whose access overlaps"
+                    " [`from`, `to`) — issued before `to`, not expired or revoked by `from` —"
+                    " oldest first, with the role, policy version and the text of the rule"
+                    " (role block) that allowed it, reason, ticket, how and by whom it ended,"
+                    " and for elevated grants the elevation (reason, ticket, approvers and"
+                    " approval times, window). `subject` and `secret` are optional filters."
+                    " Dates are `YYYY-MM-DD` (midnight UTC) or ISO 8601 date-times (no offset"
+                    " means UTC); the period is at most 400 days. Page with `next_cursor`."
+                ),
+                "parameters": [
+                    {"name": "from", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "to", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "subject", "in": "query", "schema": {"type": "string"}},
+                    {"name": "secret", "in": "query", "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Access windows; `ended` is null while still open",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["from", "to", "access", "next_cursor"],
+                                    "properties": {
+                                        "from": {"type": "string", "format": "date-time"},
+                                        "to": {"type": "string", "format": "date-time"},
+                                        "next_cursor": {"type": ["string", "null"]},
+                                        "access": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "required": [
+                                                    "grant_id",
+                                                    "subject",
+                                                    "secret",
+                                                    "role",
+                                                    "policy_version",
+                                                    "rule",
+                                                    "issued_at",
+                                                    "expires_at",
+                                                    "ended",
+                                                    "elevation",
+                                                ],
+                                                "properties": {
+                                                    "rule": {
+                                                        "type": "object",
+                                                        "properties": {
+                                                            "source": {"type": ["string", "null"]},
+                                                            "text": {"type": ["string", "null"]},
+                                                        },
+                                                    },
+                                                    "ended": {
+                                                        "type": ["object", "null"],
+                                                        "properties": {
+                                                            "how": {
+                                                                "enum": [
+                                                                    "revoked",
+                                                                    "expired",
+                                                                    "offboarded",
+                                                                ]
+                                                            },
+                                                            "at": {"type": "string"},
+                                                            "by": {"type": ["string", "null"]},
+                                                        },
+                                                    },
+                                                    "elevation": {"type": ["object", "null"]},
+                                                },
+                                            },
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _err(
+                        "`missing_from`, `missing_to`, `invalid_from`, `invalid_to`,"
+                        " `invalid_window`, `invalid_subject`, `invalid_secret`,"
+                        " `invalid_cursor`, `invalid_limit`, `unknown_parameter`"
+                    ),
+                    **_AUTH_ERRORS,
+                    "403": _err("Caller lacks the `audit` capability"),
+                },
+            }
+        },
+        "/v1/audit/events": {
+            "get": {
+                "summary": "Raw ledger events, filtered, oldest first",
+                "operationId": "auditEvents",
+                "description": (
+                    "Needs the `audit` capability. Events (with `prev_hash` and `hash`) in"
+                    " time order (`recorded_at`, then `seq`), oldest first. Filters combine:"
+                    " `subject`, `secret`, `type` (comma-separated event names), [`from`,"
+                    " `to`). Page with `cursor` = the previous page's `next_cursor` (the seq"
+                    " of its last event); `next_cursor` is null on the last page."
+                ),
+                "parameters": [
+                    {"name": "subject", "in": "query", "schema": {"type": "string"}},
+                    {"name": "secret", "in": "query", "schema": {"type": "string"}},
+                    {"name": "type", "in": "query", "schema": {"type": "string"}},
+                    {"name": "from", "in": "query", "schema": {"type": "string"}},
+                    {"name": "to", "in": "query", "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "One page of events",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["events", "next_cursor"],
+                                    "properties": {
+                                        "events": {"type": "array", "items": {"type": "object"}},
+                                        "next_cursor": {"type": ["string", "null"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _err(
+                        "`invalid_from`, `invalid_to`, `invalid_window`, `invalid_type`,"
+                        " `invalid_subject`, `invalid_secret`, `invalid_cursor`,"
+                        " `invalid_limit`, `unknown_parameter`"
+                    ),
+                    **_AUTH_ERRORS,
+                    "403": _err("Caller lacks the `audit` capability"),
+                },
+            }
+        },
+        "/v1/audit/gaps": {
+            "get": {
+                "summary": "Stretches with no replica heartbeat (continuity gaps)",
+                "operationId": "listGaps",
+                "description": (
+                    "Needs the `audit` capability. A gap is a stretch longer than twice"
+                    " `heartbeat_seconds` between consecutive `broker.heartbeat`,"
+                    " `broker.started` or `broker.stopped` rows of any replica; each comes with"
+                    " the `gap.annotated` notes overlapping it (`annotated`: one covers it)."
+                    " Times without an offset are UTC."
+                ),
+                "parameters": [
+                    {"name": "from", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "to",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "default and latest: now",
+                    },
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Gaps overlapping [from, to), oldest first",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": [
+                                        "from",
+                                        "to",
+                                        "heartbeat_seconds",
+                                        "threshold_seconds",
+                                        "gaps",
+                                    ],
+                                    "properties": {
+                                        "gaps": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "required": [
+                                                    "start",
+                                                    "end",
+                                                    "duration_seconds",
+                                                    "annotated",
+                                                    "annotation",
+                                                    "annotations",
+                                                ],
+                                            },
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _err("Bad `from`/`to` (`invalid_from`, `invalid_to`, `invalid_range`)"),
+                    **_AUTH_ERRORS,
+                    "403": _err("Caller lacks the `audit` capability"),
+                    "503": _err("The ledger is unavailable"),
+                },
+            }
+        },
+        "/v1/audit/gaps/annotate": {
+            "post": {
+                "summary": "Explain a gap: ledger a remediation note for a stretch",
+                "operationId": "annotateGap",
+                "description": "Needs the `admin` capability. Ledgers `gap.annotated`.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["from", "to", "remediation"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "from": {"type": "string"},
+                                    "to": {"type": "string"},
+                                    "remediation": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "The recorded annotation",
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "object", "required": ["annotation"]}
+                            }
+                        },
+                    },
+                    **_COMMON,
+                    "403": _err("Caller lacks the `admin` capability"),
                 },
             }
         },

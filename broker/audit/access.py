@@ -1,0 +1,314 @@
+"""Who had access to what, when, and why — answered from the ledger alone.
+
+An *access window* is one grant: from its ``grant.issued`` row to the first of its expiry
+(``expires_at``: the credential stops working then, whenever the sweeper records it) and
+its revocation. A window overlaps the period ``[start, end)`` iff it was issued before
+``end`` and had not ended by ``start``.
+
+Invariants the answer relies on:
+- no grant is longer than ``MAX_GRANT_TTL`` (the policy loader refuses longer ``max_ttl``),
+  so every overlapping grant was issued in ``[start - MAX_GRANT_TTL, end)``: one index
+  range, whatever the ledger's size;
+- policy versions are immutable (``ledger.policy_versions`` refuses updates), so the rule
+  text of a version is cached without expiry (bounded by count);
+- one page costs at most three queries: the windows, the elevations of the elevated ones
+  (one batched lookup by elevation id), and the policy versions not yet cached.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from broker.elevation.model import Elevation, fold
+from broker.errors import BadRequest
+from broker.ledger import Event, Ledger
+from broker.ledger.audit_queries import AccessRow, access_windows, events_page, policy_documents
+from broker.policy.loader import MAX_GRANT_TTL
+
+__all__ = [
+    "LONGEST_GRANT",
+    "MAX_WINDOW",
+    "AccessAudit",
+    "AccessQuery",
+    "EventQuery",
+    "check_window",
+    "end_of",
+    "parse_instant",
+    "rule_text",
+]
+
+LONGEST_GRANT = timedelta(seconds=MAX_GRANT_TTL)
+MAX_WINDOW = timedelta(days=400)  # a year plus slack: longer periods are an export's job
+DEFAULT_POLICY_CACHE = 64  # policy versions kept in memory (each <= a few hundred KiB)
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# A revocation counts as offboarding when the offboarding service says so in its body.
+_OFFBOARD_REASON = re.compile(r"^\s*offboard", re.IGNORECASE)
+
+
+def parse_instant(value: str) -> datetime:
+    """``YYYY-MM-DD`` (midnight UTC) or an ISO 8601 date-time (no offset means UTC).
+
+    Raises ValueError for anything else.
+    """
+    if len(value) > 40:
+        raise ValueError("too long")
+    text = value.strip()
+    if _DATE.fullmatch(text):
+        return datetime.combine(date.fromisoformat(text), time(), UTC)
+    parsed = datetime.fromisoformat(text)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def check_window(start: datetime, end: datetime, *, maximum: timedelta = MAX_WINDOW) -> None:
+    """Raise BadRequest (``invalid_window``) unless ``start < end <= start + maximum``."""
+    if end <= start:
+        raise BadRequest("'to' must be later than 'from'", code="invalid_window")
+    if end - start > maximum:
+        raise BadRequest(
+            f"the period may be at most {maximum.days} days: ask for several",
+            code="invalid_window",
+        )
+
+
+def rule_text(document: str, line: int) -> str | None:
+    """The YAML lines of the role block that starts at 1-based ``line`` of ``document``.
+
+    The block is that line plus every following line indented deeper than its ``- `` (or,
+    for a mapping not opened by ``- ``, at least as deep as its first key); trailing blank
+    lines are dropped. None if ``line`` is outside the document. Pure: no YAML is parsed.
+    """
+    lines = document.splitlines()
+    if not 1 <= line <= len(lines):
+        return None
+    first = lines[line - 1]
+    indent = len(first) - len(first.lstrip(" "))
+    item = first.lstrip(" ")
+    deeper_than = indent if item == "-" or item.startswith("- ") else indent - 1
+    block = [first]
+    for text in lines[line:]:
+        stripped = text.strip()
+        if stripped and len(text) - len(text.lstrip(" ")) <= deeper_than:
+            break
+        block.append(text)
+    while block and not block[-1].strip():
+        block.pop()
+    return "\n".join(block)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def end_of(issued: Event, end: Event | None, now: datetime) -> dict[str, Any] | None:
+    """How a window ended: ``{how, at, by, reason, recorded_at}``, or None while open.
+
+    ``how`` is ``revoked``, ``offboarded`` (a revocation the offboarding flow made) or
+    ``expired``; ``at`` is when access stopped (for expiry: ``expires_at``, even if the
+    sweeper recorded it later or not yet); ``by`` who revoked (None for expiry).
+    """
+    if end is not None and end.event == "grant.revoked":
+        body = end.body
+        reason = body.get("reason")
+        offboarded = bool(body.get("offboarding")) or (
+            isinstance(reason, str) and _OFFBOARD_REASON.match(reason) is not None
+        )
+        return {
+            "how": "offboarded" if offboarded else "revoked",
+            "at": end.recorded_at.isoformat(),
+            "by": end.subject,
+            "reason": reason,
+            "recorded_at": end.recorded_at.isoformat(),
+        }
+    expires = issued.expires_at
+    if end is None and (expires is None or expires > now):
+        return None
+    return {
+        "how": "expired",
+        "at": _iso(expires),
+        "by": None,
+        "reason": None,
+        "recorded_at": _iso(end.recorded_at) if end is not None else None,
+    }
+
+
+def _elevation_json(el: Elevation) -> dict[str, Any]:
+    closed = None
+    if el.closed_event is not None:
+        closed = {
+            "event": el.closed_event,
+            "at": _iso(el.closed_at),
+            "by": el.closed_by,
+            "comment": el.closed_comment or el.closed_why,
+        }
+    review = None
+    if el.reviewed_by is not None:
+        review = {"by": el.reviewed_by, "at": _iso(el.reviewed_at), "comment": el.review_comment}
+    return {
+        "id": str(el.id),
+        "requester": el.requester,
+        "requested_at": el.requested_at.isoformat(),
+        "reason": el.reason,
+        "ticket": el.ticket,
+        "break_glass": el.break_glass,
+        "approvals": [
+            {"approver": v.approver, "at": v.at.isoformat(), "comment": v.comment}
+            for v in el.approvals
+        ],
+        "activated_at": _iso(el.activated_at),
+        "window_ends_at": _iso(el.window_ends_at),
+        "closed": closed,
+        "review": review,
+    }
+
+
+@dataclass(frozen=True)
+class AccessQuery:
+    """Windows overlapping ``[start, end)``, optionally of one subject and/or secret."""
+
+    start: datetime
+    end: datetime
+    subject: str | None
+    secret: str | None
+    after: int | None  # cursor: the seq of the last window of the previous page
+    limit: int
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Raw events matching every given filter, oldest first."""
+
+    subject: str | None
+    secret: str | None
+    types: tuple[str, ...]
+    start: datetime | None
+    end: datetime | None
+    after: int | None  # cursor: the seq of the last event of the previous page
+    limit: int
+
+
+class AccessAudit:
+    """The read side for auditors: access windows and raw events, straight from the ledger."""
+
+    def __init__(self, ledger: Ledger, *, policy_cache_size: int = DEFAULT_POLICY_CACHE) -> None:
+        self._ledger = ledger
+        self._documents: OrderedDict[str, Mapping[str, str]] = OrderedDict()
+        self._cache_size = policy_cache_size
+
+    async def access(self, q: AccessQuery, *, now: datetime | None = None) -> dict[str, Any]:
+        """``{"from", "to", "access": [window...], "next_cursor"}``; raises BadRequest for
+        a bad period. ``next_cursor`` is None on the last page."""
+        check_window(q.start, q.end)
+        rows = await access_windows(
+            self._ledger.pool,
+            issued_from=q.start - LONGEST_GRANT,
+            issued_to=q.end,
+            overlaps_from=q.start,
+            subject=q.subject,
+            secret=q.secret,
+            after_seq=q.after,
+            limit=q.limit,
+        )
+        elevations = await self._elevations(rows)
+        documents = await self._policies({r.issued.policy_version or "" for r in rows})
+        moment = now or datetime.now(UTC)
+        windows = [self._window(r, elevations, documents, moment) for r in rows]
+        more = len(rows) == q.limit
+        return {
+            "from": q.start.isoformat(),
+            "to": q.end.isoformat(),
+            "access": windows,
+            "next_cursor": str(rows[-1].issued.seq) if more and rows else None,
+        }
+
+    async def events(self, q: EventQuery) -> dict[str, Any]:
+        """``{"events": [event + prev_hash...], "next_cursor"}``, oldest first."""
+        if q.start is not None and q.end is not None and q.end <= q.start:
+            raise BadRequest("'to' must be later than 'from'", code="invalid_window")
+        events = await events_page(
+            self._ledger.pool,
+            subject=q.subject,
+            secret=q.secret,
+            types=q.types,
+            start=q.start,
+            end=q.end,
+            after_seq=q.after,
+            limit=q.limit,
+        )
+        more = len(events) == q.limit
+        return {
+            "events": [{**e.to_json(), "prev_hash": e.prev_hash.hex()} for e in events],
+            "next_cursor": str(events[-1].seq) if more and events else None,
+        }
+
+    async def _elevations(self, rows: Sequence[AccessRow]) -> dict[str, Elevation]:
+        ids = {
+            str(r.issued.body["elevation_id"]) for r in rows if r.issued.body.get("elevation_id")
+        }
+        if not ids:
+            return {}
+        by_id = await self._ledger.elevation_events([uuid.UUID(i) for i in sorted(ids)])
+        out: dict[str, Elevation] = {}
+        for eid, events in by_id.items():
+            el = fold(events)
+            if el is not None:
+                out[str(eid)] = el
+        return out
+
+    async def _policies(self, versions: set[str]) -> Mapping[str, Mapping[str, str]]:
+        versions.discard("")
+        missing = sorted(v for v in versions if v not in self._documents)
+        if missing:
+            for version, docs in (await policy_documents(self._ledger.pool, missing)).items():
+                self._documents[version] = docs
+                while len(self._documents) > self._cache_size:
+                    self._documents.popitem(last=False)
+        found: dict[str, Mapping[str, str]] = {}
+        for v in versions:
+            if v in self._documents:
+                self._documents.move_to_end(v)
+                found[v] = self._documents[v]
+        return found
+
+    @staticmethod
+    def _window(
+        row: AccessRow,
+        elevations: Mapping[str, Elevation],
+        documents: Mapping[str, Mapping[str, str]],
+        now: datetime,
+    ) -> dict[str, Any]:
+        issued = row.issued
+        body = issued.body
+        source = body.get("role_source")
+        text = None
+        version = issued.policy_version
+        if isinstance(source, str) and version is not None and version in documents:
+            file, _, line = source.rpartition(":")
+            doc = documents[version].get(file)
+            if doc is not None and line.isdigit():
+                text = rule_text(doc, int(line))
+        elevation_id = body.get("elevation_id")
+        elevation = elevations.get(str(elevation_id)) if elevation_id else None
+        return {
+            "grant_id": str(issued.grant_id) if issued.grant_id else None,
+            "seq": issued.seq,
+            "subject": issued.subject,
+            "subject_kind": issued.subject_kind,
+            "secret": issued.secret,
+            "role": issued.role,
+            "policy_version": issued.policy_version,
+            "rule": {"source": source, "text": text},
+            "reason": body.get("reason"),
+            "ticket": body.get("ticket"),
+            "engine": body.get("engine"),
+            "issued_at": issued.recorded_at.isoformat(),
+            "expires_at": _iso(issued.expires_at),
+            "ended": end_of(issued, row.end, now),
+            "elevation": _elevation_json(elevation) if elevation is not None else None,
+        }

@@ -1,0 +1,268 @@
+"""``broker evidence export|check``: the evidence package, straight from the ledger database.
+
+Like ``broker verify``, these read ``BROKER_DATABASE_URL`` and the checkpoint key
+(``BROKER_CHECKPOINT_KEY``; for ``check`` the public ``BROKER_CHECKPOINT_VERIFIER_KEYS``
+is enough). Exit codes: 0 success (check: no material weakness, package intact), 1 the
+check failed or no signed checkpoint covers the period yet, 2 usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_commands", "parse_when"]
+
+
+def parse_when(text: str) -> datetime:
+    """``2026-02-01``, an ISO 8601 time (naive means UTC), or ``now``."""
+    if text.strip().lower() == "now":
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date (YYYY-MM-DD) or ISO 8601 time"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class _Progress:
+    """A one-line progress bar on stderr (a line per 10% when stderr is not a terminal)."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self._quiet = quiet
+        self._tty = sys.stderr.isatty()
+        self._started = time.monotonic()
+        self._last_decile = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._quiet:
+            return
+        share = done / total if total else 1.0
+        rate = done / max(time.monotonic() - self._started, 1e-6)
+        bar = "#" * int(30 * share)
+        line = f"[{bar:<30}] {100 * share:5.1f}% {done:,}/{total:,} rows {rate:,.0f} rows/s"
+        if self._tty:
+            print(f"\r{line}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        elif int(10 * share) != self._last_decile:
+            self._last_decile = int(10 * share)
+            print(line, file=sys.stderr, flush=True)
+
+
+def _keys(settings: Any) -> tuple[Any, list[str]]:
+    """(signer or None, trusted verifier keys) from the settings, like ``broker verify``."""
+    from broker.ledger import CheckpointSigner, load_or_create_signing_key
+
+    signer = None
+    keys = list(settings.checkpoint_verifier_keys)
+    if settings.checkpoint_key_path.exists():
+        key = load_or_create_signing_key(settings.checkpoint_key_path, create=False)
+        signer = CheckpointSigner(settings.checkpoint_key_name, key)
+        keys.append(signer.verifier_key())
+    return signer, keys
+
+
+async def _export(
+    settings: Any,
+    dsn: str,
+    out: Path,
+    period_from: datetime,
+    period_to: datetime,
+    *,
+    wait: float,
+    quiet: bool,
+) -> Any:
+    import asyncpg
+
+    from broker.evidence.package import ExportOptions, NotYetSigned, export_package
+    from broker.ledger import CheckpointVerifier
+
+    signer, keys = _keys(settings)
+    options = ExportOptions(
+        heartbeat_seconds=settings.heartbeat_seconds,
+        offboarding_sla_seconds=settings.offboarding_sla_seconds,
+    )
+    conn = await asyncpg.connect(dsn, timeout=settings.db_timeout_seconds)
+    try:
+        await conn.set_type_codec(
+            "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return await export_package(
+                    conn,
+                    out,
+                    period_from=period_from,
+                    period_to=period_to,
+                    signer=signer,
+                    origin=settings.ledger_origin,
+                    verifier=CheckpointVerifier(keys),
+                    options=options,
+                    progress=_Progress(quiet=quiet),
+                )
+            except NotYetSigned:
+                if time.monotonic() >= deadline:
+                    raise
+                if not quiet:
+                    print("waiting for a signed checkpoint ...", file=sys.stderr, flush=True)
+                await asyncio.sleep(1.0)
+    finally:
+        await conn.close()
+
+
+def _needs(settings: Any, dsn: str | None) -> str | None:
+    if not dsn:
+        return "need BROKER_DATABASE_URL (or --database-url)"
+    if not settings.checkpoint_key_path.exists():
+        return (
+            f"need the checkpoint signing key (BROKER_CHECKPOINT_KEY, now"
+            f" {settings.checkpoint_key_path}) to sign the manifest"
+        )
+    return None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from broker.config import from_env
+    from broker.evidence.package import EvidenceError
+
+    settings = from_env()
+    dsn = args.database_url or settings.database_url
+    problem = _needs(settings, dsn)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        result = asyncio.run(
+            _export(
+                settings,
+                dsn,
+                out,
+                args.period_from,
+                args.period_to,
+                wait=args.wait,
+                quiet=args.quiet,
+            )
+        )
+    except EvidenceError as e:
+        print(f"evidence export failed: {e.message}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "bytes": result.bytes,
+                "rows": result.rows,
+                "period_rows": result.period_rows,
+                "seq": [result.first_seq, result.end_seq],
+                "verification_ok": result.verification_ok,
+                "findings": dict(result.findings),
+                "seconds": result.seconds,
+            }
+        )
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from broker.config import from_env
+    from broker.evidence.check import check_package, format_report
+    from broker.evidence.package import EvidenceError
+    from broker.ledger import CheckpointVerifier
+
+    settings = from_env()
+    from_db = args.period_from is not None or args.period_to is not None
+    if from_db == (args.package is not None) or (
+        from_db and (args.period_from is None or args.period_to is None)
+    ):
+        print(
+            "give a package FILE.zip, or both --from and --to (export, then check)",
+            file=sys.stderr,
+        )
+        return 2
+    _, keys = _keys(settings)
+    if not keys:
+        print(
+            "need a checkpoint key: BROKER_CHECKPOINT_KEY or BROKER_CHECKPOINT_VERIFIER_KEYS",
+            file=sys.stderr,
+        )
+        return 2
+    with tempfile.TemporaryDirectory(prefix="evidence-check-") as tmp:
+        if from_db:
+            dsn = args.database_url or settings.database_url
+            problem = _needs(settings, dsn)
+            if problem:
+                print(problem, file=sys.stderr)
+                return 2
+            path = Path(tmp) / "evidence.zip"
+            try:
+                asyncio.run(
+                    _export(
+                        settings,
+                        dsn,
+                        path,
+                        args.period_from,
+                        args.period_to,
+                        wait=args.wait,
+                        quiet=args.json,
+                    )
+                )
+            except EvidenceError as e:
+                print(f"evidence export failed: {e.message}", file=sys.stderr)
+                return 1
+        else:
+            path = Path(args.package)
+            if not path.is_file():
+                print(f"{path} not found", file=sys.stderr)
+                return 2
+        report = check_package(path, CheckpointVerifier(keys))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``broker evidence`` (called from ``broker.cli._parser``)."""
+    ev = sub.add_parser("evidence", help="export the signed evidence package; dry-run audit")
+    esub = ev.add_subparsers(dest="evidence_command", required=True)
+
+    period = argparse.ArgumentParser(add_help=False)
+    period.add_argument("--database-url")
+    period.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait this long for a signed checkpoint covering the period's end (default 30)",
+    )
+
+    p = esub.add_parser(
+        "export", parents=[period], help="write the package for rows recorded in [from, to)"
+    )
+    p.add_argument("--from", dest="period_from", type=parse_when, required=True)
+    p.add_argument("--to", dest="period_to", type=parse_when, required=True)
+    p.add_argument("--out", required=True, metavar="FILE.zip")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+
+    c = esub.add_parser(
+        "check",
+        parents=[period],
+        help="audit a package offline (or export --from/--to first), findings by severity",
+    )
+    c.add_argument("package", nargs="?", metavar="FILE.zip")
+    c.add_argument("--from", dest="period_from", type=parse_when)
+    c.add_argument("--to", dest="period_to", type=parse_when)
+    c.add_argument("--json", action="store_true", help="one JSON document")
+    c.set_defaults(func=cmd_check)

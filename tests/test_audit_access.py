@@ -1,0 +1,675 @@
+"""Who had access to what, when, and why: ``/v1/audit/access``, ``/v1/audit/events``, CLI.
+
+"Why did alice have access to stripe/prod in February?" is answered from a seeded history
+(February cannot be reached through the API: the writer stamps its own time), written as
+the superuser into a private database with a correctly recomputed chain; the service runs
+on it through a real ``Ledger``. ``EXPLAIN`` shows the access query is an index range scan
+on a 20k-row ledger. The API, its capability check and its errors are exercised on the
+session broker, and the CLI as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from broker.audit import AccessAudit, AccessQuery
+from broker.audit.access import LONGEST_GRANT, check_window, end_of, parse_instant, rule_text
+from broker.config import Settings
+from broker.errors import BadRequest, PolicyError
+from broker.ledger.audit_queries import access_query, events_query
+from broker.ledger.events import Event
+from broker.policy import load_policy_dir
+from broker.stack.devstack import DevStack
+from tests.conftest import REPO, RunningBroker
+from tests.helpers import auth, error_of
+from tests.ledger_helpers import fresh_ledger_db, rechain, replace_all_rows, running_ledger
+from tests.test_cli_client import cli
+
+POLICY = load_policy_dir(REPO / "policies")
+PAYMENTS = POLICY.role("payments-prod")
+assert PAYMENTS is not None
+T = datetime(2026, 2, 10, 9, 0, tzinfo=UTC)  # the February incident
+FEB, MAR = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)
+REASON = "rotate webhook secret after INC-4711 alert"
+
+
+# --- pure parts ----------------------------------------------------------------------------
+
+
+def test_rule_text_is_the_role_block_cited_by_source() -> None:
+    file, _, line = PAYMENTS.source.rpartition(":")
+    text = rule_text(POLICY.documents[file], int(line))
+    assert text is not None
+    lines = text.splitlines()
+    assert lines[0] == "  - name: payments-prod"
+    assert "      - stripe/prod" in lines
+    assert "      ticket_required: true" in lines
+    # Exactly the block: not the comment or role that follows, no trailing blank line.
+    assert "name: auditors" not in text and lines[-1].strip()
+    assert not any(ln.startswith("  - ") for ln in lines[1:])
+    assert rule_text("roles:\n  - name: a\n", 9) is None
+
+
+def test_rule_text_mapping_not_opened_by_a_dash() -> None:
+    doc = "roles:\n  -\n    name: x\n    secrets: [a]\n\n  - name: y\n"
+    assert rule_text(doc, 3) == "    name: x\n    secrets: [a]"
+
+
+def test_parse_instant_dates_and_times() -> None:
+    assert parse_instant("2026-02-01") == FEB
+    assert parse_instant("2026-02-01T10:30:00") == FEB.replace(hour=10, minute=30)
+    assert parse_instant("2026-02-01T10:30:00+02:00") == FEB.replace(hour=8, minute=30)
+    assert parse_instant("2026-02-01T10:30:00Z") == FEB.replace(hour=10, minute=30)
+    for bad in ("yesterday", "2026-13-01", "", "2026-02-01" + " " * 40):
+        with pytest.raises(ValueError):
+            parse_instant(bad)
+
+
+def test_check_window_bounds() -> None:
+    check_window(FEB, MAR)
+    for start, end in ((MAR, FEB), (FEB, FEB), (FEB, FEB + timedelta(days=401))):
+        with pytest.raises(BadRequest) as e:
+            check_window(start, end)
+        assert e.value.code == "invalid_window"
+
+
+def _event(**fields: Any) -> Event:
+    base: dict[str, Any] = {
+        "seq": 1,
+        "recorded_at": T,
+        "event": "grant.issued",
+        "replica": "r",
+        "subject": "alice",
+        "subject_kind": "human",
+        "secret": "stripe/prod",
+        "role": "payments-prod",
+        "policy_version": POLICY.version,
+        "grant_id": uuid.uuid4(),
+        "lease_id": None,
+        "expires_at": T + timedelta(minutes=15),
+        "outcome": "issued",
+        "request_id": None,
+        "body": {},
+        "dedupe_key": None,
+        "prev_hash": b"\0" * 32,
+        "hash": b"\1" * 32,
+    }
+    return Event(**(base | fields))
+
+
+def test_end_of_each_way_a_window_closes() -> None:
+    issued = _event()
+    later = T + timedelta(hours=1)
+    assert end_of(issued, None, T) is None  # open
+    assert end_of(issued, None, later) == {  # expired, the sweeper has not recorded it yet
+        "how": "expired",
+        "at": (T + timedelta(minutes=15)).isoformat(),
+        "by": None,
+        "reason": None,
+        "recorded_at": None,
+    }
+    revoked = _event(
+        event="grant.revoked", subject="erin", recorded_at=T + timedelta(minutes=5), body={}
+    )
+    assert end_of(issued, revoked, later)["how"] == "revoked"  # type: ignore[index]
+    assert end_of(issued, revoked, later)["by"] == "erin"  # type: ignore[index]
+    offboarded = _event(event="grant.revoked", subject="erin", body={"reason": "offboarding x"})
+    assert end_of(issued, offboarded, later)["how"] == "offboarded"  # type: ignore[index]
+
+
+def test_policy_loader_caps_max_ttl(tmp_path: Path) -> None:
+    (tmp_path / "catalog.yaml").write_text(
+        "catalog:\n  a/b:\n    engine: kv2\n    mount: secret\n    path: a/b\n"
+    )
+    (tmp_path / "roles.yaml").write_text(
+        "roles:\n  - name: r\n    members: {groups: [g]}\n    secrets: [a/b]\n    max_ttl: 32d\n"
+    )
+    with pytest.raises(PolicyError) as e:
+        load_policy_dir(tmp_path)
+    assert e.value.errors == ["roles.yaml:5: role 'r': max_ttl is longer than the 31d limit"]
+    (tmp_path / "roles.yaml").write_text(
+        "roles:\n  - name: r\n    members: {groups: [g]}\n    secrets: [a/b]\n    max_ttl: 31d\n"
+    )
+    assert load_policy_dir(tmp_path).roles[0].max_ttl == int(LONGEST_GRANT.total_seconds())
+
+
+# --- a seeded history ----------------------------------------------------------------------
+
+
+class History:
+    """Ledger rows (as dicts) with explicit times; ``rows()`` chains them."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, at: datetime, event: str, outcome: str, **fields: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "recorded_at": at,
+            "event": event,
+            "replica": "broker-0",
+            "subject": None,
+            "subject_kind": None,
+            "secret": None,
+            "role": None,
+            "policy_version": POLICY.version,
+            "grant_id": None,
+            "lease_id": None,
+            "expires_at": None,
+            "outcome": outcome,
+            "request_id": None,
+            "body": {},
+            "dedupe_key": None,
+        }
+        row.update(fields)
+        self._rows.append(row)
+        return row
+
+    def grant(
+        self,
+        at: datetime,
+        subject: str,
+        secret: str,
+        *,
+        minutes: int = 15,
+        role: str = "engineering",
+        **body: Any,
+    ) -> uuid.UUID:
+        grant_id = uuid.uuid4()
+        source = POLICY.role(role)
+        assert source is not None
+        self.add(
+            at,
+            "grant.issued",
+            "issued",
+            subject=subject,
+            subject_kind="human",
+            secret=secret,
+            role=role,
+            grant_id=grant_id,
+            expires_at=at + timedelta(minutes=minutes),
+            body={
+                "engine": "kv2",
+                "mount": "secret",
+                "path": secret,
+                "ttl": minutes * 60,
+                "role_source": source.source,
+                "issuer": "dev",
+                "groups": ["engineering"],
+                "kv_version": 1,
+                "reason": None,
+                "ticket": None,
+                **body,
+            },
+        )
+        return grant_id
+
+    def end(
+        self, at: datetime, grant_id: uuid.UUID, event: str, by: str, reason: str | None = None
+    ) -> None:
+        issued = next(r for r in self._rows if r["grant_id"] == grant_id)
+        body: dict[str, Any] = (
+            {"grant_subject": issued["subject"], "reason": reason}
+            if event == "grant.revoked"
+            else {"expired_at": issued["expires_at"].isoformat()}
+        )
+        self.add(
+            at,
+            event,
+            event.removeprefix("grant."),
+            subject=by,
+            subject_kind="human",
+            secret=issued["secret"],
+            role=issued["role"],
+            grant_id=grant_id,
+            expires_at=issued["expires_at"] if event == "grant.expired" else None,
+            body=body,
+            dedupe_key=f"grant:{grant_id}:end",
+        )
+
+    def rows(self) -> list[dict[str, Any]]:
+        return rechain(sorted(self._rows, key=lambda r: r["recorded_at"]))
+
+
+def february_history() -> tuple[History, dict[str, Any]]:
+    h = History()
+    h.add(T - timedelta(days=30), "policy.loaded", "active", body={"files": {}})
+    # Noise: other months, other people, other secrets, windows that end before February.
+    jan = h.grant(datetime(2026, 1, 15, 12, tzinfo=UTC), "alice", "stripe/test")
+    h.end(datetime(2026, 1, 15, 12, 16, tzinfo=UTC), jan, "grant.expired", "alice")
+    early = h.grant(datetime(2026, 1, 31, 23, 30, tzinfo=UTC), "alice", "stripe/prod")
+    h.end(datetime(2026, 1, 31, 23, 46, tzinfo=UTC), early, "grant.expired", "alice")
+    cut = h.grant(datetime(2026, 1, 31, 23, 50, tzinfo=UTC), "alice", "stripe/prod", minutes=60)
+    h.end(datetime(2026, 1, 31, 23, 55, tzinfo=UTC), cut, "grant.revoked", "erin", "mistake")
+    h.grant(datetime(2026, 3, 1, tzinfo=UTC), "alice", "stripe/prod")  # `to` is exclusive
+    h.grant(datetime(2026, 2, 12, tzinfo=UTC), "alice", "stripe/test")
+    dana = h.grant(
+        datetime(2026, 2, 20, 8, tzinfo=UTC), "dana", "stripe/prod", role="payments-prod"
+    )
+    h.end(datetime(2026, 2, 20, 8, 3, tzinfo=UTC), dana, "grant.revoked", "erin", "offboarding ob1")
+    # The February incident: alice asks, bob approves, the window opens, alice fetches.
+    eid = str(uuid.uuid4())
+    common = {
+        "subject_kind": "human",
+        "secret": "stripe/prod",
+        "role": "payments-prod",
+    }
+    h.add(
+        T,
+        "elevation.requested",
+        "pending",
+        subject="alice",
+        **common,
+        body={
+            "elevation_id": eid,
+            "reason": REASON,
+            "ticket": "INC-4711",
+            "duration": 3600,
+            "request_expires_at": (T + timedelta(hours=24)).isoformat(),
+            "factors": [{"approver_groups": ["sre-leads"], "approvals": 1}],
+            "break_glass": False,
+            "break_glass_reviewers": ["sre-leads"],
+            "groups": ["engineering"],
+            "issuer": "dev",
+        },
+    )
+    approved_at = T + timedelta(minutes=4)
+    h.add(
+        approved_at,
+        "elevation.approved",
+        "approved",
+        subject="bob",
+        **common,
+        body={"elevation_id": eid, "comment": "matches INC-4711", "approver_groups": ["sre-leads"]},
+    )
+    window_ends = approved_at + timedelta(hours=1)
+    h.add(
+        approved_at,
+        "elevation.activated",
+        "approved",
+        subject="alice",
+        **common,
+        body={"elevation_id": eid, "window_ends_at": window_ends.isoformat()},
+    )
+    issued_at = T + timedelta(minutes=6)
+    grant = h.grant(
+        issued_at,
+        "alice",
+        "stripe/prod",
+        role="payments-prod",
+        reason=REASON,
+        ticket="INC-4711",
+        elevation_id=eid,
+    )
+    h.end(issued_at + timedelta(minutes=16), grant, "grant.expired", "alice")
+    h.add(
+        window_ends + timedelta(seconds=30),
+        "elevation.expired",
+        "expired",
+        **common,
+        body={"elevation_id": eid, "why": "window elapsed"},
+    )
+    facts = {
+        "grant_id": str(grant),
+        "elevation_id": eid,
+        "issued_at": issued_at,
+        "approved_at": approved_at,
+        "window_ends": window_ends,
+        "dana": str(dana),
+    }
+    return h, facts
+
+
+async def _seed(dsn: str, rows: list[dict[str, Any]]) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await replace_all_rows(conn, rows)
+        await conn.execute(
+            "INSERT INTO ledger.policy_versions (version, first_seen, documents)"
+            " VALUES ($1, $2, $3::jsonb)",
+            POLICY.version,
+            T - timedelta(days=30),
+            json.dumps(dict(POLICY.documents)),
+        )
+        await conn.execute("ANALYZE ledger.events")
+    finally:
+        await conn.close()
+
+
+async def test_why_did_alice_have_stripe_prod_in_february(
+    stack: DevStack, broker_settings: Settings
+) -> None:
+    history, facts = february_history()
+    async with fresh_ledger_db(stack, broker_settings, "audit_feb") as db:
+        await _seed(db.superuser_dsn, history.rows())
+        async with running_ledger(db.writer_dsn, broker_settings) as ledger:
+            audit = AccessAudit(ledger)
+            query = AccessQuery(
+                start=FEB, end=MAR, subject="alice", secret="stripe/prod", after=None, limit=50
+            )
+            answer = await audit.access(query)
+            everyone = await audit.access(
+                AccessQuery(
+                    start=FEB, end=MAR, subject=None, secret="stripe/prod", after=None, limit=50
+                )
+            )
+            # Paging: one window per page, in order, then no cursor.
+            pages: list[str] = []
+            after = None
+            for _ in range(5):
+                page = await audit.access(
+                    AccessQuery(start=FEB, end=MAR, subject=None, secret=None, after=after, limit=1)
+                )
+                pages += [w["grant_id"] for w in page["access"]]
+                if page["next_cursor"] is None:
+                    break
+                after = int(page["next_cursor"])
+
+    assert answer["from"] == FEB.isoformat() and answer["to"] == MAR.isoformat()
+    assert answer["next_cursor"] is None
+    assert len(answer["access"]) == 1, answer
+    w = answer["access"][0]
+    issued_at = facts["issued_at"]
+    assert {k: w[k] for k in ("grant_id", "subject", "secret", "role", "policy_version")} == {
+        "grant_id": facts["grant_id"],
+        "subject": "alice",
+        "secret": "stripe/prod",
+        "role": "payments-prod",
+        "policy_version": POLICY.version,
+    }
+    assert w["rule"]["source"] == PAYMENTS.source
+    assert w["rule"]["text"].startswith("  - name: payments-prod\n")
+    assert "ticket_required: true" in w["rule"]["text"]
+    assert (w["reason"], w["ticket"]) == (REASON, "INC-4711")
+    assert w["issued_at"] == issued_at.isoformat()
+    assert w["expires_at"] == (issued_at + timedelta(minutes=15)).isoformat()
+    assert w["ended"] == {
+        "how": "expired",
+        "at": (issued_at + timedelta(minutes=15)).isoformat(),
+        "by": None,
+        "reason": None,
+        "recorded_at": (issued_at + timedelta(minutes=16)).isoformat(),
+    }
+    el = w["elevation"]
+    assert el["id"] == facts["elevation_id"]
+    assert (el["requester"], el["reason"], el["ticket"], el["break_glass"]) == (
+        "alice",
+        REASON,
+        "INC-4711",
+        False,
+    )
+    assert el["requested_at"] == T.isoformat()
+    assert el["approvals"] == [
+        {"approver": "bob", "at": facts["approved_at"].isoformat(), "comment": "matches INC-4711"}
+    ]
+    assert el["activated_at"] == facts["approved_at"].isoformat()
+    assert el["window_ends_at"] == facts["window_ends"].isoformat()
+    assert el["closed"]["event"] == "elevation.expired"
+
+    # "Everyone who had stripe/prod in February": alice's window and dana's, offboarded.
+    by_subject = {x["subject"]: x for x in everyone["access"]}
+    assert sorted(by_subject) == ["alice", "dana"]
+    assert by_subject["dana"]["ended"]["how"] == "offboarded"
+    assert by_subject["dana"]["ended"]["by"] == "erin"
+    assert by_subject["dana"]["elevation"] is None
+    # Everything in February, one per page: dana, alice's stripe/test, alice's stripe/prod.
+    assert len(pages) == 3 and len(set(pages)) == 3
+    assert pages[0] == facts["grant_id"] and facts["dana"] in pages
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+_SUBJECTS = [f"user-{i}" for i in range(40)]
+# A past month with history on both sides, as an auditor asks (the history runs to mid-2026).
+PLAN_FROM, PLAN_TO = datetime(2025, 2, 1, tzinfo=UTC), datetime(2025, 3, 1, tzinfo=UTC)
+_SECRETS = ["stripe/prod", "stripe/test", "db/orders-ro", "db/orders-admin", "pki/internal"]
+
+
+def _big_history(n: int) -> list[dict[str, Any]]:
+    """``n`` rows over two years: grants (issued, end) plus the chatter around them."""
+    rng = random.Random(4)
+    h = History()
+    start = datetime(2024, 7, 1, tzinfo=UTC)
+    step = timedelta(days=730) / n
+    at = start
+    while len(h._rows) < n:
+        at += step * 3
+        subject, secret = rng.choice(_SUBJECTS), rng.choice(_SECRETS)
+        gid = h.grant(at, subject, secret)
+        h.end(at + timedelta(minutes=15), gid, "grant.expired", subject)
+        h.add(at + step, "grant.denied", "denied", subject=subject, secret=secret)
+    return h.rows()
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of an ``EXPLAIN (FORMAT JSON)`` plan."""
+    out = [plan]
+    for child in plan.get("Plans", []):
+        out += _nodes(child)
+    return out
+
+
+def _grant_lookup(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(index, condition)`` of each index scan reading the issued rows (alias ``i``)."""
+    found: list[tuple[str, str]] = []
+    for node in _nodes(plan):
+        if node.get("Alias") != "i":
+            continue
+        if node["Node Type"] in ("Index Scan", "Index Only Scan"):
+            found.append((node["Index Name"], node.get("Index Cond", "")))
+        elif node["Node Type"] == "Bitmap Heap Scan":
+            found += [
+                (n["Index Name"], n.get("Index Cond", ""))
+                for n in _nodes(node)
+                if n["Node Type"] == "Bitmap Index Scan"
+            ]
+        else:
+            raise AssertionError(f"issued rows read by {node['Node Type']}")
+    return found
+
+
+async def test_access_query_is_an_index_range_scan(
+    stack: DevStack, broker_settings: Settings
+) -> None:
+    async with fresh_ledger_db(stack, broker_settings, "audit_plan") as db:
+        await _seed(db.superuser_dsn, _big_history(20_000))
+        conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM ledger.events") >= 20_000
+            plans: dict[str, dict[str, Any]] = {}
+            for name, subject, secret in (
+                ("both", "user-3", "stripe/prod"),
+                ("secret", None, "stripe/prod"),
+                ("subject", "user-3", None),
+                ("neither", None, None),
+            ):
+                sql, args = access_query(
+                    issued_from=PLAN_FROM - LONGEST_GRANT,
+                    issued_to=PLAN_TO,
+                    overlaps_from=PLAN_FROM,
+                    subject=subject,
+                    secret=secret,
+                    after_seq=None,
+                    limit=100,
+                )
+                rows = await conn.fetch("EXPLAIN (FORMAT JSON) " + sql, *args)
+                plans[name] = json.loads(rows[0][0])[0]["Plan"]
+                text = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+                print(f"--- access query, {name} ---\n{text}")
+            sql, args = events_query(
+                subject="user-3",
+                secret=None,
+                types=("grant.issued",),
+                start=PLAN_FROM,
+                end=PLAN_TO,
+                after_seq=10,
+                limit=100,
+            )
+            events_plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+            print(f"--- events query ---\n{events_plan}")
+        finally:
+            await conn.close()
+    for name, plan in plans.items():
+        types = {n["Node Type"] for n in _nodes(plan)}
+        assert "Seq Scan" not in types, (name, types)
+        # An index bounds the issued rows to the period's range of recorded_at (from - the
+        # longest grant, to): the cost follows the period, not the size of the ledger.
+        bounded = [
+            index
+            for index, cond in _grant_lookup(plan)
+            if "recorded_at >= '2025-01-01" in cond and "recorded_at < '2025-03-01" in cond
+        ]
+        assert bounded, (name, _grant_lookup(plan))
+    assert [i for i, _ in _grant_lookup(plans["neither"])] == ["events_issued_time_idx"]
+    assert [i for i, _ in _grant_lookup(plans["subject"])] == ["events_issued_subject_idx"]
+    assert "Seq Scan" not in events_plan, events_plan
+
+
+# --- the API and the CLI on the session broker ---------------------------------------------
+
+
+async def _get(
+    http: aiohttp.ClientSession, url: str, token: str, params: dict[str, str]
+) -> tuple[int, Any]:
+    async with http.get(url, headers=auth(token), params=params) as r:
+        if r.status != 200:
+            return r.status, await error_of(r)
+        return r.status, await r.json()
+
+
+async def test_api_todays_window_and_events(
+    broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        f"{broker.url}/v1/credentials",
+        json={"secret": "stripe/test", "reason": "check the test webhook"},
+        headers=auth(tokens["alice"]),
+    ) as r:
+        assert r.status == 201, await r.text()
+        grant = await r.json()
+    today = datetime.now(UTC).date()
+    period = {"from": today.isoformat(), "to": (today + timedelta(days=1)).isoformat()}
+    status, body = await _get(
+        http,
+        f"{broker.url}/v1/audit/access",
+        tokens["carol"],
+        {**period, "subject": "alice", "secret": "stripe/test"},
+    )
+    assert status == 200, body
+    mine = [w for w in body["access"] if w["grant_id"] == grant["id"]]
+    assert len(mine) == 1
+    w = mine[0]
+    assert (w["subject"], w["secret"], w["role"]) == ("alice", "stripe/test", "engineering")
+    assert w["reason"] == "check the test webhook"
+    assert w["issued_at"] == grant["issued_at"] and w["expires_at"] == grant["expires_at"]
+    assert w["rule"]["text"].startswith("  - name: engineering\n"), w["rule"]
+    assert w["ended"] is None and w["elevation"] is None
+
+    # Raw events: the issued row, filtered, with its chain link; paged by cursor.
+    status, events = await _get(
+        http,
+        f"{broker.url}/v1/audit/events",
+        tokens["carol"],
+        {"subject": "alice", "type": "grant.issued", **period, "limit": "500"},
+    )
+    assert status == 200, events
+    rows = [e for e in events["events"] if e["grant_id"] == grant["id"]]
+    assert len(rows) == 1 and len(rows[0]["prev_hash"]) == 64
+    assert all(e["event"] == "grant.issued" and e["subject"] == "alice" for e in events["events"])
+    # Paging by cursor, two at a time, walks the same sequence as one big page.
+    events_url = f"{broker.url}/v1/audit/events"
+    status, whole = await _get(http, events_url, tokens["carol"], {"limit": "9"})
+    assert status == 200
+    expected = [(e["recorded_at"], e["seq"]) for e in whole["events"]]
+    assert expected == sorted(expected) and len(expected) >= 3
+    paged: list[tuple[str, int]] = []
+    params = {"limit": "2"}
+    while len(paged) < len(expected):
+        status, page = await _get(http, events_url, tokens["carol"], params)
+        assert status == 200 and len(page["events"]) <= 2
+        paged += [(e["recorded_at"], e["seq"]) for e in page["events"]]
+        if page["next_cursor"] is None:
+            break
+        params = {"limit": "2", "cursor": page["next_cursor"]}
+    assert paged[: len(expected)] == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "code"),
+    [
+        ("access", {"to": "2026-03-01"}, "missing_from"),
+        ("access", {"from": "2026-02-01"}, "missing_to"),
+        ("access", {"from": "February", "to": "2026-03-01"}, "invalid_from"),
+        ("access", {"from": "2026-02-01", "to": "2026-02-30"}, "invalid_to"),
+        ("access", {"from": "2026-03-01", "to": "2026-02-01"}, "invalid_window"),
+        ("access", {"from": "2024-01-01", "to": "2026-03-01"}, "invalid_window"),
+        ("access", {"from": "2026-02-01", "to": "2026-03-01", "form": "x"}, "unknown_parameter"),
+        ("access", {"from": "2026-02-01", "to": "2026-03-01", "secret": "../x"}, "invalid_secret"),
+        ("access", {"from": "2026-02-01", "to": "2026-03-01", "cursor": "-1"}, "invalid_cursor"),
+        ("access", {"from": "2026-02-01", "to": "2026-03-01", "limit": "0"}, "invalid_limit"),
+        ("events", {"type": "grant.nope"}, "invalid_type"),
+        ("events", {"subject": "a\x00b"}, "invalid_subject"),
+        ("events", {"from": "2026-03-01", "to": "2026-02-01"}, "invalid_window"),
+    ],
+)
+async def test_api_bad_input_is_400_with_a_code(
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+    path: str,
+    params: dict[str, str],
+    code: str,
+) -> None:
+    status, err = await _get(http, f"{broker.url}/v1/audit/{path}", tokens["carol"], params)
+    assert (status, err["code"]) == (400, code), err
+
+
+@pytest.mark.parametrize("path", ["access", "events"])
+async def test_api_needs_the_audit_capability(
+    broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession, path: str
+) -> None:
+    params = {"from": "2026-02-01", "to": "2026-03-01"}
+    status, err = await _get(http, f"{broker.url}/v1/audit/{path}", tokens["alice"], params)
+    assert (status, err["code"]) == (403, "forbidden")
+    async with http.get(f"{broker.url}/v1/audit/{path}", params=params) as r:
+        assert r.status == 401
+
+
+async def test_cli_audit_access_and_events(
+    broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    async with http.post(
+        f"{broker.url}/v1/credentials",
+        json={"secret": "stripe/test", "reason": "cli audit check"},
+        headers=auth(tokens["alice"]),
+    ) as r:
+        assert r.status == 201
+        grant = await r.json()
+    today = datetime.now(UTC).date()
+    period = ["--from", today.isoformat(), "--to", (today + timedelta(days=1)).isoformat()]
+    args = ["audit", "access", "--subject", "alice", "--secret", "stripe/test", *period]
+    run = await cli(*args, "--json", cwd=tmp_path, url=broker.url, token=tokens["carol"])
+    assert run.rc == 0, run.err
+    assert grant["id"] in [w["grant_id"] for w in run.json()["access"]]
+    run = await cli(*args, "--limit", "1", cwd=tmp_path, url=broker.url, token=tokens["carol"])
+    assert run.rc == 0, run.err
+    assert "alice had stripe/test from" in run.out
+    assert "role:       engineering (roles.yaml:" in run.out
+    assert "reason:     cli audit check" in run.out
+    assert "|   - name: engineering" in run.out
+    run = await cli(
+        "audit", "events", "--type", "grant.issued", "--subject", "alice", "--limit", "1",
+        cwd=tmp_path, url=broker.url, token=tokens["carol"],
+    )  # fmt: skip
+    assert run.rc == 0, run.err
+    assert "grant.issued" in run.out and "more: add --cursor" in run.err
+    run = await cli(*args, cwd=tmp_path, url=broker.url, token=tokens["alice"])
+    assert run.rc == 1 and "forbidden" in run.err
