@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from broker import cli as _cli
+from broker import cli_client as _cli
 from broker.client import BrokerClient
 
 __all__ = ["add_commands", "audit_subcommands"]
@@ -31,19 +31,19 @@ def _page(client: BrokerClient, path: str, query: dict[str, str | None]) -> dict
 def _elevation_line(el: dict[str, Any]) -> list[str]:
     kind = "break-glass" if el.get("break_glass") else "elevation"
     lines = [
-        f"    {kind}:  requested {_cli._when(el.get('requested_at'))}"
-        f" by {_cli._cell(el.get('requester'))}: {_cli._cell(el.get('reason'))}"
-        f" [{_cli._cell(el.get('ticket'))}]"
+        f"    {kind}:  requested {_cli.when(el.get('requested_at'))}"
+        f" by {_cli.cell(el.get('requester'))}: {_cli.cell(el.get('reason'))}"
+        f" [{_cli.cell(el.get('ticket'))}]"
     ]
     for a in el.get("approvals") or []:
-        comment = f": {_cli._cell(a.get('comment'))}" if a.get("comment") else ""
+        comment = f": {_cli.cell(a.get('comment'))}" if a.get("comment") else ""
         lines.append(
-            f"    approved:   by {_cli._cell(a.get('approver'))}"
-            f" at {_cli._when(a.get('at'))}{comment}"
+            f"    approved:   by {_cli.cell(a.get('approver'))}"
+            f" at {_cli.when(a.get('at'))}{comment}"
         )
     lines.append(
-        f"    window:     {_cli._when(el.get('activated_at'))}"
-        f" to {_cli._when(el.get('window_ends_at'))}"
+        f"    window:     {_cli.when(el.get('activated_at'))}"
+        f" to {_cli.when(el.get('window_ends_at'))}"
     )
     return lines
 
@@ -51,25 +51,25 @@ def _elevation_line(el: dict[str, Any]) -> list[str]:
 def _describe_window(w: dict[str, Any]) -> str:
     ended = w.get("ended")
     if ended:
-        by = f" by {_cli._cell(ended.get('by'))}" if ended.get("by") else ""
-        why = f" ({_cli._cell(ended.get('reason'))})" if ended.get("reason") else ""
-        end = f"{ended.get('how')} {_cli._when(ended.get('at'))}{by}{why}"
+        by = f" by {_cli.cell(ended.get('by'))}" if ended.get("by") else ""
+        why = f" ({_cli.cell(ended.get('reason'))})" if ended.get("reason") else ""
+        end = f"{ended.get('how')} {_cli.when(ended.get('at'))}{by}{why}"
     else:
-        end = f"open, expires {_cli._when(w.get('expires_at'))}"
+        end = f"open, expires {_cli.when(w.get('expires_at'))}"
     rule = w.get("rule") or {}
     lines = [
-        f"{_cli._cell(w.get('subject'))} had {_cli._cell(w.get('secret'))}"
-        f" from {_cli._when(w.get('issued_at'))}: {end}",
-        f"    grant:      {_cli._cell(w.get('grant_id'))}",
-        f"    role:       {_cli._cell(w.get('role'))} ({_cli._cell(rule.get('source'))},"
-        f" policy {_cli._cell(w.get('policy_version'), 23)})",
-        f"    reason:     {_cli._cell(w.get('reason'))} [{_cli._cell(w.get('ticket'))}]",
+        f"{_cli.cell(w.get('subject'))} had {_cli.cell(w.get('secret'))}"
+        f" from {_cli.when(w.get('issued_at'))}: {end}",
+        f"    grant:      {_cli.cell(w.get('grant_id'))}",
+        f"    role:       {_cli.cell(w.get('role'))} ({_cli.cell(rule.get('source'))},"
+        f" policy {_cli.cell(w.get('policy_version'), 23)})",
+        f"    reason:     {_cli.cell(w.get('reason'))} [{_cli.cell(w.get('ticket'))}]",
     ]
     if w.get("elevation"):
         lines.extend(_elevation_line(w["elevation"]))
     if rule.get("text"):
         lines.append("    rule:")
-        lines.extend(f"      | {_cli._cell(t)}" for t in str(rule["text"]).splitlines())
+        lines.extend(f"      | {_cli.cell(t)}" for t in str(rule["text"]).splitlines())
     return "\n".join(lines)
 
 
@@ -91,9 +91,9 @@ def _access(client: BrokerClient, args: argparse.Namespace) -> int:
         if not query["cursor"]:
             break
     if args.json:
-        _cli._print_json({"from": first.get("from"), "to": first.get("to"), "access": windows})
+        _cli.print_json({"from": first.get("from"), "to": first.get("to"), "access": windows})
         return 0
-    period = f"{_cli._when(first.get('from'))} to {_cli._when(first.get('to'))}"
+    period = f"{_cli.when(first.get('from'))} to {_cli.when(first.get('to'))}"
     if not windows:
         print(f"no access windows from {period}")
         return 0
@@ -118,7 +118,7 @@ def _events(client: BrokerClient, args: argparse.Namespace) -> int:
     )
     events = list(page.get("events") or [])
     if args.json:
-        _cli._print_json(page)
+        _cli.print_json(page)
     elif not events:
         print("no events")
     else:
@@ -126,23 +126,23 @@ def _events(client: BrokerClient, args: argparse.Namespace) -> int:
         rows = [
             [
                 str(e.get("seq")),
-                _cli._when(e.get("recorded_at")),
-                _cli._cell(e.get("event")),
-                _cli._cell(e.get("outcome"), 20),
-                _cli._cell(e.get("subject"), 30),
-                _cli._cell(e.get("secret"), 30),
-                _cli._short(e.get("grant_id") or "-"),
+                _cli.when(e.get("recorded_at")),
+                _cli.cell(e.get("event")),
+                _cli.cell(e.get("outcome"), 20),
+                _cli.cell(e.get("subject"), 30),
+                _cli.cell(e.get("secret"), 30),
+                _cli.short(e.get("grant_id") or "-"),
             ]
             for e in events
         ]
-        print(_cli._table(headers, rows))
+        print(_cli.table(headers, rows))
     if page.get("next_cursor"):
         print(f"more: add --cursor {page['next_cursor']}", file=sys.stderr)
     return 0
 
 
 def _connection() -> argparse.ArgumentParser:
-    # The same options as the other client commands (read by broker.cli._connect).
+    # The same options as the other client commands (read by broker.cli_client).
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument("--url", help="broker URL (default: $BROKER_URL, else .broker/dev.json)")
     who = conn.add_mutually_exclusive_group()
@@ -183,7 +183,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--from", dest="since", required=True, help="date or ISO time (inclusive)")
     p.add_argument("--to", dest="until", required=True, help="date or ISO time (exclusive)")
     p.add_argument("--limit", type=int, default=200, help="page size (default 200)")
-    p.set_defaults(func=_cli._client_command, client_func=_access)
+    p.set_defaults(func=_cli.client_command, client_func=_access)
 
     p = asub.add_parser("events", parents=[conn], help="raw ledger events, oldest first (audit)")
     p.add_argument("--subject")
@@ -193,4 +193,4 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--to", dest="until", help="date or ISO time (exclusive)")
     p.add_argument("--cursor", help="continue after this seq (printed when there is more)")
     p.add_argument("--limit", type=int, default=100, help="events per page (default 100)")
-    p.set_defaults(func=_cli._client_command, client_func=_events)
+    p.set_defaults(func=_cli.client_command, client_func=_events)

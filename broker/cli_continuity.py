@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from broker import cli as _cli
+from broker import cli_client as _cli
 from broker.client import BrokerClient
 
 __all__ = ["add_commands"]
@@ -22,7 +22,7 @@ __all__ = ["add_commands"]
 
 
 def _connection() -> argparse.ArgumentParser:
-    # The same options as the other client commands (read by broker.cli._connect).
+    # The same options as the other client commands (read by broker.cli_client).
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument("--url", help="broker URL (default: $BROKER_URL, else .broker/dev.json)")
     who = conn.add_mutually_exclusive_group()
@@ -40,7 +40,7 @@ def _gaps(client: BrokerClient, args: argparse.Namespace) -> int:
         query["to"] = args.end
     out = client._call("GET", "/v1/audit/gaps", query=query)
     if args.json:
-        _cli._print_json(out)
+        _cli.print_json(out)
         return 0
     gaps = out.get("gaps") or []
     if not gaps:
@@ -48,14 +48,14 @@ def _gaps(client: BrokerClient, args: argparse.Namespace) -> int:
         return 0
     rows = [
         [
-            _cli._when(g.get("start")),
-            _cli._when(g.get("end")),
+            _cli.when(g.get("start")),
+            _cli.when(g.get("end")),
             f"{float(g.get('duration_seconds') or 0):.0f}s",
-            _cli._cell((g.get("annotation") or {}).get("remediation") or "UNANNOTATED", 50),
+            _cli.cell((g.get("annotation") or {}).get("remediation") or "UNANNOTATED", 50),
         ]
         for g in gaps
     ]
-    print(_cli._table(["START", "END", "LENGTH", "ANNOTATION"], rows))
+    print(_cli.table(["START", "END", "LENGTH", "ANNOTATION"], rows))
     return 0
 
 
@@ -63,7 +63,7 @@ def _annotate(client: BrokerClient, args: argparse.Namespace) -> int:
     body = {"from": args.start, "to": args.end, "remediation": args.note}
     out = client._call("POST", "/v1/audit/gaps/annotate", body=body)
     if args.json:
-        _cli._print_json(out)
+        _cli.print_json(out)
         return 0
     note = out.get("annotation") or {}
     print(f"annotated {note.get('from')} .. {note.get('to')} (ledger row {note.get('seq')})")
@@ -90,11 +90,11 @@ def add_commands(sub: Any) -> None:
     p = asub.add_parser("gaps", parents=[conn], help="stretches with no heartbeat (audit)")
     p.add_argument("--from", dest="start", required=True, help="date or ISO time")
     p.add_argument("--to", dest="end", help="date or ISO time (default: now)")
-    p.set_defaults(func=_cli._client_command, client_func=_gaps)
+    p.set_defaults(func=_cli.client_command, client_func=_gaps)
     p = asub.add_parser(
         "annotate-gap", parents=[conn], help="ledger a remediation note for a gap (admin)"
     )
     p.add_argument("--from", dest="start", required=True, help="ISO time the gap starts")
     p.add_argument("--to", dest="end", required=True, help="ISO time the gap ends")
     p.add_argument("--note", required=True, help="what happened and how it was remediated")
-    p.set_defaults(func=_cli._client_command, client_func=_annotate)
+    p.set_defaults(func=_cli.client_command, client_func=_annotate)

@@ -17,7 +17,7 @@ import urllib.parse
 import uuid
 from typing import Any
 
-from broker import cli as _cli
+from broker import cli_client as _cli
 from broker.client import BrokerClient, BrokerError
 
 __all__ = ["add_commands"]
@@ -41,7 +41,7 @@ def _resolve(client: BrokerClient, given: str) -> str:
     items = client._call("GET", "/v1/reviews", query={"limit": "500"}).get("reviews") or []
     matches = [str(r["id"]) for r in items if str(r.get("id", "")).startswith(given.lower())]
     if len(matches) > 1:
-        raise _cli._ClientUsage(f"{given!r} matches several reviews: give more of the ID")
+        raise _cli.ClientUsage(f"{given!r} matches several reviews: give more of the ID")
     if not matches:
         raise BrokerError(
             404, "review_not_found", f"no review visible to you starts with {given!r}"
@@ -55,19 +55,19 @@ def _progress(r: dict[str, Any]) -> str:
 
 
 def _describe(r: dict[str, Any]) -> str:
-    c = _cli._cell
+    c = _cli.cell
     lines = [
         f"review:     {c(r.get('id'))}",
         f"period:     {c(r.get('period'))}"
-        f" ({_cli._when(r.get('period_start'))} .. {_cli._when(r.get('period_end'))})",
+        f" ({_cli.when(r.get('period_start'))} .. {_cli.when(r.get('period_end'))})",
         f"status:     {c(r.get('status'))}, decided {_progress(r)}",
         f"reviewers:  {c(r.get('reviewer_group'))}",
-        f"opened:     by {c(r.get('opened_by'))} at {_cli._when(r.get('opened_at'))}",
+        f"opened:     by {c(r.get('opened_by'))} at {_cli.when(r.get('opened_at'))}",
         f"policy:     {c(r.get('policy_version'))}",
     ]
     if r.get("completed_at"):
         lines.append(
-            f"completed:  by {c(r.get('completed_by'))} at {_cli._when(r.get('completed_at'))}"
+            f"completed:  by {c(r.get('completed_by'))} at {_cli.when(r.get('completed_at'))}"
         )
     if r.get("entitlements_truncated") or r.get("usage_truncated"):
         lines.append("NOTE:       the snapshot was truncated at its cap")
@@ -84,19 +84,19 @@ def _describe(r: dict[str, Any]) -> str:
             ]
         )
     if rows:
-        lines += ["", _cli._table(["ENTITLEMENT", "PRIV", "DECISION", "BY", "COMMENT"], rows)]
+        lines += ["", _cli.table(["ENTITLEMENT", "PRIV", "DECISION", "BY", "COMMENT"], rows)]
     usage = [
         [
             c(u.get("subject"), 40),
             c(u.get("secret")),
             c(u.get("role")),
             c(u.get("grants")),
-            _cli._when(u.get("last_used")),
+            _cli.when(u.get("last_used")),
         ]
         for u in r.get("usage") or []
     ]
     if usage:
-        lines += ["", _cli._table(["SUBJECT", "SECRET", "ROLE", "GRANTS", "LAST USED"], usage)]
+        lines += ["", _cli.table(["SUBJECT", "SECRET", "ROLE", "GRANTS", "LAST USED"], usage)]
     items = [
         [
             c(i.get("entitlement_id"), 60),
@@ -106,13 +106,13 @@ def _describe(r: dict[str, Any]) -> str:
         for i in r.get("action_items") or []
     ]
     if items:
-        lines += ["", _cli._table(["ACTION ITEM (revoke)", "STATUS", "RESOLVED BY"], items)]
+        lines += ["", _cli.table(["ACTION ITEM (revoke)", "STATUS", "RESOLVED BY"], items)]
     return "\n".join(lines)
 
 
 def _show_result(r: dict[str, Any], args: argparse.Namespace, headline: str) -> int:
     if args.json:
-        _cli._print_json(r)
+        _cli.print_json(r)
     else:
         print(headline)
     return 0
@@ -124,10 +124,10 @@ def _open(client: BrokerClient, args: argparse.Namespace) -> int:
     return _show_result(
         r,
         args,
-        f"review {r.get('id')} of {_cli._cell(r.get('period'))} opened:"
+        f"review {r.get('id')} of {_cli.cell(r.get('period'))} opened:"
         f" {len(r.get('entitlements') or [])} entitlements for"
-        f" {_cli._cell(r.get('reviewer_group'))} to decide\n"
-        f"a reviewer runs: broker reviews show {_cli._short(r.get('id'))}",
+        f" {_cli.cell(r.get('reviewer_group'))} to decide\n"
+        f"a reviewer runs: broker reviews show {_cli.short(r.get('id'))}",
     )
 
 
@@ -135,7 +135,7 @@ def _list(client: BrokerClient, args: argparse.Namespace) -> int:
     query = {"period": args.period} if args.period else None
     items = list(client._call("GET", "/v1/reviews", query=query).get("reviews") or [])
     if args.json:
-        _cli._print_json({"reviews": items})
+        _cli.print_json({"reviews": items})
         return 0
     if not items:
         print("no reviews")
@@ -143,17 +143,17 @@ def _list(client: BrokerClient, args: argparse.Namespace) -> int:
     headers = ["ID", "PERIOD", "STATUS", "REVIEWERS", "DECIDED", "OPEN ITEMS", "OPENED"]
     rows = [
         [
-            _cli._short(r.get("id")),
-            _cli._cell(r.get("period")),
-            _cli._cell(r.get("status")),
-            _cli._cell(r.get("reviewer_group")),
+            _cli.short(r.get("id")),
+            _cli.cell(r.get("period")),
+            _cli.cell(r.get("status")),
+            _cli.cell(r.get("reviewer_group")),
             _progress(r),
-            _cli._cell(r.get("open_action_items")),
-            _cli._when(r.get("opened_at")),
+            _cli.cell(r.get("open_action_items")),
+            _cli.when(r.get("opened_at")),
         ]
         for r in items
     ]
-    print(_cli._table(headers, rows))
+    print(_cli.table(headers, rows))
     return 0
 
 
@@ -170,7 +170,7 @@ def _decide(client: BrokerClient, args: argparse.Namespace) -> int:
     return _show_result(
         r,
         args,
-        f"{args.decision} {_cli._cell(args.entitlement)}: decided {_progress(r)}",
+        f"{args.decision} {_cli.cell(args.entitlement)}: decided {_progress(r)}",
     )
 
 
@@ -179,13 +179,13 @@ def _complete(client: BrokerClient, args: argparse.Namespace) -> int:
     return _show_result(
         r,
         args,
-        f"review {_cli._short(r.get('id'))} of {_cli._cell(r.get('period'))} completed;"
-        f" {_cli._cell(r.get('open_action_items'))} open action item(s)",
+        f"review {_cli.short(r.get('id'))} of {_cli.cell(r.get('period'))} completed;"
+        f" {_cli.cell(r.get('open_action_items'))} open action item(s)",
     )
 
 
 def _connection() -> argparse.ArgumentParser:
-    # The same options as the other client commands (read by broker.cli._connect).
+    # The same options as the other client commands (read by broker.cli_client).
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument("--url", help="broker URL (default: $BROKER_URL, else .broker/dev.json)")
     who = conn.add_mutually_exclusive_group()
@@ -205,7 +205,7 @@ def add_commands(sub: Any) -> None:
 
     def leaf(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = rsub.add_parser(name, parents=[conn], help=help_text)
-        p.set_defaults(func=_cli._client_command, client_func=func)
+        p.set_defaults(func=_cli.client_command, client_func=func)
         return p
 
     p = leaf("open", _open, "open a review of a quarter (admin)")
