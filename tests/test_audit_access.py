@@ -122,8 +122,15 @@ def test_end_of_each_way_a_window_closes() -> None:
     )
     assert end_of(issued, revoked, later)["how"] == "revoked"  # type: ignore[index]
     assert end_of(issued, revoked, later)["by"] == "erin"  # type: ignore[index]
-    offboarded = _event(event="grant.revoked", subject="erin", body={"reason": "offboarding x"})
+    offboarded = _event(
+        event="grant.revoked",
+        subject="erin",
+        body={"reason": "offboarding x", "offboarding_id": "x"},
+    )
     assert end_of(issued, offboarded, later)["how"] == "offboarded"  # type: ignore[index]
+    # Wording alone never makes a revocation an offboarding.
+    worded = _event(event="grant.revoked", subject="bob", body={"reason": "offboarding prep"})
+    assert end_of(issued, worded, later)["how"] == "revoked"  # type: ignore[index]
 
 
 def test_policy_loader_caps_max_ttl(tmp_path: Path) -> None:
@@ -213,11 +220,17 @@ class History:
         return grant_id
 
     def end(
-        self, at: datetime, grant_id: uuid.UUID, event: str, by: str, reason: str | None = None
+        self,
+        at: datetime,
+        grant_id: uuid.UUID,
+        event: str,
+        by: str,
+        reason: str | None = None,
+        cause: dict[str, str] | None = None,
     ) -> None:
         issued = next(r for r in self._rows if r["grant_id"] == grant_id)
         body: dict[str, Any] = (
-            {"grant_subject": issued["subject"], "reason": reason}
+            {"grant_subject": issued["subject"], "reason": reason, **(cause or {})}
             if event == "grant.revoked"
             else {"expired_at": issued["expires_at"].isoformat()}
         )
@@ -254,7 +267,14 @@ def february_history() -> tuple[History, dict[str, Any]]:
     dana = h.grant(
         datetime(2026, 2, 20, 8, tzinfo=UTC), "dana", "stripe/prod", role="payments-prod"
     )
-    h.end(datetime(2026, 2, 20, 8, 3, tzinfo=UTC), dana, "grant.revoked", "erin", "offboarding ob1")
+    h.end(
+        datetime(2026, 2, 20, 8, 3, tzinfo=UTC),
+        dana,
+        "grant.revoked",
+        "erin",
+        "offboarding ob1",
+        cause={"offboarding_id": "ob1"},
+    )
     # The February incident: alice asks, bob approves, the window opens, alice fetches.
     eid = str(uuid.uuid4())
     common = {

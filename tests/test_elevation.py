@@ -720,8 +720,10 @@ async def test_cancel_during_window_revokes_the_login(
         stack, "e.grant_id = $1 AND e.event = 'grant.revoked'", uuid.UUID(grant["id"])
     )
     assert len(revoked) == 1 and revoked[0]["subject"] == "alice"
+    # The revocation names the elevation it ended under: the story reads in one query.
+    assert revoked[0]["body"]["elevation_id"] == eid
     kinds = events_of(await elevation_rows(stack, eid))
-    assert kinds[-1] == "elevation.cancelled", kinds
+    assert kinds[-2:] == ["elevation.cancelled", "grant.revoked"], kinds
     async with nothing_minted(stack):
         expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
 

@@ -564,3 +564,20 @@ def test_period_must_be_aware_and_non_empty() -> None:
             heartbeat_seconds=60,
             offboarding_sla_seconds=1,
         )
+
+
+def test_seeded_history_with_four_defects_yields_exactly_those() -> None:
+    """The issue's "Must show": a gap, a missed review, a late offboarding and a tampered
+    row in one history give exactly those four findings, each once."""
+    clean = History().records()
+    seq = next(r["seq"] for r in clean if r["event"] == "grant.issued")
+    findings = _analyze(
+        History(gap=GAP, review=False, offboarding_late=True, tamper_seq=seq).records()
+    )
+    assert sorted(_kinds(findings)) == [
+        ("chain_break", "material_weakness"),
+        ("gap_unannotated", "material_weakness"),
+        ("offboarding_late", "finding"),
+        ("review_missing", "finding"),
+    ]
+    assert next(f for f in findings if f.kind == "chain_break").seq == seq

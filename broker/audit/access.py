@@ -48,8 +48,6 @@ MAX_WINDOW = timedelta(days=400)  # a year plus slack: longer periods are an exp
 DEFAULT_POLICY_CACHE = 64  # policy versions kept in memory (each <= a few hundred KiB)
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-# A revocation counts as offboarding when the offboarding service says so in its body.
-_OFFBOARD_REASON = re.compile(r"^\s*offboard", re.IGNORECASE)
 
 
 def parse_instant(value: str) -> datetime:
@@ -116,9 +114,8 @@ def end_of(issued: Event, end: Event | None, now: datetime) -> dict[str, Any] | 
     if end is not None and end.event == "grant.revoked":
         body = end.body
         reason = body.get("reason")
-        offboarded = bool(body.get("offboarding")) or (
-            isinstance(reason, str) and _OFFBOARD_REASON.match(reason) is not None
-        )
+        # Structural, not by wording: the offboarding flow names itself in the body.
+        offboarded = bool(body.get("offboarding_id"))
         return {
             "how": "offboarded" if offboarded else "revoked",
             "at": end.recorded_at.isoformat(),

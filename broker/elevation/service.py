@@ -406,7 +406,11 @@ class ElevationService:
             raise Conflict("elevation was closed meanwhile", code="elevation_not_pending")
         el = await self._reload(elevation_id)
         await self._grants.revoke_grants(
-            el.grants, principal, request_id=request_id, reason=f"{event} {elevation_id}"
+            el.grants,
+            principal,
+            request_id=request_id,
+            reason=f"{event} {elevation_id}",
+            cause={"elevation_id": str(elevation_id)},
         )
         self._notify(event, el, f"{el.requester}'s {el.secret} elevation {event.split('.')[1]}")
         return self._view(principal, el, self._clock())

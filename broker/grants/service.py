@@ -408,21 +408,39 @@ class GrantService:
         return result
 
     async def revoke_grants(
-        self, grant_ids: list[str], actor: Principal, *, request_id: str, reason: str
+        self,
+        grant_ids: list[str],
+        actor: Principal,
+        *,
+        request_id: str,
+        reason: str,
+        cause: dict[str, str] | None = None,
     ) -> list[str]:
-        """Revoke each still-active grant (the caller has the authority); return those ended."""
+        """Revoke each still-active grant (the caller has the authority); return those ended.
+
+        ``cause`` (e.g. ``{"offboarding_id": ...}``) goes into each ``grant.revoked`` body,
+        so evidence says structurally, not by wording, why the grant ended.
+        """
         ended: list[str] = []
         now = datetime.now(UTC)
         for gid in grant_ids:
             record = await self._ledger.grant(uuid.UUID(gid))
             if record is None or record.status(now) != "active":
                 continue
-            if await self._revoke_record(record, actor, request_id=request_id, reason=reason):
+            if await self._revoke_record(
+                record, actor, request_id=request_id, reason=reason, cause=cause
+            ):
                 ended.append(gid)
         return ended
 
     async def _revoke_record(
-        self, record: GrantRecord, actor: Principal, *, request_id: str, reason: str | None
+        self,
+        record: GrantRecord,
+        actor: Principal,
+        *,
+        request_id: str,
+        reason: str | None,
+        cause: dict[str, str] | None = None,
     ) -> datetime | None:
         """Vault first, then the ``grant.revoked`` row; None if another path ended it first."""
         await self._end_in_vault(record)
@@ -438,7 +456,7 @@ class GrantService:
                 grant_id=record.grant_id,
                 lease_id=record.issued.lease_id,
                 request_id=request_id,
-                body={"grant_subject": record.issued.subject, "reason": reason},
+                body={"grant_subject": record.issued.subject, "reason": reason, **(cause or {})},
                 dedupe_key=_end_key(record.grant_id),
             )
         )

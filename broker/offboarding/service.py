@@ -216,6 +216,7 @@ class OffboardingService:
             actor,
             request_id=request_id,
             reason=f"offboarding {ob.id}",
+            cause={"offboarding_id": str(ob.id)},
         )
 
     async def _complete(
