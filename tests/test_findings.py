@@ -581,3 +581,19 @@ def test_seeded_history_with_four_defects_yields_exactly_those() -> None:
         ("review_missing", "finding"),
     ]
     assert next(f for f in findings if f.kind == "chain_break").seq == seq
+
+
+def test_a_quarter_reviewed_after_it_ended_is_not_missing() -> None:
+    """Q1 is typically reviewed in April: the package names it, the stream need not."""
+    records = History(review=False).records()
+    assert _kinds(_analyze(records)) == [("review_missing", "finding")]
+    findings = analyze(
+        records,
+        period_from=Q1_FROM,
+        period_to=Q1_TO,
+        policies=POLICIES,
+        heartbeat_seconds=3600,
+        offboarding_sla_seconds=3600,
+        completed_reviews=["2026-Q1"],
+    )
+    assert findings == []

@@ -319,6 +319,7 @@ def _check(zf: zipfile.ZipFile, verifier: CheckpointVerifier, report: CheckRepor
                     policies=policies,
                     heartbeat_seconds=float(analysis["heartbeat_seconds"]),
                     offboarding_sla_seconds=int(analysis["offboarding_sla_seconds"]),
+                    completed_reviews=[str(p) for p in analysis.get("completed_reviews", [])],
                 )
             except ValueError as e:
                 report.integrity.append(f"events.jsonl cannot be analysed: {e}")

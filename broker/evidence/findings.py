@@ -113,8 +113,13 @@ def analyze(
     policies: Mapping[str, Mapping[str, str]],
     heartbeat_seconds: float,
     offboarding_sla_seconds: int,
+    completed_reviews: Iterable[str] = (),
 ) -> list[Finding]:
     """Every finding in ``events`` (package event records, seq order) for the period.
+
+    ``completed_reviews`` names quarters ("YYYY-Qn") whose review completed outside the
+    stream (typically just after the quarter ended); ``review.completed`` rows in the
+    stream count too.
 
     ``policies`` maps each policy version to its files (``{name: text}``). ``period_to``
     should not be in the future: the stretch after the last heartbeat up to it is judged
@@ -133,6 +138,7 @@ def analyze(
         threshold=_gap_threshold(heartbeat_seconds),
         offboarding_sla_seconds=offboarding_sla_seconds,
     )
+    a.reviewed_periods.update(completed_reviews)
     for record in events:
         a.feed(record)
     return a.finish()

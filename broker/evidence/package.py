@@ -45,6 +45,7 @@ from broker.errors import BrokerError
 from broker.ledger.checkpoint import Checkpoint, CheckpointSigner, CheckpointVerifier
 from broker.ledger.evidence_queries import (
     checkpoint_notes,
+    completed_review_periods,
     covering_checkpoint,
     elevation_request_floor,
     period_bounds,
@@ -688,6 +689,7 @@ async def export_package(
                         period_first, period_last = bounds.first_seq, bounds.last_seq
                 versions |= derived.policy_versions
                 policies = await policy_documents(conn, versions)
+                reviewed = await completed_review_periods(conn)
         finally:
             derived.close()
         (work / "checkpoints.txt").write_text("\n".join(notes))
@@ -697,6 +699,7 @@ async def export_package(
             out,
             derived=derived,
             policies=policies,
+            reviewed=reviewed,
             notes=notes,
             period_from=period_from,
             period_to=period_to,
@@ -727,6 +730,7 @@ def _finish(
     *,
     derived: _Derived,
     policies: Mapping[str, Mapping[str, str]],
+    reviewed: list[str],
     notes: list[str],
     period_from: datetime,
     period_to: datetime,
@@ -755,6 +759,7 @@ def _finish(
             policies=policies,
             heartbeat_seconds=options.heartbeat_seconds,
             offboarding_sla_seconds=options.offboarding_sla_seconds,
+            completed_reviews=reviewed,
         )
     found = [_finding_json(f) for f in findings]
     counts = Counter(f["severity"] for f in found)
@@ -826,6 +831,7 @@ def _finish(
             "to": analysis_to.isoformat(),
             "heartbeat_seconds": options.heartbeat_seconds,
             "offboarding_sla_seconds": options.offboarding_sla_seconds,
+            "completed_reviews": reviewed,
         },
         "policy_versions": sorted(policies),
         "key_id": signer.key_id,

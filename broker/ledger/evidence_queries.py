@@ -153,3 +153,16 @@ async def policy_documents(
             docs = json.loads(docs)
         out[str(r["version"])] = {str(k): str(v) for k, v in dict(docs).items()}
     return out
+
+
+async def completed_review_periods(conn: asyncpg.Connection) -> list[str]:
+    """Every quarter with a completed access review, whenever it was completed.
+
+    A quarter is usually reviewed just after it ends, so an export of that quarter alone
+    would not contain the completion row; the package records these periods instead.
+    """
+    rows = await conn.fetch(
+        "SELECT DISTINCT body->>'period' AS period FROM ledger.events"
+        " WHERE event = 'review.completed' AND body ? 'period' ORDER BY 1"
+    )
+    return [r["period"] for r in rows]
