@@ -120,6 +120,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         max_queue=settings.ledger_max_queue,
         commit_timeout=settings.ledger_commit_timeout_seconds,
         on_commit=metrics.on_ledger_commit,
+        # Stay on the guarded path after another replica appended until this replica's
+        # offboarding blocklist has surely refreshed (see LedgerWriter).
+        contended_seconds=settings.blocklist_refresh_seconds + 1.0,
     )
     writer.start()
     ledger = Ledger(pool, writer, origin=settings.ledger_origin)
@@ -182,7 +185,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     checkpointer: Checkpointer | None = None  # set once start-up gets that far
     try:
         await active.load()
-        app[GRANTS] = GrantService(ledger=ledger, vault=vault, policy=active, metrics=metrics)
+        app[GRANTS] = GrantService(
+            ledger=ledger,
+            vault=vault,
+            policy=active,
+            metrics=metrics,
+            issue_guard=blocklist.issue_guard,
+        )
         app[ELEVATIONS] = ElevationService(
             ledger=ledger,
             policy=active,

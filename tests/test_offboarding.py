@@ -512,3 +512,47 @@ async def test_cli_offboard_list_and_reinstate(
     assert (await Api(http, broker.url).call("GET", "/v1/me", token))[0] == 200
     run = await cli("offboard", "--reason", "x", cwd=tmp_path, url=broker.url, token="t")
     assert run.rc == 2 and "SUBJECT is required" in run.err
+
+
+async def test_a_stale_replica_cannot_issue_to_an_offboarded_subject(
+    broker: RunningBroker,
+    broker_settings: Settings,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+    stack: DevStack,
+) -> None:
+    """The blocklist refresh leaves a window; the ledger guard on issuance closes it.
+
+    Replica B never refreshes its blocklist after start (a stale replica): it lets the
+    offboarded subject's valid JWT through authentication, mints in Vault, and then the
+    ledger refuses the issued row — the credential is revoked, never handed out.
+    """
+    subject = _subject()
+    token = _token(broker_settings, subject)
+    stale = await start_broker(
+        broker_settings.with_overrides(
+            replica_id=f"stale-{subject}", blocklist_refresh_seconds=3600.0
+        )
+    )
+    try:
+        async with http.post(
+            f"{broker.url}/v1/offboarding",
+            json={"subject": subject, "reason": "left the company"},
+            headers=auth(tokens["erin"]),
+        ) as r:
+            assert r.status == 201, await r.text()
+        for secret in ("db/orders-ro", "stripe/test"):
+            request_id = new_request_id()
+            async with http.post(
+                f"{stale.url}/v1/credentials",
+                json={"secret": secret},
+                headers=auth(token, request_id),
+            ) as r:
+                body = await r.json()
+                assert r.status == 403, body
+                assert body["error"]["code"] == "subject_offboarded"
+                assert "credential" not in body
+            rows = await ledger_rows(stack, "request_id = $1", request_id)
+            assert "grant.issued" not in [row["event"] for row in rows]
+    finally:
+        await stale.runner.cleanup()

@@ -70,6 +70,16 @@ def _clip(ttl: int, not_after: datetime | None) -> int:
     return min(ttl, left)
 
 
+def _refusal(guard: tuple[str, ...]) -> BrokerError:
+    """Why the ledger refused the issued row: a guard key appeared while we minted."""
+    if any(k.startswith("elevation:") for k in guard):
+        return Conflict(
+            "the elevation closed (or the subject was offboarded) before issuance",
+            code="elevation_not_active",
+        )
+    return Forbidden("this subject has been offboarded", code="subject_offboarded")
+
+
 def _principal_fields(p: Principal) -> dict[str, Any]:
     return {"subject": p.subject, "subject_kind": p.kind}
 
@@ -85,12 +95,20 @@ def _common_name(p: Principal) -> str:
 
 class GrantService:
     def __init__(
-        self, *, ledger: Ledger, vault: VaultClient, policy: ActivePolicy, metrics: Metrics
+        self,
+        *,
+        ledger: Ledger,
+        vault: VaultClient,
+        policy: ActivePolicy,
+        metrics: Metrics,
+        issue_guard: Callable[[Principal], tuple[str, ...]] = lambda _: (),
     ) -> None:
         self._ledger = ledger
         self._vault = vault
         self._policy = policy
         self._metrics = metrics
+        # Ledger keys whose presence must stop an issuance (the subject's offboarding).
+        self._issue_guard = issue_guard
         # Leases seen in Vault without a ledger row on the previous orphan sweep.
         self._orphan_suspects: set[str] = set()
 
@@ -207,7 +225,15 @@ class GrantService:
             **(extra or {}),
         }
         try:
-            grant = await self._mint(entry, ttl, principal, base, context, guard, not_after)
+            grant = await self._mint(
+                entry,
+                ttl,
+                principal,
+                base,
+                context,
+                guard + self._issue_guard(principal),
+                not_after,
+            )
         except BrokerError:
             self._count(secret, "error")
             raise
@@ -239,7 +265,7 @@ class GrantService:
                 )
             )
             if appended.refused:
-                raise Conflict("the elevation closed before issuance", code="elevation_not_active")
+                raise _refusal(guard)
             credential: dict[str, Any] = {"data": dict(kv.data), "version": kv.version}
             return self._grant_body(base, appended.recorded_at, expires, None, credential)
 
@@ -314,7 +340,7 @@ class GrantService:
             raise
         if appended.refused:
             await revoke()
-            raise Conflict("the elevation closed before issuance", code="elevation_not_active")
+            raise _refusal(guard)
         return self._grant_body(base, appended.recorded_at, expires, lease_id, credential)
 
     def _lease_revoker(self, lease_id: str) -> Any:

@@ -7,7 +7,8 @@ after COMMIT: a caller that got an ``Appended`` back knows its row is durable.
 Two paths (see ``_commit``): the fast path chains the batch on the head this writer last
 committed, in one round trip; the locked path takes ``pg_advisory_xact_lock(LEDGER_LOCK)``,
 reads the head from the table, and checks dedupe/guard keys — used when another replica
-appended in between, at start, and for events that must not be written twice.
+appended in between, at start, for events that must not be written twice (dedupe keys),
+and when the fast path's own guard check found a guard key present.
 
 Invariant: seq is gapless and every row's prev_hash is its predecessor's hash — enforced
 again by the seq primary key and the ``check_chain`` trigger, so neither a bug here nor two
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,8 +58,10 @@ FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
 ORDER BY ord
 """
 
-# After a conflict with another replica, take the lock path for this long.
-_CONTENDED_SECONDS = 1.0
+# After a conflict with another replica, take the lock path for at least this long.
+_MIN_CONTENDED_SECONDS = 1.0
+# Dedupe keys this writer committed, remembered for fast-path guard checks.
+_OWN_KEYS_MAX = 100_000
 _LOCKED_ATTEMPTS = 5
 
 
@@ -88,6 +92,7 @@ class LedgerWriter:
         max_queue: int = 10_000,
         commit_timeout: float = 5.0,
         on_commit: Callable[[int, float, int], None] | None = None,
+        contended_seconds: float = _MIN_CONTENDED_SECONDS,
     ) -> None:
         self._pool = pool
         self._replica = replica
@@ -99,6 +104,13 @@ class LedgerWriter:
         self._conn: asyncpg.Connection | None = None
         self._head: tuple[int, bytes] | None = None  # (seq, hash) this writer last committed
         self._contended_until = 0.0
+        # Guard keys are checked on the locked path only. The fast path is safe without:
+        # a guard row another replica commits moves the head, so this writer's next batch
+        # conflicts and the writer stays on the locked path for contended_seconds (set
+        # longer than the blocklist refresh, after which authentication refuses the
+        # subject anyway); a guard row this writer committed itself is in _own_keys.
+        self._contended_seconds = max(_MIN_CONTENDED_SECONDS, contended_seconds)
+        self._own_keys: OrderedDict[str, None] = OrderedDict()
         self._last_time = datetime.min.replace(tzinfo=UTC)
         self.head_seq = 0
 
@@ -177,8 +189,9 @@ class LedgerWriter:
 
     async def _commit(self, events: list[NewEvent]) -> list[Appended]:
         """Commit one batch. Fast path: one INSERT statement (its own transaction) chained
-        on the head this writer last committed. Locked path: when the batch carries dedupe
-        or guard keys, the head is unknown, or another replica appended recently.
+        on the head this writer last committed; guard keys are checked by that same statement.
+        Locked path: when the batch carries dedupe keys, a guard key is present, the head
+        is unknown, or another replica appended recently.
 
         The fast path needs no lock because the database refuses a fork by itself: seq is
         the primary key and ``check_chain`` demands the visible head as prev_hash, so a
@@ -189,21 +202,22 @@ class LedgerWriter:
             if (
                 self._head is not None
                 and time.monotonic() >= self._contended_until
-                and not any(ev.dedupe_key or ev.requires_absent for ev in events)
+                and not any(ev.dedupe_key for ev in events)
+                and not any(k in self._own_keys for ev in events for k in ev.requires_absent)
             ):
                 try:
                     return await self._insert(conn, events, self._head, set())
                 except (asyncpg.UniqueViolationError, asyncpg.RaiseError):
                     # Another replica moved the head: use the lock for a while.
                     self._head = None
-                    self._contended_until = time.monotonic() + _CONTENDED_SECONDS
+                    self._contended_until = time.monotonic() + self._contended_seconds
             # The lock orders lock-path writers; a fast-path writer on another replica can
             # still slip in between, so a conflict here is retried with a fresh head.
             for attempt in range(_LOCKED_ATTEMPTS):
                 try:
                     return await self._commit_locked(conn, events)
                 except (asyncpg.UniqueViolationError, asyncpg.RaiseError):
-                    self._contended_until = time.monotonic() + _CONTENDED_SECONDS
+                    self._contended_until = time.monotonic() + self._contended_seconds
                     if attempt == _LOCKED_ATTEMPTS - 1:
                         raise
             raise AssertionError("unreachable")
@@ -248,6 +262,7 @@ class LedgerWriter:
         now = max(datetime.now(UTC), self._last_time)
         columns: list[list[Any]] = [[] for _ in range(18)]
         results: list[Appended] = []
+        written_keys: list[str] = []
         for ev in events:
             if ev.dedupe_key and ev.dedupe_key in taken:
                 results.append(Appended(None, None, None, duplicate=True))
@@ -257,6 +272,7 @@ class LedgerWriter:
                 continue
             if ev.dedupe_key:
                 taken.add(ev.dedupe_key)
+                written_keys.append(ev.dedupe_key)
             seq += 1
             row = canonical_row(
                 seq=seq,
@@ -288,6 +304,11 @@ class LedgerWriter:
             prev = digest
         if columns[0]:
             await conn.execute(_INSERT, *columns)
+        for key in written_keys:
+            self._own_keys[key] = None
+        while len(self._own_keys) > _OWN_KEYS_MAX:
+            self._own_keys.popitem(last=False)
+
         self._head = (seq, prev)
         self._last_time = now
         self.head_seq = seq
@@ -296,7 +317,8 @@ class LedgerWriter:
     async def _connection(self) -> asyncpg.Connection:
         # The writer keeps one connection: no pool acquire/reset round trips per batch.
         if self._conn is None:
-            self._conn = await self._pool.acquire()
+            conn = await self._pool.acquire()
+            self._conn = conn
         return self._conn
 
     async def _drop_connection(self) -> None:

@@ -6,6 +6,12 @@ within one interval of ``subject.offboarding_started`` committing; the replica t
 it refuses at once. Each subject's state carries the seq of the event that set it and
 older events never override newer ones, so a refresh that raced a local change cannot
 undo it.
+
+The refresh interval leaves a window in which another replica has not yet heard of an
+offboarding. ``issue_guard`` closes it in the ledger itself: every ``grant.issued`` row
+is written only if the subject's current offboarding key (``offboarding:<subject>:<n>:
+started``, n = reinstatements so far) is absent — checked under the ledger lock, so a
+credential minted by a stale replica is refused and revoked, never handed out.
 """
 
 from __future__ import annotations
@@ -20,7 +26,16 @@ from broker.ledger import Ledger
 from broker.ledger.offboarding_queries import offboarding_events
 from broker.metrics import Metrics
 
-__all__ = ["SubjectBlocklist"]
+__all__ = ["SubjectBlocklist", "offboarding_started_key"]
+
+
+def offboarding_started_key(subject: str, epoch: int) -> str:
+    """The dedupe key of a subject's ``epoch``-th offboarding (0 = never reinstated).
+
+    Concurrent admins converge on one offboarding; issuance is guarded on the same key.
+    """
+    return f"offboarding:{subject_key(subject)}:{epoch}:started"
+
 
 _log = logging.getLogger(__name__)
 
@@ -30,6 +45,7 @@ class SubjectBlocklist:
         self._ledger = ledger
         self._metrics = metrics
         self._state: dict[str, tuple[bool, int]] = {}  # subject_key -> (blocked, set at seq)
+        self._reinstated: dict[str, set[int]] = {}  # subject_key -> seqs of reinstatements
         self._seen = 0
         self._lock = asyncio.Lock()
 
@@ -45,6 +61,13 @@ class SubjectBlocklist:
     def unblock(self, subject: str, *, seq: int) -> None:
         """Accept ``subject`` here again (its ``subject.reinstated`` is row ``seq``)."""
         self._apply(subject, False, seq)
+        self._reinstated.setdefault(subject_key(subject), set()).add(seq)
+
+    def issue_guard(self, principal: Principal) -> tuple[str, ...]:
+        """Guard key for the subject's issuance: absent unless they are being offboarded."""
+        key = subject_key(principal.subject)
+        epoch = len(self._reinstated.get(key, ()))
+        return (offboarding_started_key(principal.subject, epoch),)
 
     def is_blocked(self, subject: str) -> bool:
         return self._state.get(subject_key(subject), (False, 0))[0]
@@ -68,7 +91,7 @@ class SubjectBlocklist:
                 if ev.event == "subject.offboarding_started":
                     self._apply(subject, True, ev.seq)
                 elif ev.event == "subject.reinstated":
-                    self._apply(subject, False, ev.seq)
+                    self.unblock(subject, seq=ev.seq)
                 self._seen = max(self._seen, ev.seq)
             blocked = sum(1 for b, _ in self._state.values() if b)
             self._metrics.offboarded_subjects.set(blocked)

@@ -48,7 +48,7 @@ from broker.ledger.offboarding_queries import (
 from broker.policy.active import ActivePolicy
 from broker.policy.decide import capabilities
 
-from .blocklist import SubjectBlocklist
+from .blocklist import SubjectBlocklist, offboarding_started_key
 from .model import Offboarding, current_for, fold_offboardings, reinstatements_of
 
 __all__ = ["OffboardingService"]
@@ -59,9 +59,7 @@ _log = logging.getLogger(__name__)
 _ELEVATION_HORIZON = timedelta(days=8)
 
 
-def _started_key(subject: str, epoch: int) -> str:
-    # One offboarding per person per re-onboarding: concurrent admins converge on one.
-    return f"offboarding:{subject_key(subject)}:{epoch}:started"
+_started_key = offboarding_started_key
 
 
 def _completed_key(offboarding_id: uuid.UUID) -> str:
