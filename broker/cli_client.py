@@ -128,6 +128,8 @@ def short(value: Any) -> str:
 
 
 def _votes(el: dict[str, Any]) -> str:
+    if el.get("break_glass"):
+        return "break-glass"  # taken without approval by design; reviewed afterwards
     required = sum(int(f.get("approvals", 0)) for f in el.get("approvals_required") or [])
     return f"{len(el.get('approvals') or [])}/{required}"
 

@@ -208,4 +208,7 @@ def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = No
         ),
         heartbeat_seconds=_float(env, "BROKER_HEARTBEAT_SECONDS", s.heartbeat_seconds),
         offboarding_sla_seconds=_int(env, "BROKER_OFFBOARDING_SLA", s.offboarding_sla_seconds),
+        blocklist_refresh_seconds=_float(
+            env, "BROKER_BLOCKLIST_REFRESH", s.blocklist_refresh_seconds
+        ),
     )
