@@ -8,14 +8,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import hvac
 import jwt
 import pytest
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,6 +23,7 @@ from broker.config import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import RunningBroker, start_broker
 from tests.helpers import auth, db_login, error_of, ledger_rows, new_request_id, poll
+from tests.vault_proxy import VaultProxy, broker_behind_proxy
 
 # --- helpers --------------------------------------------------------------------------
 
@@ -363,60 +362,12 @@ async def test_revoke_reason_with_control_characters_is_refused(
 # --- nothing reaches Vault ------------------------------------------------------------
 
 
-@dataclass
-class _VaultRecorder:
-    """A pass-through HTTP proxy in front of the stack's OpenBao that records each request."""
-
-    upstream: str
-    seen: list[tuple[str, str]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append((request.method, request.path))
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() in ("x-vault-token", "x-vault-request", "content-type")
-        }
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method,
-                self.upstream + request.path_qs,
-                data=await request.read(),
-                headers=headers,
-            ) as resp,
-        ):
-            body = await resp.read()
-            return web.Response(
-                status=resp.status,
-                body=body or None,
-                content_type=resp.content_type if body else None,
-            )
-
-
 @pytest.fixture
 async def recorded_broker(
     stack: DevStack, broker_settings: Settings
-) -> AsyncIterator[tuple[RunningBroker, _VaultRecorder]]:
-    recorder = _VaultRecorder(stack.bao.addr)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", recorder.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    running = await start_broker(
-        broker_settings.with_overrides(
-            vault_addr=f"http://127.0.0.1:{port}",
-            replica_id=f"recorded-{uuid.uuid4().hex[:8]}",
-        )
-    )
-    try:
-        yield running, recorder
-    finally:
-        await running.runner.cleanup()
-        await runner.cleanup()
+) -> AsyncIterator[tuple[RunningBroker, VaultProxy]]:
+    async with broker_behind_proxy(stack, broker_settings, "recorded") as pair:
+        yield pair
 
 
 def _minting(seen: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -441,7 +392,7 @@ async def _lease_ids(stack: DevStack) -> set[str]:
 async def test_refused_requests_never_reach_vault(
     stack: DevStack,
     broker_settings: Settings,
-    recorded_broker: tuple[RunningBroker, _VaultRecorder],
+    recorded_broker: tuple[RunningBroker, VaultProxy],
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:

@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.auth import DevIssuer
@@ -28,6 +27,7 @@ from broker.stack.devstack import DevStack
 from tests.conftest import RunningBroker, start_broker
 from tests.helpers import auth, db_login, error_of, ledger_rows, new_request_id, poll
 from tests.test_cli_client import cli
+from tests.vault_proxy import VaultProxy, broker_behind_proxy
 
 # Errors when a login is refused or a session was terminated under us.
 _GONE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
@@ -341,66 +341,17 @@ async def test_only_admins_offboard_and_requests_are_checked(
 # --- Vault down mid-offboarding: the subject stays refused, a retry completes it ---------
 
 
-@dataclass
-class _FlakyVault:
-    """A pass-through proxy to OpenBao that can refuse lease revocations with a 503."""
-
-    upstream: str
-    refuse_revoke: bool = False
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if self.refuse_revoke and request.path.startswith("/v1/sys/leases/revoke"):
-            return web.json_response({"errors": ["sealed (test)"]}, status=503)
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() in ("x-vault-token", "x-vault-request", "content-type")
-        }
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method,
-                self.upstream + request.path_qs,
-                data=await request.read(),
-                headers=headers,
-            ) as resp,
-        ):
-            body = await resp.read()
-            return web.Response(
-                status=resp.status,
-                body=body or None,
-                content_type=resp.content_type if body else None,
-            )
-
-
 @pytest.fixture
 async def flaky_broker(
     stack: DevStack, broker_settings: Settings
-) -> AsyncIterator[tuple[RunningBroker, _FlakyVault]]:
-    flaky = _FlakyVault(stack.bao.addr)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", flaky.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    running = await start_broker(
-        broker_settings.with_overrides(
-            vault_addr=f"http://127.0.0.1:{port}",
-            replica_id=f"flaky-{uuid.uuid4().hex[:8]}",
-        )
-    )
-    try:
-        yield running, flaky
-    finally:
-        await running.runner.cleanup()
-        await runner.cleanup()
+) -> AsyncIterator[tuple[RunningBroker, VaultProxy]]:
+    async with broker_behind_proxy(stack, broker_settings, "flaky") as pair:
+        yield pair
 
 
 async def test_vault_down_leaves_the_subject_refused_and_a_retry_resumes(
     stack: DevStack,
-    flaky_broker: tuple[RunningBroker, _FlakyVault],
+    flaky_broker: tuple[RunningBroker, VaultProxy],
     broker_settings: Settings,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
