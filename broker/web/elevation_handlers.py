@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
+from broker.auth import Principal
+from broker.elevation import ElevationService
 from broker.errors import BadRequest, NotFound
 
 from .handlers import authenticated, page_size
@@ -75,44 +79,34 @@ async def _comment(request: web.Request) -> str | None:
     return optional_text(body, "comment", request.app[SETTINGS].max_reason_chars)
 
 
-async def approve_elevation(request: web.Request) -> web.Response:
-    principal = await authenticated(request)
-    comment = await _comment(request)
-    return web.json_response(
-        await request.app[ELEVATIONS].approve(
-            principal, _elevation_id(request), comment, request[REQUEST_ID]
+_Decide = Callable[
+    [ElevationService, Principal, uuid.UUID, str | None, str], Awaitable[dict[str, Any]]
+]
+
+
+def _decision(decide: _Decide) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler for one comment-carrying decision (approve, deny, cancel, review)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        principal = await authenticated(request)
+        comment = await _comment(request)
+        return web.json_response(
+            await decide(
+                request.app[ELEVATIONS],
+                principal,
+                _elevation_id(request),
+                comment,
+                request[REQUEST_ID],
+            )
         )
-    )
+
+    return handler
 
 
-async def deny_elevation(request: web.Request) -> web.Response:
-    principal = await authenticated(request)
-    comment = await _comment(request)
-    return web.json_response(
-        await request.app[ELEVATIONS].deny(
-            principal, _elevation_id(request), comment, request[REQUEST_ID]
-        )
-    )
-
-
-async def cancel_elevation(request: web.Request) -> web.Response:
-    principal = await authenticated(request)
-    comment = await _comment(request)
-    return web.json_response(
-        await request.app[ELEVATIONS].cancel(
-            principal, _elevation_id(request), comment, request[REQUEST_ID]
-        )
-    )
-
-
-async def review_elevation(request: web.Request) -> web.Response:
-    principal = await authenticated(request)
-    comment = await _comment(request)
-    return web.json_response(
-        await request.app[ELEVATIONS].review(
-            principal, _elevation_id(request), comment, request[REQUEST_ID]
-        )
-    )
+approve_elevation = _decision(ElevationService.approve)
+deny_elevation = _decision(ElevationService.deny)
+cancel_elevation = _decision(ElevationService.cancel)
+review_elevation = _decision(ElevationService.review)
 
 
 async def redeem_elevation(request: web.Request) -> web.Response:
