@@ -141,19 +141,6 @@ def _events(client: BrokerClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _connection() -> argparse.ArgumentParser:
-    # The same options as the other client commands (read by broker.cli_client).
-    conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--url", help="broker URL (default: $BROKER_URL, else .broker/dev.json)")
-    who = conn.add_mutually_exclusive_group()
-    who.add_argument("--token", help="bearer token (default: $BROKER_TOKEN; prefer the env)")
-    who.add_argument("--as", dest="as_name", metavar="NAME", help="dev: tokens[NAME] of dev.json")
-    conn.add_argument("--dev-json", metavar="PATH", help="default: .broker/dev.json")
-    conn.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-    conn.add_argument("--json", action="store_true", help="print the broker's JSON")
-    return conn
-
-
 def audit_subcommands(sub: Any) -> Any:
     """The subparsers of ``broker audit``, creating the group on first use.
 
@@ -173,7 +160,7 @@ def audit_subcommands(sub: Any) -> Any:
 
 def add_commands(sub: Any) -> None:
     """Register ``broker audit access`` and ``broker audit events``."""
-    conn = _connection()
+    conn = _cli.connection_options()
     asub = audit_subcommands(sub)
     p = asub.add_parser(
         "access", parents=[conn], help="who had access to what, when and why (audit)"

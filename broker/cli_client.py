@@ -20,6 +20,7 @@ __all__ = [
     "add_client_commands",
     "cell",
     "client_command",
+    "connection_options",
     "print_json",
     "short",
     "table",
@@ -348,7 +349,8 @@ def _grants_revoke(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_client_commands(sub: Any) -> None:
+def connection_options() -> argparse.ArgumentParser:
+    """The options every client command takes (a parent parser): read by ``connect``."""
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument("--url", help="broker URL (default: $BROKER_URL, else .broker/dev.json)")
     who = conn.add_mutually_exclusive_group()
@@ -357,6 +359,11 @@ def add_client_commands(sub: Any) -> None:
     conn.add_argument("--dev-json", metavar="PATH", help="default: .broker/dev.json")
     conn.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     conn.add_argument("--json", action="store_true", help="print the broker's JSON")
+    return conn
+
+
+def add_client_commands(sub: Any) -> None:
+    conn = connection_options()
 
     def leaf(parent: Any, name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(name, parents=[conn], help=help_text)

@@ -21,19 +21,6 @@ __all__ = ["add_commands"]
 # instead of adding one method per endpoint to it.
 
 
-def _connection() -> argparse.ArgumentParser:
-    # The same options as the other client commands (read by broker.cli_client).
-    conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--url", help="broker URL (default: $BROKER_URL, else .broker/dev.json)")
-    who = conn.add_mutually_exclusive_group()
-    who.add_argument("--token", help="bearer token (default: $BROKER_TOKEN; prefer the env)")
-    who.add_argument("--as", dest="as_name", metavar="NAME", help="dev: tokens[NAME] of dev.json")
-    conn.add_argument("--dev-json", metavar="PATH", help="default: .broker/dev.json")
-    conn.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-    conn.add_argument("--json", action="store_true", help="print the broker's JSON")
-    return conn
-
-
 def _gaps(client: BrokerClient, args: argparse.Namespace) -> int:
     query = {"from": args.start}
     if args.end:
@@ -85,7 +72,7 @@ def _audit_subparsers(sub: Any) -> Any:
 
 def add_commands(sub: Any) -> None:
     """Register ``audit gaps`` and ``audit annotate-gap`` on the top-level subparsers."""
-    conn = _connection()
+    conn = _cli.connection_options()
     asub = _audit_subparsers(sub)
     p = asub.add_parser("gaps", parents=[conn], help="stretches with no heartbeat (audit)")
     p.add_argument("--from", dest="start", required=True, help="date or ISO time")

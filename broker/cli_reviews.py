@@ -184,22 +184,9 @@ def _complete(client: BrokerClient, args: argparse.Namespace) -> int:
     )
 
 
-def _connection() -> argparse.ArgumentParser:
-    # The same options as the other client commands (read by broker.cli_client).
-    conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--url", help="broker URL (default: $BROKER_URL, else .broker/dev.json)")
-    who = conn.add_mutually_exclusive_group()
-    who.add_argument("--token", help="bearer token (default: $BROKER_TOKEN; prefer the env)")
-    who.add_argument("--as", dest="as_name", metavar="NAME", help="dev: tokens[NAME] of dev.json")
-    conn.add_argument("--dev-json", metavar="PATH", help="default: .broker/dev.json")
-    conn.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-    conn.add_argument("--json", action="store_true", help="print the broker's JSON")
-    return conn
-
-
 def add_commands(sub: Any) -> None:
     """Register ``reviews`` (open, list, show, decide, complete) on the top-level parsers."""
-    conn = _connection()
+    conn = _cli.connection_options()
     reviews = sub.add_parser("reviews", help="quarterly access reviews")
     rsub = reviews.add_subparsers(dest="reviews_command", required=True)
 
