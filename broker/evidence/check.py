@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from broker.ledger.chain import canonical_row, chain_hash
+from broker.ledger.chain import canonical_record, chain_hash
 from broker.ledger.checkpoint import CheckpointError, CheckpointVerifier
 
 from .findings import Finding, analyze
@@ -134,26 +133,7 @@ class _Chain:
                 self.first_seq = seq
             elif self.last_seq is not None and seq != self.last_seq + 1:
                 self.problems.append((seq, f"events.jsonl skips from {self.last_seq} to {seq}"))
-            payload = canonical_row(
-                seq=seq,
-                recorded_at=datetime.fromisoformat(rec["recorded_at"]),
-                event=rec["event"],
-                replica=rec["replica"],
-                subject=rec["subject"],
-                subject_kind=rec["subject_kind"],
-                secret=rec["secret"],
-                role=rec["role"],
-                policy_version=rec["policy_version"],
-                grant_id=uuid.UUID(rec["grant_id"]) if rec["grant_id"] else None,
-                lease_id=rec["lease_id"],
-                expires_at=(
-                    datetime.fromisoformat(rec["expires_at"]) if rec["expires_at"] else None
-                ),
-                outcome=rec["outcome"],
-                request_id=rec["request_id"],
-                body=rec["body"],
-                dedupe_key=rec["dedupe_key"],
-            )
+            payload = canonical_record(rec)
         except (KeyError, TypeError, ValueError) as e:
             self.problems.append((rec.get("seq"), f"malformed record: {e}"))
             self.computed = b"\0" * 32  # nothing after this can match a signature

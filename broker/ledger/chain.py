@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["GENESIS", "canonical_row", "chain_hash"]
+from .events import Event
+
+__all__ = ["GENESIS", "canonical_event", "canonical_record", "canonical_row", "chain_hash"]
 
 GENESIS = bytes(32)
 _DOMAIN = b"jit-broker/ledger/v1\n"
@@ -72,3 +74,52 @@ def canonical_row(
 def chain_hash(prev_hash: bytes, row: bytes) -> bytes:
     """Hash of a row given its predecessor's hash."""
     return hashlib.sha256(_DOMAIN + prev_hash + row).digest()
+
+
+def canonical_event(ev: Event) -> bytes:
+    """``canonical_row`` of a row read back from the ledger."""
+    return canonical_row(
+        seq=ev.seq,
+        recorded_at=ev.recorded_at,
+        event=ev.event,
+        replica=ev.replica,
+        subject=ev.subject,
+        subject_kind=ev.subject_kind,
+        secret=ev.secret,
+        role=ev.role,
+        policy_version=ev.policy_version,
+        grant_id=ev.grant_id,
+        lease_id=ev.lease_id,
+        expires_at=ev.expires_at,
+        outcome=ev.outcome,
+        request_id=ev.request_id,
+        body=ev.body,
+        dedupe_key=ev.dedupe_key,
+    )
+
+
+def canonical_record(rec: Mapping[str, Any]) -> bytes:
+    """``canonical_row`` of an evidence-package event record (ISO times, uuid as text).
+
+    Raises KeyError/TypeError/ValueError for a malformed record.
+    """
+    grant_id = rec["grant_id"]
+    expires_at = rec["expires_at"]
+    return canonical_row(
+        seq=int(rec["seq"]),
+        recorded_at=datetime.fromisoformat(rec["recorded_at"]),
+        event=rec["event"],
+        replica=rec["replica"],
+        subject=rec["subject"],
+        subject_kind=rec["subject_kind"],
+        secret=rec["secret"],
+        role=rec["role"],
+        policy_version=rec["policy_version"],
+        grant_id=uuid.UUID(str(grant_id)) if grant_id else None,
+        lease_id=rec["lease_id"],
+        expires_at=datetime.fromisoformat(expires_at) if expires_at else None,
+        outcome=rec["outcome"],
+        request_id=rec["request_id"],
+        body=rec["body"],
+        dedupe_key=rec["dedupe_key"],
+    )

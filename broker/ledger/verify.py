@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from .chain import GENESIS, canonical_row, chain_hash
+from .chain import GENESIS, canonical_event, chain_hash
 from .checkpoint import CheckpointError, CheckpointVerifier
 from .store import row_to_event
 
@@ -160,24 +160,7 @@ async def verify_ledger(
             if ev.prev_hash != prev_stored:
                 report.fail(ev.seq, "prev_hash does not match the previous row's hash")
                 row_bad.append(ev.seq)
-            payload = canonical_row(
-                seq=ev.seq,
-                recorded_at=ev.recorded_at,
-                event=ev.event,
-                replica=ev.replica,
-                subject=ev.subject,
-                subject_kind=ev.subject_kind,
-                secret=ev.secret,
-                role=ev.role,
-                policy_version=ev.policy_version,
-                grant_id=ev.grant_id,
-                lease_id=ev.lease_id,
-                expires_at=ev.expires_at,
-                outcome=ev.outcome,
-                request_id=ev.request_id,
-                body=ev.body,
-                dedupe_key=ev.dedupe_key,
-            )
+            payload = canonical_event(ev)
             recomputed = chain_hash(ev.prev_hash, payload)
             if recomputed != ev.hash:
                 report.fail(ev.seq, "row content does not match its hash (edited)")
