@@ -113,3 +113,11 @@ def tokens(broker_settings: Settings) -> dict[str, str]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Regenerate docs/reliability.md when this session ran reliability tests."""
+    from tests.reliability.report import recorded_this_session, write_report
+
+    if recorded_this_session():
+        write_report()
