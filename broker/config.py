@@ -94,6 +94,13 @@ class Settings:
     webhook_urls: tuple[str, ...] = ()
     webhook_timeout_seconds: float = 5.0
     webhook_max_attempts: int = 5
+    # The Vault-compatible front door (its own listener; None = off): existing Vault clients
+    # log in with a JWT and get a broker session token, short-lived and renewable up to a max.
+    vault_api_port: int | None = None
+    vault_api_session_ttl_seconds: int = 1800
+    vault_api_session_max_ttl_seconds: int = 8 * 3600
+    # How stale one replica's view of a session (renewal/revocation elsewhere) may be.
+    vault_api_session_recheck_seconds: float = 5.0
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -210,5 +217,16 @@ def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = No
         offboarding_sla_seconds=_int(env, "BROKER_OFFBOARDING_SLA", s.offboarding_sla_seconds),
         blocklist_refresh_seconds=_float(
             env, "BROKER_BLOCKLIST_REFRESH", s.blocklist_refresh_seconds
+        ),
+        vault_api_port=(
+            _int(env, "BROKER_VAULT_API_PORT", 0)
+            if env.get("BROKER_VAULT_API_PORT")
+            else s.vault_api_port
+        ),
+        vault_api_session_ttl_seconds=_int(
+            env, "BROKER_VAULT_API_SESSION_TTL", s.vault_api_session_ttl_seconds
+        ),
+        vault_api_session_max_ttl_seconds=_int(
+            env, "BROKER_VAULT_API_SESSION_MAX_TTL", s.vault_api_session_max_ttl_seconds
         ),
     )
