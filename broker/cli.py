@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,33 +42,26 @@ def _install_uvloop() -> None:
 
 
 async def _run_app(settings: Any, *, on_ready: Any = None) -> None:
-    from aiohttp import web
-
     from broker.app import create_app
+    from broker.serve import serve
 
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
-    await site.start()
-    port = runner.addresses[0][1]
-    if on_ready is not None:
-        on_ready(port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        # Graceful: stop accepting, let in-flight requests finish, then cleanup_ctx.
-        await runner.cleanup()
+    # Graceful on SIGTERM/SIGINT: stop accepting, finish in-flight, then cleanup_ctx.
+    await serve(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        on_ready=(lambda ports: on_ready(ports[0])) if on_ready is not None else None,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from broker.config import from_env
+    from broker.config import load
+    from broker.logs import configure_logging
 
-    settings = from_env()
+    settings = load(Path(args.config) if args.config else None)
+    level = "debug" if args.verbose else settings.log_level
+    configure_logging(settings.log_format or "json", level, replica=settings.replica_id)
     if args.port is not None:
         settings = settings.with_overrides(port=args.port)
 
@@ -202,8 +194,11 @@ def cmd_checkpoint_key(args: argparse.Namespace) -> int:
 def _serve_dev(settings: Any, state: Path, port_info: dict[str, Any], stops: str) -> None:
     """Serve ``settings``; once listening, write ``dev.json`` (url, tokens, ...) and say so."""
     from broker.devenv import demo_tokens
+    from broker.logs import configure_logging
 
     assert settings.dev_issuer_key_path is not None
+    log_format = settings.log_format or "text"
+    configure_logging(log_format, settings.log_level, replica=settings.replica_id)
 
     def ready(port: int) -> None:
         info = {
@@ -287,8 +282,9 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--policies", default="policies")
     dev.set_defaults(func=cmd_dev)
 
-    serve = sub.add_parser("serve", help="run the broker (configuration from the environment)")
+    serve = sub.add_parser("serve", help="run the broker (config file, then the environment)")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--config", metavar="FILE", help="TOML config file (else BROKER_CONFIG)")
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="apply ledger migrations as the owner role")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IssuerSettings", "Settings", "SettingsError"]
+__all__ = ["IssuerSettings", "Settings", "SettingsError", "load"]
 
 
 class SettingsError(ValueError):
@@ -94,6 +94,18 @@ class Settings:
     webhook_urls: tuple[str, ...] = ()
     webhook_timeout_seconds: float = 5.0
     webhook_max_attempts: int = 5
+    # Kubernetes auth to Vault: the projected service-account JWT, re-read at every login
+    # because the kubelet rotates it. vault_auth_method None = AppRole if a role id is set,
+    # else the static token.
+    vault_auth_method: str | None = None
+    vault_kubernetes_role: str | None = None
+    vault_kubernetes_mount: str = "kubernetes"
+    vault_kubernetes_token_path: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    # Logs: "json" or "text" (None: json for `broker serve`, text for `broker dev`).
+    log_format: str | None = None
+    log_level: str = "info"
+    # On SIGTERM: how long in-flight requests may take to finish before they are cancelled.
+    shutdown_grace_seconds: float = 20.0
     # The Vault-compatible front door (its own listener; None = off): existing Vault clients
     # log in with a JWT and get a broker session token, short-lived and renewable up to a max.
     vault_api_port: int | None = None
@@ -162,6 +174,14 @@ def _secret_id(env: Mapping[str, str]) -> str | None:
     return env.get("VAULT_SECRET_ID")
 
 
+def load(config_path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < config file (``config_path``, else ``BROKER_CONFIG``) < environment,
+    validated (``broker.config_file``). What ``broker serve`` runs on."""
+    from broker.config_file import load_settings
+
+    return load_settings(os.environ if env is None else env, config_path)
+
+
 def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = None) -> Settings:
     """Build Settings from ``BROKER_*`` / ``VAULT_*`` variables over ``base`` (defaults)."""
     env = os.environ if env is None else env
@@ -218,6 +238,15 @@ def from_env(env: Mapping[str, str] | None = None, *, base: Settings | None = No
         blocklist_refresh_seconds=_float(
             env, "BROKER_BLOCKLIST_REFRESH", s.blocklist_refresh_seconds
         ),
+        vault_auth_method=env.get("VAULT_AUTH_METHOD") or s.vault_auth_method,
+        vault_kubernetes_role=env.get("VAULT_K8S_ROLE") or s.vault_kubernetes_role,
+        vault_kubernetes_mount=env.get("VAULT_K8S_MOUNT") or s.vault_kubernetes_mount,
+        vault_kubernetes_token_path=Path(
+            env.get("VAULT_K8S_TOKEN_PATH") or str(s.vault_kubernetes_token_path)
+        ),
+        log_format=env.get("BROKER_LOG_FORMAT") or s.log_format,
+        log_level=env.get("BROKER_LOG_LEVEL") or s.log_level,
+        shutdown_grace_seconds=_float(env, "BROKER_SHUTDOWN_GRACE", s.shutdown_grace_seconds),
         vault_api_port=(
             _int(env, "BROKER_VAULT_API_PORT", 0)
             if env.get("BROKER_VAULT_API_PORT")

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from broker.errors import BrokerError
 from broker.ledger import NewEvent
+from broker.logs import REQUEST_ID_VAR, log_access
 
 from .authn import PRINCIPAL
 from .keys import LEDGER, METRICS
@@ -54,6 +55,8 @@ async def _request_context(request: web.Request, handler: _Handler) -> web.Strea
     incoming = request.headers.get("X-Request-Id", "")
     request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
+    # Every log line written while handling this request carries its id.
+    request_id_context = REQUEST_ID_VAR.set(request_id)
     started = time.perf_counter()
     status = 500
     try:
@@ -87,7 +90,11 @@ async def _request_context(request: web.Request, handler: _Handler) -> web.Strea
         route = resource.canonical if resource is not None else "unmatched"
         # Clients choose the method string: bound the label to the ones HTTP defines.
         method = request.method if request.method in _METHODS else "OTHER"
-        request.app[METRICS].observe_http(route, method, status, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        request.app[METRICS].observe_http(route, method, status, elapsed)
+        principal = request.get(PRINCIPAL)
+        log_access(method, route, status, elapsed, principal.subject if principal else None)
+        REQUEST_ID_VAR.reset(request_id_context)
 
 
 async def _record_rejection(request: web.Request, error: BrokerError) -> None:

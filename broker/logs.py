@@ -1,0 +1,100 @@
+"""Process logging: one JSON object per line on stderr (or plain text for ``broker dev``).
+
+Every line carries ``ts``, ``level``, ``logger``, ``msg``, ``replica`` and, inside a
+request, ``request_id`` (from a context variable the request middleware sets), plus any
+``extra=`` fields. Stdlib ``logging`` with a small formatter: python-json-logger would
+add a dependency for the thirty lines below.
+
+The access log (``broker.access``) has one line per request with the route *template*
+(``/v1/grants/{grant_id}``, never the raw path or query string), method, status,
+duration and subject; never headers (tokens) or bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["REQUEST_ID_VAR", "JsonFormatter", "configure_logging", "log_access"]
+
+REQUEST_ID_VAR: ContextVar[str | None] = ContextVar("broker_request_id", default=None)
+
+_access = logging.getLogger("broker.access")
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object (no newlines inside)."""
+
+    def __init__(self, replica: str) -> None:
+        super().__init__()
+        self._replica = replica
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "replica": self._replica,
+        }
+        request_id = REQUEST_ID_VAR.get()
+        if request_id is not None:
+            doc["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and key not in doc and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+class _TextFormatter(logging.Formatter):
+    """The ``broker dev`` format, with the request id appended when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = REQUEST_ID_VAR.get()
+        return f"{line} [request {request_id}]" if request_id else line
+
+
+def configure_logging(log_format: str, level: str, *, replica: str) -> None:
+    """Replace the root handlers with one stderr handler in ``log_format`` at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(replica) if log_format == "json" else _TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # aiohttp's own access log would print raw paths with query strings: ours replaces it.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def log_access(
+    method: str, route: str, status: int, seconds: float, subject: str | None
+) -> None:
+    """One access-log line; ``route`` is the route template, never the raw path."""
+    _access.info(
+        "%s %s %d",
+        method,
+        route,
+        status,
+        extra={
+            "method": method,
+            "path": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+            "subject": subject,
+        },
+    )

@@ -1,0 +1,91 @@
+"""Serve the broker until SIGTERM/SIGINT, then stop gracefully.
+
+The shutdown order, each step bounded:
+
+1. stop accepting: every listening socket closes (extra sites first, then the main one),
+   so a load balancer's retries go to another replica at once;
+2. in-flight requests finish, for up to ``shutdown_grace_seconds``; past that aiohttp
+   cancels them (a cancelled issuance never answered 201, so nothing was handed out
+   without its ledger row);
+3. the main app's ``cleanup_ctx`` runs: ``broker.stopped`` is appended, a last checkpoint
+   signed, and the ledger writer drains its queue before the pool closes.
+
+Extra apps (e.g. a second listener that shares the main app's clients) are built by
+``extra_sites(main_app)`` *after* the main app's ``cleanup_ctx`` has started everything,
+and are stopped before it is torn down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+__all__ = ["ExtraSites", "serve"]
+
+_log = logging.getLogger(__name__)
+
+# main app -> [(app, host, port)] served next to it (port 0 picks a free one).
+ExtraSites = Callable[[web.Application], Sequence[tuple[web.Application, str, int]]]
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_grace_seconds: float,
+    on_ready: Callable[[list[int]], None] | None = None,
+    extra_sites: ExtraSites | None = None,
+) -> None:
+    """Serve ``app`` (and any ``extra_sites``) until SIGTERM or SIGINT.
+
+    ``on_ready(ports)`` is called once every site listens: the bound ports, the main
+    app's first, then the extra sites' in order. Start-up errors propagate after whatever
+    had started is stopped.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []  # main first; stopped in reverse
+    try:
+        ports = [await _start(runners, app, host, port, shutdown_grace_seconds, backlog=1024)]
+        for extra_app, extra_host, extra_port in extra_sites(app) if extra_sites else ():
+            ports.append(
+                await _start(runners, extra_app, extra_host, extra_port, shutdown_grace_seconds)
+            )
+        if on_ready is not None:
+            on_ready(ports)
+        await stop.wait()
+        _log.info(
+            "shutting down: no new connections; in-flight requests get up to %.0f s",
+            shutdown_grace_seconds,
+            extra={"grace_seconds": shutdown_grace_seconds},
+        )
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    _log.info("stopped")
+
+
+async def _start(
+    runners: list[web.AppRunner],
+    app: web.Application,
+    host: str,
+    port: int,
+    grace: float,
+    *,
+    backlog: int = 128,
+) -> int:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
+    runners.append(runner)  # cleaned up even if setup fails halfway
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=backlog)
+    await site.start()
+    return int(runner.addresses[0][1])
