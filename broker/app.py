@@ -37,7 +37,8 @@ from broker.notify import WebhookNotifier
 from broker.offboarding import OffboardingService, SubjectBlocklist
 from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
-from broker.vault import AppRoleCredentials, VaultClient, VaultLogin
+from broker.vault import VaultClient
+from broker.vault.login import vault_login_for
 from broker.web.authn import Authenticator
 from broker.web.keys import (
     AUTHN,
@@ -84,21 +85,7 @@ def issuer_configs(settings: Settings) -> list[IssuerConfig]:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
-    login = VaultLogin(
-        settings.vault_addr,
-        static_token=None if settings.vault_role_id else settings.vault_token,
-        approle=(
-            AppRoleCredentials(
-                settings.vault_role_id,
-                settings.vault_secret_id or "",
-                settings.vault_approle_mount,
-                settings.vault_secret_id_file,
-            )
-            if settings.vault_role_id
-            else None
-        ),
-        timeout=settings.vault_timeout_seconds,
-    )
+    login = vault_login_for(settings)  # token, AppRole or Kubernetes
     await login.login()
     signer = CheckpointSigner(
         settings.checkpoint_key_name,

@@ -1,8 +1,11 @@
-"""The broker's own Vault identity: a static token (dev) or AppRole login with renewal.
+"""The broker's own Vault identity: a static token (dev), or an AppRole or Kubernetes
+login with renewal.
 
-``VaultLogin.token()`` is what ``VaultClient`` calls per request. With AppRole, the token
-is renewed at two thirds of its TTL and replaced by a fresh login when renewal fails or
-the token reaches its max TTL; requests keep using the old token until the new one is in.
+``VaultLogin.token()`` is what ``VaultClient`` calls per request. With a login method, the
+token is renewed at two thirds of its TTL and replaced by a fresh login when renewal fails
+or the token reaches its max TTL; requests keep using the old token until the new one is
+in. Each login reads its credential afresh (the secret id file, the service-account token
+file), so rotated credentials are picked up without a restart.
 """
 
 from __future__ import annotations
@@ -12,14 +15,37 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import aiohttp
 
+from broker.config import Settings
 from broker.errors import VaultError, VaultUnavailable
 
-__all__ = ["AppRoleCredentials", "VaultLogin"]
+__all__ = [
+    "AppRoleCredentials",
+    "KubernetesCredentials",
+    "LoginMethod",
+    "VaultLogin",
+    "vault_login_for",
+]
 
 _log = logging.getLogger(__name__)
+
+DEFAULT_K8S_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class LoginMethod(Protocol):
+    """A Vault auth method the broker logs in with: POST auth/<mount>/login <body>."""
+
+    name: ClassVar[str]
+
+    @property
+    def mount(self) -> str: ...
+
+    def login_body(self) -> dict[str, str]:
+        """The login request body, its credential read now. Raises VaultError."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -27,10 +53,14 @@ class AppRoleCredentials:
     """AppRole login. With ``secret_id_file`` the secret id is read at every login, so a
     rotated or response-wrapped secret id (a re-mounted Kubernetes Secret) is picked up."""
 
+    name: ClassVar[str] = "approle"
     role_id: str
     secret_id: str
     mount: str = "approle"
     secret_id_file: Path | None = None
+
+    def login_body(self) -> dict[str, str]:
+        return {"role_id": self.role_id, "secret_id": self.current_secret_id()}
 
     def current_secret_id(self) -> str:
         if self.secret_id_file is None:
@@ -41,6 +71,26 @@ class AppRoleCredentials:
             raise VaultError(f"cannot read the AppRole secret id file: {e.strerror}") from e
 
 
+@dataclass(frozen=True)
+class KubernetesCredentials:
+    """Kubernetes login with the pod's projected service-account JWT. The file is read at
+    every login: the kubelet rotates it (hourly by default), so a cached copy expires."""
+
+    name: ClassVar[str] = "kubernetes"
+    role: str
+    token_path: Path = DEFAULT_K8S_TOKEN_PATH
+    mount: str = "kubernetes"
+
+    def login_body(self) -> dict[str, str]:
+        try:
+            jwt = self.token_path.read_text().strip()
+        except OSError as e:
+            raise VaultError(f"cannot read the service-account token file: {e.strerror}") from e
+        if not jwt:
+            raise VaultError("the service-account token file is empty")
+        return {"role": self.role, "jwt": jwt}
+
+
 class VaultLogin:
     def __init__(
         self,
@@ -48,12 +98,16 @@ class VaultLogin:
         *,
         static_token: str | None = None,
         approle: AppRoleCredentials | None = None,
+        kubernetes: KubernetesCredentials | None = None,
         timeout: float = 5.0,
     ) -> None:
-        if (static_token is None) == (approle is None):
-            raise ValueError("configure exactly one of a Vault token or AppRole credentials")
+        methods = [m for m in (approle, kubernetes) if m is not None]
+        if len(methods) + (static_token is not None) != 1:
+            raise ValueError(
+                "configure exactly one Vault identity: a token, AppRole or Kubernetes login"
+            )
         self._addr = addr.rstrip("/")
-        self._approle = approle
+        self._method: LoginMethod | None = methods[0] if methods else None
         self._token = static_token or ""
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._renew_at = float("inf")  # monotonic time; static tokens never renew
@@ -96,21 +150,23 @@ class VaultLogin:
             self._renew_at = time.monotonic() + ttl * 2 / 3
 
     async def login(self) -> None:
-        """AppRole login (no-op for a static token). Raises VaultError/VaultUnavailable."""
-        if self._approle is None:
+        """Log in with the method (no-op for a static token). Raises VaultError/VaultUnavailable."""
+        if self._method is None:
             return
-        auth = await self._post(
-            f"auth/{self._approle.mount}/login",
-            {"role_id": self._approle.role_id, "secret_id": self._approle.current_secret_id()},
-            None,
-        )
+        method = self._method
+        auth = await self._post(f"auth/{method.mount}/login", method.login_body(), None)
         self._login_ttl = _seconds(auth.get("lease_duration"))
         self._adopt(auth)
-        _log.info("logged in to vault with approle (accessor %s)", self.accessor)
+        _log.info(
+            "logged in to vault with %s (accessor %s)",
+            method.name,
+            self.accessor,
+            extra={"vault_auth": method.name, "vault_accessor": self.accessor},
+        )
 
     async def maintain(self) -> None:
         """Renew when due; on renewal failure (revoked, max TTL) log in again."""
-        if self._approle is None or time.monotonic() < self._renew_at:
+        if self._method is None or time.monotonic() < self._renew_at:
             return
         try:
             auth = await self._post("auth/token/renew-self", {}, self._token)
@@ -127,7 +183,7 @@ class VaultLogin:
         Concurrent rejections share one login (the lock), and a token already replaced
         since the rejected request is not replaced again.
         """
-        if self._approle is None:
+        if self._method is None:
             return False
         async with self._lock:
             if self._token != rejected_token:
@@ -141,3 +197,32 @@ class VaultLogin:
 
 def _seconds(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def vault_login_for(settings: Settings) -> VaultLogin:
+    """The broker's Vault identity from settings: ``vault_auth_method``, or when unset
+    AppRole if ``vault_role_id`` is set, else the static ``vault_token``."""
+    method = settings.vault_auth_method or ("approle" if settings.vault_role_id else "token")
+    timeout = settings.vault_timeout_seconds
+    if method == "kubernetes":
+        if not settings.vault_kubernetes_role:
+            raise ValueError("vault_auth_method kubernetes needs a role (VAULT_K8S_ROLE)")
+        credentials = KubernetesCredentials(
+            settings.vault_kubernetes_role,
+            settings.vault_kubernetes_token_path,
+            settings.vault_kubernetes_mount,
+        )
+        return VaultLogin(settings.vault_addr, kubernetes=credentials, timeout=timeout)
+    if method == "approle":
+        if not settings.vault_role_id:
+            raise ValueError("vault_auth_method approle needs a role id (VAULT_ROLE_ID)")
+        approle = AppRoleCredentials(
+            settings.vault_role_id,
+            settings.vault_secret_id or "",
+            settings.vault_approle_mount,
+            settings.vault_secret_id_file,
+        )
+        return VaultLogin(settings.vault_addr, approle=approle, timeout=timeout)
+    if method != "token":
+        raise ValueError(f"unknown vault_auth_method {method!r}")
+    return VaultLogin(settings.vault_addr, static_token=settings.vault_token, timeout=timeout)
