@@ -133,6 +133,17 @@ class Metrics:
             "Subjects this replica currently refuses (offboarded, not reinstated).",
             registry=r,
         )
+        self.ledger_verifications = Counter(
+            "broker_ledger_verifications_total",
+            "Ledger chain verifications (/v1/audit/verify) by outcome (ok, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        # Series alert rules read exist from start-up at 0, so increase() sees the first event.
+        for outcome in ("ok", "failed"):
+            self.ledger_verifications.labels(outcome)
+        for outcome in ("ok", "error"):
+            self.heartbeats.labels(outcome)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         # .labels() hashes and locks on every call; the child per label set is stable.

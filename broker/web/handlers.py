@@ -143,6 +143,7 @@ async def get_verify(request: web.Request) -> web.Response:
         report = await verify_ledger(
             conn, verifier=request.app[CHECKPOINT_VERIFIER], origin=ledger.origin
         )
+    request.app[METRICS].ledger_verifications.labels("ok" if report.ok else "failed").inc()
     return web.json_response(report.to_json())
 
 
