@@ -23,7 +23,7 @@ no vote or activation after a close, one close per elevation, no issuance after 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -444,8 +444,33 @@ class ElevationService:
 
     # --- using --------------------------------------------------------------------------
 
+    async def approved_for(self, principal: Principal, secret: str) -> uuid.UUID | None:
+        """The caller's newest approved, still-open elevation for ``secret``, if any.
+
+        How a Vault-API read of a privileged secret finds the elevation it redeems: the
+        client only names the path, never an elevation id.
+        """
+        now = self._clock()
+        ids = await self._ledger.elevation_ids(
+            since=now - _PENDING_HORIZON, requester=principal.subject, limit=100
+        )
+        for el in await self._load_many(ids):
+            if (
+                el.secret == secret
+                and subject_key(el.requester) == subject_key(principal.subject)
+                and el.status(now) == "approved"
+                and el.window_ends_at is not None
+            ):
+                return el.id
+        return None
+
     async def redeem(
-        self, principal: Principal, elevation_id: uuid.UUID, ttl: int | None, request_id: str
+        self,
+        principal: Principal,
+        elevation_id: uuid.UUID,
+        ttl: int | None,
+        request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         el = await self._visible_one(principal, elevation_id)
         if subject_key(principal.subject) != subject_key(el.requester):
@@ -476,6 +501,7 @@ class ElevationService:
             reason=el.reason,
             ticket=el.ticket,
             request_id=request_id,
+            client=client,
         )
 
     # --- housekeeping -------------------------------------------------------------------

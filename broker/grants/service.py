@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +38,7 @@ from broker.policy.decide import Decision, capabilities, decide
 from broker.policy.model import CatalogEntry, Role
 from broker.vault import VaultClient
 
-__all__ = ["GrantService", "IssueRequest"]
+__all__ = ["GrantService", "IssueRequest", "common_name_for"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class IssueRequest:
     reason: str | None = None
     ticket: str | None = None
     ttl: int | None = None
+    # Which API and client asked (e.g. the Vault front door and its user-agent): recorded.
+    client: Mapping[str, str] | None = None
 
 
 def _end_key(grant_id: uuid.UUID) -> str:
@@ -84,7 +86,7 @@ def _principal_fields(p: Principal) -> dict[str, Any]:
     return {"subject": p.subject, "subject_kind": p.kind}
 
 
-def _common_name(p: Principal) -> str:
+def common_name_for(p: Principal) -> str:
     """Certificates are for the caller's own identity only: no caller-chosen names."""
     sa = p.service_account
     if sa:
@@ -130,6 +132,7 @@ class GrantService:
                 request_id=request_id,
                 reason=req.reason,
                 ticket=req.ticket,
+                client=req.client,
             )
             self._count(req.secret, decision.outcome)
             if decision.outcome == "elevation_required":
@@ -147,6 +150,7 @@ class GrantService:
             reason=req.reason,
             ticket=req.ticket,
             request_id=request_id,
+            extra={"client": dict(req.client)} if req.client else None,
         )
 
     async def issue_elevated(
@@ -163,6 +167,7 @@ class GrantService:
         reason: str | None,
         ticket: str | None,
         request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Issue under an approved elevation (the caller checked it is open and theirs).
 
@@ -182,7 +187,10 @@ class GrantService:
             reason=reason,
             ticket=ticket,
             request_id=request_id,
-            extra={"elevation_id": str(elevation_id)},
+            extra={
+                "elevation_id": str(elevation_id),
+                **({"client": dict(client)} if client else {}),
+            },
             guard=(guard,),
             not_after=not_after,
         )
@@ -252,7 +260,20 @@ class GrantService:
     ) -> dict[str, Any]:
         if entry.engine == "kv2":
             ttl = _clip(ttl, not_after)
-            kv = await self._vault.read_kv2(entry.mount, entry.path)
+            try:
+                kv = await self._vault.read_kv2(entry.mount, entry.path)
+            except BrokerError as e:
+                # No intent row on this path: the failed attempt is evidence too.
+                with contextlib.suppress(LedgerUnavailable):
+                    await self._ledger.append(
+                        NewEvent(
+                            event="grant.failed",
+                            outcome=e.code,
+                            body={**context, "error": e.message},
+                            **base,
+                        )
+                    )
+                raise
             expires = datetime.now(UTC) + timedelta(seconds=ttl)
             appended = await self._ledger.append(
                 NewEvent(
@@ -293,14 +314,14 @@ class GrantService:
             else:
                 ttl = _clip(ttl, not_after)
                 cert = await self._vault.pki_issue(
-                    entry.mount, entry.path, common_name=_common_name(principal), ttl=ttl
+                    entry.mount, entry.path, common_name=common_name_for(principal), ttl=ttl
                 )
                 lease_id, revoke = None, self._cert_revoker(entry.mount, cert.serial_number)
                 expires = datetime.fromtimestamp(cert.expiration, UTC)
                 record = {
                     **context,
                     "serial_number": cert.serial_number,
-                    "common_name": _common_name(principal),
+                    "common_name": common_name_for(principal),
                 }
                 credential = {
                     "certificate": cert.certificate,
@@ -390,7 +411,9 @@ class GrantService:
         request_id: str,
         reason: str | None,
         ticket: str | None,
+        client: Mapping[str, str] | None = None,
     ) -> None:
+        extra = {"client": dict(client)} if client else {}
         await self._ledger.append(
             NewEvent(
                 event="grant.denied",
@@ -399,7 +422,12 @@ class GrantService:
                 role=decision.role.name if decision.role else None,
                 policy_version=self._policy.current.version,
                 request_id=request_id,
-                body={"message": decision.message, "reason": reason, "ticket": ticket},
+                body={
+                    "message": decision.message,
+                    "reason": reason,
+                    "ticket": ticket,
+                    **extra,
+                },
                 **_principal_fields(principal),
             )
         )
@@ -432,6 +460,68 @@ class GrantService:
         result = record.to_json(ended)
         result.update(status="revoked", ended_at=ended.isoformat(), ended_by=principal.subject)
         return result
+
+    async def _own_lease(self, principal: Principal, lease_id: str) -> GrantRecord:
+        """The active grant holding ``lease_id``, if it is the caller's (or they are admin)."""
+        record = await self._ledger.grant_by_lease(lease_id)
+        is_admin = "admin" in capabilities(self._policy.current, principal)
+        if record is None or (record.issued.subject != principal.subject and not is_admin):
+            raise NotFound("no such lease", code="lease_not_found")
+        now = datetime.now(UTC)
+        if record.status(now) != "active":
+            raise Conflict(f"the lease's grant is {record.status(now)}", code="grant_not_active")
+        return record
+
+    async def revoke_lease(
+        self, principal: Principal, lease_id: str, *, request_id: str, reason: str | None
+    ) -> dict[str, Any]:
+        """``revoke`` addressed by lease id (Vault clients know leases, not grants)."""
+        record = await self._own_lease(principal, lease_id)
+        return await self.revoke(principal, record.grant_id, request_id=request_id, reason=reason)
+
+    async def renew_lease(
+        self,
+        principal: Principal,
+        lease_id: str,
+        increment: int | None,
+        *,
+        request_id: str,
+        client: Mapping[str, str] | None = None,
+    ) -> int:
+        """Renew a lease of the caller's, never past the grant's recorded end; return its TTL.
+
+        The grant's window was fixed (and ledgered) at issuance, so a renewal only restores
+        Vault's TTL up to it: the evidence keeps saying exactly when access ended.
+        """
+        record = await self._own_lease(principal, lease_id)
+        expires = record.issued.expires_at
+        assert expires is not None  # leased grants always carry their end
+        left = math.floor((expires - datetime.now(UTC)).total_seconds())
+        if left < 1:
+            raise Conflict("the lease's grant has ended", code="grant_not_active")
+        wanted = left if increment is None or increment <= 0 else min(increment, left)
+        duration = min(await self._vault.renew_lease(lease_id, wanted) or wanted, left)
+        await self._ledger.append(
+            NewEvent(
+                event="grant.renewed",
+                outcome="renewed",
+                subject=principal.subject,
+                subject_kind=principal.kind,
+                secret=record.issued.secret,
+                role=record.issued.role,
+                policy_version=record.issued.policy_version,
+                grant_id=record.grant_id,
+                lease_id=lease_id,
+                expires_at=expires,
+                request_id=request_id,
+                body={
+                    "increment": increment,
+                    "lease_duration": duration,
+                    **({"client": dict(client)} if client else {}),
+                },
+            )
+        )
+        return duration
 
     async def revoke_grants(
         self,

@@ -25,6 +25,7 @@ EVENT_TYPES = frozenset(
         "grant.denied",  # policy said no (or elevation required)
         "grant.revoked",  # ended early by a person
         "grant.expired",  # reached its expires_at
+        "grant.renewed",  # a lease renewed by its holder, never past the grant's end
         "lease.orphan_revoked",  # a lease minted without a committed issued row, revoked
         "request.rejected",  # malformed request from a known subject
         "auth.failed",  # aggregated authentication failures (counts per reason)
@@ -45,6 +46,10 @@ EVENT_TYPES = frozenset(
         "review.completed",  # every entitlement decided
         "review.action_resolved",  # a policy version removed an entitlement marked revoke
         "gap.annotated",  # a remediation note for a stretch without heartbeats
+        "session.created",  # a Vault-API client logged in with a JWT: a broker session token
+        "session.renewed",  # its holder extended it (never past its max)
+        "session.revoked",  # its holder revoked it
+        "secret.metadata_read",  # KV metadata read through the Vault API (no values)
         "broker.heartbeat",  # a replica is alive and logging (continuity evidence)
         "broker.started",
         "broker.stopped",

@@ -162,6 +162,20 @@ class Ledger:
         r = await self.pool.fetchrow(_GRANT_SELECT + " AND i.grant_id = $1", grant_id)
         return _grant(r) if r else None
 
+    async def grant_by_lease(self, lease_id: str) -> GrantRecord | None:
+        r = await self.pool.fetchrow(_GRANT_SELECT + " AND i.lease_id = $1", lease_id)
+        return _grant(r) if r else None
+
+    async def session_events(self, accessor: str) -> list[Event]:
+        """A Vault-API session's events (created, renewed, revoked) in seq order."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM ledger.events WHERE event IN"
+            " ('session.created', 'session.renewed', 'session.revoked')"
+            " AND body->>'accessor' = $1 ORDER BY seq",
+            accessor,
+        )
+        return [row_to_event(r) for r in rows]
+
     async def due_for_expiry(self, limit: int) -> list[GrantRecord]:
         """Issued grants past expires_at with no end event yet (oldest first).
 

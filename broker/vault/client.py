@@ -180,6 +180,16 @@ class VaultClient:
         version = meta.get("version")
         return KVSecret(secret, version if isinstance(version, int) else None)
 
+    async def read_kv2_metadata(self, mount: str, path: str) -> dict[str, Any]:
+        """A KV v2 secret's metadata (versions, times; never values), as Vault returns it."""
+        _, body = await self._call(
+            "GET", f"{_seg(mount)}/metadata/{_seg(path)}", "kv2.metadata"
+        )
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise VaultError("vault returned no KV metadata")
+        return data
+
     async def database_creds(self, mount: str, role: str) -> DatabaseCredential:
         _, body = await self._call("GET", f"{_seg(mount)}/creds/{_seg(role)}", "database.creds")
         data = body.get("data") or {}

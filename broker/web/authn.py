@@ -60,6 +60,16 @@ class Authenticator:
             self._blocklist.refuse_if_blocked(principal)  # 403 subject_offboarded
         return principal
 
+    def count_failure(self, code: str) -> None:
+        """Count a failure seen by another front end (a bad Vault-API login or session)."""
+        self._metrics.auth_failures.labels(code).inc()
+        self._failures[code] += 1
+
+    def refuse_if_offboarded(self, principal: Principal) -> None:
+        """Forbidden (403, ``subject_offboarded``) for a subject offboarded since login."""
+        if self._blocklist is not None:
+            self._blocklist.refuse_if_blocked(principal)
+
     def drain(self) -> tuple[dict[str, int], datetime, datetime]:
         """Take the counts since the last drain: (counts, window start, window end)."""
         counts, start, now = dict(self._failures), self._since, datetime.now(UTC)

@@ -1,0 +1,401 @@
+"""The Vault-API front door's one handler: classify the call, authenticate, then act.
+
+Every secret read goes through the same services as the native API (``GrantService``,
+``ElevationService``), so it is decided by the same policy and leaves the same ledger rows,
+with ``client: {"api": "vault", "user_agent": ...}`` added to them. Nothing is forwarded to
+Vault as-is: each supported call is re-made by the broker with its own Vault identity.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from broker.auth import Principal
+from broker.durations import parse_duration
+from broker.errors import AuthError, BadRequest, Forbidden
+from broker.grants import IssueRequest
+from broker.grants.service import common_name_for
+from broker.ledger import NewEvent
+from broker.policy.decide import decide, roles_for
+from broker.policy.model import CatalogEntry
+from broker.web.authn import PRINCIPAL
+from broker.web.keys import AUTHN, ELEVATIONS, GRANTS, LEDGER, POLICY, VAULT, VERIFIER
+from broker.web.middleware import REQUEST_ID
+
+from .keys import BROKER_APP, INDEX, SESSIONS
+from .paths import CatalogIndex, Operation, catalog_index, mount_of, resolve
+from .responses import vault_json
+from .sessions import Session
+
+__all__ = ["OPERATION", "handle"]
+
+# The classified call, for the middleware's metrics label.
+OPERATION = web.RequestKey("vault_operation", str)
+
+_MAX_USER_AGENT = 200
+_PKI_FIELDS = frozenset({"common_name", "ttl", "format"})
+_MOUNT_TYPES = {"kv2": "kv", "database": "database", "pki": "pki"}
+
+
+def _client(request: web.Request) -> dict[str, str]:
+    agent = request.headers.get("User-Agent", "")[:_MAX_USER_AGENT]
+    return {"api": "vault", "user_agent": agent.replace("\x00", "")}
+
+
+def _index(app: web.Application) -> CatalogIndex:
+    policy = app[BROKER_APP][POLICY].current
+    cache = app[INDEX]
+    if cache.version != policy.version:
+        cache.index, cache.version = catalog_index(policy.catalog), policy.version
+    return cache.index
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The JSON object body (empty if none). Vault clients send extra keys: ignored."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON", code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", code="malformed_json")
+    return body
+
+
+def _seconds(value: object, name: str) -> int | None:
+    if value is None or value == "" or value == 0:
+        return None
+    try:
+        return parse_duration(value)
+    except BadRequest:
+        message = f"{name} must be a duration like 3600 or '1h'"
+        raise BadRequest(message, code="invalid_ttl") from None
+
+
+def _token(request: web.Request) -> str | None:
+    token = request.headers.get("X-Vault-Token")
+    if token:
+        return token
+    auth = request.headers.get("Authorization", "")
+    return auth[7:] if auth[:7].lower() == "bearer " else None
+
+
+def _auth_block(app: web.Application, token: str, session: Session) -> dict[str, Any]:
+    principal = session.principal
+    roles = sorted(r.name for r in roles_for(app[BROKER_APP][POLICY].current, principal))
+    return {
+        "client_token": token,
+        "accessor": session.accessor,
+        "policies": roles,
+        "token_policies": roles,
+        "identity_policies": [],
+        "metadata": {
+            "subject": principal.subject,
+            "issuer": principal.issuer,
+            "role": session.login_role or "",
+        },
+        "lease_duration": session.remaining(datetime.now(UTC)),
+        "renewable": True,
+        "entity_id": "",
+        "token_type": "service",
+        "orphan": True,
+        "num_uses": 0,
+    }
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    op = resolve(request.method, request.match_info["tail"], _index(app))
+    request[OPERATION] = op.kind
+    if op.kind == "health":
+        return _health(request)
+    if op.kind == "login":
+        return await _login(request, op)
+    broker = app[BROKER_APP]
+    token = _token(request)
+    try:
+        session = await app[SESSIONS].authenticate(token)
+    except AuthError as e:
+        broker[AUTHN].count_failure(e.code)
+        raise
+    principal = session.principal
+    request[PRINCIPAL] = principal  # refusals from here on are ledgered under the subject
+    broker[AUTHN].refuse_if_offboarded(principal)
+    match op.kind:
+        case "token_lookup":
+            return _lookup_self(request, token or "", session)
+        case "token_renew":
+            body = await _body(request)
+            renewed = await app[SESSIONS].renew(
+                session, _seconds(body.get("increment"), "increment"), request_id=_rid(request)
+            )
+            return vault_json(auth=_auth_block(app, token or "", renewed))
+        case "token_revoke":
+            await app[SESSIONS].revoke(session, request_id=_rid(request))
+            return web.Response(status=204)
+        case "mounts":
+            return _mounts(request, principal)
+        case "ui_mount":
+            return _ui_mount(request, op)
+        case "lease_renew" | "lease_revoke":
+            return await _lease(request, op, principal)
+        case "kv_read" | "db_creds" | "pki_issue":
+            return await _issue(request, op, principal)
+        case "kv_metadata":
+            return await _metadata(request, op, principal)
+    raise _refusal(op)
+
+
+def _rid(request: web.Request) -> str:
+    return request[REQUEST_ID]
+
+
+def _refusal(op: Operation) -> Forbidden:
+    messages = {
+        "read_only": "the broker's Vault API is read-only: writes are refused",
+        "not_supported": "the broker's Vault API does not serve this path",
+        "method_not_allowed": "this method is not supported on this path",
+        "not_in_catalog": "permission denied: this path is not in the broker's catalog",
+    }
+    return Forbidden(messages.get(op.detail, "permission denied"), code=op.detail or "forbidden")
+
+
+def _health(request: web.Request) -> web.Response:
+    # Answered by the broker itself, like Vault's: initialized, unsealed, active.
+    return web.json_response(
+        {
+            "initialized": True,
+            "sealed": False,
+            "standby": False,
+            "performance_standby": False,
+            "replication_performance_mode": "disabled",
+            "replication_dr_mode": "disabled",
+            "server_time_utc": int(datetime.now(UTC).timestamp()),
+            "version": "jit-broker",
+            "cluster_name": "jit-broker",
+        }
+    )
+
+
+async def _login(request: web.Request, op: Operation) -> web.Response:
+    app = request.app
+    broker = app[BROKER_APP]
+    body = await _body(request)
+    jwt = body.get("jwt")
+    role = body.get("role")
+    if not isinstance(jwt, str) or not jwt:
+        raise BadRequest("missing jwt", code="missing_jwt")
+    if role is not None and not isinstance(role, str):
+        raise BadRequest("role must be a string", code="invalid_role")
+    try:
+        principal = await broker[VERIFIER].verify(f"Bearer {jwt}")
+    except AuthError as e:
+        broker[AUTHN].count_failure(e.code)
+        # Vault answers a failed JWT login with 400 "error validating token".
+        raise BadRequest(f"error validating token: {e.message}", code=e.code) from None
+    request[PRINCIPAL] = principal
+    broker[AUTHN].refuse_if_offboarded(principal)
+    token, session = await app[SESSIONS].create(
+        principal,
+        mount=op.detail,
+        login_role=(role or None) and role[:64],
+        request_id=_rid(request),
+        client=_client(request),
+    )
+    return vault_json(auth=_auth_block(app, token, session))
+
+
+def _lookup_self(request: web.Request, token: str, session: Session) -> web.Response:
+    p = session.principal
+    roles = sorted(r.name for r in roles_for(request.app[BROKER_APP][POLICY].current, p))
+    now = datetime.now(UTC)
+    return vault_json(
+        data={
+            "accessor": session.accessor,
+            "creation_time": int(session.created_at.timestamp()),
+            "creation_ttl": session.ttl_seconds,
+            "display_name": f"{session.login_mount}-{p.subject}",
+            "entity_id": "",
+            "expire_time": session.expires_at.isoformat(),
+            "explicit_max_ttl": int((session.max_expires_at - session.created_at).total_seconds()),
+            "id": token,
+            "issue_time": session.created_at.isoformat(),
+            "meta": {"subject": p.subject, "issuer": p.issuer, "role": session.login_role or ""},
+            "num_uses": 0,
+            "orphan": True,
+            "path": f"auth/{session.login_mount}/login",
+            "policies": roles,
+            "renewable": True,
+            "ttl": session.remaining(now),
+            "type": "service",
+        }
+    )
+
+
+def _visible_entries(request: web.Request, principal: Principal) -> list[CatalogEntry]:
+    """Catalog entries the caller may read now or after elevation."""
+    policy = request.app[BROKER_APP][POLICY].current
+    return [
+        e
+        for e in policy.catalog.values()
+        if decide(policy, principal, e.name, None).outcome in ("allow", "elevation_required")
+    ]
+
+
+def _mount_info(entry: CatalogEntry) -> dict[str, Any]:
+    return {
+        "type": _MOUNT_TYPES[entry.engine],
+        "options": {"version": "2"} if entry.engine == "kv2" else None,
+        "description": "",
+        "accessor": "",
+        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": False},
+        "local": False,
+        "seal_wrap": False,
+        "external_entropy_access": False,
+        "uuid": "",
+    }
+
+
+def _mounts(request: web.Request, principal: Principal) -> web.Response:
+    mounts = {
+        e.mount.strip("/") + "/": _mount_info(e) for e in _visible_entries(request, principal)
+    }
+    # Vault returns the mounts both at the top level and under "data".
+    body = json.loads(vault_json(data=mounts).text or "{}")
+    return web.json_response({**mounts, **body}, headers={"Cache-Control": "no-store"})
+
+
+def _ui_mount(request: web.Request, op: Operation) -> web.Response:
+    entry = mount_of(op.detail, request.app[BROKER_APP][POLICY].current.catalog)
+    if entry is None:
+        raise _refusal(Operation("refused", detail="not_in_catalog"))
+    return vault_json(data={"path": entry.mount.strip("/") + "/", **_mount_info(entry)})
+
+
+async def _issue(request: web.Request, op: Operation, principal: Principal) -> web.Response:
+    assert op.entry is not None
+    broker = request.app[BROKER_APP]
+    entry = op.entry
+    ttl: int | None = None
+    if op.kind == "kv_read" and request.query.get("version") not in (None, "", "0"):
+        raise BadRequest(
+            "the broker hands out the current version only", code="version_not_supported"
+        )
+    if op.kind == "pki_issue":
+        body = await _body(request)
+        extra = sorted(set(body) - _PKI_FIELDS)
+        wanted_cn = common_name_for(principal)
+        if extra or body.get("common_name") not in (None, "", wanted_cn):
+            raise Forbidden(
+                "certificate names come from your identity: only common_name"
+                f" ({wanted_cn!r}) and ttl may be given"
+                + (f"; refused: {', '.join(k[:40] for k in extra[:5])}" if extra else ""),
+                code="certificate_names_fixed",
+            )
+        ttl = _seconds(body.get("ttl"), "ttl")
+    client = _client(request)
+    policy = broker[POLICY].current
+    decision = decide(policy, principal, entry.name, ttl)
+    if decision.outcome == "elevation_required":
+        elevation_id = await broker[ELEVATIONS].approved_for(principal, entry.name)
+        if elevation_id is not None:
+            grant = await broker[ELEVATIONS].redeem(
+                principal, elevation_id, ttl, _rid(request), client=client
+            )
+            return _grant_response(op, grant)
+    try:
+        grant = await broker[GRANTS].issue(
+            principal,
+            IssueRequest(secret=entry.name, ttl=ttl, client=client),
+            request_id=_rid(request),
+        )
+    except Forbidden as e:
+        if e.code != "elevation_required":
+            raise
+        raise Forbidden(
+            f"{entry.name!r} is privileged: request elevation first (`broker elevations"
+            f" request {entry.name} --reason ...`, or POST /v1/elevations on the broker API);"
+            " once approved, repeat this call within the window",
+            code="elevation_required",
+            recorded=True,
+        ) from None
+    return _grant_response(op, grant)
+
+
+def _grant_response(op: Operation, grant: dict[str, Any]) -> web.Response:
+    credential = grant["credential"]
+    expires = datetime.fromisoformat(grant["expires_at"])
+    left = max(0, int((expires - datetime.now(UTC)).total_seconds()))
+    warnings = [f"broker grant {grant['id']} ends at {grant['expires_at']}"]
+    if op.kind == "kv_read":
+        metadata = {
+            "version": credential.get("version"),
+            "created_time": "",
+            "deletion_time": "",
+            "destroyed": False,
+            "custom_metadata": None,
+        }
+        return vault_json(
+            data={"data": credential["data"], "metadata": metadata}, warnings=warnings
+        )
+    if op.kind == "db_creds":
+        return vault_json(
+            data=credential,
+            lease_id=grant["lease_id"] or "",
+            renewable=True,
+            lease_duration=left,
+            warnings=warnings,
+        )
+    return vault_json(
+        data={**credential, "expiration": int(expires.timestamp())}, warnings=warnings
+    )
+
+
+async def _metadata(request: web.Request, op: Operation, principal: Principal) -> web.Response:
+    assert op.entry is not None
+    broker = request.app[BROKER_APP]
+    policy = broker[POLICY].current
+    decision = decide(policy, principal, op.entry.name, None)
+    if decision.outcome not in ("allow", "elevation_required"):
+        raise Forbidden(decision.message, code="denied")
+    metadata = await broker[VAULT].read_kv2_metadata(op.entry.mount, op.entry.path)
+    await broker[LEDGER].append(
+        NewEvent(
+            event="secret.metadata_read",
+            outcome="ok",
+            subject=principal.subject,
+            subject_kind=principal.kind,
+            secret=op.entry.name,
+            policy_version=policy.version,
+            request_id=_rid(request),
+            body={"client": _client(request)},
+        )
+    )
+    return vault_json(data=metadata)
+
+
+async def _lease(request: web.Request, op: Operation, principal: Principal) -> web.Response:
+    broker = request.app[BROKER_APP]
+    body = await _body(request)
+    lease_id = op.detail or body.get("lease_id")
+    if not isinstance(lease_id, str) or not lease_id or len(lease_id) > 512:
+        raise BadRequest("lease_id is required", code="missing_lease_id")
+    if op.kind == "lease_revoke":
+        await broker[GRANTS].revoke_lease(
+            principal, lease_id, request_id=_rid(request), reason="revoked through the Vault API"
+        )
+        return web.Response(status=204)
+    duration = await broker[GRANTS].renew_lease(
+        principal,
+        lease_id,
+        _seconds(body.get("increment"), "increment"),
+        request_id=_rid(request),
+        client=_client(request),
+    )
+    return vault_json(lease_id=lease_id, renewable=True, lease_duration=duration)

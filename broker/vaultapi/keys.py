@@ -1,0 +1,25 @@
+"""Typed keys of the Vault-API front door app."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .paths import CatalogIndex
+from .sessions import SessionStore
+
+__all__ = ["BROKER_APP", "INDEX", "SESSIONS", "IndexCache"]
+
+# The broker app whose services (policy, grants, elevations, ledger) the front door uses.
+BROKER_APP = web.AppKey("broker_app", web.Application)
+SESSIONS = web.AppKey("sessions", SessionStore)
+
+
+class IndexCache:
+    """The catalog index of one policy version, rebuilt when the version changes."""
+
+    def __init__(self) -> None:
+        self.version = ""
+        self.index: CatalogIndex = {}
+
+
+INDEX = web.AppKey("catalog_index", IndexCache)

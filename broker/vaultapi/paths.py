@@ -1,0 +1,152 @@
+"""Which Vault API call a request is, and which catalog entry it reads (pure; no I/O).
+
+The front door is read/issue-only. ``resolve`` maps (method, path after ``/v1/``) to an
+``Operation``; everything it does not recognise is a refusal, never a pass-through:
+
+=========================================  ============  =================================
+request                                    kind          notes
+=========================================  ============  =================================
+PUT/POST auth/<mount>/login                login         {role?, jwt}: jwt / kubernetes shape
+GET auth/token/lookup-self                 token_lookup
+PUT/POST auth/token/renew-self             token_renew
+PUT/POST auth/token/revoke-self            token_revoke
+GET sys/health                             health        no token needed, as in Vault
+GET sys/mounts                             mounts        mounts of the caller's secrets
+GET sys/internal/ui/mounts/<path>          ui_mount      the KV-version probe of CLIs
+PUT/POST sys/leases/renew                  lease_renew   {lease_id, increment?}
+PUT/POST sys/leases/renew/<lease id>       lease_renew
+PUT/POST sys/leases/revoke                 lease_revoke  {lease_id}
+PUT/POST sys/leases/revoke/<lease id>      lease_revoke
+GET <kv mount>/data/<path>                 kv_read       catalog kv2 entry at mount+path
+GET <kv mount>/metadata/<path>             kv_metadata   same entry; no values returned
+GET <db mount>/creds/<role>                db_creds      catalog database entry
+PUT/POST <pki mount>/issue/<role>          pki_issue     catalog pki entry
+other sys/*                                refused       not_supported
+any other write (PUT/POST/PATCH/DELETE)    refused       read_only
+any other read                             refused       not_in_catalog
+=========================================  ============  =================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from broker.policy.model import CatalogEntry
+
+__all__ = ["CatalogIndex", "Operation", "OperationKind", "catalog_index", "mount_of", "resolve"]
+
+OperationKind = Literal[
+    "login",
+    "token_lookup",
+    "token_renew",
+    "token_revoke",
+    "health",
+    "mounts",
+    "ui_mount",
+    "lease_renew",
+    "lease_revoke",
+    "kv_read",
+    "kv_metadata",
+    "db_creds",
+    "pki_issue",
+    "refused",
+]
+
+_READ = frozenset({"GET", "HEAD"})
+_WRITE = frozenset({"PUT", "POST"})
+_LOGIN = re.compile(r"^auth/([A-Za-z0-9._-]{1,64})/login$")
+_LEASE = re.compile(r"^sys/leases/(renew|revoke)(?:/(.+))?$")
+
+
+@dataclass(frozen=True)
+class Operation:
+    kind: OperationKind
+    entry: CatalogEntry | None = None
+    # login: the auth mount; lease_*: a lease id from the path; ui_mount: the probed path;
+    # refused: why (not_in_catalog | read_only | not_supported | method_not_allowed).
+    detail: str = ""
+
+
+CatalogIndex = dict[str, tuple[str, CatalogEntry]]
+
+
+def catalog_index(catalog: Mapping[str, CatalogEntry]) -> CatalogIndex:
+    """'<mount>/<verb>/<path>' -> (operation kind, entry), for every catalog entry.
+
+    Built once per policy version by the caller, so a request costs one dict lookup.
+    """
+    out: CatalogIndex = {}
+    for e in catalog.values():
+        mount = e.mount.strip("/")
+        if e.engine == "kv2":
+            out[f"{mount}/data/{e.path}"] = ("kv_read", e)
+            out[f"{mount}/metadata/{e.path}"] = ("kv_metadata", e)
+        elif e.engine == "database":
+            out[f"{mount}/creds/{e.path}"] = ("db_creds", e)
+        elif e.engine == "pki":
+            out[f"{mount}/issue/{e.path}"] = ("pki_issue", e)
+    return out
+
+
+def resolve(method: str, path: str, index: CatalogIndex) -> Operation:
+    """Classify one request. ``path`` is the URL path after ``/v1/``, already decoded."""
+    method = method.upper()
+    path = path.strip("/")
+    if m := _LOGIN.match(path):
+        if m.group(1) == "token":
+            return Operation("refused", detail="not_supported")
+        return Operation("login", detail=m.group(1)) if method in _WRITE else _not_allowed()
+    if path == "auth/token/lookup-self":
+        return Operation("token_lookup") if method in _READ else _not_allowed()
+    if path in ("auth/token/renew-self", "auth/token/revoke-self"):
+        if method not in _WRITE:
+            return _not_allowed()
+        return Operation("token_renew" if path.endswith("renew-self") else "token_revoke")
+    if path == "sys/health":
+        return Operation("health") if method in _READ else _not_allowed()
+    if path == "sys/mounts":
+        return Operation("mounts") if method in _READ else _refused_write()
+    if path.startswith("sys/internal/ui/mounts/"):
+        probed = path[len("sys/internal/ui/mounts/") :]
+        return Operation("ui_mount", detail=probed) if method in _READ else _refused_write()
+    if m := _LEASE.match(path):
+        if method not in _WRITE:
+            return _not_allowed()
+        kind: OperationKind = "lease_renew" if m.group(1) == "renew" else "lease_revoke"
+        return Operation(kind, detail=m.group(2) or "")
+    if path.startswith(("sys/", "auth/")) or path == "sys":
+        return Operation("refused", detail="not_supported")
+    found = index.get(path)
+    if found is None:
+        return _refused_write() if method not in _READ else Operation(
+            "refused", detail="not_in_catalog"
+        )
+    kind_name, entry = found
+    if kind_name == "pki_issue":
+        return Operation("pki_issue", entry) if method in _WRITE else _not_allowed()
+    if method not in _READ:
+        return _refused_write()
+    op_kind: OperationKind = "kv_read" if kind_name == "kv_read" else (
+        "kv_metadata" if kind_name == "kv_metadata" else "db_creds"
+    )
+    return Operation(op_kind, entry)
+
+
+def _not_allowed() -> Operation:
+    return Operation("refused", detail="method_not_allowed")
+
+
+def _refused_write() -> Operation:
+    return Operation("refused", detail="read_only")
+
+
+def mount_of(path: str, catalog: Mapping[str, CatalogEntry]) -> CatalogEntry | None:
+    """A catalog entry whose mount is a prefix of ``path`` (for the KV-version probe)."""
+    path = path.strip("/") + "/"
+    for e in sorted(catalog.values(), key=lambda e: -len(e.mount)):
+        if path.startswith(e.mount.strip("/") + "/"):
+            return e
+    return None

@@ -1,0 +1,236 @@
+"""Broker session tokens for Vault-API clients: opaque, short-lived, renewable to a max.
+
+A client logs in with a JWT (verified exactly like the native API) and gets
+``hvb.<accessor>.<secret>``. The token itself is never stored: the ledger's
+``session.created`` row holds the accessor, the SHA-256 of the token and the principal the
+JWT proved; ``session.renewed`` / ``session.revoked`` follow it. Sessions are therefore
+shared by every replica (one indexed lookup by accessor on first sight) and are evidence
+themselves. Each replica caches what it has read for ``recheck_seconds``, so a revocation
+on another replica takes effect here within that bound (at once on the replica that did it).
+
+It is never a Vault token: nothing here reaches Vault, and Vault never sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from broker.auth import Principal
+from broker.errors import AuthError, BadRequest
+from broker.ledger import Event, Ledger, NewEvent
+
+__all__ = ["Session", "SessionStore"]
+
+_PREFIX = "hvb."
+_MAX_TOKEN_CHARS = 128
+_CACHE_SIZE = 10_000
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Session:
+    accessor: str
+    principal: Principal
+    created_at: datetime
+    expires_at: datetime
+    max_expires_at: datetime
+    ttl_seconds: int
+    login_mount: str
+    login_role: str | None
+    token_sha256: str
+    revoked: bool = False
+
+    def remaining(self, now: datetime) -> int:
+        return max(0, int((self.expires_at - now).total_seconds()))
+
+
+def _fold(events: list[Event]) -> Session | None:
+    """The session as its ledger rows say (None if it was never created)."""
+    session: Session | None = None
+    for e in events:
+        b = e.body
+        if e.event == "session.created":
+            session = Session(
+                accessor=str(b["accessor"]),
+                principal=Principal(
+                    subject=e.subject or "",
+                    kind="service" if e.subject_kind == "service" else "human",
+                    issuer=str(b.get("issuer", "")),
+                    groups=frozenset(str(g) for g in b.get("groups") or ()),
+                    token_id=b.get("token_id"),
+                ),
+                created_at=e.recorded_at,
+                expires_at=datetime.fromisoformat(str(b["expires_at"])),
+                max_expires_at=datetime.fromisoformat(str(b["max_expires_at"])),
+                ttl_seconds=int(b["ttl"]),
+                login_mount=str(b.get("mount", "")),
+                login_role=b.get("login_role"),
+                token_sha256=str(b["token_sha256"]),
+            )
+        elif session is not None and e.event == "session.renewed":
+            renewed = datetime.fromisoformat(str(b["expires_at"]))
+            session = replace(session, expires_at=max(session.expires_at, renewed))
+        elif session is not None and e.event == "session.revoked":
+            session = replace(session, revoked=True)
+    return session
+
+
+class SessionStore:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        ttl_seconds: int,
+        max_ttl_seconds: int,
+        recheck_seconds: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        if not 0 < ttl_seconds <= max_ttl_seconds:
+            raise ValueError("session ttl must be positive and at most the max ttl")
+        self._ledger = ledger
+        self._ttl = ttl_seconds
+        self._max_ttl = max_ttl_seconds
+        self._recheck = recheck_seconds
+        self._clock = clock
+        # accessor -> (session, when it was read from the ledger, monotonic)
+        self._cache: OrderedDict[str, tuple[Session, float]] = OrderedDict()
+
+    def _remember(self, session: Session) -> None:
+        self._cache[session.accessor] = (session, time.monotonic())
+        self._cache.move_to_end(session.accessor)
+        while len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    async def create(
+        self,
+        principal: Principal,
+        *,
+        mount: str,
+        login_role: str | None,
+        request_id: str,
+        client: Mapping[str, str],
+    ) -> tuple[str, Session]:
+        """Record a new session for ``principal``; return (token, session).
+
+        The token is returned once, here; the ledger keeps only its hash.
+        """
+        accessor = secrets.token_urlsafe(18)
+        token = f"{_PREFIX}{accessor}.{secrets.token_urlsafe(32)}"
+        now = self._clock()
+        session = Session(
+            accessor=accessor,
+            principal=principal,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self._ttl),
+            max_expires_at=now + timedelta(seconds=self._max_ttl),
+            ttl_seconds=self._ttl,
+            login_mount=mount,
+            login_role=login_role,
+            token_sha256=_digest(token),
+        )
+        await self._ledger.append(
+            NewEvent(
+                event="session.created",
+                outcome="ok",
+                subject=principal.subject,
+                subject_kind=principal.kind,
+                expires_at=session.expires_at,
+                request_id=request_id,
+                body={
+                    "accessor": accessor,
+                    "token_sha256": session.token_sha256,
+                    "issuer": principal.issuer,
+                    "groups": sorted(principal.groups),
+                    "token_id": principal.token_id,
+                    "mount": mount,
+                    "login_role": login_role,
+                    "ttl": self._ttl,
+                    "expires_at": session.expires_at.isoformat(),
+                    "max_expires_at": session.max_expires_at.isoformat(),
+                    "client": dict(client),
+                },
+            )
+        )
+        self._remember(session)
+        return token, session
+
+    async def _load(self, accessor: str, *, fresh: bool) -> Session | None:
+        cached = self._cache.get(accessor)
+        if cached is not None and not fresh:
+            known, read_at = cached
+            if time.monotonic() - read_at < self._recheck:
+                return known
+        session = _fold(await self._ledger.session_events(accessor))
+        if session is not None:
+            self._remember(session)
+        return session
+
+    async def authenticate(self, token: str | None) -> Session:
+        """The live session ``token`` belongs to, or AuthError (the code says why)."""
+        if not token:
+            raise AuthError("a Vault token (X-Vault-Token) is required", code="missing_token")
+        if len(token) > _MAX_TOKEN_CHARS or not token.startswith(_PREFIX):
+            raise AuthError("not a broker session token", code="invalid_session")
+        accessor, _, rest = token[len(_PREFIX) :].partition(".")
+        if not accessor or not rest:
+            raise AuthError("not a broker session token", code="invalid_session")
+        session = await self._load(accessor, fresh=False)
+        if session is None or not hmac.compare_digest(session.token_sha256, _digest(token)):
+            raise AuthError("unknown session token", code="invalid_session")
+        now = self._clock()
+        if not session.revoked and session.expires_at <= now:
+            # Perhaps renewed on another replica since we last looked.
+            session = (await self._load(accessor, fresh=True)) or session
+        if session.revoked:
+            raise AuthError("the session token was revoked", code="session_revoked")
+        if session.expires_at <= now:
+            raise AuthError("the session token has expired", code="session_expired")
+        return session
+
+    async def renew(
+        self, session: Session, increment: int | None, *, request_id: str
+    ) -> Session:
+        """Extend by ``increment`` seconds (default: the session TTL), never past the max."""
+        if increment is not None and increment < 0:
+            raise BadRequest("increment must not be negative", code="invalid_increment")
+        now = self._clock()
+        wanted = now + timedelta(seconds=increment or session.ttl_seconds)
+        expires = min(wanted, session.max_expires_at)
+        await self._ledger.append(
+            NewEvent(
+                event="session.renewed",
+                outcome="ok",
+                subject=session.principal.subject,
+                subject_kind=session.principal.kind,
+                expires_at=expires,
+                request_id=request_id,
+                body={"accessor": session.accessor, "expires_at": expires.isoformat()},
+            )
+        )
+        renewed = replace(session, expires_at=max(expires, session.expires_at))
+        self._remember(renewed)
+        return renewed
+
+    async def revoke(self, session: Session, *, request_id: str) -> None:
+        await self._ledger.append(
+            NewEvent(
+                event="session.revoked",
+                outcome="ok",
+                subject=session.principal.subject,
+                subject_kind=session.principal.kind,
+                request_id=request_id,
+                body={"accessor": session.accessor},
+                dedupe_key=f"session:{session.accessor}:revoked",
+            )
+        )
+        self._remember(replace(session, revoked=True))

