@@ -42,8 +42,20 @@ def _install_uvloop() -> None:
 
 
 async def _run_app(settings: Any, *, on_ready: Any = None) -> None:
+    """Serve the broker API, and the Vault-API front door when ``vault_api_port`` is set.
+
+    ``on_ready(ports)`` gets the broker API's port, then the front door's if it runs.
+    """
+    from aiohttp import web
+
     from broker.app import create_app
     from broker.serve import serve
+    from broker.vaultapi import create_vault_api
+
+    def front_door(app: web.Application) -> list[tuple[web.Application, str, int]]:
+        if settings.vault_api_port is None:
+            return []
+        return [(create_vault_api(app), settings.host, settings.vault_api_port)]
 
     # Graceful on SIGTERM/SIGINT: stop accepting, finish in-flight, then cleanup_ctx.
     await serve(
@@ -51,7 +63,8 @@ async def _run_app(settings: Any, *, on_ready: Any = None) -> None:
         settings.host,
         settings.port,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
-        on_ready=(lambda ports: on_ready(ports[0])) if on_ready is not None else None,
+        on_ready=on_ready,
+        extra_sites=front_door,
     )
 
 
@@ -65,9 +78,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         settings = settings.with_overrides(port=args.port)
 
-    def ready(port: int) -> None:
-        # One machine-readable line so supervisors and tests can find the port.
-        print(json.dumps({"listening": f"http://{settings.host}:{port}"}), flush=True)
+    def ready(ports: list[int]) -> None:
+        # One machine-readable line so supervisors and tests can find the ports.
+        line = {"listening": f"http://{settings.host}:{ports[0]}"}
+        if len(ports) > 1:
+            line["vault_api"] = f"http://{settings.host}:{ports[1]}"
+        print(json.dumps(line), flush=True)
 
     _install_uvloop()
     asyncio.run(_run_app(settings, on_ready=ready))
@@ -197,12 +213,16 @@ def _serve_dev(settings: Any, state: Path, port_info: dict[str, Any], stops: str
     from broker.logs import configure_logging
 
     assert settings.dev_issuer_key_path is not None
+    if settings.vault_api_port is None:  # the demo always serves the front door too
+        settings = settings.with_overrides(vault_api_port=0)
     log_format = settings.log_format or "text"
     configure_logging(log_format, settings.log_level, replica=settings.replica_id)
 
-    def ready(port: int) -> None:
+    def ready(ports: list[int]) -> None:
         info = {
-            "url": f"http://127.0.0.1:{port}",
+            "url": f"http://127.0.0.1:{ports[0]}",
+            # Point VAULT_ADDR / BAO_ADDR here: unmodified Vault clients, through policy.
+            "vault_api_url": f"http://127.0.0.1:{ports[1]}",
             "tokens": demo_tokens(settings.dev_issuer_key_path),
             **port_info,
             "dev_issuer_key": str(settings.dev_issuer_key_path),
@@ -211,7 +231,8 @@ def _serve_dev(settings: Any, state: Path, port_info: dict[str, Any], stops: str
         out = state / "dev.json"
         out.write_text(json.dumps(info, indent=2))
         out.chmod(0o600)
-        print(json.dumps({k: info[k] for k in ("url", "vault_addr", "database_url")}, indent=2))
+        shown = ("url", "vault_api_url", "vault_addr", "database_url")
+        print(json.dumps({k: info[k] for k in shown}, indent=2))
         print(f"demo tokens for {', '.join(info['tokens'])} written to {out}")
         print(f"broker is running; Ctrl-C stops {stops}", flush=True)
 
