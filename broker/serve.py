@@ -58,6 +58,7 @@ async def serve(
             ports.append(
                 await _start(runners, extra_app, extra_host, extra_port, shutdown_grace_seconds)
             )
+        _log.info("listening on %s port(s) %s", host, ports, extra={"ports": ports})
         if on_ready is not None:
             on_ready(ports)
         await stop.wait()
