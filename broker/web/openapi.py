@@ -948,6 +948,34 @@ _DOC: dict[str, Any] = {
 }
 
 
+_OFFBOARDED = "`subject_offboarded`: the caller has been offboarded"
+
+
+def _document_authenticated_errors(doc: dict[str, Any]) -> None:
+    """Add the answers any authenticated operation can give, whatever it does.
+
+    401 (token refused); 403 ``subject_offboarded`` (a valid token of an offboarded
+    subject is refused before anything else); 503 (a refusal of a known subject is
+    ledgered as part of answering, so with the ledger down the answer is 503).
+    Found missing by the contract fuzzing in tests/reliability/test_contract_fuzz.py.
+    """
+    for item in doc["paths"].values():
+        for op in item.values():
+            if op.get("security") == []:
+                continue
+            responses = op["responses"]
+            responses.setdefault("401", _AUTH_ERRORS["401"])
+            if "403" in responses:  # shared dicts: replace, never mutate
+                own = responses["403"]
+                responses["403"] = {**own, "description": f"{own['description']}; {_OFFBOARDED}"}
+            else:
+                responses["403"] = _err(_OFFBOARDED)
+            responses.setdefault("503", _err("The ledger is unavailable: nothing was recorded"))
+
+
+_document_authenticated_errors(_DOC)
+
+
 def openapi_document() -> dict[str, Any]:
     """A fresh copy of the document (callers may not mutate the shared one)."""
     return copy.deepcopy(_DOC)

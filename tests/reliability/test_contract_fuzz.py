@@ -1,0 +1,328 @@
+"""Contract fuzzing: schemathesis drives every operation of the live ``/v1/openapi.json``.
+
+Every operation is fuzzed with positive (schema-valid) and negative (schema-violating)
+data, as each demo identity (alice, bob, carol the auditor, erin the admin, svc-orders),
+with a forged token (right shape, a key the broker does not trust), with schemathesis' own
+garbage ``Authorization``, and with no token at all. Operations with an id in their path
+are also driven against real objects (a pending elevation, an active grant, an open review)
+so the fuzzer reaches the state checks, not only "not found".
+
+Checks, per response: no 5xx; the status code is documented for the operation; the body
+matches the documented schema and content type; no bearer token used by the suite is
+echoed back. After the run, from the broker's own ledger: no ``grant.issued`` (nor
+``grant.intent``) row for any request that got a 4xx, and a ``grant.issued`` row for every
+credential that did reach a client.
+
+Schemathesis is synchronous (requests); the broker runs on the session's event loop, so
+the fuzz loop runs in a worker thread while the loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+import requests
+import schemathesis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import Failure, FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from broker.auth import DevIssuer
+from broker.config import Settings
+from broker.devenv import DEMO_IDENTITIES
+from broker.stack.devstack import DevStack
+from tests.helpers import auth
+from tests.reliability.conftest import isolated_broker, scaled
+from tests.reliability.report import Row, record
+
+_DEMO = ("alice", "bob", "carol", "erin", "svc-orders")
+_CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+# Operations that hand a credential to the caller on success.
+_MINTING = {"POST /v1/credentials", "POST /v1/elevations/{elevation_id}/credentials"}
+_DEMO_SUBJECTS = frozenset(subject for subject, _ in DEMO_IDENTITIES.values())
+
+# Examples per (operation, mode, identity): 29 operations x 2 modes x 9 identities.
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0")) or scaled(6, 60)
+
+
+def _forged_token() -> str:
+    """A well-formed EdDSA JWT for alice from the dev issuer's name, signed by another key."""
+    return DevIssuer(Ed25519PrivateKey.generate()).mint("alice", ["engineering"])
+
+
+@dataclass
+class FuzzLog:
+    """What the fuzz loop sent and saw (appended from the worker thread only)."""
+
+    requests: int = 0
+    negative: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    by_operation: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    # request id -> (operation, status) for the ledger checks afterwards
+    sent: dict[str, tuple[str, int]] = field(default_factory=dict)
+    five_xx: int = 0
+    token_echoes: int = 0
+    no_negative: set[str] = field(default_factory=set)
+
+
+def _fuzz(
+    base_url: str,
+    schema_doc: dict[str, Any],
+    identities: dict[str, str | None],
+    fixed_paths: dict[str, dict[str, str]],
+    log: FuzzLog,
+) -> None:
+    """Run every operation x mode x identity; runs in a worker thread."""
+    schema = schemathesis.openapi.from_dict(schema_doc)
+    session = requests.Session()
+    secrets = [t for t in identities.values() if t]
+    seen_failures: set[str] = set()
+
+    def send(label: str, who: str, negative: bool, case: schemathesis.Case) -> None:
+        headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+        token = identities[who]
+        if who == "generated" and case.headers and "Authorization" in case.headers:
+            headers["Authorization"] = case.headers["Authorization"]
+        elif token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if (
+            label == "POST /v1/offboarding"
+            and isinstance(case.body, dict)
+            and str(case.body.get("subject")) in _DEMO_SUBJECTS
+        ):
+            # Keep the demo identities usable for the rest of the run.
+            case.body["subject"] = f"fuzz-{uuid.uuid4().hex[:8]}"
+        request_id = f"fz-{uuid.uuid4().hex}"
+        headers["X-Request-Id"] = request_id
+        case.headers = headers
+        try:
+            response = case.call(base_url=base_url, session=session, timeout=60)
+        except requests.RequestException as e:
+            log.failures.append(f"{label}: no answer: {type(e).__name__}: {e}"[:400])
+            return
+        log.requests += 1
+        log.negative += int(negative)
+        log.statuses[response.status_code] += 1
+        log.by_operation[label] += 1
+        log.sent[request_id] = (label, response.status_code)
+        if response.status_code >= 500:
+            log.five_xx += 1
+        body = response.content
+        if any(s.encode() in body for s in secrets):
+            log.token_echoes += 1
+            log.failures.append(f"{label}: a bearer token was echoed in the response body")
+        try:
+            case.validate_response(response, checks=_CHECKS)
+        except (FailureGroup, Failure) as e:
+            failures = e.exceptions if isinstance(e, FailureGroup) else (e,)
+            for failure in failures:
+                key = f"{label} -> {response.status_code}: {failure.title}"
+                if key in seen_failures:
+                    continue
+                seen_failures.add(key)
+                log.failures.append(
+                    f"{key}: {failure.message.strip()[:400]}\n    as {who},"
+                    f" {'negative' if negative else 'positive'}, path={case.path_parameters!r:.120}"
+                    f" query={case.query!r:.200} body={case.body!r:.200}"
+                    f"\n    answer: {response.text[:300]}"
+                )
+
+    ops = [r.ok() for r in schema.get_all_operations()]
+    for op in ops:
+        label = f"{op.method.upper()} {op.path}"
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            strategy = op.as_strategy(generation_mode=mode)
+            fixed = fixed_paths.get(op.path)
+            if fixed is not None:
+                strategy = st.one_of(
+                    strategy, op.as_strategy(generation_mode=mode, path_parameters=fixed)
+                )
+            negative = mode is schemathesis.GenerationMode.NEGATIVE
+            for who in identities:
+                run = _hypothesis_run(
+                    strategy,
+                    lambda case, lb=label, w=who, n=negative: send(lb, w, n, case),
+                )
+                try:
+                    run()
+                except Unsatisfiable:
+                    # Nothing in the operation can be made schema-invalid (no parameters,
+                    # no body): the identities above still cover it positively.
+                    log.no_negative.add(label)
+                    break
+
+
+def _hypothesis_run(
+    strategy: st.SearchStrategy[schemathesis.Case],
+    body: Callable[[schemathesis.Case], None],
+) -> Callable[[], None]:
+    @hyp_settings(
+        max_examples=EXAMPLES,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def run(case: schemathesis.Case) -> None:
+        body(case)
+
+    return run
+
+
+async def _offboarded_token(
+    http: aiohttp.ClientSession, url: str, tokens: dict[str, str], settings: Settings
+) -> str:
+    """A valid token of an engineer whom erin has offboarded (refused everywhere, 403)."""
+    assert settings.dev_issuer_key_path is not None
+    subject = f"fuzz-leaver-{uuid.uuid4().hex[:8]}"
+    async with http.post(
+        f"{url}/v1/offboarding",
+        json={"subject": subject, "reason": "contract fuzzing: a leaver's token"},
+        headers=auth(tokens["erin"]),
+    ) as r:
+        assert r.status == 201, await r.text()
+    return DevIssuer.load_or_create(settings.dev_issuer_key_path).mint(subject, ["engineering"])
+
+
+async def _seed_objects(
+    http: aiohttp.ClientSession, url: str, tokens: dict[str, str]
+) -> dict[str, dict[str, str]]:
+    """Real ids for the path parameters: a pending elevation, a grant, a review, a subject."""
+    async with http.post(
+        f"{url}/v1/elevations",
+        json={"secret": "stripe/prod", "reason": "contract fuzzing seed", "ticket": "INC-1"},
+        headers=auth(tokens["alice"]),
+    ) as r:
+        assert r.status == 201, await r.text()
+        elevation_id = (await r.json())["id"]
+    async with http.post(
+        f"{url}/v1/credentials",
+        json={"secret": "stripe/test", "reason": "contract fuzzing seed"},
+        headers=auth(tokens["alice"]),
+    ) as r:
+        assert r.status == 201, await r.text()
+        grant_id = (await r.json())["id"]
+    async with http.post(
+        f"{url}/v1/reviews",
+        json={"period": "2026-Q1", "reviewer_group": "sre-leads"},
+        headers=auth(tokens["erin"]),
+    ) as r:
+        assert r.status == 201, await r.text()
+        review_id = (await r.json())["id"]
+    return {
+        "/v1/elevations/{elevation_id}": {"elevation_id": elevation_id},
+        **{
+            f"/v1/elevations/{{elevation_id}}/{verb}": {"elevation_id": elevation_id}
+            for verb in ("approve", "deny", "cancel", "review", "credentials")
+        },
+        "/v1/grants/{grant_id}": {"grant_id": grant_id},
+        "/v1/reviews/{review_id}": {"review_id": review_id},
+        "/v1/reviews/{review_id}/decisions": {"review_id": review_id},
+        "/v1/reviews/{review_id}/complete": {"review_id": review_id},
+        "/v1/offboarding/{subject}/reinstate": {"subject": "fuzz-never-offboarded"},
+    }
+
+
+async def test_every_operation_survives_contract_fuzzing(
+    stack: DevStack,
+    broker_settings: Settings,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    async with isolated_broker(stack, broker_settings, prefix="fuzz") as target:
+        async with http.get(f"{target.url}/v1/openapi.json") as r:
+            assert r.status == 200
+            schema_doc = await r.json()
+        fixed_paths = await _seed_objects(http, target.url, tokens)
+        identities: dict[str, str | None] = {name: tokens[name] for name in _DEMO}
+        identities |= {
+            "offboarded": await _offboarded_token(http, target.url, tokens, broker_settings),
+            "forged": _forged_token(),
+            "generated": None,
+            "none": None,
+        }
+
+        log = FuzzLog()
+        started = time.monotonic()
+        await asyncio.to_thread(_fuzz, target.url, schema_doc, identities, fixed_paths, log)
+        elapsed = time.monotonic() - started
+
+        minted_on_4xx, unledgered = await _mint_checks(target.db.superuser_dsn, log)
+
+    documented_ops = sum(
+        1 for item in schema_doc["paths"].values() for m in item if m in {"get", "post", "delete"}
+    )
+    bad = sum(n for status, n in log.statuses.items() if 400 <= status < 500)
+    record(
+        Row(
+            area="fuzzing",
+            kind="schemathesis contract fuzz, every operation x 9 identities",
+            requests=log.requests,
+            bad_inputs=log.negative,
+            attacks=sum(1 for _, (_, s) in log.sent.items() if s in (401, 403)),
+            leaked=unledgered,
+            five_xx_on_bad_input=log.five_xx,
+            chain="n/a",
+            notes=(
+                f"{len(log.by_operation)}/{documented_ops} operations,"
+                f" {EXAMPLES} examples per op x mode x identity; {bad} answered 4xx,"
+                f" {minted_on_4xx} minted on a 4xx, {len(log.failures)} contract failures;"
+                f" {elapsed:.0f}s; statuses {dict(sorted(log.statuses.items()))}"
+            ),
+        )
+    )
+    assert len(log.by_operation) == documented_ops, sorted(log.by_operation)
+    assert log.requests >= documented_ops * 2 * len(identities) * EXAMPLES // 2, log.requests
+    assert log.failures == [], "\n".join(log.failures[:40])
+    assert log.five_xx == 0
+    assert log.token_echoes == 0
+    assert minted_on_4xx == 0
+    assert unledgered == 0
+
+
+async def _mint_checks(dsn: str, log: FuzzLog) -> tuple[int, int]:
+    """(issued/intent rows for requests that got a 4xx, credentials handed out unledgered)."""
+    refused = [rid for rid, (_, status) in log.sent.items() if 400 <= status < 500]
+    handed_out = [
+        rid for rid, (label, status) in log.sent.items() if label in _MINTING and status == 201
+    ]
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        minted_on_4xx: int = await conn.fetchval(
+            "SELECT count(*) FROM ledger.events WHERE event IN ('grant.issued', 'grant.intent')"
+            " AND request_id = ANY($1::text[])",
+            refused,
+        )
+        ledgered: int = await conn.fetchval(
+            "SELECT count(DISTINCT request_id) FROM ledger.events WHERE event = 'grant.issued'"
+            " AND request_id = ANY($1::text[])",
+            handed_out,
+        )
+    finally:
+        await conn.close()
+    return minted_on_4xx, len(handed_out) - ledgered
+
