@@ -55,6 +55,7 @@ class Target:
     ledger_dsn: str | None  # superuser DSN for the verification count, if known
     pids: dict[str, int] = field(default_factory=dict)  # component -> pid (self-started only)
     self_started: bool = True
+    vault_api_url: str | None = None  # the broker's Vault-compatible front door, if serving
 
 
 @dataclass
@@ -266,6 +267,31 @@ def _broker_request(target: Target, secret: str) -> Request:
     return call
 
 
+async def _front_door_login(session: aiohttp.ClientSession, target: Target) -> str:
+    """A broker session token for alice, the way a Vault client gets one."""
+    assert target.vault_api_url is not None
+    url = f"{target.vault_api_url.rstrip('/')}/v1/auth/jwt/login"
+    async with session.post(url, json={"role": "bench", "jwt": target.bearer}) as resp:
+        body = await resp.json()
+        if resp.status != 200:
+            raise SystemExit(f"front door login answered HTTP {resp.status}: {body}")
+        return str(body["auth"]["client_token"])
+
+
+def _front_door_request(target: Target, secret: str, token: str) -> Request:
+    # Exactly the request a Vault client makes for a KV v2 read, sent to the broker.
+    assert target.vault_api_url is not None
+    url = f"{target.vault_api_url.rstrip('/')}/v1/secret/data/{secret}"
+    headers = {"X-Vault-Token": token, "X-Vault-Request": "true"}
+
+    async def call(session: aiohttp.ClientSession) -> int:
+        async with session.get(url, headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+    return call
+
+
 _METRIC_SERIES = {
     "ledger_batches": ("broker_ledger_batch_rows_count", ""),
     "ledger_rows": ("broker_ledger_batch_rows_sum", ""),
@@ -336,11 +362,17 @@ async def run_bench(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, PhaseResult] = {}
     ledger: dict[str, Any] = {}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        if "frontdoor" in phases and target.vault_api_url is None:
+            raise SystemExit("frontdoor: this broker serves no Vault API (vault_api_url)")
+        fd_token = await _front_door_login(session, target) if "frontdoor" in phases else ""
         # Fail fast with a clear message if either side is not answering as expected.
-        for name, req, want in (
+        probes: list[tuple[str, Request, int]] = [
             ("direct", _direct_request(target, args.secret), 200),
             ("broker", _broker_request(target, args.secret), 201),
-        ):
+        ]
+        if fd_token:
+            probes.append(("frontdoor", _front_door_request(target, args.secret, fd_token), 200))
+        for name, req, want in probes:
             if name in phases:
                 got = await req(session)
                 if got != want:
@@ -376,6 +408,18 @@ async def run_bench(target: Target, args: argparse.Namespace) -> dict[str, Any]:
                     else None
                 ),
             )
+        fd_warm_ok = 0
+        if fd_token:
+            results["frontdoor"], fd_warm_ok = await _phase(
+                "frontdoor",
+                session,
+                _front_door_request(target, args.secret, fd_token),
+                200,
+                concurrency=c,
+                seconds=args.seconds,
+                warmup=args.warmup,
+                pids=target.pids,
+            )
         internals: dict[str, float] = {}
         if "broker" in results:
             # Includes the warm-up: means only, so that does not skew them much.
@@ -391,9 +435,11 @@ async def run_bench(target: Target, args: argparse.Namespace) -> dict[str, Any]:
                 / window,
                 1,
             )
-        if target.ledger_dsn and issued_before is not None and "broker" in results:
+        issuing = [p for p in ("broker", "frontdoor") if p in results]
+        if target.ledger_dsn and issued_before is not None and issuing:
             issued_after = await _count_issued(target.ledger_dsn)
-            expected = results["broker"].ok + warm_ok
+            # Every 200/201 of either API is one grant.issued row, warm-up included.
+            expected = sum(results[p].ok for p in issuing) + warm_ok + fd_warm_ok
             added = issued_after - issued_before
             ledger = {
                 "grant_issued_rows_added": added,
@@ -427,6 +473,10 @@ async def run_bench(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     if "direct" in results and "broker" in results and results["direct"].per_second:
         out["ratio_broker_over_direct"] = round(
             results["broker"].per_second / results["direct"].per_second, 3
+        )
+    if "direct" in results and "frontdoor" in results and results["direct"].per_second:
+        out["ratio_frontdoor_over_direct"] = round(
+            results["frontdoor"].per_second / results["direct"].per_second, 3
         )
     return out
 
@@ -475,6 +525,7 @@ class Stack:
             "BROKER_CHECKPOINT_KEY": str(settings.checkpoint_key_path),
             "BROKER_DEV_ISSUER_KEY": str(settings.dev_issuer_key_path),
             "BROKER_PORT": "0",
+            "BROKER_VAULT_API_PORT": "0",
             "BROKER_REPLICA_ID": "bench-1",
         }
         if self._profile_out is not None or self._patches:
@@ -497,7 +548,7 @@ class Stack:
                 cwd=self._tmp,
                 start_new_session=True,  # Ctrl-C reaches only us; we stop it in close()
             )
-        url = self._wait_listening(out_path, log_path)
+        url, vault_api = self._wait_listening(out_path, log_path)
         assert settings.dev_issuer_key_path is not None
         return Target(
             broker_url=url,
@@ -505,6 +556,7 @@ class Stack:
             vault_token=settings.vault_token or "",
             bearer=demo_tokens(settings.dev_issuer_key_path)["alice"],
             ledger_dsn=self._stack.superuser_dsn("broker"),
+            vault_api_url=vault_api,
             pids={
                 "broker": self._broker.pid,
                 "openbao": self._stack.bao.pid,
@@ -512,7 +564,10 @@ class Stack:
             },
         )
 
-    def _wait_listening(self, out_path: Path, log_path: Path, timeout: float = 30.0) -> str:
+    def _wait_listening(
+        self, out_path: Path, log_path: Path, timeout: float = 30.0
+    ) -> tuple[str, str | None]:
+        """The broker API's url and the front door's (None if it serves none)."""
         assert self._broker is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -520,7 +575,8 @@ class Stack:
                 with contextlib.suppress(ValueError):
                     info = json.loads(line)
                     if isinstance(info, dict) and "listening" in info:
-                        return str(info["listening"])
+                        front = info.get("vault_api")
+                        return str(info["listening"]), str(front) if front else None
             if self._broker.poll() is not None:
                 break
             time.sleep(0.05)
@@ -557,6 +613,7 @@ def _target_from_dev_json(path: Path) -> Target:
         bearer=info["tokens"]["alice"],
         ledger_dsn=info.get("database_url"),
         self_started=False,
+        vault_api_url=info.get("vault_api_url"),
     )
 
 
@@ -609,12 +666,14 @@ def print_table(out: dict[str, Any]) -> None:
         ratio = out["ratio_broker_over_direct"]
         verdict = "meets" if ratio >= 0.5 else "BELOW"
         print(f"ratio broker/direct: {ratio:.3f}  ({verdict} the 0.5 target)")
+    if "ratio_frontdoor_over_direct" in out:
+        print(f"ratio frontdoor/direct: {out['ratio_frontdoor_over_direct']:.3f}  (Vault API)")
     lc = out.get("ledger_check") or {}
     if "match" in lc:
         ok = "OK" if lc["match"] else "MISMATCH"
         print(
             f"ledger: {lc['grant_issued_rows_added']} grant.issued rows added for "
-            f"{lc['broker_201s']} 201s (incl. warm-up) -> {ok}"
+            f"{lc['broker_201s']} 200/201s (incl. warm-up) -> {ok}"
             + (f"  [{lc['note']}]" if lc.get("note") else "")
         )
     elif lc.get("note"):
@@ -654,7 +713,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per phase")
     p.add_argument("--secret", default="stripe/test", help="KV v2 catalog entry alice may read")
     p.add_argument("--dev-json", type=Path, help="use a running `broker dev` (its dev.json)")
-    p.add_argument("--phases", default="direct,broker", help="comma list: direct,broker")
+    p.add_argument(
+        "--phases",
+        default="direct,broker,frontdoor",
+        help="comma list: direct (OpenBao), broker (native API), frontdoor (Vault API)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document instead")
     p.add_argument(
         "--no-uvloop", dest="uvloop", action="store_false", help="plain asyncio in the client"
