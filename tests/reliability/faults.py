@@ -255,8 +255,7 @@ async def ledger_lease_ids(dsn: str, event: str = "grant.issued") -> set[str]:
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         rows = await conn.fetch(
-            "SELECT DISTINCT lease_id FROM ledger.events WHERE event = $1"
-            " AND lease_id IS NOT NULL",
+            "SELECT DISTINCT lease_id FROM ledger.events WHERE event = $1 AND lease_id IS NOT NULL",
             event,
         )
     finally:

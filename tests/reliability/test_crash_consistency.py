@@ -103,9 +103,7 @@ async def test_sigkill_under_load_leaks_nothing(
     async with aiohttp.ClientSession(timeout=timeout) as http:
         proc = await BrokerProcess.start(broker_settings, "crash-0", tmp_path)
         state = LoadState(proc.url)
-        workers = [
-            asyncio.create_task(_worker(state, tokens, http)) for _ in range(_CONCURRENCY)
-        ]
+        workers = [asyncio.create_task(_worker(state, tokens, http)) for _ in range(_CONCURRENCY)]
         try:
             for n in range(1, _KILLS + 1):
                 # Random points: some kills land between a mint and its issued row.
@@ -167,8 +165,7 @@ async def test_sigkill_under_load_leaks_nothing(
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         orphan_rows = await conn.fetchval(
-            "SELECT count(*) FROM ledger.events WHERE seq > $1"
-            " AND event = 'lease.orphan_revoked'",
+            "SELECT count(*) FROM ledger.events WHERE seq > $1 AND event = 'lease.orphan_revoked'",
             start_seq,
         )
     finally:

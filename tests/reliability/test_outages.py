@@ -78,9 +78,7 @@ async def _broker(settings: Settings, name: str) -> AsyncIterator[RunningBroker]
         await running.runner.cleanup()
 
 
-async def _issue(
-    http: aiohttp.ClientSession, url: str, token: str, secret: str
-) -> Attempt:
+async def _issue(http: aiohttp.ClientSession, url: str, token: str, secret: str) -> Attempt:
     rid = f"outage-{uuid.uuid4().hex}"
     sent = time.monotonic()
     status, code = 0, None

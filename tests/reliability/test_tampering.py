@@ -116,9 +116,7 @@ async def _replace(db: LedgerDb, rows: list[dict[str, Any]]) -> None:
 
 
 async def _update(db: LedgerDb, rows: list[dict[str, Any]], _: Path) -> list[str]:
-    await as_superuser(
-        db, "UPDATE ledger.events SET subject = 'mallory' WHERE seq = 15"
-    )
+    await as_superuser(db, "UPDATE ledger.events SET subject = 'mallory' WHERE seq = 15")
     return []
 
 
@@ -188,9 +186,7 @@ async def _trigger_left_disabled(db: LedgerDb, rows: list[dict[str, Any]], _: Pa
     return []
 
 
-async def _trigger_reenabled_weakly(
-    db: LedgerDb, rows: list[dict[str, Any]], _: Path
-) -> list[str]:
+async def _trigger_reenabled_weakly(db: LedgerDb, rows: list[dict[str, Any]], _: Path) -> list[str]:
     # Plain ENABLE fires on origin only: session_replication_role = replica silences it.
     conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
     try:
@@ -205,7 +201,7 @@ async def _trigger_off_edit_on(db: LedgerDb, rows: list[dict[str, Any]], _: Path
     # Triggers off, edit, triggers back ENABLE ALWAYS: the protection looks intact.
     await as_superuser(
         db,
-        "UPDATE ledger.events SET body = body || '{\"reason\": \"approved\"}' WHERE seq = 7",
+        'UPDATE ledger.events SET body = body || \'{"reason": "approved"}\' WHERE seq = 7',
     )
     return []
 
