@@ -1,14 +1,16 @@
 """The broker's own Vault identity via AppRole, against the real OpenBao.
 
 Shows: login with the least-privilege policy in deploy/, renewal before expiry, a fresh
-login once the token hits its max TTL, and recovery without a failed request after an
-operator revokes the broker's token.
+login once the token hits its max TTL, a fresh login when the renewal of a revoked token
+is refused (with a rotated secret id file read again), and recovery without a failed
+request after an operator revokes the broker's token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import aiohttp
 import hvac
@@ -62,6 +64,35 @@ async def test_approle_renews_and_relogs_in(stack: DevStack) -> None:
     assert renewed, "token was never renewed before expiry"
     assert relogged, "no fresh login at max TTL"
     assert root.auth.token.lookup_accessor(login.accessor)["data"]["ttl"] > 0
+
+
+async def test_revoked_token_is_replaced_at_renewal_with_the_rotated_secret_id(
+    stack: DevStack, tmp_path: Path
+) -> None:
+    mount, role_id, secret_id = _approle(stack, ttl="3s", max_ttl="1h")
+    secret_file = tmp_path / "secret-id"
+    secret_file.write_text(secret_id)
+    login = VaultLogin(
+        stack.bao.addr, approle=AppRoleCredentials(role_id, "", mount, secret_file)
+    )
+    await login.login()
+    root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
+    revoked = login.token()
+    root.auth.token.revoke_accessor(login.accessor)
+    # Rotate: a new secret id in the file, the old one destroyed.
+    rotated = root.auth.approle.generate_secret_id("broker", mount_point=mount)["data"]
+    root.auth.approle.destroy_secret_id("broker", secret_id, mount_point=mount)
+    secret_file.write_text(rotated["secret_id"])
+    for _ in range(40):
+        await asyncio.sleep(0.25)
+        await login.maintain()  # the renewal falls due, is refused, and a login follows
+        if login.token() != revoked:
+            break
+    assert login.token() != revoked, "no login after the revoked token's renewal failed"
+    meta = root.auth.token.lookup_accessor(login.accessor)["data"]
+    assert meta["ttl"] > 0 and meta["path"] == f"auth/{mount}/login"
+    # The old secret id is destroyed: this login can only have used the rotated file.
+    assert meta["meta"] == {"role_name": "broker"}
 
 
 async def test_broker_on_approle_survives_token_revocation(
