@@ -374,3 +374,107 @@ async def test_bao_cli_login_kv_get_and_db_creds(
         bool,
     )
     assert grants, "the CLI's reads were not ledgered with its user-agent"
+
+
+# --- more clients' shapes, offboarding, and sessions across replicas ----------------------
+
+
+async def test_kubernetes_login_shape_and_metadata_read(
+    front_door: str, tokens: dict[str, str], stack: DevStack
+) -> None:
+    client = hvac.Client(url=front_door)
+    await asyncio.to_thread(
+        client.auth.kubernetes.login, role="orders-api", jwt=tokens["svc-orders"]
+    )
+    me = await asyncio.to_thread(client.auth.token.lookup_self)
+    assert me["data"]["meta"]["subject"] == "system:serviceaccount:orders:orders-api"
+    assert me["data"]["path"] == "auth/kubernetes/login"
+    # Metadata of a secret alice holds: versions, no values; ledgered.
+    alice = await hvac_login(front_door, tokens["alice"])
+    meta = await asyncio.to_thread(
+        alice.secrets.kv.v2.read_secret_metadata, path="stripe/test", mount_point="secret"
+    )
+    assert meta["data"]["current_version"] >= 1
+    assert set(_kv_truth(stack, "stripe/test").values()).isdisjoint(
+        json.dumps(meta).split('"')
+    )
+    assert await ledger_rows(
+        stack, "event = 'secret.metadata_read' AND subject = 'alice' AND secret = 'stripe/test'"
+    )
+
+
+async def test_offboarded_subject_loses_its_session_and_cannot_log_in(
+    front_door: str,
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    from broker.auth import DevIssuer
+
+    assert broker.settings.dev_issuer_key_path is not None
+    subject = f"leaver-{uuid.uuid4().hex[:8]}"
+    jwt = DevIssuer.load_or_create(broker.settings.dev_issuer_key_path).mint(
+        subject, ["engineering"]
+    )
+    client = await hvac_login(front_door, jwt)
+    read = (
+        client.secrets.kv.v2.read_secret_version,
+        {"path": "stripe/test", "mount_point": "secret", "raise_on_deleted_version": True},
+    )
+    await asyncio.to_thread(read[0], **read[1])
+    async with http.post(
+        f"{broker.url}/v1/offboarding",
+        headers=auth(tokens["erin"]),
+        json={"subject": subject, "reason": "left the company"},
+    ) as r:
+        assert r.status in (200, 201, 202), await r.text()
+    with pytest.raises(hvac.exceptions.Forbidden, match="subject_offboarded"):
+        await asyncio.to_thread(read[0], **read[1])
+    with pytest.raises(hvac.exceptions.Forbidden, match="subject_offboarded"):
+        await hvac_login(front_door, jwt)
+
+
+async def test_sessions_expire_renew_to_max_and_revoke_across_replicas(
+    broker: RunningBroker,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from broker.auth import Principal
+    from broker.errors import AuthError
+    from broker.vaultapi.sessions import SessionStore
+    from broker.web.keys import LEDGER
+
+    now = [datetime.now(UTC)]
+
+    def store() -> SessionStore:
+        return SessionStore(
+            broker.app[LEDGER],
+            ttl_seconds=60,
+            max_ttl_seconds=150,
+            recheck_seconds=0,
+            clock=lambda: now[0],
+        )
+
+    one, two = store(), store()  # two replicas: they share only the ledger
+    principal = Principal(subject="sess-test", kind="human", issuer="t", groups=frozenset({"g"}))
+    token, _ = await one.create(
+        principal, mount="jwt", login_role=None, request_id="t", client={"api": "vault"}
+    )
+    seen = await two.authenticate(token)
+    assert seen.principal == principal
+    with pytest.raises(AuthError, match="unknown session"):
+        await two.authenticate(token[:-2] + "xx")
+    now[0] += timedelta(seconds=50)
+    renewed = await one.renew(seen, 1000, request_id="t")
+    assert renewed.expires_at == seen.max_expires_at  # clipped to the max
+    now[0] += timedelta(seconds=70)  # past the first expiry: the other replica re-reads
+    assert (await two.authenticate(token)).expires_at == renewed.expires_at
+    now[0] += timedelta(seconds=40)  # past the max
+    with pytest.raises(AuthError) as expired:
+        await two.authenticate(token)
+    assert expired.value.code == "session_expired"
+    now[0] -= timedelta(seconds=40)
+    await one.revoke(await one.authenticate(token), request_id="t")
+    with pytest.raises(AuthError) as revoked:
+        await two.authenticate(token)
+    assert revoked.value.code == "session_revoked"
