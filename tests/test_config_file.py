@@ -47,7 +47,7 @@ def test_the_example_loads_and_says_what_it_sets() -> None:
 @pytest.mark.parametrize("field", _FIELDS)
 def test_every_setting_is_documented_and_in_the_example(field: str) -> None:
     assert f"`{field}`" in DOCS.read_text(), f"{field} is not documented in {DOCS.name}"
-    assert re.search(rf"^#?\s*{field} =", EXAMPLE.read_text(), re.M), (
+    assert re.search(rf"^#?\s*({field} =|\[\[{field}\]\])", EXAMPLE.read_text(), re.M), (
         f"{field} is not in {EXAMPLE.name} (as a key or a commented-out key)"
     )
 
