@@ -1,0 +1,102 @@
+"""Soak: steady concurrency against a ``broker serve`` subprocess; memory and fds stay flat.
+
+16 clients issue for ~60 s (RELIABILITY_HEAVY=1: 5 minutes): KV reads and database logins
+from three identities. Measured: throughput, p50/p99 latency, errors, and the broker
+process's RSS and open fds sampled every second (psutil).
+
+Flat means, after the first quarter of samples (warm-up: imports, pools, caches filling):
+the median RSS of the last third is within +20 % of the first third's, and the median fd
+count within +10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from broker.config import Settings
+from tests.reliability.faults import BrokerProcess, Sampler, heavy
+from tests.reliability.report import Row, record
+
+pytestmark = pytest.mark.stack
+
+_SECONDS = 300.0 if heavy() else 60.0
+_CONCURRENCY = 16
+_MIX = (("alice", "stripe/test"), ("svc-orders", "db/orders-ro"), ("bob", "stripe/test"),
+        ("dana", "db/orders-ro"))  # fmt: skip
+_RSS_GROWTH = 1.20
+_FD_GROWTH = 10
+
+
+async def test_soak_is_flat(
+    broker_settings: Settings, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    broker = await BrokerProcess.start(broker_settings, "soak", tmp_path)
+    sampler = Sampler(broker.pid, interval=1.0)
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors = 0
+    try:
+        sampler.start()
+        deadline = time.monotonic() + _SECONDS
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+            async def client(i: int) -> None:
+                nonlocal errors
+                n = i
+                while time.monotonic() < deadline:
+                    who, secret = _MIX[n % len(_MIX)]
+                    n += 1
+                    started = time.perf_counter()
+                    try:
+                        async with http.post(
+                            f"{broker.url}/v1/credentials",
+                            json={"secret": secret, "ttl": "5m", "reason": "soak"},
+                            headers={"Authorization": f"Bearer {tokens[who]}"},
+                        ) as r:
+                            await r.read()
+                            statuses[r.status] += 1
+                    except (aiohttp.ClientError, TimeoutError):
+                        errors += 1
+                        continue
+                    latencies.append(time.perf_counter() - started)
+
+            started = time.monotonic()
+            await asyncio.gather(*(client(i) for i in range(_CONCURRENCY)))
+            elapsed = time.monotonic() - started
+        await sampler.stop()
+        code = await broker.stop()
+    finally:
+        await sampler.stop()
+        await broker.kill()
+
+    total = sum(statuses.values()) + errors
+    failed = total - statuses[201]
+    q = statistics.quantiles(latencies, n=100)
+    p50, p99 = q[49] * 1000, q[98] * 1000
+    rss_first, rss_last, fds_first, fds_last = sampler.flatness()
+    mib = 1024 * 1024
+    record(
+        Row(
+            area="load",
+            kind=f"soak: {_CONCURRENCY} concurrent for {_SECONDS:.0f}s (broker serve subprocess)",
+            requests=total,
+            notes=(
+                f"{statuses[201] / elapsed:.0f} credentials/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms,"
+                f" {failed} errors; RSS {rss_first / mib:.0f}→{rss_last / mib:.0f} MiB"
+                f" (first→last third median), fds {fds_first}→{fds_last};"
+                f" {len(sampler.rss)} samples"
+            ),
+        )
+    )
+    assert code == 0, broker.log_tail()
+    assert failed == 0, (statuses, errors)
+    assert len(sampler.rss) >= 10, "too few samples to judge flatness"
+    assert rss_last <= rss_first * _RSS_GROWTH, (rss_first, rss_last, sampler.rss)
+    assert fds_last <= fds_first + _FD_GROWTH, (fds_first, fds_last, sampler.fds)
