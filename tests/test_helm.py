@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,9 +194,10 @@ def test_helm_lint_has_no_errors(scenario: str) -> None:
     report = helm.lint(CHART, SCENARIOS[scenario], kube_version=f"v{KUBE_VERSION}.0")
     errors = [m for m in report["messages"] if m["severity"] >= 3] + report["errors"]
     assert not errors, errors
-    warnings = [f"{m['path']}: {m['error']}" for m in report["messages"] if m["severity"] == 2]
-    # Warnings are reported, not fatal; none exist today, so a new one is worth a look.
-    assert warnings == [], warnings
+    # Warnings are reported (in pytest's warnings summary), not fatal. None exist today.
+    for m in report["messages"]:
+        if m["severity"] == 2:
+            warnings.warn(f"helm lint ({scenario}): {m['path']}: {m['error']}", stacklevel=1)
 
 
 def test_values_schema_rejects_a_bad_value() -> None:
