@@ -41,6 +41,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -55,9 +56,11 @@ from tests.reliability.report import Row, record
 
 _DEMO = ("alice", "bob", "carol", "erin", "svc-orders")
 _CHECKS = [
+    negative_data_rejection,
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
+    negative_data_rejection,
     response_schema_conformance,
 ]
 # Operations that hand a credential to the caller on success.
