@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["is_safe_text"]
+__all__ = ["is_safe_text", "safe_text"]
 
 # C0 controls except tab/newline/CR, DEL, C1 controls, bidi embeddings/overrides/isolates,
 # and lone surrogates.
@@ -22,3 +22,12 @@ _UNSAFE = re.compile(
 def is_safe_text(value: str) -> bool:
     """True iff ``value`` may be stored and shown as evidence verbatim."""
     return _UNSAFE.search(value) is None
+
+
+def safe_text(value: str, limit: int = 200) -> str:
+    """``value`` cut to ``limit`` chars with each unsafe character replaced by U+FFFD.
+
+    For outside text recorded *about* a request (a path, a user-agent), where refusing
+    is not an option: the refusal itself must still be ledgered.
+    """
+    return _UNSAFE.sub("\ufffd", value[:limit])

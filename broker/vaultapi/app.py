@@ -17,6 +17,7 @@ from aiohttp import web
 
 from broker.errors import BrokerError
 from broker.ledger import NewEvent
+from broker.text import safe_text
 from broker.web.authn import PRINCIPAL
 from broker.web.keys import CLOCK, LEDGER, METRICS, SETTINGS
 from broker.web.middleware import REQUEST_ID
@@ -80,12 +81,12 @@ async def _record_rejection(request: web.Request, error: BrokerError) -> None:
             subject_kind=principal.kind,
             request_id=request[REQUEST_ID],
             body={
-                "route": request.path[:200],
-                "method": request.method[:16],
-                "message": error.message,
+                "route": safe_text(request.path),
+                "method": safe_text(request.method, 16),
+                "message": safe_text(error.message, 500),
                 "client": {
                     "api": "vault",
-                    "user_agent": request.headers.get("User-Agent", "")[:200],
+                    "user_agent": safe_text(request.headers.get("User-Agent", "")),
                 },
             },
         )

@@ -22,6 +22,7 @@ from broker.grants.service import common_name_for
 from broker.ledger import NewEvent
 from broker.policy.decide import decide, roles_for
 from broker.policy.model import CatalogEntry
+from broker.text import safe_text
 from broker.web.authn import PRINCIPAL
 from broker.web.keys import AUTHN, ELEVATIONS, GRANTS, LEDGER, POLICY, VAULT, VERIFIER
 from broker.web.middleware import REQUEST_ID
@@ -42,8 +43,8 @@ _MOUNT_TYPES = {"kv2": "kv", "database": "database", "pki": "pki"}
 
 
 def _client(request: web.Request) -> dict[str, str]:
-    agent = request.headers.get("User-Agent", "")[:_MAX_USER_AGENT]
-    return {"api": "vault", "user_agent": agent.replace("\x00", "")}
+    agent = safe_text(request.headers.get("User-Agent", ""), _MAX_USER_AGENT)
+    return {"api": "vault", "user_agent": agent}
 
 
 def _index(app: web.Application) -> CatalogIndex:
@@ -204,7 +205,7 @@ async def _login(request: web.Request, op: Operation) -> web.Response:
     token, session = await app[SESSIONS].create(
         principal,
         mount=op.detail,
-        login_role=(role or None) and role[:64],
+        login_role=safe_text(role, 64) if role else None,
         request_id=_rid(request),
         client=_client(request),
     )

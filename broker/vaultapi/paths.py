@@ -55,7 +55,8 @@ OperationKind = Literal[
     "refused",
 ]
 
-_READ = frozenset({"GET", "HEAD"})
+# HEAD is not a read here: it would mint (and ledger) a credential nobody receives.
+_READ = frozenset({"GET"})
 _WRITE = frozenset({"PUT", "POST"})
 _LOGIN = re.compile(r"^auth/([A-Za-z0-9._-]{1,64})/login$")
 _LEASE = re.compile(r"^sys/leases/(renew|revoke)(?:/(.+))?$")
@@ -106,7 +107,7 @@ def resolve(method: str, path: str, index: CatalogIndex) -> Operation:
             return _not_allowed()
         return Operation("token_renew" if path.endswith("renew-self") else "token_revoke")
     if path == "sys/health":
-        return Operation("health") if method in _READ else _not_allowed()
+        return Operation("health") if method in ("GET", "HEAD") else _not_allowed()
     if path == "sys/mounts":
         return Operation("mounts") if method in _READ else _refused_write()
     if path.startswith("sys/internal/ui/mounts/"):

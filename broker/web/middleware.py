@@ -19,6 +19,7 @@ from aiohttp import web
 from broker.errors import BrokerError
 from broker.ledger import NewEvent
 from broker.logs import REQUEST_ID_VAR, log_access
+from broker.text import safe_text
 
 from .authn import PRINCIPAL
 from .keys import LEDGER, METRICS
@@ -109,9 +110,9 @@ async def _record_rejection(request: web.Request, error: BrokerError) -> None:
             subject_kind=principal.kind,
             request_id=request[REQUEST_ID],
             body={
-                "route": request.path[:200],
+                "route": safe_text(request.path),
                 "method": request.method[:16],
-                "message": error.message,
+                "message": safe_text(error.message, 500),
             },
         )
     )
