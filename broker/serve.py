@@ -2,8 +2,8 @@
 
 The shutdown order, each step bounded:
 
-1. stop accepting: every listening socket closes (extra sites first, then the main one),
-   so a load balancer's retries go to another replica at once;
+1. stop accepting: every listening socket closes, so a load balancer's retries go to
+   another replica at once;
 2. in-flight requests finish, for up to ``shutdown_grace_seconds``; past that aiohttp
    cancels them (a cancelled issuance never answered 201, so nothing was handed out
    without its ledger row);
@@ -68,6 +68,11 @@ async def serve(
             extra={"grace_seconds": shutdown_grace_seconds},
         )
     finally:
+        # Stop accepting everywhere first; in-flight requests of all apps then drain
+        # together while the runners are cleaned up, extras before the main app.
+        for runner in runners:
+            for site in list(runner.sites):
+                await site.stop()
         for runner in reversed(runners):
             await runner.cleanup()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,15 +9,20 @@ verifies, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
+from aiohttp import web
 
 from broker.config import Settings
+from broker.serve import serve
 from tests.broker_process import serve_env, serving, start_serve
 from tests.ledger_helpers import broker_verify
 
@@ -92,3 +97,59 @@ async def test_sigterm_under_load_loses_nothing(
     assert sum(1 for r in rows if r["event"] == "broker.stopped") == 1
     run = await broker_verify(broker_settings.database_url, broker_settings)
     assert run.returncode == 0 and run.report["ok"] is True, (run.report, run.stderr[-2000:])
+
+
+async def test_serve_drains_extra_sites_before_the_main_app_stops() -> None:
+    """The ``extra_sites`` hook: a second app built after the main app started, serving on
+    its own port, stopped (and drained) before the main app's cleanup runs."""
+    events: list[str] = []
+
+    async def main_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        events.append("main started")
+        yield
+        events.append("main cleanup")
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        events.append("slow answered")
+        return web.json_response({"ok": True})
+
+    main_app = web.Application()
+    main_app.cleanup_ctx.append(main_lifecycle)
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"app": "main"})
+
+    main_app.router.add_get("/", hello)
+
+    def extra_sites(app: web.Application) -> list[tuple[web.Application, str, int]]:
+        assert app is main_app and events == ["main started"]  # built after start-up
+        extra = web.Application()
+        extra.router.add_get("/slow", slow)
+        return [(extra, "127.0.0.1", 0)]
+
+    ready: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(
+        serve(
+            main_app,
+            "127.0.0.1",
+            0,
+            shutdown_grace_seconds=10,
+            on_ready=ready.set_result,
+            extra_sites=extra_sites,
+        )
+    )
+    main_port, extra_port = await asyncio.wait_for(ready, 10)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{main_port}/") as r:
+            assert (await r.json()) == {"app": "main"}
+        in_flight = asyncio.create_task(http.get(f"http://127.0.0.1:{extra_port}/slow"))
+        await asyncio.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)  # serve() owns SIGTERM while it runs
+        response = await in_flight
+        assert response.status == 200
+        response.release()
+        await asyncio.wait_for(server, 15)
+        for port in (main_port, extra_port):
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await http.get(f"http://127.0.0.1:{port}/")
+    assert events == ["main started", "slow answered", "main cleanup"]
