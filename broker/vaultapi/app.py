@@ -17,6 +17,7 @@ from aiohttp import web
 
 from broker.errors import BrokerError
 from broker.ledger import NewEvent
+from broker.logs import REQUEST_ID_VAR, log_access
 from broker.text import safe_text
 from broker.web.authn import PRINCIPAL
 from broker.web.keys import CLOCK, LEDGER, METRICS, SETTINGS
@@ -38,6 +39,7 @@ async def _vault_errors(request: web.Request, handler: _Handler) -> web.StreamRe
     """Vault-shaped errors; refusals of a known subject ledgered, as on the native API."""
     request_id = uuid.uuid4().hex
     request[REQUEST_ID] = request_id
+    request_id_context = REQUEST_ID_VAR.set(request_id)  # every log line of this request
     started = time.perf_counter()
     status = 500
     try:
@@ -64,9 +66,14 @@ async def _vault_errors(request: web.Request, handler: _Handler) -> web.StreamRe
         return vault_error(500, "internal error", "internal", request_id)
     finally:
         broker = request.app[BROKER_APP]
+        # The operation, never the raw path (it can name secrets a caller probed for).
         route = f"vault-api:{request.get(OPERATION, 'unmatched')}"
         method = request.method if request.method.isalpha() and len(request.method) < 9 else "OTHER"
-        broker[METRICS].observe_http(route, method, status, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        broker[METRICS].observe_http(route, method, status, elapsed)
+        principal = request.get(PRINCIPAL)
+        log_access(method, route, status, elapsed, principal.subject if principal else None)
+        REQUEST_ID_VAR.reset(request_id_context)
 
 
 async def _record_rejection(request: web.Request, error: BrokerError) -> None:
