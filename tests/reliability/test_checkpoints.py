@@ -112,7 +112,7 @@ def _record(kind: str, report: dict[str, Any], notes: str) -> None:
         Row(
             area="checkpoint",
             kind=kind,
-            attacks=1,
+            faults=1,
             chain="verified" if report["ok"] else "tamper detected",
             notes=f"{notes}; verify: {problems[0] if problems else 'ok'}",
         )

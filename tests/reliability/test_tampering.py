@@ -78,7 +78,7 @@ async def test_writer_role_cannot_tamper(stack: DevStack, broker_settings: Setti
             Row(
                 area="tamper",
                 kind=f"writer role: {action}",
-                attacks=n,
+                faults=n,
                 chain="refused" if run.report["ok"] else "tamper detected",
                 notes=f"{n} statements refused by Postgres; ledger still verifies",
             )
@@ -261,7 +261,7 @@ async def test_superuser_tampering_is_detected(
         Row(
             area="tamper",
             kind=attack.kind,
-            attacks=1,
+            faults=1,
             chain="tamper detected" if detected else "verified",
             notes=(
                 f"first bad seq {report['first_bad_seq']} (expected {attack.first_bad});"
