@@ -8,22 +8,32 @@ the session's OpenBao, with the same policies and dev keys.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import pytest
 
 from broker.config import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import RunningBroker, start_broker
 from tests.ledger_helpers import LedgerDb, fresh_ledger_db
 
-__all__ = ["HEAVY", "IsolatedBroker", "count_events", "isolated_broker", "scaled"]
+__all__ = [
+    "HEAVY",
+    "IsolatedBroker",
+    "LogCapture",
+    "captured_logs",
+    "count_events",
+    "isolated_broker",
+    "scaled",
+]
 
 HEAVY = os.environ.get("RELIABILITY_HEAVY", "") not in ("", "0")
 """``RELIABILITY_HEAVY=1`` runs the heavier variants (more fuzz examples, more attempts)."""
@@ -86,3 +96,37 @@ async def count_events(dsn: str, where: str = "TRUE", *args: Any) -> int:
     finally:
         await conn.close()
     return n
+
+
+class LogCapture(logging.Handler):
+    """Keeps every log record, rendered with its arguments, extras and traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.texts: list[str] = []
+        self._formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self._formatter.format(record)
+        except Exception:  # a record that cannot format is still searched raw
+            text = repr(record.msg)
+        self.texts.append(f"{text}\n{record.args!r}\n{vars(record)!r}")
+
+    def contains(self, needle: str) -> bool:
+        return any(needle in text for text in self.texts)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[LogCapture]:
+    """Every record logged (at any level, by any logger) while the test runs."""
+    handler = LogCapture()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import secrets
 import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,41 +42,11 @@ from broker.auth import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from broker.config import Settings
 from broker.stack.devstack import DevStack
 from tests.helpers import poll
-from tests.reliability.conftest import IsolatedBroker, isolated_broker
+from tests.reliability.conftest import IsolatedBroker, LogCapture, isolated_broker
 from tests.reliability.report import Row, record
 from tests.test_elevation import write_policies
 
 CANARY_PATH = "reliability/canary"
-
-
-class _Capture(logging.Handler):
-    """Keeps every record, rendered with its arguments, extras and traceback."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.texts: list[str] = []
-        self._formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = self._formatter.format(record)
-        except Exception:  # a record that cannot format is still searched raw
-            text = repr(record.msg)
-        self.texts.append(f"{text}\n{record.args!r}\n{vars(record)!r}")
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[_Capture]:
-    handler = _Capture()
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 @dataclass
@@ -291,7 +260,7 @@ async def test_no_canary_escapes_the_client_response(
     target: IsolatedBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
-    captured_logs: _Capture,
+    captured_logs: LogCapture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     canaries = Canaries()

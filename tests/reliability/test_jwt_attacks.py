@@ -35,7 +35,7 @@ from broker.auth.jwks import public_key_to_jwk
 from broker.config import IssuerSettings, Settings
 from broker.stack.devstack import DevStack
 from tests.helpers import error_of, poll
-from tests.reliability.conftest import IsolatedBroker, count_events, isolated_broker
+from tests.reliability.conftest import IsolatedBroker, LogCapture, count_events, isolated_broker
 from tests.reliability.report import Row, record
 
 IDP = "https://idp.reliability.test"
@@ -458,7 +458,7 @@ async def test_offboarded_subjects_valid_token_is_403_and_ledgered(
 
 
 async def test_header_beyond_the_http_parser_limit_mints_nothing(
-    target: IsolatedBroker, keys: Keys, http: aiohttp.ClientSession
+    target: IsolatedBroker, keys: Keys, http: aiohttp.ClientSession, captured_logs: LogCapture
 ) -> None:
     """A 64 KB token never reaches the broker: aiohttp's parser refuses the header line.
 
@@ -488,7 +488,9 @@ async def test_header_beyond_the_http_parser_limit_mints_nothing(
             notes=(
                 f"{status} from aiohttp's header parser ({len(raw)} bytes of plain text,"
                 " not the JSON error shape); signature echoed: "
-                f"{'yes' if signature in raw else 'no'}"
+                f"{'yes' if signature in raw else 'no'}; signature logged:"
+                f" {'yes' if captured_logs.contains(signature) else 'no'}; its first 60 bytes"
+                f" echoed/logged: {token[:60] in raw}/{captured_logs.contains(token[:60])}"
             ),
         )
     )
@@ -496,6 +498,7 @@ async def test_header_beyond_the_http_parser_limit_mints_nothing(
     assert minted == 0
     assert signature not in raw
     assert token not in raw
+    assert not captured_logs.contains(signature)
 
 
 async def test_every_refused_token_is_counted_in_the_ledger(
