@@ -112,6 +112,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         contended_seconds=settings.blocklist_refresh_seconds + 1.0,
     )
     writer.start()
+    metrics.ledger_queue_depth.set_function(lambda: writer.queue_depth)
+    metrics.ledger_queue_capacity.set(writer.queue_capacity)
     ledger = Ledger(pool, writer, origin=settings.ledger_origin)
     app[LEDGER] = ledger
     from broker.audit import AccessAudit

@@ -57,6 +57,17 @@ class Metrics:
         self.ledger_head = Gauge(
             "broker_ledger_head_seq", "Newest ledger sequence number seen.", registry=r
         )
+        # Read at scrape time from the writer (see app.py): how full the append queue is.
+        self.ledger_queue_depth = Gauge(
+            "broker_ledger_queue_depth",
+            "Events waiting for the ledger writer (requests block past ledger_max_queue).",
+            registry=r,
+        )
+        self.ledger_queue_capacity = Gauge(
+            "broker_ledger_queue_capacity",
+            "The writer queue's bound (ledger_max_queue).",
+            registry=r,
+        )
         self.ledger_checkpoint_seq = Gauge(
             "broker_ledger_checkpoint_seq", "Size of the newest signed checkpoint.", registry=r
         )

@@ -150,7 +150,7 @@ def test_alerts_cover_what_operations_must_hear_about() -> None:
         "broker_ledger_verifications_total",
         "broker_elevations_pending",
         'status=~"5.."',
-        "broker_ledger_batch_rows_bucket",
+        "broker_ledger_queue_depth",
     ):
         assert needle in exprs, needle
 

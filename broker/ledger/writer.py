@@ -98,6 +98,7 @@ class LedgerWriter:
         self._replica = replica
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
+        self.queue_capacity = max_queue
         self._commit_timeout = commit_timeout
         self._on_commit = on_commit  # (batch size, seconds, head seq) for metrics
         self._task: asyncio.Task[None] | None = None
@@ -113,6 +114,11 @@ class LedgerWriter:
         self._own_keys: OrderedDict[str, None] = OrderedDict()
         self._last_time = datetime.min.replace(tzinfo=UTC)
         self.head_seq = 0
+
+    @property
+    def queue_depth(self) -> int:
+        """Events accepted and not yet committed or failed."""
+        return self._queue.qsize()
 
     def start(self) -> None:
         if self._task is None:
