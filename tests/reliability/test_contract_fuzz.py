@@ -60,6 +60,7 @@ from tests.reliability.report import Row, record
 
 _DEMO = ("alice", "bob", "carol", "erin", "svc-orders")
 _ATTACKERS = frozenset({"offboarded", "forged", "generated", "none"})
+_UNVERIFIED = _ATTACKERS - {"offboarded"}
 _CHECKS = [
     negative_data_rejection,
     not_a_server_error,
@@ -91,7 +92,7 @@ class FuzzLog:
     by_operation: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     # request id -> (operation, status) for the ledger checks afterwards
-    sent: dict[str, tuple[str, int]] = field(default_factory=dict)
+    sent: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     five_xx: int = 0
     token_echoes: int = 0
     as_attacker: int = 0  # sent with a forged, garbage, missing or offboarded token
@@ -137,7 +138,7 @@ def _fuzz(
         log.negative += int(negative)
         log.statuses[response.status_code] += 1
         log.by_operation[label] += 1
-        log.sent[request_id] = (label, response.status_code)
+        log.sent[request_id] = (label, response.status_code, who)
         log.as_attacker += int(who in _ATTACKERS)
         if response.status_code >= 500:
             log.five_xx += 1
@@ -278,7 +279,7 @@ async def test_every_operation_survives_contract_fuzzing(
         await asyncio.to_thread(_fuzz, target.url, schema_doc, identities, fixed_paths, log)
         elapsed = time.monotonic() - started
 
-        minted_on_4xx, unledgered = await _mint_checks(target.db.superuser_dsn, log)
+        found = await _ledger_checks(target.db.superuser_dsn, log)
 
     documented_ops = sum(
         1 for item in schema_doc["paths"].values() for m in item if m in {"get", "post", "delete"}
@@ -291,13 +292,15 @@ async def test_every_operation_survives_contract_fuzzing(
             requests=log.requests,
             bad_inputs=log.negative,
             attacks=log.as_attacker,
-            leaked=unledgered,
+            leaked=found.unledgered_credentials,
             five_xx_on_bad_input=log.five_xx,
             chain="n/a",
             notes=(
                 f"{len(log.by_operation)}/{documented_ops} operations,"
                 f" {EXAMPLES} examples per op x mode x identity; {bad} answered 4xx,"
-                f" {minted_on_4xx} minted on a 4xx, {len(log.failures)} contract failures;"
+                f" {found.minted_on_4xx} minted on a 4xx, {len(log.failures)} contract failures;"
+                f" {found.refusals_checked - len(found.refusals_not_ledgered_once)}"
+                f"/{found.refusals_checked} refusals of a known subject ledgered once;"
                 f" {elapsed:.0f}s; statuses {dict(sorted(log.statuses.items()))}"
             ),
         )
@@ -307,16 +310,36 @@ async def test_every_operation_survives_contract_fuzzing(
     assert log.failures == [], "\n".join(log.failures[:40])
     assert log.five_xx == 0
     assert log.token_echoes == 0
-    assert minted_on_4xx == 0
-    assert unledgered == 0
+    assert found.minted_on_4xx == 0
+    assert found.unledgered_credentials == 0
+    assert found.refusals_not_ledgered_once == []
+    assert found.unauthenticated_with_rows == 0
+    assert found.refusals_checked > 500, found.refusals_checked
 
 
-async def _mint_checks(dsn: str, log: FuzzLog) -> tuple[int, int]:
-    """(issued/intent rows for requests that got a 4xx, credentials handed out unledgered)."""
-    refused = [rid for rid, (_, status) in log.sent.items() if 400 <= status < 500]
+@dataclass(frozen=True)
+class LedgerFindings:
+    minted_on_4xx: int  # grant.intent/issued rows of requests that got a 4xx
+    unledgered_credentials: int  # 201 credentials without their grant.issued row
+    refusals_checked: int  # 4xx (not 401) answers to a verified token
+    refusals_not_ledgered_once: list[str]  # ... without exactly one row
+    unauthenticated_with_rows: int  # 401 answers that got a row of their own
+
+
+async def _ledger_checks(dsn: str, log: FuzzLog) -> LedgerFindings:
+    """What the ledger says about every request the fuzzer sent."""
+    refused = [rid for rid, (_, status, _) in log.sent.items() if 400 <= status < 500]
     handed_out = [
-        rid for rid, (label, status) in log.sent.items() if label in _MINTING and status == 201
+        rid for rid, (label, status, _) in log.sent.items() if label in _MINTING and status == 201
     ]
+    # A verified token (the offboarded subject's too) makes a known subject: every
+    # refusal is evidence, recorded exactly once (request.rejected or a denial row).
+    known_refusals = {
+        rid: label
+        for rid, (label, status, who) in log.sent.items()
+        if 400 <= status < 500 and status != 401 and who not in _UNVERIFIED
+    }
+    unauthenticated = [rid for rid, (_, status, _) in log.sent.items() if status == 401]
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         minted_on_4xx: int = await conn.fetchval(
@@ -329,10 +352,31 @@ async def _mint_checks(dsn: str, log: FuzzLog) -> tuple[int, int]:
             " AND request_id = ANY($1::text[])",
             handed_out,
         )
+        rows_per_refusal = {
+            r["request_id"]: r["n"]
+            for r in await conn.fetch(
+                "SELECT request_id, count(*) AS n FROM ledger.events"
+                " WHERE request_id = ANY($1::text[]) GROUP BY request_id",
+                list(known_refusals),
+            )
+        }
+        unauthenticated_rows: int = await conn.fetchval(
+            "SELECT count(*) FROM ledger.events WHERE request_id = ANY($1::text[])",
+            unauthenticated,
+        )
     finally:
         await conn.close()
-    return minted_on_4xx, len(handed_out) - ledgered
-
+    not_once = sorted(
+        {f"{label} ({rows_per_refusal.get(rid, 0)} rows)" for rid, label in known_refusals.items()
+         if rows_per_refusal.get(rid, 0) != 1}
+    )  # fmt: skip
+    return LedgerFindings(
+        minted_on_4xx=minted_on_4xx,
+        unledgered_credentials=len(handed_out) - ledgered,
+        refusals_checked=len(known_refusals),
+        refusals_not_ledgered_once=not_once,
+        unauthenticated_with_rows=unauthenticated_rows,
+    )
 
 
 # --- raw inputs schemathesis cannot express -----------------------------------------------
