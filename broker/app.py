@@ -32,6 +32,7 @@ from broker.ledger import (
     connect_pool,
     load_or_create_signing_key,
 )
+from broker.logs import quiet_parser_errors
 from broker.metrics import Metrics
 from broker.notify import WebhookNotifier
 from broker.offboarding import OffboardingService, SubjectBlocklist
@@ -289,6 +290,7 @@ def create_app(
         # instead of aiohttp's plain-text 400 at its 8190-byte header default.
         handler_args={"max_field_size": settings.max_token_bytes + 1024},
     )
+    quiet_parser_errors()  # no token fragments from aiohttp's parser refusals in logs
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[CLOCK] = clock or (lambda: datetime.now(UTC))

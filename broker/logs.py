@@ -19,7 +19,13 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["REQUEST_ID_VAR", "JsonFormatter", "configure_logging", "log_access"]
+__all__ = [
+    "REQUEST_ID_VAR",
+    "JsonFormatter",
+    "configure_logging",
+    "log_access",
+    "quiet_parser_errors",
+]
 
 REQUEST_ID_VAR: ContextVar[str | None] = ContextVar("broker_request_id", default=None)
 
@@ -68,6 +74,38 @@ class _TextFormatter(logging.Formatter):
         return f"{line} [request {request_id}]" if request_id else line
 
 
+class _ParserErrorFilter(logging.Filter):
+    """aiohttp's parser refusals (oversized header, unknown method...) without their text.
+
+    aiohttp logs these at ERROR with a traceback whose message quotes the start of the
+    offending line — for an oversized ``Authorization`` header, the start of a token. The
+    request never reached the broker and was answered 400; one INFO line naming the kind
+    of refusal is all an operator needs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg = "refused a malformed HTTP request: %s (HTTP %s)"
+            record.args = (type(error).__name__, error.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_PARSER_ERRORS = _ParserErrorFilter()
+
+
+def quiet_parser_errors() -> None:
+    """Install the filter on aiohttp's server logger (idempotent)."""
+    server = logging.getLogger("aiohttp.server")
+    if _PARSER_ERRORS not in server.filters:
+        server.addFilter(_PARSER_ERRORS)
+
+
 def configure_logging(log_format: str, level: str, *, replica: str) -> None:
     """Replace the root handlers with one stderr handler in ``log_format`` at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
@@ -79,6 +117,7 @@ def configure_logging(log_format: str, level: str, *, replica: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log would print raw paths with query strings: ours replaces it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    quiet_parser_errors()
 
 
 def log_access(
