@@ -51,23 +51,23 @@ PKI_ROLE = "internal"
 CA_COMMON_NAME = "JIT Broker Demo Root CA"
 
 _ROLE_NAME = '"{{name}}"'
-_CREATE_LOGIN = (
-    f"CREATE ROLE {_ROLE_NAME} WITH LOGIN PASSWORD '{{{{password}}}}' "
-    "VALID UNTIL '{{expiration}}';"
-)
-_RO_CREATION = [
-    _CREATE_LOGIN,
-    f"GRANT CONNECT ON DATABASE {ORDERS_DATABASE} TO {_ROLE_NAME};",
-    f"GRANT USAGE ON SCHEMA public TO {_ROLE_NAME};",
-    f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {_ROLE_NAME};",
-]
-_ADMIN_CREATION = [
-    _CREATE_LOGIN,
-    f"GRANT CONNECT ON DATABASE {ORDERS_DATABASE} TO {_ROLE_NAME};",
-    f"GRANT USAGE, CREATE ON SCHEMA public TO {_ROLE_NAME};",
-    f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {_ROLE_NAME};",
-    f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {_ROLE_NAME};",
-]
+# Dynamic logins join a group role that holds the privileges, instead of being granted on
+# each table: per-user grants append to every table's ACL, which lives in pg_class (no
+# TOAST), so a few hundred live logins made CREATE fail with "row is too big" until they
+# expired. Membership rows in pg_auth_members have no such limit.
+READER_GROUP = "orders_reader"
+WRITER_GROUP = "orders_writer"
+
+
+def _create_login(group: str) -> str:
+    return (
+        f"CREATE ROLE {_ROLE_NAME} WITH LOGIN PASSWORD '{{{{password}}}}' "
+        f"VALID UNTIL '{{{{expiration}}}}' IN ROLE {group};"
+    )
+
+
+_RO_CREATION = [_create_login(READER_GROUP)]
+_ADMIN_CREATION = [_create_login(WRITER_GROUP)]
 # Order matters: NOLOGIN first so the user cannot reconnect between the terminate and the
 # drop; REASSIGN/DROP OWNED because DROP ROLE fails while the role owns objects or holds
 # privileges (orders-admin may have created tables).
@@ -157,6 +157,16 @@ INSERT INTO public.orders (customer, amount_cents)
 SELECT v.customer, v.amount_cents
 FROM (VALUES ('acme', 12500), ('globex', 4999), ('initech', 100000)) AS v(customer, amount_cents)
 WHERE NOT EXISTS (SELECT FROM public.orders);
+SELECT 'CREATE ROLE {READER_GROUP} NOLOGIN'
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{READER_GROUP}') \\gexec
+SELECT 'CREATE ROLE {WRITER_GROUP} NOLOGIN'
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WRITER_GROUP}') \\gexec
+GRANT CONNECT ON DATABASE {ORDERS_DATABASE} TO {READER_GROUP}, {WRITER_GROUP};
+GRANT USAGE ON SCHEMA public TO {READER_GROUP};
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO {READER_GROUP};
+GRANT USAGE, CREATE ON SCHEMA public TO {WRITER_GROUP};
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {WRITER_GROUP};
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {WRITER_GROUP};
 """,  # noqa: S608
         database=ORDERS_DATABASE,
     )
