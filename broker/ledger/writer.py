@@ -322,6 +322,10 @@ class LedgerWriter:
 
     async def _connection(self) -> asyncpg.Connection:
         # The writer keeps one connection: no pool acquire/reset round trips per batch.
+        if self._conn is not None and _is_dead(self._conn):
+            # The server ended it while idle (restart, terminated backend): nothing of the
+            # next batch was sent on it yet, so a fresh connection is safe.
+            await self._drop_connection()
         if self._conn is None:
             conn = await self._pool.acquire()
             self._conn = conn
@@ -332,3 +336,10 @@ class LedgerWriter:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await self._pool.release(conn)
+
+
+def _is_dead(conn: asyncpg.Connection) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # a pool proxy detached from its connection
+        return True
