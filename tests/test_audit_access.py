@@ -671,22 +671,30 @@ async def test_api_needs_the_audit_capability(
 async def test_cli_audit_access_and_events(
     broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
+    from broker.auth import DevIssuer
+
+    # A subject of its own: other suites issue alice thousands of grants the same day.
+    assert broker.settings.dev_issuer_key_path is not None
+    subject = f"cli-audit-{uuid.uuid4().hex[:8]}"
+    engineer = DevIssuer.load_or_create(broker.settings.dev_issuer_key_path).mint(
+        subject, ["engineering"]
+    )
     async with http.post(
         f"{broker.url}/v1/credentials",
         json={"secret": "stripe/test", "reason": "cli audit check"},
-        headers=auth(tokens["alice"]),
+        headers=auth(engineer),
     ) as r:
         assert r.status == 201
         grant = await r.json()
     today = datetime.now(UTC).date()
     period = ["--from", today.isoformat(), "--to", (today + timedelta(days=1)).isoformat()]
-    args = ["audit", "access", "--subject", "alice", "--secret", "stripe/test", *period]
+    args = ["audit", "access", "--subject", subject, "--secret", "stripe/test", *period]
     run = await cli(*args, "--json", cwd=tmp_path, url=broker.url, token=tokens["carol"])
     assert run.rc == 0, run.err
     assert grant["id"] in [w["grant_id"] for w in run.json()["access"]]
     run = await cli(*args, "--limit", "1", cwd=tmp_path, url=broker.url, token=tokens["carol"])
     assert run.rc == 0, run.err
-    assert "alice had stripe/test from" in run.out
+    assert f"{subject} had stripe/test from" in run.out
     assert "role:       engineering (roles.yaml:" in run.out
     assert "reason:     cli audit check" in run.out
     assert "|   - name: engineering" in run.out

@@ -39,6 +39,23 @@ async def front_door(broker: RunningBroker) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def fresh_engineer(broker: RunningBroker, prefix: str = "eng") -> str:
+    """A JWT for a subject no other test has used (engineering group, no elevations)."""
+    from broker.auth import DevIssuer
+
+    assert broker.settings.dev_issuer_key_path is not None
+    subject = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return DevIssuer.load_or_create(broker.settings.dev_issuer_key_path).mint(
+        subject, ["engineering"]
+    )
+
+
+def subject_of(jwt: str) -> str:
+    import jwt as pyjwt
+
+    return str(pyjwt.decode(jwt, options={"verify_signature": False})["sub"])
+
+
 async def hvac_login(url: str, jwt: str, role: str = "anything") -> hvac.Client:
     client = hvac.Client(url=url)
     await asyncio.to_thread(client.auth.jwt.jwt_login, role=role, jwt=jwt)
@@ -130,9 +147,12 @@ async def test_hvac_pki_issue_names_come_from_identity(
 
 
 async def test_refusals_are_clean_client_errors_and_ledgered(
-    front_door: str, tokens: dict[str, str], stack: DevStack
+    front_door: str, broker: RunningBroker, stack: DevStack
 ) -> None:
-    client = await hvac_login(front_door, tokens["alice"])
+    # Not alice: other tests may leave her an approved stripe/prod elevation.
+    engineer = fresh_engineer(broker, "refused")
+    who = subject_of(engineer)
+    client = await hvac_login(front_door, engineer)
     kv = client.secrets.kv.v2
     cases: list[tuple[str, Any, dict[str, Any], str]] = [
         (
@@ -167,10 +187,10 @@ async def test_refusals_are_clean_client_errors_and_ledgered(
         assert f"({code})" in str(caught.value), caught.value
         rows = await ledger_rows(
             stack,
-            "event = $1 AND subject = 'alice' AND outcome = $2"
-            " AND body->'client'->>'api' = 'vault'",
+            "event = $1 AND subject = $3 AND outcome = $2 AND body->'client'->>'api' = 'vault'",
             event,
             code,
+            who,
         )
         assert rows, f"{code} was not ledgered as {event}"
     assert "elevations request stripe/prod" in str(
@@ -200,7 +220,10 @@ async def test_privileged_read_succeeds_once_elevation_is_approved(
     http: aiohttp.ClientSession,
     stack: DevStack,
 ) -> None:
-    client = await hvac_login(front_door, tokens["dana"])
+    # A subject of its own: other tests may leave alice an approved stripe/prod elevation.
+    requester = fresh_engineer(broker, "elevated")
+    who = subject_of(requester)
+    client = await hvac_login(front_door, requester)
     with pytest.raises(hvac.exceptions.Forbidden, match="elevation_required"):
         await asyncio.to_thread(
             client.secrets.kv.v2.read_secret_version,
@@ -210,7 +233,7 @@ async def test_privileged_read_succeeds_once_elevation_is_approved(
         )
     async with http.post(
         f"{broker.url}/v1/elevations",
-        headers=auth(tokens["dana"]),
+        headers=auth(requester),
         json={"secret": "stripe/prod", "reason": "rotate the webhook secret", "ticket": "CHG-42"},
     ) as r:
         assert r.status == 201, await r.text()
@@ -228,15 +251,16 @@ async def test_privileged_read_succeeds_once_elevation_is_approved(
     assert out["data"]["data"] == _kv_truth(stack, "stripe/prod")
     rows = await ledger_rows(
         stack,
-        "event = 'grant.issued' AND subject = 'dana' AND body->>'elevation_id' = $1",
+        "event = 'grant.issued' AND subject = $2 AND body->>'elevation_id' = $1",
         elevation_id,
+        who,
     )
     assert len(rows) == 1 and rows[0]["body"]["client"]["api"] == "vault"
-    # Someone else holding an approved elevation does not open it for alice.
-    alice = await hvac_login(front_door, tokens["alice"])
+    # Someone else holding an approved elevation does not open it for another engineer.
+    other = await hvac_login(front_door, fresh_engineer(broker, "other"))
     with pytest.raises(hvac.exceptions.Forbidden, match="elevation_required"):
         await asyncio.to_thread(
-            alice.secrets.kv.v2.read_secret_version,
+            other.secrets.kv.v2.read_secret_version,
             path="stripe/prod",
             mount_point="secret",
             raise_on_deleted_version=True,
@@ -319,8 +343,9 @@ async def _bao(url: str, home: Path, *args: str, token: str | None = None) -> tu
 
 
 async def test_bao_cli_login_kv_get_and_db_creds(
-    front_door: str, tokens: dict[str, str], stack: DevStack, tmp_path: Path
+    front_door: str, broker: RunningBroker, stack: DevStack, tmp_path: Path
 ) -> None:
+    engineer = fresh_engineer(broker, "cli")  # no elevations left by other tests
     rc, out, err = await _bao(
         front_door,
         tmp_path,
@@ -328,7 +353,7 @@ async def test_bao_cli_login_kv_get_and_db_creds(
         "-format=json",
         "auth/jwt/login",
         "role=demo",
-        f"jwt={tokens['alice']}",
+        f"jwt={engineer}",
     )
     assert rc == 0, err
     token = json.loads(out)["auth"]["client_token"]
@@ -368,8 +393,9 @@ async def test_bao_cli_login_kv_get_and_db_creds(
         lambda: ledger_rows(
             stack,
             # The bao CLI sends Go's default user-agent.
-            "event = 'grant.issued' AND subject = 'alice' AND body->'client'->>'user_agent'"
+            "event = 'grant.issued' AND subject = $1 AND body->'client'->>'user_agent'"
             " ILIKE 'go-http-client%'",
+            subject_of(engineer),
         ),
         bool,
     )
