@@ -21,7 +21,7 @@ EVENT_TYPES = frozenset(
     {
         "grant.intent",  # about to ask Vault to mint (leased engines)
         "grant.issued",  # credential handed to the client (row committed first)
-        "grant.failed",  # Vault refused or failed after an intent
+        "grant.failed",  # Vault refused or failed (after an intent, or a KV read)
         "grant.denied",  # policy said no (or elevation required)
         "grant.revoked",  # ended early by a person
         "grant.expired",  # reached its expires_at
