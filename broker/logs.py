@@ -54,9 +54,12 @@ class JsonFormatter(logging.Formatter):
         request_id = REQUEST_ID_VAR.get()
         if request_id is not None:
             doc["request_id"] = request_id
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and key not in doc and not key.startswith("_"):
-                doc[key] = value
+        fields = vars(record)
+        extra = fields.keys() - _STANDARD_ATTRS  # what came from ``extra=``
+        if extra:
+            for key in fields:  # in the order given
+                if key in extra and key not in doc and not key.startswith("_"):
+                    doc[key] = fields[key]
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str, ensure_ascii=False)
@@ -115,6 +118,11 @@ def configure_logging(log_format: str, level: str, *, replica: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Neither format shows thread or process names: skip collecting them for every record
+    # (documented switches of the logging module; a record per request adds up).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # aiohttp's own access log would print raw paths with query strings: ours replaces it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     quiet_parser_errors()
@@ -123,12 +131,21 @@ def configure_logging(log_format: str, level: str, *, replica: str) -> None:
 def log_access(
     method: str, route: str, status: int, seconds: float, subject: str | None
 ) -> None:
-    """One access-log line; ``route`` is the route template, never the raw path."""
-    _access.info(
+    """One access-log line; ``route`` is the route template, never the raw path.
+
+    Built with ``makeRecord`` + ``handle``: the same record ``info()`` would make, without
+    its stack walk for the caller (a line per request is on the hot path).
+    """
+    if not _access.isEnabledFor(logging.INFO):
+        return
+    record = _access.makeRecord(
+        _access.name,
+        logging.INFO,
+        __file__,
+        0,
         "%s %s %d",
-        method,
-        route,
-        status,
+        (method, route, status),
+        None,
         extra={
             "method": method,
             "path": route,
@@ -137,3 +154,4 @@ def log_access(
             "subject": subject,
         },
     )
+    _access.handle(record)

@@ -119,11 +119,21 @@ class GrantService:
         self._metrics.count_issuance(secret if known else "other", outcome)
 
     async def issue(
-        self, principal: Principal, req: IssueRequest, *, request_id: str
+        self,
+        principal: Principal,
+        req: IssueRequest,
+        *,
+        request_id: str,
+        decision: Decision | None = None,
     ) -> dict[str, Any]:
-        """Issue a credential or raise. Every outcome is ledgered before it is returned."""
+        """Issue a credential or raise. Every outcome is ledgered before it is returned.
+
+        ``decision``: ``decide()`` for this request on the current policy, if the caller
+        has just made it (the Vault API needs it first to look for an elevation).
+        """
         policy = self._policy.current
-        decision = decide(policy, principal, req.secret, req.ttl)
+        if decision is None:
+            decision = decide(policy, principal, req.secret, req.ttl)
         if decision.outcome != "allow":
             await self.record_denial(
                 principal,

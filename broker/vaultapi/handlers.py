@@ -315,6 +315,7 @@ async def _issue(request: web.Request, op: Operation, principal: Principal) -> w
             principal,
             IssueRequest(secret=entry.name, ttl=ttl, client=client),
             request_id=_rid(request),
+            decision=decision,
         )
     except Forbidden as e:
         if e.code != "elevation_required":

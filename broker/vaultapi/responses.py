@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.errors import BrokerError
+from broker.logs import REQUEST_ID_VAR
 
 __all__ = ["vault_error", "vault_json", "vault_status"]
 
@@ -43,7 +44,8 @@ def vault_json(
     """The envelope every Vault response has (``data`` / ``auth`` / lease fields)."""
     return web.json_response(
         {
-            "request_id": request_id or str(uuid.uuid4()),
+            # The id the middleware gave this request (also in the X-Request-Id header).
+            "request_id": request_id or REQUEST_ID_VAR.get() or str(uuid.uuid4()),
             "lease_id": lease_id,
             "renewable": renewable,
             "lease_duration": lease_duration,
