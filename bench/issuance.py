@@ -1,5 +1,9 @@
 """Issuance benchmark: direct OpenBao KV v2 reads vs broker KV issuances, same concurrency.
 
+Three phases: ``direct`` (OpenBao itself), ``broker`` (the native ``POST /v1/credentials``)
+and ``frontdoor`` (the same KV read as a Vault client makes it, through the broker's
+Vault-compatible API with a broker session token).
+
 Client, broker, OpenBao and PostgreSQL run as separate processes (as in production), all on
 this machine, so they share its cores; the client's own CPU cost is the same for both
 measurements. Each broker issuance is a durable, hash-chained ledger row committed before
