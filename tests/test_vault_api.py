@@ -504,3 +504,23 @@ async def test_sessions_expire_renew_to_max_and_revoke_across_replicas(
     with pytest.raises(AuthError) as revoked:
         await two.authenticate(token)
     assert revoked.value.code == "session_revoked"
+
+
+async def test_sys_health_follows_the_brokers_dependencies(
+    stack: DevStack, broker_settings: Any, http: aiohttp.ClientSession
+) -> None:
+    from tests.vault_proxy import broker_behind_proxy
+
+    async with broker_behind_proxy(stack, broker_settings, "fd-health") as (running, proxy):
+        runner = await start_vault_api(running.app, "127.0.0.1", 0)
+        try:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/sys/health"
+            async with http.get(url) as r:
+                assert r.status == 200 and (await r.json())["sealed"] is False
+            proxy.upstream = "http://127.0.0.1:9"  # Vault unreachable from the broker
+            async with http.get(url) as r:
+                assert r.status == 503 and (await r.json())["sealed"] is True
+            client = hvac.Client(url=url.removesuffix("/v1/sys/health"))
+            assert await asyncio.to_thread(client.sys.is_sealed) is True
+        finally:
+            await runner.cleanup()

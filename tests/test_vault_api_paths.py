@@ -29,6 +29,7 @@ INDEX = catalog_index(CATALOG)
         ("POST", "auth/token/create", "refused", "not_supported", None),
         ("GET", "sys/health", "health", "", None),
         ("HEAD", "sys/health", "health", "", None),
+        ("GET", "sys/seal-status", "health", "seal_status", None),
         ("HEAD", "secret/data/stripe/test", "refused", "read_only", None),
         ("HEAD", "database/creds/orders-ro", "refused", "read_only", None),
         ("GET", "sys/mounts", "mounts", "", None),

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.auth import Principal
+from broker.background import probe_dependencies
 from broker.durations import parse_duration
 from broker.errors import AuthError, BadRequest, Forbidden
 from broker.grants import IssueRequest
@@ -24,7 +25,7 @@ from broker.policy.decide import decide, roles_for
 from broker.policy.model import CatalogEntry
 from broker.text import safe_text
 from broker.web.authn import PRINCIPAL
-from broker.web.keys import AUTHN, ELEVATIONS, GRANTS, LEDGER, POLICY, VAULT, VERIFIER
+from broker.web.keys import AUTHN, ELEVATIONS, GRANTS, LEDGER, METRICS, POLICY, VAULT, VERIFIER
 from broker.web.middleware import REQUEST_ID
 
 from .keys import BROKER_APP, INDEX, SESSIONS
@@ -115,7 +116,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     op = resolve(request.method, request.match_info["tail"], _index(app))
     request[OPERATION] = op.kind
     if op.kind == "health":
-        return _health(request)
+        return await _health(request, always_ok=op.detail == "seal_status")
     if op.kind == "login":
         return await _login(request, op)
     broker = app[BROKER_APP]
@@ -167,12 +168,22 @@ def _refusal(op: Operation) -> Forbidden:
     return Forbidden(messages.get(op.detail, "permission denied"), code=op.detail or "forbidden")
 
 
-def _health(request: web.Request) -> web.Response:
-    # Answered by the broker itself, like Vault's: initialized, unsealed, active.
+async def _health(request: web.Request, *, always_ok: bool) -> web.Response:
+    """The broker's own readiness in Vault's shape: 200 when it can serve (Vault and the
+    ledger answer), else 503 — what Vault says when it cannot (sealed), so load balancers
+    and clients that probe ``sys/health`` move on to another replica. ``sys/seal-status``
+    (``always_ok``) says the same in its body with a 200, as Vault does."""
+    broker = request.app[BROKER_APP]
+    up = await probe_dependencies(
+        {"vault": broker[VAULT].health, "ledger": broker[LEDGER].ping},
+        broker[METRICS],
+        timeout=2.0,
+    )
+    ready = all(up.values())
     return web.json_response(
         {
             "initialized": True,
-            "sealed": False,
+            "sealed": not ready,
             "standby": False,
             "performance_standby": False,
             "replication_performance_mode": "disabled",
@@ -180,7 +191,13 @@ def _health(request: web.Request) -> web.Response:
             "server_time_utc": int(datetime.now(UTC).timestamp()),
             "version": "jit-broker",
             "cluster_name": "jit-broker",
-        }
+            # sys/seal-status's fields, for clients that ask that instead.
+            "type": "shamir",
+            "t": 1,
+            "n": 1,
+            "progress": 0,
+        },
+        status=200 if ready or always_ok else 503,
     )
 
 

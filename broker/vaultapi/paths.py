@@ -10,7 +10,7 @@ PUT/POST auth/<mount>/login                login         {role?, jwt}: jwt / kub
 GET auth/token/lookup-self                 token_lookup
 PUT/POST auth/token/renew-self             token_renew
 PUT/POST auth/token/revoke-self            token_revoke
-GET sys/health                             health        no token needed, as in Vault
+GET sys/health, GET sys/seal-status        health        no token needed, as in Vault
 GET sys/mounts                             mounts        mounts of the caller's secrets
 GET sys/internal/ui/mounts/<path>          ui_mount      the KV-version probe of CLIs
 PUT/POST sys/leases/renew                  lease_renew   {lease_id, increment?}
@@ -67,6 +67,7 @@ class Operation:
     kind: OperationKind
     entry: CatalogEntry | None = None
     # login: the auth mount; lease_*: a lease id from the path; ui_mount: the probed path;
+    # health: "seal_status" for sys/seal-status (always 200, as Vault answers it);
     # refused: why (not_in_catalog | read_only | not_supported | method_not_allowed).
     detail: str = ""
 
@@ -106,8 +107,10 @@ def resolve(method: str, path: str, index: CatalogIndex) -> Operation:
         if method not in _WRITE:
             return _not_allowed()
         return Operation("token_renew" if path.endswith("renew-self") else "token_revoke")
-    if path == "sys/health":
-        return Operation("health") if method in ("GET", "HEAD") else _not_allowed()
+    if path in ("sys/health", "sys/seal-status"):
+        if method not in ("GET", "HEAD"):
+            return _not_allowed()
+        return Operation("health", detail="seal_status" if path.endswith("status") else "")
     if path == "sys/mounts":
         return Operation("mounts") if method in _READ else _refused_write()
     if path.startswith("sys/internal/ui/mounts/"):
