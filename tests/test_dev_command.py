@@ -57,6 +57,17 @@ async def _run_dev(state: Path, env: dict[str, str]) -> tuple[dict[str, object],
                 headers={"Authorization": f"Bearer {tokens['alice']}"},
             ) as r:
                 assert r.status == 201, await r.text()
+            # The Vault-compatible front door serves too (dev.json's vault_api_url).
+            vault_api = info["vault_api_url"]
+            async with http.post(
+                f"{vault_api}/v1/auth/jwt/login", json={"jwt": tokens["alice"]}
+            ) as r:
+                assert r.status == 200, await r.text()
+                session = (await r.json())["auth"]["client_token"]
+            async with http.get(
+                f"{vault_api}/v1/secret/data/stripe/test", headers={"X-Vault-Token": session}
+            ) as r:
+                assert r.status == 200, await r.text()
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 30)
     finally:
