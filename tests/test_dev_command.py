@@ -113,4 +113,4 @@ async def test_broker_dev_against_external_services(
         )
     finally:
         await conn.close()
-    assert issued == 1
+    assert issued == 2  # one through the broker API, one through the Vault API
