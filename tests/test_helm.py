@@ -311,10 +311,11 @@ def test_pod_is_locked_down() -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert _mount_of(objects, "/tmp/x")["emptyDir"]  # the writable /tmp
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/v1/health", "port": "http"}
-    # Liveness is slower to give up than readiness: a dependency outage takes a replica out
-    # of the Service at once but restarts it only after minutes.
+    # Liveness asks only whether the process answers: a dependency outage takes replicas
+    # out of the Service (readiness) but must not restart them all.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v1/health/live", "port": "http"}
     live, ready = container["livenessProbe"], container["readinessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] > 3 * (
         ready["periodSeconds"] * ready["failureThreshold"]

@@ -32,6 +32,7 @@ __all__ = [
     "authenticated",
     "get_grants",
     "get_health",
+    "get_liveness",
     "get_me",
     "get_metrics",
     "get_openapi",
@@ -115,6 +116,14 @@ async def revoke_grant(request: web.Request) -> web.Response:
         principal, grant_id, request_id=request[REQUEST_ID], reason=reason
     )
     return web.json_response(result)
+
+
+async def get_liveness(request: web.Request) -> web.Response:
+    """Alive: the process answers. No dependency is probed, so an outage of Vault or the
+    ledger takes replicas out of rotation (readiness) without restarting them all."""
+    return web.json_response(
+        {"status": "alive", "replica": request.app[SETTINGS].replica_id}
+    )
 
 
 async def get_health(request: web.Request) -> web.Response:

@@ -628,6 +628,19 @@ _DOC: dict[str, Any] = {
                 },
             }
         },
+        "/v1/health/live": {
+            "get": {
+                "summary": "Liveness: the process answers (no dependency is probed)",
+                "operationId": "liveness",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Alive",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                },
+            }
+        },
         "/v1/audit/verify": {
             "get": {
                 "summary": "Verify the whole ledger chain and its signed checkpoints",

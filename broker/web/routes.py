@@ -36,6 +36,7 @@ ROUTES: list[web.RouteDef] = [
     web.post("/v1/reviews/{review_id}/decisions", rv.decide_review),
     web.post("/v1/reviews/{review_id}/complete", rv.complete_review),
     web.get("/v1/health", h.get_health),
+    web.get("/v1/health/live", h.get_liveness),
     web.get("/v1/audit/verify", h.get_verify),
     web.get("/v1/audit/evidence", ev.get_evidence),
     web.get("/v1/audit/access", au.get_audit_access),
