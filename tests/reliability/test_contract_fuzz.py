@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 import requests
 import schemathesis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -255,6 +256,8 @@ async def _seed_objects(
     }
 
 
+# The heavy variant (~28k requests) runs far past the suite's default 300 s per test.
+@pytest.mark.timeout(scaled(300, 3600))
 async def test_every_operation_survives_contract_fuzzing(
     stack: DevStack,
     broker_settings: Settings,

@@ -34,6 +34,7 @@ _RSS_GROWTH = 1.20
 _FD_GROWTH = 10
 
 
+@pytest.mark.timeout(_SECONDS + 240)  # the soak itself, plus start-up and the checks
 async def test_soak_is_flat(
     broker_settings: Settings, tokens: dict[str, str], tmp_path: Path
 ) -> None:
