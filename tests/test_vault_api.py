@@ -591,3 +591,19 @@ template {{
         subject_of(engineer),
     )
     assert {r["secret"] for r in rows} == {"stripe/test", "db/orders-ro"}
+
+
+async def test_renew_with_absurd_increments_is_a_clean_400(
+    front_door: str, tokens: dict[str, str], http: aiohttp.ClientSession
+) -> None:
+    """Found by the heavy fuzz: parse_duration's ValueError escaped as a 500."""
+    client = await hvac_login(front_door, tokens["alice"])
+    headers = {"X-Vault-Token": client.token}
+    for increment in (10**12, -5, "forever", "99999d"):
+        async with http.put(
+            f"{front_door}/v1/auth/token/renew-self",
+            json={"increment": increment},
+            headers=headers,
+        ) as r:
+            body = await r.json()
+            assert r.status == 400 and "invalid_ttl" in body["errors"][0], (increment, body)

@@ -75,7 +75,7 @@ def _seconds(value: object, name: str) -> int | None:
         return None
     try:
         return parse_duration(value)
-    except BadRequest:
+    except (ValueError, BadRequest):  # negative, zero, absurd, not a duration
         message = f"{name} must be a duration like 3600 or '1h'"
         raise BadRequest(message, code="invalid_ttl") from None
 

@@ -136,6 +136,7 @@ async def test_front_door_fuzz_no_5xx_and_no_unledgered_credential(
     cases = scaled(400, 4000)
     statuses: Counter[int] = Counter()
     five_xx = 0
+    backend_busy = 0
     slow_revokes = 0
     handed_out = 0
     bad_inputs = 0
@@ -157,7 +158,14 @@ async def test_front_door_fuzz_no_5xx_and_no_unledgered_credential(
             raw = await r.read()
             statuses[r.status] += 1
             if r.status >= 500:
-                five_xx += 1
+                # A good request may meet a backend too slow under load (503
+                # vault_unavailable); anything else, or any 5xx to bad input, is a defect.
+                if token == session_token and path in _ISSUING and r.status == 503 and (
+                    b"vault_unavailable" in raw
+                ):
+                    backend_busy += 1
+                else:
+                    five_xx += 1
                 continue
             if method == "LIST":
                 # aiohttp's HTTP parser refuses methods outside its table (Vault's LIST
@@ -197,6 +205,7 @@ async def test_front_door_fuzz_no_5xx_and_no_unledgered_credential(
             five_xx_on_bad_input=five_xx,
             notes=f"credentials handed out {handed_out}, grant.issued rows {ledgered};"
             f" lease revokes that timed out in Vault (503) {slow_revokes};"
+            f" good reads refused as Vault too slow (503) {backend_busy};"
             f" statuses {dict(sorted(statuses.items()))}",
         )
     )
