@@ -33,7 +33,9 @@ import asyncpg
 import psutil
 
 from broker.config import Settings
-from tests.ledger_helpers import BROKER_BIN, subprocess_env
+from tests.broker_process import serve_env
+from tests.ledger_helpers import BROKER_BIN
+from tests.reliability.conftest import HEAVY
 
 __all__ = [
     "AuditedOpenBao",
@@ -52,25 +54,7 @@ _STOP_TIMEOUT = 30.0
 
 def heavy() -> bool:
     """RELIABILITY_HEAVY=1 asks for the longer soak and more kills."""
-    return os.environ.get("RELIABILITY_HEAVY", "") not in ("", "0")
-
-
-def broker_env(settings: Settings, replica_id: str, **extra: str) -> dict[str, str]:
-    """The environment of a ``broker serve`` on ``settings`` (what a deployment sets)."""
-    assert settings.vault_token and settings.dev_issuer_key_path
-    return subprocess_env(
-        BROKER_DATABASE_URL=settings.database_url,
-        VAULT_ADDR=settings.vault_addr,
-        VAULT_TOKEN=settings.vault_token,
-        BROKER_POLICIES_DIR=str(settings.policies_dir),
-        BROKER_CHECKPOINT_KEY=str(settings.checkpoint_key_path),
-        BROKER_DEV_ISSUER_KEY=str(settings.dev_issuer_key_path),
-        BROKER_LEDGER_ORIGIN=settings.ledger_origin,
-        BROKER_REPLICA_ID=replica_id,
-        BROKER_PORT="0",
-        BROKER_CHECKPOINT_INTERVAL="1",
-        **extra,
-    )
+    return HEAVY
 
 
 @dataclass
@@ -93,7 +77,7 @@ class BrokerProcess:
             proc = await asyncio.create_subprocess_exec(
                 str(BROKER_BIN),
                 "serve",
-                env=broker_env(settings, replica_id, **extra_env),
+                env=serve_env(settings, replica_id, **extra_env),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
             )
