@@ -16,14 +16,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from broker.errors import BrokerError
-from broker.ledger import NewEvent
 from broker.logs import REQUEST_ID_VAR, log_access
-from broker.text import safe_text
 from broker.web.authn import PRINCIPAL
 from broker.web.keys import CLOCK, LEDGER, METRICS, SETTINGS
-from broker.web.middleware import REQUEST_ID
+from broker.web.middleware import REQUEST_ID, record_rejection
 
-from .handlers import OPERATION, handle
+from .handlers import OPERATION, client_info, handle
 from .keys import BROKER_APP, INDEX, SESSIONS, IndexCache
 from .responses import vault_error, vault_status
 from .sessions import SessionStore
@@ -51,7 +49,9 @@ async def _vault_errors(request: web.Request, handler: _Handler) -> web.StreamRe
         answer = e
         if 400 <= e.status < 500 and e.status != 401 and not e.recorded:
             try:
-                await _record_rejection(request, e)
+                await record_rejection(
+                    request.app[BROKER_APP][LEDGER], request, e, client=client_info(request)
+                )
             except BrokerError as ledger_error:
                 answer = ledger_error
         status = vault_status(answer)
@@ -74,30 +74,6 @@ async def _vault_errors(request: web.Request, handler: _Handler) -> web.StreamRe
         principal = request.get(PRINCIPAL)
         log_access(method, route, status, elapsed, principal.subject if principal else None)
         REQUEST_ID_VAR.reset(request_id_context)
-
-
-async def _record_rejection(request: web.Request, error: BrokerError) -> None:
-    principal = request.get(PRINCIPAL)
-    if principal is None:
-        return
-    await request.app[BROKER_APP][LEDGER].append(
-        NewEvent(
-            event="request.rejected",
-            outcome=error.code,
-            subject=principal.subject,
-            subject_kind=principal.kind,
-            request_id=request[REQUEST_ID],
-            body={
-                "route": safe_text(request.path),
-                "method": safe_text(request.method, 16),
-                "message": safe_text(error.message, 500),
-                "client": {
-                    "api": "vault",
-                    "user_agent": safe_text(request.headers.get("User-Agent", "")),
-                },
-            },
-        )
-    )
 
 
 async def _sessions(app: web.Application) -> None:

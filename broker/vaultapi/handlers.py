@@ -33,7 +33,7 @@ from .paths import CatalogIndex, Operation, catalog_index, mount_of, resolve
 from .responses import vault_json
 from .sessions import Session
 
-__all__ = ["OPERATION", "handle"]
+__all__ = ["OPERATION", "client_info", "handle"]
 
 # The classified call, for the middleware's metrics label.
 OPERATION = web.RequestKey("vault_operation", str)
@@ -43,7 +43,7 @@ _PKI_FIELDS = frozenset({"common_name", "ttl", "format"})
 _MOUNT_TYPES = {"kv2": "kv", "database": "database", "pki": "pki"}
 
 
-def _client(request: web.Request) -> dict[str, str]:
+def client_info(request: web.Request) -> dict[str, str]:
     agent = safe_text(request.headers.get("User-Agent", ""), _MAX_USER_AGENT)
     return {"api": "vault", "user_agent": agent}
 
@@ -224,7 +224,7 @@ async def _login(request: web.Request, op: Operation) -> web.Response:
         mount=op.detail,
         login_role=safe_text(role, 64) if role else None,
         request_id=_rid(request),
-        client=_client(request),
+        client=client_info(request),
     )
     return vault_json(auth=_auth_block(app, token, session))
 
@@ -317,7 +317,7 @@ async def _issue(request: web.Request, op: Operation, principal: Principal) -> w
                 code="certificate_names_fixed",
             )
         ttl = _seconds(body.get("ttl"), "ttl")
-    client = _client(request)
+    client = client_info(request)
     policy = broker[POLICY].current
     decision = decide(policy, principal, entry.name, ttl)
     if decision.outcome == "elevation_required":
@@ -393,7 +393,7 @@ async def _metadata(request: web.Request, op: Operation, principal: Principal) -
             secret=op.entry.name,
             policy_version=policy.version,
             request_id=_rid(request),
-            body={"client": _client(request)},
+            body={"client": client_info(request)},
         )
     )
     return vault_json(data=metadata)
@@ -415,6 +415,6 @@ async def _lease(request: web.Request, op: Operation, principal: Principal) -> w
         lease_id,
         _seconds(body.get("increment"), "increment"),
         request_id=_rid(request),
-        client=_client(request),
+        client=client_info(request),
     )
     return vault_json(lease_id=lease_id, renewable=True, lease_duration=duration)

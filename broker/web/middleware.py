@@ -12,19 +12,19 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
 from broker.errors import BrokerError
-from broker.ledger import NewEvent
+from broker.ledger import Ledger, NewEvent
 from broker.logs import REQUEST_ID_VAR, log_access
 from broker.text import safe_text
 
 from .authn import PRINCIPAL
 from .keys import LEDGER, METRICS
 
-__all__ = ["REQUEST_ID", "error_response", "middlewares"]
+__all__ = ["REQUEST_ID", "error_response", "middlewares", "record_rejection"]
 
 _log = logging.getLogger(__name__)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,7 +72,7 @@ async def _request_context(request: web.Request, handler: _Handler) -> web.Strea
         answer: BrokerError = e
         if 400 <= e.status < 500 and e.status != 401 and not e.recorded:
             try:
-                await _record_rejection(request, e)
+                await record_rejection(request.app[LEDGER], request, e)
             except BrokerError as ledger_error:
                 answer = ledger_error
         status = answer.status
@@ -98,11 +98,21 @@ async def _request_context(request: web.Request, handler: _Handler) -> web.Strea
         REQUEST_ID_VAR.reset(request_id_context)
 
 
-async def _record_rejection(request: web.Request, error: BrokerError) -> None:
+async def record_rejection(
+    ledger: Ledger,
+    request: web.Request,
+    error: BrokerError,
+    *,
+    client: Mapping[str, str] | None = None,
+) -> None:
+    """Ledger ``error`` answered to an authenticated caller as ``request.rejected``.
+
+    Shared by both APIs; ``client`` (the Vault API and its user-agent) goes in the body.
+    """
     principal = request.get(PRINCIPAL)
     if principal is None:
         return
-    await request.app[LEDGER].append(
+    await ledger.append(
         NewEvent(
             event="request.rejected",
             outcome=error.code,
@@ -111,8 +121,9 @@ async def _record_rejection(request: web.Request, error: BrokerError) -> None:
             request_id=request[REQUEST_ID],
             body={
                 "route": safe_text(request.path),
-                "method": request.method[:16],
+                "method": safe_text(request.method, 16),
                 "message": safe_text(error.message, 500),
+                **({"client": dict(client)} if client else {}),
             },
         )
     )
