@@ -285,8 +285,7 @@ def _mounts(request: web.Request, principal: Principal) -> web.Response:
         e.mount.strip("/") + "/": _mount_info(e) for e in _visible_entries(request, principal)
     }
     # Vault returns the mounts both at the top level and under "data".
-    body = json.loads(vault_json(data=mounts).text or "{}")
-    return web.json_response({**mounts, **body}, headers={"Cache-Control": "no-store"})
+    return vault_json(data=mounts, top_level=mounts)
 
 
 def _ui_mount(request: web.Request, op: Operation) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -40,10 +41,15 @@ def vault_json(
     lease_duration: int = 0,
     warnings: list[str] | None = None,
     request_id: str | None = None,
+    top_level: Mapping[str, Any] | None = None,
 ) -> web.Response:
-    """The envelope every Vault response has (``data`` / ``auth`` / lease fields)."""
+    """The envelope every Vault response has (``data`` / ``auth`` / lease fields).
+
+    ``top_level``: keys some endpoints also repeat beside the envelope (``sys/mounts``).
+    """
     return web.json_response(
         {
+            **(top_level or {}),
             # The id the middleware gave this request (also in the X-Request-Id header).
             "request_id": request_id or REQUEST_ID_VAR.get() or str(uuid.uuid4()),
             "lease_id": lease_id,
