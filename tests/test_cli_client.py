@@ -280,3 +280,29 @@ async def test_connection_errors(
     missing = "00000000-0000-4000-8000-000000000000"
     r = await cli("elevations", "show", missing, cwd=tmp_path, url=broker.url, token=tokens["bob"])
     assert r.rc == 1 and r.err.startswith("error: elevation_not_found: "), r
+
+
+async def test_audit_gaps_and_annotate_gap(
+    broker: RunningBroker, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """``broker audit gaps`` (audit) and ``annotate-gap`` (admin) through the client."""
+    carol = {"cwd": tmp_path, "url": broker.url, "token": tokens["carol"]}
+    erin = {"cwd": tmp_path, "url": broker.url, "token": tokens["erin"]}
+    start, end = "2026-01-05T10:00:00+00:00", "2026-01-05T10:20:00+00:00"
+
+    r = await cli(
+        "audit", "annotate-gap", "--from", start, "--to", end, "--note", "failover, INC-42", **erin
+    )
+    assert r.rc == 0, r
+    assert r.out.startswith(f"annotated {start} .. {end} (ledger row "), r
+    r = await cli(
+        "audit", "annotate-gap", "--from", start, "--to", end, "--note", "mine", **carol
+    )
+    assert r.rc == 1 and r.err.startswith("error: forbidden: "), r
+
+    r = await cli("audit", "gaps", "--from", start, "--to", end, "--json", **carol)
+    assert r.rc == 0, r
+    assert r.json()["from"] == start and r.json()["to"] == end and "gaps" in r.json(), r
+    r = await cli("audit", "gaps", "--from", start, "--to", end, **carol)
+    assert r.rc == 0, r
+    assert r.out.strip() == f"no gaps between {start} and {end}", r

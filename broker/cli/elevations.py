@@ -1,131 +1,25 @@
-"""Client commands: elevations, credentials and grants against a running broker.
+"""``broker elevations``, ``broker credentials`` and ``broker grants``: step-up access and
+credentials against a running broker.
 
-They talk HTTP with a bearer token (``broker.client``). Exit codes: 0 ok, 1 the broker
-refused (its error code is printed), 2 usage/configuration, 3 broker unreachable. The
-connection options and output helpers here are shared by every client command module
-(``cli_audit``, ``cli_offboarding``, ``cli_reviews``, ``cli_continuity``).
+  broker elevations request SECRET --reason TEXT [--ticket T] [--duration D] [--break-glass]
+  broker elevations list|show|approve|deny|cancel|review|credentials ...
+  broker credentials get SECRET [--ttl D] [--reason TEXT] [--ticket T]
+  broker grants list [--active] | revoke ID [--reason TEXT]
+
+IDs may be a unique prefix of a visible elevation's or grant's ID (the tables show eight
+characters). Connection options and exit codes: ``broker.cli._connection``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "ClientUsage",
-    "add_client_commands",
-    "cell",
-    "client_command",
-    "connection_options",
-    "print_json",
-    "short",
-    "table",
-    "when",
-]
+from broker.cli._connection import add_client_command, resolve_id
+from broker.cli._output import cell, print_json, short, table, when
+from broker.cli.client import BrokerClient
 
-
-class ClientUsage(Exception):
-    """Missing or unusable connection settings (exit 2)."""
-
-
-def _load_dev_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ClientUsage(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ClientUsage(f"{path} is not a JSON object")
-    return data
-
-
-def _connect(args: argparse.Namespace) -> Any:
-    """A ``BrokerClient`` from --url/--token/--as, the environment, and ``.broker/dev.json``."""
-    from broker.client import BrokerClient
-
-    dev_path = Path(args.dev_json or ".broker/dev.json")
-    if args.dev_json and not dev_path.exists():
-        raise ClientUsage(f"{dev_path} not found")
-    dev = _load_dev_json(dev_path) if dev_path.exists() else None
-    if args.as_name is not None:
-        if dev is None:
-            raise ClientUsage(f"--as needs {dev_path} (written by `broker dev`)")
-        known = dev.get("tokens")
-        if not isinstance(known, dict):
-            known = {}
-        token = known.get(args.as_name)
-        if not isinstance(token, str):
-            names = ", ".join(sorted(known)) or "none"
-            raise ClientUsage(f"no token for {args.as_name!r} in {dev_path} (known: {names})")
-    else:
-        token = args.token or os.environ.get("BROKER_TOKEN")
-    url = args.url or os.environ.get("BROKER_URL") or (dev or {}).get("url")
-    if not url or not isinstance(url, str):
-        raise ClientUsage(
-            "no broker URL: pass --url, set BROKER_URL,"
-            " or run `broker dev` (it writes .broker/dev.json)"
-        )
-    if not token:
-        raise ClientUsage("no token: pass --token, set BROKER_TOKEN, or use --as NAME (dev)")
-    try:
-        return BrokerClient(url, token, timeout=args.timeout)
-    except ValueError as e:
-        raise ClientUsage(str(e)) from None
-
-
-def client_command(args: argparse.Namespace) -> int:
-    from broker.client import BrokerError, BrokerUnreachable
-
-    try:
-        return int(args.client_func(_connect(args), args))
-    except ClientUsage as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokerError as e:
-        print(f"error: {e.code}: {e.message}", file=sys.stderr)
-        return 1
-    except BrokerUnreachable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
-
-
-def cell(value: Any, width: int | None = None) -> str:
-    """Display text: no control characters (other people's reasons reach this terminal)."""
-    text = "-" if value is None or value == "" else str(value)
-    text = "".join(c if c.isprintable() else " " for c in text)
-    if width is not None and len(text) > width:
-        text = text[: width - 1] + "…"
-    return text
-
-
-def when(value: Any) -> str:
-    from datetime import UTC, datetime
-
-    if not isinstance(value, str):
-        return "-"
-    try:
-        return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    except ValueError:
-        return cell(value)
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [headers, *rows]
-    ]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def short(value: Any) -> str:
-    return str(value)[:8]
+__all__ = ["register"]
 
 
 def _votes(el: dict[str, Any]) -> str:
@@ -197,30 +91,15 @@ def _describe_elevation(el: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _resolve(client: Any, given: str, kind: str) -> str:
-    """Accept the short IDs the tables show: a unique prefix of a visible elevation/grant."""
-    import uuid
-
-    from broker.client import BrokerError
-
-    try:
-        return str(uuid.UUID(given))
-    except ValueError:
-        pass
-    if len(given) < 4:
-        return given  # the broker answers not found
-    items = client.list_elevations() if kind == "elevation" else client.list_grants()
-    matches = [str(i["id"]) for i in items if str(i.get("id", "")).startswith(given.lower())]
-    if len(matches) > 1:
-        raise ClientUsage(f"{given!r} matches several {kind}s: give more of the ID")
-    if not matches:
-        raise BrokerError(
-            404, f"{kind}_not_found", f"no {kind} visible to you starts with {given!r}"
-        )
-    return matches[0]
+def _elevation_id(client: BrokerClient, given: str) -> str:
+    return resolve_id(given, "elevation", client.list_elevations)
 
 
-def _el_request(client: Any, args: argparse.Namespace) -> int:
+def _grant_id(client: BrokerClient, given: str) -> str:
+    return resolve_id(given, "grant", client.list_grants)
+
+
+def _el_request(client: BrokerClient, args: argparse.Namespace) -> int:
     el = client.request_elevation(
         args.secret,
         reason=args.reason,
@@ -244,7 +123,7 @@ def _el_request(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _el_list(client: Any, args: argparse.Namespace) -> int:
+def _el_list(client: BrokerClient, args: argparse.Namespace) -> int:
     items = client.list_elevations(
         status=args.status, unreviewed_break_glass=args.unreviewed_break_glass
     )
@@ -271,8 +150,8 @@ def _el_list(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _el_show(client: Any, args: argparse.Namespace) -> int:
-    el = client.get_elevation(_resolve(client, args.id, "elevation"))
+def _el_show(client: BrokerClient, args: argparse.Namespace) -> int:
+    el = client.get_elevation(_elevation_id(client, args.id))
     if args.json:
         print_json(el)
     else:
@@ -280,7 +159,7 @@ def _el_show(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _el_decide(client: Any, args: argparse.Namespace) -> int:
+def _el_decide(client: BrokerClient, args: argparse.Namespace) -> int:
     action = {
         "approve": (client.approve_elevation, "approved"),
         "deny": (client.deny_elevation, "denied"),
@@ -288,7 +167,7 @@ def _el_decide(client: Any, args: argparse.Namespace) -> int:
         "review": (client.review_elevation, "reviewed"),
     }
     call, verb = action[args.elevation_command]
-    el = call(_resolve(client, args.id, "elevation"), args.comment)
+    el = call(_elevation_id(client, args.id), args.comment)
     if args.json:
         print_json(el)
     else:
@@ -300,20 +179,20 @@ def _el_decide(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _el_credentials(client: Any, args: argparse.Namespace) -> int:
+def _el_credentials(client: BrokerClient, args: argparse.Namespace) -> int:
     # The grant carries the credential: it goes to stdout only, never to a log.
-    print_json(client.redeem_elevation(_resolve(client, args.id, "elevation"), ttl=args.ttl))
+    print_json(client.redeem_elevation(_elevation_id(client, args.id), ttl=args.ttl))
     return 0
 
 
-def _credentials_get(client: Any, args: argparse.Namespace) -> int:
+def _credentials_get(client: BrokerClient, args: argparse.Namespace) -> int:
     print_json(
         client.issue_credentials(args.secret, ttl=args.ttl, reason=args.reason, ticket=args.ticket)
     )
     return 0
 
 
-def _grants_list(client: Any, args: argparse.Namespace) -> int:
+def _grants_list(client: BrokerClient, args: argparse.Namespace) -> int:
     grants = client.list_grants(active=args.active)
     if args.json:
         print_json({"grants": grants})
@@ -337,8 +216,8 @@ def _grants_list(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _grants_revoke(client: Any, args: argparse.Namespace) -> int:
-    g = client.revoke_grant(_resolve(client, args.id, "grant"), reason=args.reason)
+def _grants_revoke(client: BrokerClient, args: argparse.Namespace) -> int:
+    g = client.revoke_grant(_grant_id(client, args.id), reason=args.reason)
     if args.json:
         print_json(g)
     else:
@@ -349,27 +228,9 @@ def _grants_revoke(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def connection_options() -> argparse.ArgumentParser:
-    """The options every client command takes (a parent parser): read by ``connect``."""
-    conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--url", help="broker URL (default: $BROKER_URL, else .broker/dev.json)")
-    who = conn.add_mutually_exclusive_group()
-    who.add_argument("--token", help="bearer token (default: $BROKER_TOKEN; prefer the env)")
-    who.add_argument("--as", dest="as_name", metavar="NAME", help="dev: tokens[NAME] of dev.json")
-    conn.add_argument("--dev-json", metavar="PATH", help="default: .broker/dev.json")
-    conn.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-    conn.add_argument("--json", action="store_true", help="print the broker's JSON")
-    return conn
-
-
-def add_client_commands(sub: Any) -> None:
-    conn = connection_options()
-
-    def leaf(parent: Any, name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = parent.add_parser(name, parents=[conn], help=help_text)
-        p.set_defaults(func=client_command, client_func=func)
-        return p
-
+def register(sub: Any) -> None:
+    """Add ``elevations``, ``credentials`` and ``grants`` to the top-level subparsers."""
+    leaf = add_client_command
     els = sub.add_parser("elevations", help="request, list and decide step-up elevations")
     esub = els.add_subparsers(dest="elevation_command", required=True)
     p = leaf(esub, "request", _el_request, "ask for elevated access to a privileged secret")

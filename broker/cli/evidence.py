@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_commands", "parse_when"]
+__all__ = ["parse_when", "register"]
 
 
 def parse_when(text: str) -> datetime:
@@ -232,8 +232,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def add_commands(sub: Any) -> None:
-    """Register ``broker evidence`` (called from ``broker.cli._parser``)."""
+def register(sub: Any) -> None:
+    """Add ``evidence`` (export, check) to the top-level subparsers."""
     ev = sub.add_parser("evidence", help="export the signed evidence package; dry-run audit")
     esub = ev.add_subparsers(dest="evidence_command", required=True)
 

@@ -1,11 +1,15 @@
 """A small synchronous HTTP client for the broker API, used by the ``broker`` CLI.
 
-Standard library only (``urllib``), one method per endpoint, a timeout on every call.
-The bearer token is sent in the ``Authorization`` header and nowhere else; nothing here
-logs requests or responses (a response may carry a credential).
+Standard library only (``urllib``), one public method per endpoint, a timeout on every
+call. The bearer token is sent in the ``Authorization`` header and nowhere else; nothing
+here logs requests or responses (a response may carry a credential). Every answer is a
+JSON object, returned as a ``dict``; list endpoints return the page as the broker sent it
+(with ``next_cursor`` where the endpoint pages) unless the method says otherwise.
 
-Errors:
-  ``BrokerError``       the broker answered with an error status (``{"error": {code, message}}``)
+Errors (all ``ClientError``; none of them is ``broker.errors.BrokerError``, the server's
+root error):
+  ``BrokerHTTPError``   the broker answered with an error status (``{"error": {code,
+                        message}}``) or with a body that is not a JSON object
   ``BrokerUnreachable`` no answer: connection refused, DNS failure, timeout, broken response
 """
 
@@ -16,14 +20,19 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BrokerClient", "BrokerError", "BrokerUnreachable"]
+__all__ = ["BrokerClient", "BrokerHTTPError", "BrokerUnreachable", "ClientError"]
 
 _MAX_ERROR_TEXT = 200
 
 
-class BrokerError(Exception):
+class ClientError(Exception):
+    """Root of the errors ``BrokerClient`` raises."""
+
+
+class BrokerHTTPError(ClientError):
     """The broker refused: ``status`` is the HTTP status, ``code``/``message`` its error body."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -33,18 +42,18 @@ class BrokerError(Exception):
         self.message = message
 
 
-class BrokerUnreachable(Exception):
+class BrokerUnreachable(ClientError):
     """The broker could not be reached or gave no usable answer."""
 
 
-def _error_from(status: int, raw: bytes) -> BrokerError:
+def _error_from(status: int, raw: bytes) -> BrokerHTTPError:
     try:
         body = json.loads(raw)
         err = body["error"]
-        return BrokerError(status, str(err["code"]), str(err["message"]))
+        return BrokerHTTPError(status, str(err["code"]), str(err["message"]))
     except (ValueError, KeyError, TypeError):
         text = raw.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
-        return BrokerError(status, f"http_{status}", text or "no error body")
+        return BrokerHTTPError(status, f"http_{status}", text or "no error body")
 
 
 class BrokerClient:
@@ -69,11 +78,12 @@ class BrokerClient:
         path: str,
         *,
         body: dict[str, Any] | None = None,
-        query: dict[str, str] | None = None,
+        query: Mapping[str, str | None] | None = None,
     ) -> dict[str, Any]:
         url = self.url + path
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
+        given = {k: v for k, v in (query or {}).items() if v is not None}
+        if given:
+            url += "?" + urllib.parse.urlencode(given)
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
         data = None
         if body is not None:
@@ -98,9 +108,13 @@ class BrokerClient:
         try:
             result = json.loads(raw)
         except ValueError:
-            raise BrokerError(status, "bad_response", "the broker's answer is not JSON") from None
+            raise BrokerHTTPError(
+                status, "bad_response", "the broker's answer is not JSON"
+            ) from None
         if not isinstance(result, dict):
-            raise BrokerError(status, "bad_response", "the broker's answer is not a JSON object")
+            raise BrokerHTTPError(
+                status, "bad_response", "the broker's answer is not a JSON object"
+            )
         return result
 
     # --- identity and plain credentials ---------------------------------------------
@@ -179,9 +193,120 @@ class BrokerClient:
         body = _drop_none({"ttl": ttl})
         return self._call("POST", f"/v1/elevations/{_seg(elevation_id)}/credentials", body=body)
 
+    # --- audit (the audit capability; annotate-gap: admin) ------------------------------
+
+    def audit_access(
+        self,
+        *,
+        period_from: str,
+        period_to: str,
+        subject: str | None = None,
+        secret: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of access windows in [from, to): ``access``, ``next_cursor``."""
+        query = {
+            "subject": subject,
+            "secret": secret,
+            "from": period_from,
+            "to": period_to,
+            "limit": _str(limit),
+            "cursor": cursor,
+        }
+        return self._call("GET", "/v1/audit/access", query=query)
+
+    def audit_events(
+        self,
+        *,
+        subject: str | None = None,
+        secret: str | None = None,
+        types: str | None = None,
+        period_from: str | None = None,
+        period_to: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """One page of ledger events, oldest first: ``events``, ``next_cursor``.
+
+        ``types`` is a comma-separated list of event names."""
+        query = {
+            "subject": subject,
+            "secret": secret,
+            "type": types,
+            "from": period_from,
+            "to": period_to,
+            "cursor": cursor,
+            "limit": _str(limit),
+        }
+        return self._call("GET", "/v1/audit/events", query=query)
+
+    def audit_gaps(self, *, period_from: str, period_to: str | None = None) -> dict[str, Any]:
+        """Heartbeat gaps in the period (``to`` defaults to now on the broker): ``gaps``."""
+        query = {"from": period_from, "to": period_to}
+        return self._call("GET", "/v1/audit/gaps", query=query)
+
+    def annotate_gap(self, *, period_from: str, period_to: str, remediation: str) -> dict[str, Any]:
+        """Ledger a remediation note for the gap [from, to): ``annotation``."""
+        body = {"from": period_from, "to": period_to, "remediation": remediation}
+        return self._call("POST", "/v1/audit/gaps/annotate", body=body)
+
+    # --- offboarding (admin; listing: admin or audit) -----------------------------------
+
+    def offboard(
+        self, subject: str, *, reason: str, terminated_at: str | None = None
+    ) -> dict[str, Any]:
+        """Offboard ``subject`` (or resume an unfinished offboarding): the report."""
+        body = _drop_none({"subject": subject, "reason": reason, "terminated_at": terminated_at})
+        return self._call("POST", "/v1/offboarding", body=body)
+
+    def reinstate(self, subject: str, *, reason: str) -> dict[str, Any]:
+        """Re-onboard an offboarded ``subject``."""
+        path = f"/v1/offboarding/{_seg(subject)}/reinstate"
+        return self._call("POST", path, body={"reason": reason})
+
+    def list_offboardings(
+        self, *, period_from: str | None = None, period_to: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Offboardings started in the period."""
+        query = {"from": period_from, "to": period_to}
+        out = self._call("GET", "/v1/offboarding", query=query)
+        return list(out.get("offboardings") or [])
+
+    # --- access reviews -------------------------------------------------------------------
+
+    def open_review(self, *, period: str, reviewer_group: str) -> dict[str, Any]:
+        body = {"period": period, "reviewer_group": reviewer_group}
+        return self._call("POST", "/v1/reviews", body=body)
+
+    def list_reviews(
+        self, *, period: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        out = self._call("GET", "/v1/reviews", query={"period": period, "limit": _str(limit)})
+        return list(out.get("reviews") or [])
+
+    def get_review(self, review_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/reviews/{_seg(review_id)}")
+
+    def decide_review(
+        self, review_id: str, *, entitlement_id: str, decision: str, comment: str | None = None
+    ) -> dict[str, Any]:
+        """Keep or revoke one entitlement of the review: the review after the decision."""
+        body = _drop_none(
+            {"entitlement_id": entitlement_id, "decision": decision, "comment": comment}
+        )
+        return self._call("POST", f"/v1/reviews/{_seg(review_id)}/decisions", body=body)
+
+    def complete_review(self, review_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/reviews/{_seg(review_id)}/complete")
+
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
+
+
+def _str(value: int | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _seg(value: str) -> str:

@@ -6,47 +6,27 @@
   broker reviews decide ID ENTITLEMENT keep|revoke [--comment TEXT] (reviewer; revoke: comment)
   broker reviews complete ID                                        (reviewer)
 
-ID may be a unique prefix of a visible review's id. Connection options and exit codes are
-those of the other client commands (``broker.cli``).
+ID may be a unique prefix of a visible review's id. Connection options and exit codes:
+``broker.cli._connection``.
 """
 
 from __future__ import annotations
 
 import argparse
-import urllib.parse
-import uuid
 from typing import Any
 
-from broker import cli_client as _cli
-from broker.client import BrokerClient, BrokerError
+from broker.cli._connection import ClientCommand, add_client_command, resolve_id
+from broker.cli._output import cell, print_json, short, table, when
+from broker.cli.client import BrokerClient
 
-__all__ = ["add_commands"]
+__all__ = ["register"]
 
-# broker/client.py is shared by the parts of issue #4; its generic ``_call`` is used here
-# instead of adding one method per review endpoint to it.
-
-
-def _path(review_id: str, suffix: str = "") -> str:
-    return f"/v1/reviews/{urllib.parse.quote(review_id, safe='')}{suffix}"
+# The most reviews a short ID is looked up among (the newest first, as the broker lists).
+_RESOLVE_LIMIT = 500
 
 
-def _resolve(client: BrokerClient, given: str) -> str:
-    """A full id, or the one visible review whose id starts with ``given``."""
-    try:
-        return str(uuid.UUID(given))
-    except ValueError:
-        pass
-    if len(given) < 4:
-        return given  # the broker answers not found
-    items = client._call("GET", "/v1/reviews", query={"limit": "500"}).get("reviews") or []
-    matches = [str(r["id"]) for r in items if str(r.get("id", "")).startswith(given.lower())]
-    if len(matches) > 1:
-        raise _cli.ClientUsage(f"{given!r} matches several reviews: give more of the ID")
-    if not matches:
-        raise BrokerError(
-            404, "review_not_found", f"no review visible to you starts with {given!r}"
-        )
-    return matches[0]
+def _review_id(client: BrokerClient, given: str) -> str:
+    return resolve_id(given, "review", lambda: client.list_reviews(limit=_RESOLVE_LIMIT))
 
 
 def _progress(r: dict[str, Any]) -> str:
@@ -55,20 +35,18 @@ def _progress(r: dict[str, Any]) -> str:
 
 
 def _describe(r: dict[str, Any]) -> str:
-    c = _cli.cell
+    c = cell
     lines = [
         f"review:     {c(r.get('id'))}",
         f"period:     {c(r.get('period'))}"
-        f" ({_cli.when(r.get('period_start'))} .. {_cli.when(r.get('period_end'))})",
+        f" ({when(r.get('period_start'))} .. {when(r.get('period_end'))})",
         f"status:     {c(r.get('status'))}, decided {_progress(r)}",
         f"reviewers:  {c(r.get('reviewer_group'))}",
-        f"opened:     by {c(r.get('opened_by'))} at {_cli.when(r.get('opened_at'))}",
+        f"opened:     by {c(r.get('opened_by'))} at {when(r.get('opened_at'))}",
         f"policy:     {c(r.get('policy_version'))}",
     ]
     if r.get("completed_at"):
-        lines.append(
-            f"completed:  by {c(r.get('completed_by'))} at {_cli.when(r.get('completed_at'))}"
-        )
+        lines.append(f"completed:  by {c(r.get('completed_by'))} at {when(r.get('completed_at'))}")
     if r.get("entitlements_truncated") or r.get("usage_truncated"):
         lines.append("NOTE:       the snapshot was truncated at its cap")
     rows = []
@@ -84,19 +62,19 @@ def _describe(r: dict[str, Any]) -> str:
             ]
         )
     if rows:
-        lines += ["", _cli.table(["ENTITLEMENT", "PRIV", "DECISION", "BY", "COMMENT"], rows)]
+        lines += ["", table(["ENTITLEMENT", "PRIV", "DECISION", "BY", "COMMENT"], rows)]
     usage = [
         [
             c(u.get("subject"), 40),
             c(u.get("secret")),
             c(u.get("role")),
             c(u.get("grants")),
-            _cli.when(u.get("last_used")),
+            when(u.get("last_used")),
         ]
         for u in r.get("usage") or []
     ]
     if usage:
-        lines += ["", _cli.table(["SUBJECT", "SECRET", "ROLE", "GRANTS", "LAST USED"], usage)]
+        lines += ["", table(["SUBJECT", "SECRET", "ROLE", "GRANTS", "LAST USED"], usage)]
     items = [
         [
             c(i.get("entitlement_id"), 60),
@@ -106,36 +84,34 @@ def _describe(r: dict[str, Any]) -> str:
         for i in r.get("action_items") or []
     ]
     if items:
-        lines += ["", _cli.table(["ACTION ITEM (revoke)", "STATUS", "RESOLVED BY"], items)]
+        lines += ["", table(["ACTION ITEM (revoke)", "STATUS", "RESOLVED BY"], items)]
     return "\n".join(lines)
 
 
 def _show_result(r: dict[str, Any], args: argparse.Namespace, headline: str) -> int:
     if args.json:
-        _cli.print_json(r)
+        print_json(r)
     else:
         print(headline)
     return 0
 
 
 def _open(client: BrokerClient, args: argparse.Namespace) -> int:
-    body = {"period": args.period, "reviewer_group": args.reviewer_group}
-    r = client._call("POST", "/v1/reviews", body=body)
+    r = client.open_review(period=args.period, reviewer_group=args.reviewer_group)
     return _show_result(
         r,
         args,
-        f"review {r.get('id')} of {_cli.cell(r.get('period'))} opened:"
+        f"review {r.get('id')} of {cell(r.get('period'))} opened:"
         f" {len(r.get('entitlements') or [])} entitlements for"
-        f" {_cli.cell(r.get('reviewer_group'))} to decide\n"
-        f"a reviewer runs: broker reviews show {_cli.short(r.get('id'))}",
+        f" {cell(r.get('reviewer_group'))} to decide\n"
+        f"a reviewer runs: broker reviews show {short(r.get('id'))}",
     )
 
 
 def _list(client: BrokerClient, args: argparse.Namespace) -> int:
-    query = {"period": args.period} if args.period else None
-    items = list(client._call("GET", "/v1/reviews", query=query).get("reviews") or [])
+    items = client.list_reviews(period=args.period or None)
     if args.json:
-        _cli.print_json({"reviews": items})
+        print_json({"reviews": items})
         return 0
     if not items:
         print("no reviews")
@@ -143,57 +119,56 @@ def _list(client: BrokerClient, args: argparse.Namespace) -> int:
     headers = ["ID", "PERIOD", "STATUS", "REVIEWERS", "DECIDED", "OPEN ITEMS", "OPENED"]
     rows = [
         [
-            _cli.short(r.get("id")),
-            _cli.cell(r.get("period")),
-            _cli.cell(r.get("status")),
-            _cli.cell(r.get("reviewer_group")),
+            short(r.get("id")),
+            cell(r.get("period")),
+            cell(r.get("status")),
+            cell(r.get("reviewer_group")),
             _progress(r),
-            _cli.cell(r.get("open_action_items")),
-            _cli.when(r.get("opened_at")),
+            cell(r.get("open_action_items")),
+            when(r.get("opened_at")),
         ]
         for r in items
     ]
-    print(_cli.table(headers, rows))
+    print(table(headers, rows))
     return 0
 
 
 def _show(client: BrokerClient, args: argparse.Namespace) -> int:
-    r = client._call("GET", _path(_resolve(client, args.id)))
+    r = client.get_review(_review_id(client, args.id))
     return _show_result(r, args, _describe(r))
 
 
 def _decide(client: BrokerClient, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"entitlement_id": args.entitlement, "decision": args.decision}
-    if args.comment:
-        body["comment"] = args.comment
-    r = client._call("POST", _path(_resolve(client, args.id), "/decisions"), body=body)
+    r = client.decide_review(
+        _review_id(client, args.id),
+        entitlement_id=args.entitlement,
+        decision=args.decision,
+        comment=args.comment or None,
+    )
     return _show_result(
         r,
         args,
-        f"{args.decision} {_cli.cell(args.entitlement)}: decided {_progress(r)}",
+        f"{args.decision} {cell(args.entitlement)}: decided {_progress(r)}",
     )
 
 
 def _complete(client: BrokerClient, args: argparse.Namespace) -> int:
-    r = client._call("POST", _path(_resolve(client, args.id), "/complete"))
+    r = client.complete_review(_review_id(client, args.id))
     return _show_result(
         r,
         args,
-        f"review {_cli.short(r.get('id'))} of {_cli.cell(r.get('period'))} completed;"
-        f" {_cli.cell(r.get('open_action_items'))} open action item(s)",
+        f"review {short(r.get('id'))} of {cell(r.get('period'))} completed;"
+        f" {cell(r.get('open_action_items'))} open action item(s)",
     )
 
 
-def add_commands(sub: Any) -> None:
-    """Register ``reviews`` (open, list, show, decide, complete) on the top-level parsers."""
-    conn = _cli.connection_options()
+def register(sub: Any) -> None:
+    """Add ``reviews`` (open, list, show, decide, complete) to the top-level subparsers."""
     reviews = sub.add_parser("reviews", help="quarterly access reviews")
     rsub = reviews.add_subparsers(dest="reviews_command", required=True)
 
-    def leaf(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = rsub.add_parser(name, parents=[conn], help=help_text)
-        p.set_defaults(func=_cli.client_command, client_func=func)
-        return p
+    def leaf(name: str, func: ClientCommand, help_text: str) -> argparse.ArgumentParser:
+        return add_client_command(rsub, name, func, help_text)
 
     p = leaf("open", _open, "open a review of a quarter (admin)")
     p.add_argument("--period", required=True, help="e.g. 2026-Q1")
