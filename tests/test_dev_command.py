@@ -7,11 +7,15 @@ PostgreSQL and OpenBao (here: the session stack's) via BROKER_DATABASE_URL / VAU
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -30,23 +34,65 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def _run_dev(state: Path, env: dict[str, str]) -> tuple[dict[str, object], int]:
-    """Start `broker dev`, use it, stop it with SIGINT; return (dev.json, exit code)."""
-    proc = await asyncio.create_subprocess_exec(
-        str(BROKER), "dev", "--state-dir", str(state), "--port", "0",
-        cwd=REPO, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    children: set[int] = set()
+async def _stop(proc: asyncio.subprocess.Process, seen: list[psutil.Process]) -> list[int]:
+    """Stop `broker dev` as Ctrl-C does (SIGKILL after 30 s); kill whatever of its children
+    (``seen`` earlier, or still attached) outlived it, and return their pids: a clean stop
+    leaves none."""
+    children = list(seen)
+    if proc.returncode is None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            children += psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    await asyncio.sleep(0.5)
+    # is_running() also checks the start time: a recycled pid is not one of ours.
+    leftovers = [c for c in children if c.is_running()]
+    for child in leftovers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    return [c.pid for c in leftovers]
+
+
+@asynccontextmanager
+async def _dev_running(
+    state: Path, env: dict[str, str]
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict[str, Any]]]:
+    """A `broker dev` up (dev.json written); on exit, stop it and check nothing is left.
+
+    The exit code is the process's ``returncode`` once the block is left.
+    """
+    dev_json = state / "dev.json"
+    dev_json.unlink(missing_ok=True)  # an earlier run's: wait for this run's
+    log = state.with_name(state.name + ".log")  # its output, for the failure message
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            str(BROKER), "dev", "--state-dir", str(state), "--port", "0",
+            cwd=REPO, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    children: list[psutil.Process] = []
     try:
-        dev_json = state / "dev.json"
         for _ in range(600):
             if dev_json.exists() or proc.returncode is not None:
                 break
             await asyncio.sleep(0.1)
-        assert dev_json.exists(), f"broker dev did not come up (exit {proc.returncode})"
+        assert dev_json.exists(), (
+            f"broker dev did not come up (exit {proc.returncode}):\n{log.read_text()[-3000:]}"
+        )
         info = json.loads(dev_json.read_text())
-        children = {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+        children = psutil.Process(proc.pid).children(recursive=True)
+        yield proc, info
+    finally:
+        leftovers = await _stop(proc, children)
+    assert not leftovers, f"broker dev left processes behind: {leftovers}"
+
+
+async def _run_dev(state: Path, env: dict[str, str]) -> tuple[dict[str, Any], int]:
+    """Start `broker dev`, use it, stop it with SIGINT; return (dev.json, exit code)."""
+    async with _dev_running(state, env) as (proc, info):
         tokens = info["tokens"]
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{info['url']}/v1/health") as r:
@@ -68,23 +114,15 @@ async def _run_dev(state: Path, env: dict[str, str]) -> tuple[dict[str, object],
                 f"{vault_api}/v1/secret/data/stripe/test", headers={"X-Vault-Token": session}
             ) as r:
                 assert r.status == 200, await r.text()
-        proc.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(proc.wait(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    await asyncio.sleep(0.5)
-    leftovers = [pid for pid in children if psutil.pid_exists(pid)]
-    assert not leftovers, f"broker dev left processes behind: {leftovers}"
-    return info, code
+    assert proc.returncode is not None
+    return info, proc.returncode
 
 
 async def test_broker_dev_embedded(tmp_path: Path) -> None:
     info, code = await _run_dev(tmp_path / "state", _env())
     assert code == 0
     assert set(info) >= {"url", "tokens", "database_url", "vault_addr", "vault_token"}
-    assert set(info["tokens"]) == {"alice", "bob", "dana", "carol", "erin", "svc-orders"}  # type: ignore[arg-type]
+    assert set(info["tokens"]) == {"alice", "bob", "dana", "carol", "erin", "svc-orders"}
 
 
 async def test_broker_dev_against_external_services(
@@ -114,3 +152,45 @@ async def test_broker_dev_against_external_services(
     finally:
         await conn.close()
     assert issued == 2  # one through the broker API, one through the Vault API
+
+
+async def test_second_broker_dev_on_the_same_state_dir_refuses(tmp_path: Path) -> None:
+    """A second `broker dev` (a second `make dev`) on the same state directory refuses at
+    once and touches nothing; the first keeps serving, and once it stops the directory is
+    free again."""
+    state = tmp_path / "state"
+    async with _dev_running(state, _env()) as (first, info):
+        # What a second instance would rewrite first (the servers' logs and data change).
+        kept = [
+            state / name
+            for name in (
+                "dev.lock", "dev.json", "checkpoint.key", "dev-issuer.key",
+                "ledger-writer.password", "postgres.superuser-password",
+            )
+        ]  # fmt: skip
+        before = {p: p.stat().st_mtime_ns for p in kept}
+        second = await asyncio.create_subprocess_exec(
+            str(BROKER), "dev", "--state-dir", str(state), "--port", "0",
+            cwd=REPO, env=_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(second.communicate(), 30)
+        finally:
+            await _stop(second, [])  # it refused, or did not: either way, gone
+        assert second.returncode == 2, (out, err)
+        assert err.decode().splitlines() == [
+            f"another broker dev is running with state dir {state.resolve()}"
+            f" (pid {first.pid}); stop it first"
+        ]
+        assert out == b""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{info['url']}/v1/health") as r,
+        ):
+            assert r.status == 200, await r.text()  # its PostgreSQL is still up
+        assert {p: p.stat().st_mtime_ns for p in kept} == before
+    assert first.returncode == 0
+
+    _, code = await _run_dev(state, _env())  # the lock went with the first process
+    assert code == 0

