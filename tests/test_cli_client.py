@@ -295,9 +295,7 @@ async def test_audit_gaps_and_annotate_gap(
     )
     assert r.rc == 0, r
     assert r.out.startswith(f"annotated {start} .. {end} (ledger row "), r
-    r = await cli(
-        "audit", "annotate-gap", "--from", start, "--to", end, "--note", "mine", **carol
-    )
+    r = await cli("audit", "annotate-gap", "--from", start, "--to", end, "--note", "mine", **carol)
     assert r.rc == 1 and r.err.startswith("error: forbidden: "), r
 
     r = await cli("audit", "gaps", "--from", start, "--to", end, "--json", **carol)
@@ -306,3 +304,40 @@ async def test_audit_gaps_and_annotate_gap(
     r = await cli("audit", "gaps", "--from", start, "--to", end, **carol)
     assert r.rc == 0, r
     assert r.out.strip() == f"no gaps between {start} and {end}", r
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"),
+    [
+        (["elevations", "show", "abc"], "elevation"),
+        (["elevations", "approve", "ab"], "elevation"),
+        (["grants", "revoke", "a"], "grant"),
+        (["reviews", "show", "abc"], "review"),
+        (["reviews", "complete", "a1"], "review"),
+    ],
+)
+async def test_a_too_short_id_prefix_says_how_long_it_must_be(
+    broker: RunningBroker, tokens: dict[str, str], tmp_path: Path, argv: list[str], kind: str
+) -> None:
+    r = await cli(*argv, cwd=tmp_path, url=broker.url, token=tokens["erin"])
+    assert (r.rc, r.out) == (2, ""), r
+    assert r.err == (
+        f"error: ID prefix {argv[-1]!r} is too short: use at least 4 characters of the {kind} ID\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"),
+    [
+        (["elevations", "show", "zzzz"], "elevation"),
+        (["grants", "revoke", "zzzz"], "grant"),
+        (["reviews", "show", "zzzz"], "review"),
+    ],
+)
+async def test_a_long_enough_prefix_of_nothing_is_not_found(
+    broker: RunningBroker, tokens: dict[str, str], tmp_path: Path, argv: list[str], kind: str
+) -> None:
+    # 'zzzz' is long enough to be looked up, and no (hex) ID can start with it.
+    r = await cli(*argv, cwd=tmp_path, url=broker.url, token=tokens["erin"])
+    assert (r.rc, r.out) == (1, ""), r
+    assert r.err == f"error: {kind}_not_found: no {kind} visible to you starts with 'zzzz'\n"

@@ -26,7 +26,7 @@ import pytest
 from broker.config import Settings
 from broker.ledger import CheckpointVerifier
 from broker.stack.devstack import DevStack
-from tests.conftest import RunningBroker
+from tests.conftest import REPO, RunningBroker
 from tests.helpers import auth
 from tests.ledger_helpers import (
     BROKER_BIN,
@@ -283,3 +283,49 @@ async def test_evidence_period_is_validated(
     ) as r:
         assert r.status == 400, await r.text()
         assert (await r.json())["error"]["code"] == "bad_period"
+
+
+async def test_export_says_once_that_it_waits_for_a_signed_checkpoint(
+    stack: DevStack, broker_settings: Settings, tmp_path: Path
+) -> None:
+    """No checkpoint covers the period's last row: the export waits, says so once (stderr
+    is not a terminal here, as in a CI log), then gives up with exit 1."""
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    async with fresh_ledger_db(stack, broker_settings, "evidence_unsigned") as db:
+        await populate(db, broker_settings, rows=3, checkpoint_at=[])
+        run = await broker_cli(
+            db.writer_dsn,
+            broker_settings,
+            "evidence",
+            "export",
+            "--from",
+            _iso(start),
+            "--to",
+            _iso(datetime.now(UTC) + timedelta(minutes=1)),
+            "--out",
+            str(tmp_path / "unsigned.zip"),
+            "--wait",
+            "3.5",
+        )
+    assert run.returncode == 1, run
+    lines = run.stderr.splitlines()
+    assert lines.count("waiting for a signed checkpoint ...") == 1, run.stderr
+    assert lines[-1].startswith("evidence export failed: no signed checkpoint covers"), lines
+    assert not (tmp_path / "unsigned.zip").exists()
+
+
+def test_export_help_explains_the_period_and_the_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from broker.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["evidence", "export", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal
+    assert "--from DATE start of the period, inclusive: a date (YYYY-MM-DD" in text
+    assert "--to DATE end of the period, exclusive: a date (YYYY-MM-DD" in text
+    assert "--out FILE.zip the package to write, e.g. evidence.zip" in text
+    # ... which stays out of `git status` when run from the repository root, as documented.
+    ignored = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
+    assert "evidence*.zip" in ignored

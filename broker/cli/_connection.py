@@ -21,6 +21,7 @@ from typing import Any
 from broker.cli.client import BrokerClient, BrokerHTTPError, BrokerUnreachable
 
 __all__ = [
+    "ID_HELP",
     "MIN_ID_PREFIX",
     "ClientCommand",
     "ClientUsage",
@@ -31,7 +32,9 @@ __all__ = [
 
 ClientCommand = Callable[[BrokerClient, argparse.Namespace], int]
 
+# A shorter prefix is more likely a typo than an ID: say so rather than "not found".
 MIN_ID_PREFIX = 4
+ID_HELP = f"ID or a unique prefix of it (at least {MIN_ID_PREFIX} characters)"
 
 
 class ClientUsage(Exception):
@@ -123,16 +126,19 @@ def resolve_id(given: str, kind: str, visible: Callable[[], Iterable[dict[str, A
     """A full ID, or the ID of the one item of ``visible()`` that starts with ``given``.
 
     Accepts the short IDs the tables show. ``visible`` is only called for a prefix. Raises
-    ``ClientUsage`` for a prefix matching several items, and ``BrokerHTTPError`` 404
-    ``{kind}_not_found`` when none matches, as the broker answers for an ID it does not
-    show the caller.
+    ``ClientUsage`` for a prefix shorter than ``MIN_ID_PREFIX`` or one matching several
+    items, and ``BrokerHTTPError`` 404 ``{kind}_not_found`` when none matches, as the
+    broker answers for an ID it does not show the caller.
     """
     try:
         return str(uuid.UUID(given))
     except ValueError:
         pass
     if len(given) < MIN_ID_PREFIX:
-        return given  # the broker answers not found
+        raise ClientUsage(
+            f"ID prefix {given!r} is too short: use at least {MIN_ID_PREFIX} characters"
+            f" of the {kind} ID"
+        )
     matches = [str(i["id"]) for i in visible() if str(i.get("id", "")).startswith(given.lower())]
     if len(matches) > 1:
         raise ClientUsage(f"{given!r} matches several {kind}s: give more of the ID")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from broker.cli._connection import add_client_command, resolve_id
+from broker.cli._connection import ID_HELP, add_client_command, resolve_id
 from broker.cli._output import cell, print_json, short, table, when
 from broker.cli.client import BrokerClient
 
@@ -245,7 +245,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--unreviewed-break-glass", action="store_true")
     p = leaf(esub, "show", _el_show, "one elevation in full")
-    p.add_argument("id", help="ID or a unique prefix of it")
+    p.add_argument("id", help=ID_HELP)
     for name, needs_comment, text in (
         ("approve", False, "approve a pending request"),
         ("deny", True, "deny a pending request"),
@@ -253,10 +253,10 @@ def register(sub: Any) -> None:
         ("review", True, "review a break-glass use"),
     ):
         p = leaf(esub, name, _el_decide, text)
-        p.add_argument("id", help="ID or a unique prefix of it")
+        p.add_argument("id", help=ID_HELP)
         p.add_argument("--comment", required=needs_comment)
     p = leaf(esub, "credentials", _el_credentials, "fetch the credential of an approved request")
-    p.add_argument("id", help="ID or a unique prefix of it")
+    p.add_argument("id", help=ID_HELP)
     p.add_argument("--ttl", help="e.g. 15m (clipped to the window's end)")
 
     creds = sub.add_parser("credentials", help="fetch a credential (non-privileged secrets)")
@@ -272,5 +272,5 @@ def register(sub: Any) -> None:
     p = leaf(gsub, "list", _grants_list, "grants you hold or held")
     p.add_argument("--active", action="store_true", help="only grants still active")
     p = leaf(gsub, "revoke", _grants_revoke, "revoke a grant now")
-    p.add_argument("id", help="ID or a unique prefix of it")
+    p.add_argument("id", help=ID_HELP)
     p.add_argument("--reason")

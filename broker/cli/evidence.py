@@ -20,6 +20,8 @@ from typing import Any
 
 __all__ = ["parse_when", "register"]
 
+_WHEN_FORMS = "a date (YYYY-MM-DD, midnight UTC), an ISO 8601 time (UTC if no offset), or 'now'"
+
 
 def parse_when(text: str) -> datetime:
     """``2026-02-01``, an ISO 8601 time (naive means UTC), or ``now``."""
@@ -96,6 +98,7 @@ async def _export(
             "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
         deadline = time.monotonic() + wait
+        said_waiting = False
         while True:
             try:
                 return await export_package(
@@ -112,8 +115,9 @@ async def _export(
             except NotYetSigned:
                 if time.monotonic() >= deadline:
                     raise
-                if not quiet:
+                if not quiet and not said_waiting:  # once: a log is no place for a spinner
                     print("waiting for a signed checkpoint ...", file=sys.stderr, flush=True)
+                    said_waiting = True
                 await asyncio.sleep(1.0)
     finally:
         await conn.close()
@@ -130,7 +134,7 @@ def _needs(settings: Any, dsn: str | None) -> str | None:
     return None
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _cmd_export(args: argparse.Namespace) -> int:
     from broker.config import from_env
     from broker.evidence.package import EvidenceError
 
@@ -173,7 +177,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _cmd_check(args: argparse.Namespace) -> int:
     from broker.config import from_env
     from broker.evidence.check import check_package, format_report
     from broker.evidence.package import EvidenceError
@@ -250,11 +254,22 @@ def register(sub: Any) -> None:
     p = esub.add_parser(
         "export", parents=[period], help="write the package for rows recorded in [from, to)"
     )
-    p.add_argument("--from", dest="period_from", type=parse_when, required=True)
-    p.add_argument("--to", dest="period_to", type=parse_when, required=True)
-    p.add_argument("--out", required=True, metavar="FILE.zip")
+    p.add_argument(
+        "--from", dest="period_from", type=parse_when, required=True, metavar="DATE",
+        help=f"start of the period, inclusive: {_WHEN_FORMS}",
+    )  # fmt: skip
+    p.add_argument(
+        "--to", dest="period_to", type=parse_when, required=True, metavar="DATE",
+        help=f"end of the period, exclusive: {_WHEN_FORMS}",
+    )  # fmt: skip
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.zip",
+        help="the package to write, e.g. evidence.zip as in the docs (replaced if it exists)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=_cmd_export)
 
     c = esub.add_parser(
         "check",
@@ -262,7 +277,13 @@ def register(sub: Any) -> None:
         help="audit a package offline (or export --from/--to first), findings by severity",
     )
     c.add_argument("package", nargs="?", metavar="FILE.zip")
-    c.add_argument("--from", dest="period_from", type=parse_when)
-    c.add_argument("--to", dest="period_to", type=parse_when)
+    c.add_argument(
+        "--from", dest="period_from", type=parse_when, metavar="DATE",
+        help=f"instead of FILE.zip: export from here (inclusive) first; {_WHEN_FORMS}",
+    )  # fmt: skip
+    c.add_argument(
+        "--to", dest="period_to", type=parse_when, metavar="DATE",
+        help="with --from: the end of the period to export (exclusive)",
+    )  # fmt: skip
     c.add_argument("--json", action="store_true", help="one JSON document")
-    c.set_defaults(func=cmd_check)
+    c.set_defaults(func=_cmd_check)

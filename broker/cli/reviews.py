@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from broker.cli._connection import ClientCommand, add_client_command, resolve_id
+from broker.cli._connection import ID_HELP, ClientCommand, add_client_command, resolve_id
 from broker.cli._output import cell, print_json, short, table, when
 from broker.cli.client import BrokerClient
 
@@ -176,11 +176,11 @@ def register(sub: Any) -> None:
     p = leaf("list", _list, "reviews you may see")
     p.add_argument("--period", help="e.g. 2026-Q1")
     p = leaf("show", _show, "one review: entitlements, usage, decisions, action items")
-    p.add_argument("id", help="ID or a unique prefix of it")
+    p.add_argument("id", help=ID_HELP)
     p = leaf("decide", _decide, "keep or revoke one entitlement (reviewer)")
-    p.add_argument("id", help="ID or a unique prefix of it")
+    p.add_argument("id", help=ID_HELP)
     p.add_argument("entitlement", help="entitlement id, e.g. engineering/group:engineering")
     p.add_argument("decision", choices=["keep", "revoke"])
     p.add_argument("--comment", help="required for revoke")
     p = leaf("complete", _complete, "complete a review once every entitlement is decided")
-    p.add_argument("id", help="ID or a unique prefix of it")
+    p.add_argument("id", help=ID_HELP)
