@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import pwd
+import secrets
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,3 +265,34 @@ def test_postgres_start_failure_raises_stack_error_with_log(scratch: Path) -> No
         with pytest.raises(StackError, match="exited with code"):
             pg.start()
     assert not pg.is_running
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("userdel", path="/usr/sbin:/sbin") is None,
+    reason="only root runs postgres as a system user it creates",
+)
+def test_as_root_creating_the_postgres_user_is_said_once(
+    scratch: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`broker dev` as root adds a user to the machine: it says so (a warning on stderr,
+    through the CLI's logging), once, when it does."""
+    user = f"jbt_{secrets.token_hex(4)}"  # a user nobody has, so this run creates it
+    pg = EmbeddedPostgres(scratch / "pg", system_user=user)
+    try:
+        with caplog.at_level(logging.WARNING, logger="broker.stack.postgres"):
+            pg.start()
+            pg.stop()
+            pg.start()  # the user exists now: nothing more to say
+        assert pg.psql("SELECT current_setting('data_directory')").strip().endswith("/pg")
+        assert (scratch / "pg").stat().st_uid == pwd.getpwnam(user).pw_uid
+    finally:
+        pg.stop()
+        subprocess.run(
+            [shutil.which("userdel", path="/usr/sbin:/sbin") or "userdel", user],
+            capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if r.name == "broker.stack.postgres"]
+    assert said == [
+        f"running as root: created the system user {user} (useradd --system, no home,"
+        " no login shell) to run PostgreSQL, which refuses to run as root"
+    ]

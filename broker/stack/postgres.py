@@ -16,13 +16,15 @@ Invariants:
   waits for its backends, so no server process outlives ``stop()``.
 
 Postgres refuses to run as root. When ``os.geteuid() == 0`` the binaries run as a
-dedicated system user (``jitbroker_pg`` by default, created with ``useradd`` if missing);
-the data directory is chowned to it and the directories above it gain ``o+x`` (search
-only, not read) so that user can reach it.
+dedicated system user (``jitbroker_pg`` by default, created with ``useradd`` if missing,
+which is logged as a warning on ``broker.stack.postgres``: it changes the machine, not
+only the state directory); the data directory is chowned to it and the directories above
+it gain ``o+x`` (search only, not read) so that user can reach it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -40,6 +42,8 @@ from urllib.parse import quote
 from broker.stack import StackError, _free_port, _log_tail
 
 __all__ = ["EmbeddedPostgres"]
+
+_log = logging.getLogger(__name__)
 
 _HOST = "127.0.0.1"
 _SUPERUSER = "postgres"
@@ -315,6 +319,12 @@ class EmbeddedPostgres:
                     f"postgres refuses to run as root and useradd {self._system_user} failed: "
                     f"{result.stderr.strip()}"
                 ) from None
+            if result.returncode == 0:
+                _log.warning(
+                    "running as root: created the system user %s (useradd --system, no home,"
+                    " no login shell) to run PostgreSQL, which refuses to run as root",
+                    self._system_user,
+                )
             entry = pwd.getpwnam(self._system_user)
         return _RunAs(uid=entry.pw_uid, gid=entry.pw_gid)
 
