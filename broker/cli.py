@@ -69,8 +69,8 @@ async def _run_app(settings: Any, *, on_ready: Any = None) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from broker.config import load
     from broker.logs import configure_logging
+    from broker.settings import load
 
     settings = load(Path(args.config) if args.config else None)
     level = "debug" if args.verbose else settings.log_level
@@ -91,8 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from broker.config import from_env
     from broker.ledger import apply_migrations
+    from broker.settings import from_env
 
     settings = from_env()
     admin = settings.admin_database_url
@@ -110,13 +110,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from broker.config import from_env
     from broker.ledger import (
         CheckpointSigner,
         CheckpointVerifier,
         load_or_create_signing_key,
         verify_ledger,
     )
+    from broker.settings import from_env
 
     settings = from_env()
     dsn = args.database_url or settings.database_url
@@ -189,8 +189,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 def cmd_checkpoint_key(args: argparse.Namespace) -> int:
     """Create the checkpoint signing key (never overwrites) or print its verifier key."""
-    from broker.config import from_env
     from broker.ledger import CheckpointSigner, load_or_create_signing_key
+    from broker.settings import from_env
 
     settings = from_env()
     path = Path(args.path) if args.path else settings.checkpoint_key_path
@@ -247,9 +247,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     migrated there (as BROKER_ADMIN_DATABASE_URL if given), and the broker serves the local
     policies with the dev issuer. The demo secrets are not provisioned into a real Vault.
     """
-    from broker.config import Settings, from_env
     from broker.devenv import prepare_broker, prepare_keys
     from broker.ledger import apply_migrations
+    from broker.settings import Settings, from_env
     from broker.stack.devstack import DevStack
 
     state = Path(args.state_dir).resolve()
@@ -373,8 +373,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from asyncpg import PostgresError
 
-    from broker.config import SettingsError
     from broker.errors import BrokerError, PolicyError
+    from broker.settings import SettingsError
 
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
