@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
 __all__ = [
@@ -97,7 +99,7 @@ def setting(
         le=le,
         choices=choices,
         ignore_case=ignore_case,
-        requires=dict(requires or {}),
+        requires=MappingProxyType(dict(requires or {})),
         readable_file=readable_file,
         secret=secret,
         dsn=dsn,
@@ -144,8 +146,6 @@ class Declared:
 
 def declarations(cls: type[Any]) -> tuple[Declared, ...]:
     """Every field of dataclass ``cls`` in order; each must have been made by ``setting()``."""
-    import typing
-
     hints = typing.get_type_hints(cls)
     found = []
     for f in dataclasses.fields(cls):
