@@ -20,7 +20,6 @@ from broker.background import (
     flush_auth_failures,
     probe_dependencies,
 )
-from broker.config import Settings
 from broker.elevation import ElevationService
 from broker.grants import GrantService
 from broker.ledger import (
@@ -38,6 +37,7 @@ from broker.notify import WebhookNotifier
 from broker.offboarding import OffboardingService, SubjectBlocklist
 from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
+from broker.settings import Settings
 from broker.vault import VaultClient
 from broker.vault.login import vault_login_for
 from broker.web.authn import Authenticator

@@ -9,8 +9,8 @@ import secrets
 from pathlib import Path
 
 from broker.auth import DevIssuer
-from broker.config import Settings
 from broker.ledger import apply_migrations, load_or_create_signing_key
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 
 __all__ = [

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.config import Settings
+from broker.settings import Settings
 from tests.ledger_helpers import BROKER_BIN, subprocess_env
 
 __all__ = ["BrokerProcess", "serve_env", "serving", "start_serve"]

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from broker.app import create_app
-from broker.config import Settings
 from broker.devenv import demo_tokens, prepare_broker
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 
 

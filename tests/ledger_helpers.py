@@ -23,7 +23,6 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
-from broker.config import Settings
 from broker.ledger import (
     CheckpointSigner,
     Ledger,
@@ -34,6 +33,7 @@ from broker.ledger import (
     load_or_create_signing_key,
 )
 from broker.ledger.chain import GENESIS, canonical_row, chain_hash
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,11 +23,11 @@ import pytest
 
 from broker.audit import AccessAudit, AccessQuery
 from broker.audit.access import LONGEST_GRANT, check_window, end_of, parse_instant, rule_text
-from broker.config import Settings
 from broker.errors import BadRequest, PolicyError
 from broker.ledger.audit_queries import access_query, events_query
 from broker.ledger.events import Event
 from broker.policy import load_policy_dir
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import REPO, RunningBroker
 from tests.helpers import auth, error_of

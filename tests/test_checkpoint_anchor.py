@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 
 from broker.background import Checkpointer
-from broker.config import Settings
 from broker.errors import LedgerTampered
 from broker.metrics import Metrics
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.ledger_helpers import (
     fetch_rows,

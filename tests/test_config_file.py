@@ -1,4 +1,7 @@
-"""The TOML config file: generic mapping onto Settings, precedence, and clear errors."""
+"""The TOML config file: generic mapping onto Settings, precedence, and clear errors.
+
+Each setting's environment variable and bounds: tests/test_settings.py.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +15,21 @@ from typing import Any
 
 import pytest
 
-from broker.config import IssuerSettings, Settings, SettingsError, load
-from broker.config_file import load_settings, settings_from_file
+from broker.settings import (
+    SETTINGS,
+    IssuerSettings,
+    Settings,
+    SettingsError,
+    load,
+    settings_from_file,
+)
 from tests.ledger_helpers import BROKER_BIN, REPO, subprocess_env
 
 EXAMPLE = REPO / "deploy" / "broker.example.toml"
 DOCS = REPO / "docs" / "configuration.md"
 _REFUSED = {"vault_token", "vault_secret_id"}  # secrets: never from the file
 _FIELDS = [f.name for f in dataclasses.fields(Settings)]
+_CHOICES = {d.name: d.spec.choices for d in SETTINGS}
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -29,7 +39,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_example_loads_and_says_what_it_sets() -> None:
-    settings = load_settings({}, EXAMPLE)
+    settings = load(EXAMPLE, env={})
     assert settings.host == "0.0.0.0"  # noqa: S104 - the example is for a container
     assert settings.vault_auth_method == "kubernetes"
     assert settings.vault_kubernetes_role == "jit-broker"
@@ -78,6 +88,9 @@ def _sample(hint: Any) -> tuple[Any, Any]:
 def test_every_field_is_settable_from_the_file(tmp_path: Path, field: str) -> None:
     """Generic: a field added to Settings later is settable with no change to the loader."""
     toml_value, expected = _sample(typing.get_type_hints(Settings)[field])
+    choices = _CHOICES.get(field)
+    if choices:  # a string among its choices
+        toml_value = expected = choices[0]
     if field == "vault_secret_id_file":  # must name a readable file
         (tmp_path / "sid").write_text("x")
         toml_value, expected = str(tmp_path / "sid"), tmp_path / "sid"
@@ -93,16 +106,16 @@ def test_every_field_is_settable_from_the_file(tmp_path: Path, field: str) -> No
 
 def test_precedence_defaults_then_file_then_environment(tmp_path: Path) -> None:
     path = _write(tmp_path, 'port = 9000\nvault_addr = "http://file:8200"\n')
-    from_file = load_settings({}, path)
+    from_file = load(path, env={})
     assert (from_file.port, from_file.vault_addr, from_file.host) == (
         9000,
         "http://file:8200",
         "127.0.0.1",  # not in the file: the default
     )
     env = {"BROKER_PORT": "9100"}
-    overridden = load_settings(env, path)
+    overridden = load(path, env=env)
     assert (overridden.port, overridden.vault_addr) == (9100, "http://file:8200")
-    # BROKER_CONFIG names the file when no path is given; config.load reads os.environ.
+    # BROKER_CONFIG names the file when no path is given.
     assert load(env={"BROKER_CONFIG": str(path)}).port == 9000
     assert load(path, env={}).port == 9000
 
@@ -159,7 +172,10 @@ def test_durations_may_be_seconds_or_strings(tmp_path: Path) -> None:
             'database_url = "postgresql://w:hunter2@db/broker"\n',
             "key 'database_url' must not carry a password",
         ),
-        ('vault_secret_id_file = "/nonexistent/sid"\n', "is not a readable file"),
+        (
+            'vault_secret_id_file = "/nonexistent/sid"\n',
+            "key 'vault_secret_id_file' must be a readable file, got '/nonexistent/sid'",
+        ),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -174,28 +190,55 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: st
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('log_format = "xml"\n', "log_format must be one of json, text, got 'xml'"),
-        ('log_level = "loud"\n', "log_level must be one of"),
-        ('vault_auth_method = "ldap"\n', "vault_auth_method must be one of"),
-        ('vault_auth_method = "kubernetes"\n', "needs vault_kubernetes_role"),
-        ("port = 70000\n", "port must be 0-65535, got 70000"),
-        ("db_pool_max = -1\n", "db_pool_max must not be negative, got -1"),
-        ("shutdown_grace_seconds = 0\n", "shutdown_grace_seconds must be positive"),
+        ('log_format = "xml"\n', "key 'log_format' must be one of json, text, got 'xml'"),
+        ('log_level = "loud"\n', "key 'log_level' must be one of"),
+        ('vault_auth_method = "ldap"\n', "key 'vault_auth_method' must be one of"),
+        ("port = 70000\n", "key 'port' must be 0-65535, got 70000"),
+        ("db_pool_max = -1\n", "key 'db_pool_max' must be at least 1, got -1"),
+        ("jwt_leeway_seconds = -1\n", "key 'jwt_leeway_seconds' must not be negative, got -1"),
+        ("shutdown_grace_seconds = 0\n", "key 'shutdown_grace_seconds' must be positive, got 0"),
+        ("heartbeat_seconds = nan\n", "key 'heartbeat_seconds' must be a finite number"),
     ],
 )
-def test_validation_after_merging(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(SettingsError, match=re.escape(message)):
-        load_settings({}, _write(tmp_path, text))
+def test_values_are_checked_against_their_bounds(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(SettingsError, match=re.escape(f"config file {path}: {message}")):
+        load(path, env={})
+
+
+def test_rules_between_settings_are_checked_after_merging(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'vault_auth_method = "kubernetes"\n')
+    settings_from_file(path)  # alone, the file is fine: the role may come from the env
+    with pytest.raises(SettingsError) as e:
+        load(path, env={})
+    assert str(e.value) == (
+        "vault_auth_method (VAULT_AUTH_METHOD) 'kubernetes' needs vault_kubernetes_role"
+        " (VAULT_K8S_ROLE)"
+    )
+    assert load(path, env={"VAULT_K8S_ROLE": "r"}).vault_kubernetes_role == "r"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'port = 70000\nvault_adr = "x"\nlog_format = "xml"\n')
+    with pytest.raises(SettingsError) as e:
+        load(path, env={"BROKER_DB_POOL_MAX": "0", "BROKER_VAULT_TIMEOUT": "soon"})
+    assert e.value.problems == (
+        f"config file {path}: key 'port' must be 0-65535, got 70000",
+        f"config file {path}: unknown key 'vault_adr' (did you mean 'vault_addr'?)",
+        f"config file {path}: key 'log_format' must be one of json, text, got 'xml'",
+        "BROKER_DB_POOL_MAX must be at least 1, got 0",
+        "BROKER_VAULT_TIMEOUT: invalid duration 'soon': use seconds or e.g. '90s', '15m', '1h'",
+    )
+    assert str(e.value) == "; ".join(e.value.problems)
 
 
 def test_environment_values_are_validated_too(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="log_format must be one of"):
-        load_settings({"BROKER_LOG_FORMAT": "yaml"}, None)
+    with pytest.raises(SettingsError, match="BROKER_LOG_FORMAT must be one of"):
+        load(env={"BROKER_LOG_FORMAT": "yaml"})
     with pytest.raises(SettingsError, match="needs vault_kubernetes_role"):
-        load_settings({"VAULT_AUTH_METHOD": "kubernetes"}, None)
-    settings = load_settings(
-        {"VAULT_AUTH_METHOD": "kubernetes", "VAULT_K8S_ROLE": "r", "VAULT_K8S_MOUNT": "k8s"},
-        None,
+        load(env={"VAULT_AUTH_METHOD": "kubernetes"})
+    settings = load(
+        env={"VAULT_AUTH_METHOD": "kubernetes", "VAULT_K8S_ROLE": "r", "VAULT_K8S_MOUNT": "k8s"}
     )
     assert (settings.vault_kubernetes_role, settings.vault_kubernetes_mount) == ("r", "k8s")
 

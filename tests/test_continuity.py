@@ -15,8 +15,8 @@ from urllib.parse import urlencode
 import aiohttp
 import asyncpg
 
-from broker.config import Settings
 from broker.evidence import analyze
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import RunningBroker, start_broker
 from tests.helpers import auth, error_of, poll

@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 import psutil
 
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import REPO
 

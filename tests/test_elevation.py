@@ -33,7 +33,7 @@ import yaml
 from aiohttp import web
 
 from broker.auth import DevIssuer
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import ELEVATIONS
 from tests.conftest import REPO, RunningBroker, start_broker

@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker.config import Settings
 from broker.elevation.model import closed_key, fold
 from broker.ledger import Event
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import ELEVATIONS
 from tests.conftest import RunningBroker

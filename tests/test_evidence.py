@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker.config import Settings
 from broker.ledger import CheckpointVerifier
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import REPO, RunningBroker
 from tests.helpers import auth

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.vault_proxy import broker_behind_proxy
 

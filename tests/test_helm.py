@@ -7,7 +7,7 @@ wheel, in strict mode (unknown fields are errors). ServiceMonitor and Prometheus
 Prometheus Operator CRDs, not in those schemas: they get a structural check instead.
 
 Beyond schema validity, the rendered wiring is checked against the broker itself: every
-environment variable is one ``broker/config.py`` reads, the TOML config file is accepted by
+environment variable is one ``broker.settings`` declares, the TOML config file is accepted by
 the broker's own loader, the policy ConfigMap loads to the same policy version as
 ``policies/``, and the PrometheusRule carries exactly ``deploy/prometheus/alerts.yaml``.
 """
@@ -26,8 +26,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from broker.config_file import settings_from_file
 from broker.policy import load_policy_dir
+from broker.settings import CONFIG_ENV, SETTINGS, settings_from_file
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "jit-broker"
@@ -145,13 +145,8 @@ def _mount_of(objects: list[dict[str, Any]], file_path: str) -> dict[str, Any]:
 
 
 def _broker_env_names() -> set[str]:
-    """Every BROKER_*/VAULT_* variable the broker reads (its only env readers)."""
-    names: set[str] = set()
-    for module in ("config.py", "config_file.py"):
-        names |= set(
-            re.findall(r'"((?:BROKER|VAULT)_[A-Z0-9_]+)"', (REPO / "broker" / module).read_text())
-        )
-    return names
+    """Every BROKER_*/VAULT_* variable the broker reads: the declared ones, and the file's."""
+    return {d.env for d in SETTINGS} | {CONFIG_ENV}
 
 
 def _validate_crd(obj: dict[str, Any]) -> None:

@@ -19,10 +19,10 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from broker.config import Settings
 from broker.errors import LedgerUnavailable
 from broker.ledger import CheckpointVerifier, NewEvent, verify_ledger
 from broker.ledger.chain import chain_hash
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import RunningBroker
 from tests.ledger_helpers import (

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import hvac
 
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.broker_process import serve_env, serving, start_serve
 from tests.conftest import REPO

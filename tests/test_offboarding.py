@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.auth import DevIssuer
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import RunningBroker, start_broker
 from tests.helpers import auth, db_login, error_of, ledger_rows, new_request_id, poll

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from broker.config import Settings
+from broker.settings import Settings
 from broker.web.keys import LEDGER, POLICY
 from tests.conftest import REPO, start_broker
 

@@ -20,7 +20,7 @@ from typing import IO
 import aiohttp
 import asyncpg
 
-from broker.config import Settings
+from broker.settings import Settings
 from tests.ledger_helpers import BROKER_BIN, broker_verify, subprocess_env
 
 _REQUESTS = 200

@@ -21,11 +21,11 @@ import aiohttp
 import pytest
 
 from broker.cli import main as cli_main
-from broker.config import Settings
 from broker.ledger import review_queries
 from broker.policy.loader import load_policy_dir
 from broker.reviews import missing_reviews, period_bounds, period_of
 from broker.reviews.model import entitlements, grants_entitlement, names_principal
+from broker.settings import Settings
 from broker.web.keys import LEDGER, POLICY
 from tests.conftest import REPO, RunningBroker, start_broker
 from tests.helpers import auth, ledger_rows, poll

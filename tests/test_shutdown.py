@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from broker.config import Settings
 from broker.serve import serve
+from broker.settings import Settings
 from tests.broker_process import serve_env, serving, start_serve
 from tests.ledger_helpers import broker_verify
 

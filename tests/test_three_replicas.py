@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from broker.config import Settings
+from broker.settings import Settings
 from tests.broker_process import BrokerProcess, serve_env, serving, start_serve
 from tests.conftest import REPO
 from tests.helpers import poll

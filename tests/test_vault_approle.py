@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import hvac
 
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vault import AppRoleCredentials, VaultLogin
 from tests.conftest import REPO, start_broker

@@ -25,8 +25,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.config import Settings
 from broker.errors import VaultError
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vault.login import KubernetesCredentials, VaultLogin
 from tests.conftest import REPO, start_broker

@@ -72,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``broker`` command; return its exit code (see the description above)."""
     from asyncpg import PostgresError
 
-    from broker.config import SettingsError
     from broker.errors import BrokerError, PolicyError
+    from broker.settings import SettingsError
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)

@@ -34,7 +34,7 @@ from broker.cli.server import install_uvloop, serve_app
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from broker.config import Settings
+    from broker.settings import Settings
 
 __all__ = ["register"]
 
@@ -152,9 +152,9 @@ def _dev(args: argparse.Namespace) -> int:
 
 def _dev_holding(args: argparse.Namespace, state: Path, *, external: bool) -> int:
     """``broker dev`` once this process holds ``state``."""
-    from broker.config import Settings, from_env
     from broker.devenv import prepare_broker, prepare_keys
     from broker.ledger import apply_migrations
+    from broker.settings import Settings, from_env
     from broker.stack.devstack import DevStack
 
     policies = Path(args.policies).resolve()

@@ -135,8 +135,8 @@ def _needs(settings: Any, dsn: str | None) -> str | None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from broker.config import from_env
     from broker.evidence.package import EvidenceError
+    from broker.settings import from_env
 
     settings = from_env()
     dsn = args.database_url or settings.database_url
@@ -178,10 +178,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from broker.config import from_env
     from broker.evidence.check import check_package, format_report
     from broker.evidence.package import EvidenceError
     from broker.ledger import CheckpointVerifier
+    from broker.settings import from_env
 
     settings = from_env()
     from_db = args.period_from is not None or args.period_to is not None

@@ -21,13 +21,13 @@ __all__ = ["register"]
 def _verify(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from broker.config import from_env
     from broker.ledger import (
         CheckpointSigner,
         CheckpointVerifier,
         load_or_create_signing_key,
         verify_ledger,
     )
+    from broker.settings import from_env
 
     settings = from_env()
     dsn = args.database_url or settings.database_url
@@ -69,8 +69,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _checkpoint_key(args: argparse.Namespace) -> int:
     """Create the checkpoint signing key (never overwrites) or print its verifier key."""
-    from broker.config import from_env
     from broker.ledger import CheckpointSigner, load_or_create_signing_key
+    from broker.settings import from_env
 
     settings = from_env()
     path = Path(args.path) if args.path else settings.checkpoint_key_path

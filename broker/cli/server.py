@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from broker.config import Settings
+    from broker.settings import Settings
 
 __all__ = ["install_uvloop", "register", "serve_app"]
 
@@ -59,8 +59,8 @@ async def serve_app(
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from broker.config import load
     from broker.logs import configure_logging
+    from broker.settings import load
 
     settings = load(Path(args.config) if args.config else None)
     level = "debug" if args.verbose else settings.log_level
@@ -81,8 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from broker.config import from_env
     from broker.ledger import apply_migrations
+    from broker.settings import from_env
 
     settings = from_env()
     admin = settings.admin_database_url

@@ -19,8 +19,8 @@ from typing import ClassVar, Protocol
 
 import aiohttp
 
-from broker.config import Settings
 from broker.errors import VaultError, VaultUnavailable
+from broker.settings import Settings
 
 __all__ = [
     "AppRoleCredentials",

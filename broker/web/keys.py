@@ -9,7 +9,6 @@ from aiohttp import web
 
 from broker.audit import AccessAudit
 from broker.auth import Verifier
-from broker.config import Settings
 from broker.elevation import ElevationService
 from broker.grants import GrantService
 from broker.ledger import CheckpointVerifier, Ledger
@@ -17,6 +16,7 @@ from broker.metrics import Metrics
 from broker.offboarding import OffboardingService
 from broker.policy.active import ActivePolicy
 from broker.reviews import ReviewService
+from broker.settings import Settings
 from broker.vault import VaultClient
 
 from .authn import Authenticator

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import RunningBroker, start_broker
 from tests.ledger_helpers import LedgerDb, fresh_ledger_db

@@ -32,7 +32,7 @@ import aiohttp
 import asyncpg
 import psutil
 
-from broker.config import Settings
+from broker.settings import Settings
 from tests.broker_process import serve_env
 from tests.ledger_helpers import BROKER_BIN
 from tests.reliability.conftest import HEAVY

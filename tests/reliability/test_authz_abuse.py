@@ -26,8 +26,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from broker.config import Settings
 from broker.devenv import DEMO_IDENTITIES
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.routes import ROUTES
 from tests.reliability.conftest import IsolatedBroker, count_events, isolated_broker

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.auth import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.helpers import poll
 from tests.reliability.conftest import IsolatedBroker, LogCapture, isolated_broker

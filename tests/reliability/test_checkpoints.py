@@ -20,10 +20,10 @@ import asyncpg
 import pytest
 
 from broker.background import Checkpointer
-from broker.config import Settings
 from broker.errors import LedgerTampered
 from broker.ledger import Checkpoint, CheckpointSigner, load_or_create_signing_key
 from broker.metrics import Metrics
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.ledger_helpers import (
     BROKER_BIN,

@@ -50,8 +50,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from broker.auth import DevIssuer
-from broker.config import Settings
 from broker.devenv import DEMO_IDENTITIES
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.openapi import openapi_document
 from broker.web.routes import ROUTES

@@ -27,7 +27,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.conftest import start_broker
 from tests.ledger_helpers import broker_verify

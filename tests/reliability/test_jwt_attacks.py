@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from broker.auth import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from broker.auth.jwks import public_key_to_jwk
-from broker.config import IssuerSettings, Settings
+from broker.settings import IssuerSettings, Settings
 from broker.stack.devstack import DevStack
 from tests.helpers import error_of, poll
 from tests.reliability.conftest import IsolatedBroker, LogCapture, count_events, isolated_broker

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.demo import provision_demo
 from broker.stack.devstack import DevStack
 from tests.conftest import start_broker

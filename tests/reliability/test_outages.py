@@ -30,7 +30,7 @@ import aiohttp
 import psutil
 import pytest
 
-from broker.config import Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import GRANTS
 from tests.conftest import RunningBroker, start_broker

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from broker.config import Settings
+from broker.settings import Settings
 from tests.reliability.faults import BrokerProcess, Sampler, heavy
 from tests.reliability.report import Row, record
 

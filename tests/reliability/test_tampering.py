@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from broker.config import Settings
 from broker.ledger.chain import chain_hash
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.ledger_helpers import (
     LedgerDb,

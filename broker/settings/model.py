@@ -1,0 +1,479 @@
+"""The frozen ``Settings``: every setting declared once, in the order the reference shows.
+
+Each field is a ``setting()``: its name is the config-file key, ``env`` its environment
+variable, and its bounds and one-line ``doc`` feed the loaders, ``validate`` and the
+generated table in docs/configuration.md (``make docs``). Every limit the broker enforces
+(timeouts, sizes, intervals) is a field here with a sane default.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from broker.settings.spec import Declared, declarations, setting
+
+__all__ = ["SETTINGS", "IssuerSettings", "Settings"]
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    """A trusted JWT issuer (OIDC IdP, Kubernetes SA issuer, or local PEM keys)."""
+
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...]
+    jwks_url: str | None = None
+    public_keys: tuple[str, ...] = ()
+    groups_claim: str = "groups"
+
+
+def _replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+_LISTEN = "Listening, logs, shutdown"
+_LEDGER = "The ledger database"
+_VAULT = "Vault / OpenBao"
+_POLICY = "Policy, identity, checkpoints"
+_LIMITS = "Limits"
+_BACKGROUND = "Background work, continuity, offboarding, notifications"
+_FRONT_DOOR = "The Vault-compatible front door"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- where it listens, logs, shutdown ---
+    host: str = setting(
+        "127.0.0.1",
+        env="BROKER_HOST",
+        section=_LISTEN,
+        doc="listen address. Loopback by default; set `0.0.0.0` in a container",
+    )
+    port: int = setting(
+        8080,
+        env="BROKER_PORT",
+        section=_LISTEN,
+        ge=0,
+        le=65535,
+        doc="listen port (`broker serve --port` overrides; `0` picks a free port)",
+    )
+    log_format: str | None = setting(
+        None,
+        env="BROKER_LOG_FORMAT",
+        section=_LISTEN,
+        choices=("json", "text"),
+        default_text="`json` for `broker serve`, `text` for `broker dev`",
+        doc="[logs](#logs): `json` (one object per line on stderr) or `text`",
+    )
+    log_level: str = setting(
+        "info",
+        env="BROKER_LOG_LEVEL",
+        section=_LISTEN,
+        choices=("debug", "info", "warning", "error", "critical"),
+        ignore_case=True,
+        doc="log level (`broker -v serve`: `debug`)",
+    )
+    shutdown_grace_seconds: float = setting(
+        20.0,
+        env="BROKER_SHUTDOWN_GRACE",
+        section=_LISTEN,
+        gt=0,
+        doc="on SIGTERM/SIGINT, how long in-flight requests may take before they are"
+        " cancelled ([graceful shutdown](#graceful-shutdown)). Keep it below Kubernetes'"
+        " `terminationGracePeriodSeconds` (default 30)",
+    )
+    replica_id: str = setting(
+        env="BROKER_REPLICA_ID",
+        section=_LISTEN,
+        factory=_replica_id,
+        default_text="`<hostname>-<pid>`",
+        doc="recorded in every ledger row this process writes and in every log line"
+        " (`broker dev`: `dev-1`)",
+    )
+
+    # --- the ledger database ---
+    database_url: str = setting(
+        "",
+        env="BROKER_DATABASE_URL",
+        section=_LEDGER,
+        dsn=True,
+        default_text="— (required)",
+        doc="DSN of the ledger **writer** role, e.g."
+        " `postgresql://broker_writer:…@db:5432/broker`. The broker never connects as the"
+        " owner",
+    )
+    admin_database_url: str | None = setting(
+        None,
+        env="BROKER_ADMIN_DATABASE_URL",
+        section=_LEDGER,
+        dsn=True,
+        doc="DSN of the ledger **owner** role; used only by `broker migrate` and by"
+        " `broker dev` in external mode",
+    )
+    db_timeout_seconds: float = setting(
+        5.0,
+        env="BROKER_DB_TIMEOUT",
+        section=_LEDGER,
+        gt=0,
+        doc="connect and per-statement timeout for the ledger pool",
+    )
+    db_pool_max: int = setting(
+        10, env="BROKER_DB_POOL_MAX", section=_LEDGER, ge=1, doc="ledger connection pool size"
+    )
+    ledger_commit_timeout_seconds: float = setting(
+        5.0,
+        env="BROKER_LEDGER_COMMIT_TIMEOUT",
+        section=_LEDGER,
+        gt=0,
+        doc="how long a request waits for its ledger row to commit before failing closed (503)",
+    )
+    ledger_max_queue: int = setting(
+        10_000,
+        env="BROKER_LEDGER_MAX_QUEUE",
+        section=_LEDGER,
+        ge=1,
+        doc="ledger rows queued for the writer beyond this are refused (503)",
+    )
+    ledger_max_batch: int = setting(
+        512, env="BROKER_LEDGER_MAX_BATCH", section=_LEDGER, ge=1, doc="rows per ledger transaction"
+    )
+
+    # --- Vault/OpenBao: the broker's own identity and limits ---
+    vault_addr: str = setting(
+        "http://127.0.0.1:8200",
+        env="VAULT_ADDR",
+        section=_VAULT,
+        doc="Vault/OpenBao address",
+    )
+    vault_auth_method: str | None = setting(
+        None,
+        env="VAULT_AUTH_METHOD",
+        section=_VAULT,
+        choices=("token", "approle", "kubernetes"),
+        requires={"approle": "vault_role_id", "kubernetes": "vault_kubernetes_role"},
+        default_text="— (AppRole if `vault_role_id` is set, else token)",
+        doc="the broker's own login ([the broker's Vault identity](#3-the-brokers-vault-identity))",
+    )
+    vault_token: str | None = setting(
+        None,
+        env="VAULT_TOKEN",
+        section=_VAULT,
+        secret=True,
+        doc="a static Vault token (dev, or a periodic token you renew yourself). Used only by"
+        " the `token` method",
+    )
+    vault_role_id: str | None = setting(
+        None,
+        env="VAULT_ROLE_ID",
+        section=_VAULT,
+        doc="AppRole role id; with it (and no `vault_auth_method`) the broker logs in with AppRole",
+    )
+    vault_secret_id: str | None = setting(
+        None, env="VAULT_SECRET_ID", section=_VAULT, secret=True, doc="AppRole secret id"
+    )
+    vault_secret_id_file: Path | None = setting(
+        None,
+        env="VAULT_SECRET_ID_FILE",
+        section=_VAULT,
+        readable_file=True,
+        doc="file holding the secret id (e.g. a mounted Kubernetes Secret); wins over"
+        " `VAULT_SECRET_ID`. Checked at start-up and read at every AppRole login, so a"
+        " rotated secret id is picked up without a restart",
+    )
+    vault_approle_mount: str = setting(
+        "approle",
+        env="VAULT_APPROLE_MOUNT",
+        section=_VAULT,
+        doc="where the AppRole auth method is mounted",
+    )
+    vault_kubernetes_role: str | None = setting(
+        None,
+        env="VAULT_K8S_ROLE",
+        section=_VAULT,
+        doc="the Vault role of the Kubernetes login (required for `kubernetes`)",
+    )
+    vault_kubernetes_mount: str = setting(
+        "kubernetes",
+        env="VAULT_K8S_MOUNT",
+        section=_VAULT,
+        doc="where the Kubernetes auth method is mounted",
+    )
+    # Re-read at every login because the kubelet rotates it.
+    vault_kubernetes_token_path: Path = setting(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        env="VAULT_K8S_TOKEN_PATH",
+        section=_VAULT,
+        doc="the pod's projected service-account token; read at every login (the kubelet"
+        " rotates it)",
+    )
+    vault_timeout_seconds: float = setting(
+        5.0,
+        env="BROKER_VAULT_TIMEOUT",
+        section=_VAULT,
+        gt=0,
+        doc="total timeout of each Vault call",
+    )
+    vault_max_connections: int = setting(
+        64,
+        env="BROKER_VAULT_MAX_CONNECTIONS",
+        section=_VAULT,
+        ge=1,
+        doc="connection pool size to Vault",
+    )
+    vault_login_check_seconds: float = setting(
+        5.0,
+        env="BROKER_VAULT_LOGIN_CHECK",
+        section=_VAULT,
+        gt=0,
+        doc="how often the broker checks whether its Vault token is due for renewal",
+    )
+
+    # --- policy, identity, checkpoints ---
+    policies_dir: Path = setting(
+        Path("policies"),
+        env="BROKER_POLICIES_DIR",
+        section=_POLICY,
+        doc="the policy directory (see [policy.md](policy.md))",
+    )
+    policy_reload_interval_seconds: float = setting(
+        5.0,
+        env="BROKER_POLICY_RELOAD_INTERVAL",
+        section=_POLICY,
+        gt=0,
+        doc="how often each replica checks the policy directory for changes",
+    )
+    policy_max_file_bytes: int = setting(
+        256 * 1024,
+        env="BROKER_POLICY_MAX_FILE_BYTES",
+        section=_POLICY,
+        ge=1,
+        doc="largest policy file",
+    )
+    issuers: tuple[IssuerSettings, ...] = setting(
+        (),
+        env="BROKER_TRUSTED_ISSUERS",
+        section=_POLICY,
+        doc="trusted JWT issuers: a JSON list in the environment, `[[issuers]]` tables in the"
+        " file ([below](#trusted-issuers))",
+    )
+    dev_issuer_key_path: Path | None = setting(
+        None,
+        env="BROKER_DEV_ISSUER_KEY",
+        section=_POLICY,
+        doc="path of the local dev issuer's Ed25519 key; when set, tokens from `broker token`"
+        " are trusted (the key is created if missing). Development only. Also the default"
+        " key for `broker token` (else `.broker/dev-issuer.key`)",
+    )
+    # Outside the database by design.
+    checkpoint_key_path: Path = setting(
+        Path(".broker/checkpoint.key"),
+        env="BROKER_CHECKPOINT_KEY",
+        section=_POLICY,
+        doc="Ed25519 private key (PKCS#8 PEM) that signs checkpoints. Must exist:"
+        " `broker serve` does not create it",
+    )
+    checkpoint_key_name: str = setting(
+        "jit-broker",
+        env="BROKER_CHECKPOINT_KEY_NAME",
+        section=_POLICY,
+        doc="key name in checkpoint signatures (no spaces, no `+`)",
+    )
+    checkpoint_verifier_keys: tuple[str, ...] = setting(
+        (),
+        env="BROKER_CHECKPOINT_VERIFIER_KEYS",
+        section=_POLICY,
+        doc="public verifier keys also trusted when verifying (old keys after a rotation; or"
+        " the only keys, for an auditor running `broker verify`)",
+    )
+    checkpoint_interval_seconds: float = setting(
+        10.0,
+        env="BROKER_CHECKPOINT_INTERVAL",
+        section=_POLICY,
+        gt=0,
+        doc="seconds between checkpoint attempts",
+    )
+    # The newest signed checkpoint, kept outside the database (a file on a volume).
+    checkpoint_witness_path: Path | None = setting(
+        None,
+        env="BROKER_CHECKPOINT_WITNESS",
+        section=_POLICY,
+        default_text="— (`broker dev`: `<state dir>/checkpoint.witness`, i.e."
+        " `.broker/checkpoint.witness`)",
+        doc="file where the broker keeps the newest checkpoint it signed, outside the database"
+        " (a volume, not the database's disk). Rewritten atomically after each checkpoint;"
+        " read at start-up, and the broker will not sign a chain that no longer contains"
+        " that checkpoint ([ledger.md](ledger.md#signed-checkpoints)). An existing file that"
+        " is not a valid note signed by the checkpoint key stops the start. Without it the"
+        " anchor lives in memory only and is lost at restart",
+    )
+    ledger_origin: str = setting(
+        "jit-broker/ledger",
+        env="BROKER_LEDGER_ORIGIN",
+        section=_POLICY,
+        doc="origin line of checkpoints; must match between signer and verifier",
+    )
+
+    # --- limits on every input ---
+    max_body_bytes: int = setting(
+        64 * 1024,
+        env="BROKER_MAX_BODY_BYTES",
+        section=_LIMITS,
+        ge=1,
+        doc="largest request body; beyond it 413 `body_too_large`",
+    )
+    max_token_bytes: int = setting(
+        8192, env="BROKER_MAX_TOKEN_BYTES", section=_LIMITS, ge=1, doc="largest bearer token"
+    )
+    jwt_leeway_seconds: int = setting(
+        30,
+        env="BROKER_JWT_LEEWAY",
+        section=_LIMITS,
+        ge=0,
+        doc="clock skew allowed on `exp`/`nbf`/`iat`",
+    )
+    max_page_size: int = setting(
+        500,
+        env="BROKER_MAX_PAGE_SIZE",
+        section=_LIMITS,
+        ge=1,
+        doc="largest `limit` on `/v1/grants` and other lists",
+    )
+    max_reason_chars: int = setting(
+        500,
+        env="BROKER_MAX_REASON_CHARS",
+        section=_LIMITS,
+        ge=1,
+        doc="longest reason or comment",
+    )
+
+    # --- background work, continuity, offboarding, notifications ---
+    expiry_sweep_interval_seconds: float = setting(
+        5.0,
+        env="BROKER_EXPIRY_SWEEP_INTERVAL",
+        section=_BACKGROUND,
+        gt=0,
+        doc="how often expired grants are closed",
+    )
+    elevation_sweep_seconds: float = setting(
+        5.0,
+        env="BROKER_ELEVATION_SWEEP",
+        section=_BACKGROUND,
+        gt=0,
+        doc="elevation expiry, pending and unreviewed gauges",
+    )
+    orphan_lease_sweep_seconds: float = setting(
+        60.0,
+        env="BROKER_ORPHAN_LEASE_SWEEP",
+        section=_BACKGROUND,
+        gt=0,
+        doc="how often leases the ledger does not account for are revoked",
+    )
+    auth_failure_flush_seconds: float = setting(
+        60.0,
+        env="BROKER_AUTH_FAILURE_FLUSH",
+        section=_BACKGROUND,
+        gt=0,
+        doc="how often aggregated authentication failures are ledgered",
+    )
+    dependency_probe_seconds: float = setting(
+        10.0,
+        env="BROKER_DEPENDENCY_PROBE",
+        section=_BACKGROUND,
+        gt=0,
+        doc="how often Vault and the ledger are probed for the health metrics",
+    )
+    # A silence longer than twice this is a gap in the evidence.
+    heartbeat_seconds: float = setting(
+        60.0,
+        env="BROKER_HEARTBEAT_SECONDS",
+        section=_BACKGROUND,
+        gt=0,
+        doc="seconds between the `broker.heartbeat` rows each replica appends (continuity"
+        " evidence). A silence longer than twice this is a gap. `broker evidence export`/"
+        "`check --from --to` read it too, to judge gaps, and record it in the package"
+        " manifest ([audit.md](audit.md#continuity-heartbeats-and-gaps))",
+    )
+    offboarding_sla_seconds: int = setting(
+        4 * 3600,
+        env="BROKER_OFFBOARDING_SLA",
+        section=_BACKGROUND,
+        gt=0,
+        doc="whole seconds: the offboarding SLA measured from `terminated_at` to completion"
+        " (met or missed, ledgered in `subject.offboarded`); also used by"
+        " `broker evidence export` for its `offboarding_late` findings"
+        " ([audit.md](audit.md#the-sla-measured))",
+    )
+    blocklist_refresh_seconds: float = setting(
+        2.0,
+        env="BROKER_BLOCKLIST_REFRESH",
+        section=_BACKGROUND,
+        gt=0,
+        doc="how often each replica re-reads the ledger for newly offboarded or reinstated"
+        " subjects; also the pause before offboarding's second revocation pass, and (+1 s)"
+        " how long the ledger writer stays on its guarded path after another replica appended",
+    )
+    webhook_urls: tuple[str, ...] = setting(
+        (),
+        env="BROKER_WEBHOOK_URLS",
+        section=_BACKGROUND,
+        doc="http(s) URLs (e.g. Slack incoming webhooks) told of elevation requests and"
+        " decisions; empty sends nothing. The URLs are never logged"
+        " ([elevation.md](elevation.md#webhook-notifications))",
+    )
+    webhook_timeout_seconds: float = setting(
+        5.0,
+        env="BROKER_WEBHOOK_TIMEOUT",
+        section=_BACKGROUND,
+        gt=0,
+        doc="per webhook request",
+    )
+    webhook_max_attempts: int = setting(
+        5,
+        env="BROKER_WEBHOOK_MAX_ATTEMPTS",
+        section=_BACKGROUND,
+        ge=1,
+        doc="per notification and URL",
+    )
+
+    # --- the Vault-compatible front door (its own listener; None = off) ---
+    vault_api_port: int | None = setting(
+        None,
+        env="BROKER_VAULT_API_PORT",
+        section=_FRONT_DOOR,
+        ge=0,
+        le=65535,
+        default_text="— (off)",
+        doc="port of the second listener that speaks the Vault API to existing Vault clients",
+    )
+    vault_api_session_ttl_seconds: int = setting(
+        1800,
+        env="BROKER_VAULT_API_SESSION_TTL",
+        section=_FRONT_DOOR,
+        gt=0,
+        doc="lifetime of a front-door session token",
+    )
+    vault_api_session_max_ttl_seconds: int = setting(
+        8 * 3600,
+        env="BROKER_VAULT_API_SESSION_MAX_TTL",
+        section=_FRONT_DOOR,
+        gt=0,
+        doc="how far a session may be renewed",
+    )
+    vault_api_session_recheck_seconds: float = setting(
+        5.0,
+        env="BROKER_VAULT_API_SESSION_RECHECK",
+        section=_FRONT_DOOR,
+        ge=0,
+        doc="how stale one replica's view of a session (renewed or revoked elsewhere) may be",
+    )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+SETTINGS: tuple[Declared, ...] = declarations(Settings)
+"""Every setting, in declaration order."""
