@@ -22,11 +22,13 @@ _MAX_CHARS = 40
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def parse_instant(value: str) -> datetime:
+def parse_instant(value: object) -> datetime:
     """``YYYY-MM-DD`` (midnight UTC) or an ISO 8601 date-time (no offset means UTC), in UTC.
 
-    Raises ValueError for anything else.
+    Raises ValueError for anything else (any type: it reads untrusted JSON too).
     """
+    if not isinstance(value, str):
+        raise ValueError("not text")
     if len(value) > _MAX_CHARS:
         raise ValueError("too long")
     text = value.strip()
