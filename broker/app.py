@@ -6,6 +6,7 @@ them down in reverse. Handlers reach them only through the typed keys in ``web.k
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -50,12 +51,15 @@ from broker.web.keys import (
     LEDGER,
     METRICS,
     OFFBOARDING,
+    OPENAPI,
     POLICY,
     SETTINGS,
     VAULT,
     VERIFIER,
 )
 from broker.web.middleware import middlewares
+from broker.web.openapi import openapi_document
+from broker.web.route import install
 from broker.web.routes import ROUTES
 
 __all__ = ["create_app", "issuer_configs"]
@@ -294,6 +298,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[CLOCK] = clock or (lambda: datetime.now(UTC))
+    app[OPENAPI] = json.dumps(openapi_document(ROUTES, settings)).encode()
     app.cleanup_ctx.append(_lifecycle)
-    app.router.add_routes(ROUTES)
+    install(app, ROUTES)
     return app

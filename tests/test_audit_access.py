@@ -22,10 +22,11 @@ import asyncpg
 import pytest
 
 from broker.audit import AccessAudit, AccessQuery
-from broker.audit.access import LONGEST_GRANT, check_window, end_of, parse_instant, rule_text
+from broker.audit.access import LONGEST_GRANT, end_of, rule_text
 from broker.errors import BadRequest, PolicyError
 from broker.ledger.audit_queries import access_query, events_query
 from broker.ledger.events import Event
+from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
 from broker.policy import load_policy_dir
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
@@ -74,12 +75,13 @@ def test_parse_instant_dates_and_times() -> None:
             parse_instant(bad)
 
 
-def test_check_window_bounds() -> None:
-    check_window(FEB, MAR)
+def test_check_period_bounds() -> None:
+    check_period(FEB, MAR, maximum=MAX_QUERY_PERIOD)
+    check_period(FEB, FEB + timedelta(days=401), maximum=None)
     for start, end in ((MAR, FEB), (FEB, FEB), (FEB, FEB + timedelta(days=401))):
         with pytest.raises(BadRequest) as e:
-            check_window(start, end)
-        assert e.value.code == "invalid_window"
+            check_period(start, end, maximum=MAX_QUERY_PERIOD)
+        assert e.value.code == "invalid_period"
 
 
 def _event(**fields: Any) -> Event:
@@ -634,15 +636,15 @@ async def test_api_todays_window_and_events(
         ("access", {"from": "2026-02-01"}, "missing_to"),
         ("access", {"from": "February", "to": "2026-03-01"}, "invalid_from"),
         ("access", {"from": "2026-02-01", "to": "2026-02-30"}, "invalid_to"),
-        ("access", {"from": "2026-03-01", "to": "2026-02-01"}, "invalid_window"),
-        ("access", {"from": "2024-01-01", "to": "2026-03-01"}, "invalid_window"),
+        ("access", {"from": "2026-03-01", "to": "2026-02-01"}, "invalid_period"),
+        ("access", {"from": "2024-01-01", "to": "2026-03-01"}, "invalid_period"),
         ("access", {"from": "2026-02-01", "to": "2026-03-01", "form": "x"}, "unknown_parameter"),
         ("access", {"from": "2026-02-01", "to": "2026-03-01", "secret": "../x"}, "invalid_secret"),
         ("access", {"from": "2026-02-01", "to": "2026-03-01", "cursor": "-1"}, "invalid_cursor"),
         ("access", {"from": "2026-02-01", "to": "2026-03-01", "limit": "0"}, "invalid_limit"),
         ("events", {"type": "grant.nope"}, "invalid_type"),
         ("events", {"subject": "a\x00b"}, "invalid_subject"),
-        ("events", {"from": "2026-03-01", "to": "2026-02-01"}, "invalid_window"),
+        ("events", {"from": "2026-03-01", "to": "2026-02-01"}, "invalid_period"),
     ],
 )
 async def test_api_bad_input_is_400_with_a_code(

@@ -274,15 +274,27 @@ async def test_check_from_db_finds_a_row_a_superuser_edited(
     assert 3 in {f["seq"] for f in breaks}, breaks
 
 
-@pytest.mark.parametrize("query", ["", "?from=2026-01-01", "?from=2026-02-01&to=2026-01-01"])
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("", "missing_from"),
+        ("?from=2026-01-01", "missing_to"),
+        ("?from=Jan&to=2026-01-01", "invalid_from"),
+        ("?from=2026-02-01&to=2026-01-01", "invalid_period"),
+    ],
+)
 async def test_evidence_period_is_validated(
-    broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession, query: str
+    broker: RunningBroker,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+    query: str,
+    code: str,
 ) -> None:
     async with http.get(
         f"{broker.url}/v1/audit/evidence{query}", headers=auth(tokens["carol"])
     ) as r:
         assert r.status == 400, await r.text()
-        assert (await r.json())["error"]["code"] == "bad_period"
+        assert (await r.json())["error"]["code"] == code
 
 
 async def test_export_says_once_that_it_waits_for_a_signed_checkpoint(

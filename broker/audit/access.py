@@ -17,62 +17,30 @@ Invariants the answer relies on:
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.elevation.model import Elevation, fold
-from broker.errors import BadRequest
 from broker.ledger import Event, Ledger
 from broker.ledger.audit_queries import AccessRow, access_windows, events_page, policy_documents
+from broker.periods import MAX_QUERY_PERIOD, check_period
 from broker.policy.loader import MAX_GRANT_TTL
 
 __all__ = [
     "LONGEST_GRANT",
-    "MAX_WINDOW",
     "AccessAudit",
     "AccessQuery",
     "EventQuery",
-    "check_window",
     "end_of",
-    "parse_instant",
     "rule_text",
 ]
 
 LONGEST_GRANT = timedelta(seconds=MAX_GRANT_TTL)
-MAX_WINDOW = timedelta(days=400)  # a year plus slack: longer periods are an export's job
 DEFAULT_POLICY_CACHE = 64  # policy versions kept in memory (each <= a few hundred KiB)
-
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def parse_instant(value: str) -> datetime:
-    """``YYYY-MM-DD`` (midnight UTC) or an ISO 8601 date-time (no offset means UTC).
-
-    Raises ValueError for anything else.
-    """
-    if len(value) > 40:
-        raise ValueError("too long")
-    text = value.strip()
-    if _DATE.fullmatch(text):
-        return datetime.combine(date.fromisoformat(text), time(), UTC)
-    parsed = datetime.fromisoformat(text)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def check_window(start: datetime, end: datetime, *, maximum: timedelta = MAX_WINDOW) -> None:
-    """Raise BadRequest (``invalid_window``) unless ``start < end <= start + maximum``."""
-    if end <= start:
-        raise BadRequest("'to' must be later than 'from'", code="invalid_window")
-    if end - start > maximum:
-        raise BadRequest(
-            f"the period may be at most {maximum.days} days: ask for several",
-            code="invalid_window",
-        )
 
 
 def rule_text(document: str, line: int) -> str | None:
@@ -201,7 +169,7 @@ class AccessAudit:
     async def access(self, q: AccessQuery, *, now: datetime | None = None) -> dict[str, Any]:
         """``{"from", "to", "access": [window...], "next_cursor"}``; raises BadRequest for
         a bad period. ``next_cursor`` is None on the last page."""
-        check_window(q.start, q.end)
+        check_period(q.start, q.end, maximum=MAX_QUERY_PERIOD)
         rows = await access_windows(
             self._ledger.pool,
             issued_from=q.start - LONGEST_GRANT,
@@ -226,8 +194,8 @@ class AccessAudit:
 
     async def events(self, q: EventQuery) -> dict[str, Any]:
         """``{"events": [event + prev_hash...], "next_cursor"}``, oldest first."""
-        if q.start is not None and q.end is not None and q.end <= q.start:
-            raise BadRequest("'to' must be later than 'from'", code="invalid_window")
+        if q.start is not None and q.end is not None:
+            check_period(q.start, q.end, maximum=None)
         events = await events_page(
             self._ledger.pool,
             subject=q.subject,

@@ -16,8 +16,8 @@ The order is the contract (each step a ledger row, so the evidence shows it):
 A failure in 2-3 (Vault down: 503) leaves 1 standing — the subject stays refused — and
 calling ``offboard`` again resumes the same offboarding instead of starting another.
 
-Rules and error codes:
-  forbidden               the caller lacks the ``admin`` capability
+Who may call it is declared on its routes (``admin``; listing ``admin`` or ``audit``) and
+enforced before the service runs (``web.access``). Error codes:
   already_offboarded      offboarding a subject whose offboarding completed (409)
   not_offboarded          reinstating a subject who is not offboarded (404)
   offboarding_in_progress reinstating before the offboarding completed (409)
@@ -35,7 +35,7 @@ from typing import Any
 
 from broker.auth.principal import Principal
 from broker.elevation.model import closed_key, fold, subject_key
-from broker.errors import BadRequest, Conflict, Forbidden, NotFound
+from broker.errors import BadRequest, Conflict, NotFound
 from broker.grants import GrantService
 from broker.ledger import Ledger, NewEvent
 from broker.ledger.offboarding_queries import (
@@ -46,7 +46,6 @@ from broker.ledger.offboarding_queries import (
     offboarding_events_between,
 )
 from broker.policy.active import ActivePolicy
-from broker.policy.decide import capabilities
 
 from .blocklist import SubjectBlocklist, offboarding_started_key
 from .model import Offboarding, current_for, fold_offboardings, reinstatements_of
@@ -92,14 +91,6 @@ class OffboardingService:
         self._max_skew = timedelta(seconds=max_skew_seconds)
         self._clock = clock
 
-    # --- access -------------------------------------------------------------------------
-
-    def require(self, principal: Principal, *allowed: str) -> None:
-        """Raise Forbidden unless the principal holds one of ``allowed`` capabilities."""
-        if not capabilities(self._policy.current, principal) & set(allowed):
-            names = " or ".join(repr(c) for c in allowed)
-            raise Forbidden(f"this endpoint needs the {names} capability", code="forbidden")
-
     async def _all(self) -> list[Offboarding]:
         # Offboardings are rare (people leaving): the whole history is small.
         return fold_offboardings(await offboarding_events(self._ledger))
@@ -116,7 +107,6 @@ class OffboardingService:
         request_id: str,
     ) -> dict[str, Any]:
         """Offboard ``subject`` (or resume its interrupted offboarding); return the report."""
-        self.require(actor, "admin")
         now = self._clock()
         if terminated_at is not None and terminated_at > now + self._max_skew:
             raise BadRequest("'terminated_at' is in the future", code="invalid_terminated_at")
@@ -267,7 +257,6 @@ class OffboardingService:
         self, actor: Principal, *, subject: str, reason: str, request_id: str
     ) -> dict[str, Any]:
         """Re-onboard ``subject``: ledger ``subject.reinstated``; requests work again."""
-        self.require(actor, "admin")
         ob = current_for(await self._all(), subject)
         if ob is None:
             raise NotFound(f"{subject!r} is not offboarded", code="not_offboarded")
@@ -310,7 +299,6 @@ class OffboardingService:
         limit: int,
     ) -> list[dict[str, Any]]:
         """Offboardings started in [since, until), newest first, with SLA met/missed."""
-        self.require(actor, "admin", "audit")
         events = await offboarding_events_between(
             self._ledger, since=since, until=until, limit=limit
         )

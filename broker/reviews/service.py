@@ -5,8 +5,9 @@ Who may do what (deny by default):
   =========================  ==================================================
   action                     allowed for
   =========================  ==================================================
-  open                       ``admin`` capability (it starts the evidence trail;
-                             the reviewers are named by it, not self-chosen)
+  open                       ``admin`` capability, declared on its route and
+                             enforced before the service runs (``web.access``);
+                             it starts the evidence trail and names the reviewers
   read (list, get)           ``admin`` or ``audit`` capability, or a member of
                              the review's ``reviewer_group`` now
   decide, complete           a member of the review's ``reviewer_group`` now
@@ -16,7 +17,6 @@ Races are settled by the ledger writer under its lock: one decision per entitlem
 (``decision_key``), none after completion (guard ``completed_key``), one completion
 (``completed_key``), one resolution per action item (``resolved_key``). Error codes:
 
-  forbidden           open without ``admin``
   invalid_period / period_not_started / invalid_reviewer_group    open input
   review_not_found    unknown id, or not visible to the caller
   not_a_reviewer      decide/complete by someone outside ``reviewer_group``
@@ -159,8 +159,6 @@ class ReviewService:
         self, principal: Principal, *, period: str, reviewer_group: str, request_id: str
     ) -> dict[str, Any]:
         policy = self._policy.current
-        if "admin" not in capabilities(policy, principal):
-            raise Forbidden("opening a review needs the 'admin' capability", code="forbidden")
         if not valid_period(period):
             raise BadRequest("'period' must look like 2026-Q1", code="invalid_period")
         try:

@@ -18,7 +18,7 @@ from broker.errors import AuthError
 from broker.metrics import Metrics
 from broker.offboarding.blocklist import SubjectBlocklist
 
-__all__ = ["PRINCIPAL", "Authenticator"]
+__all__ = ["PRINCIPAL", "Authenticator", "principal_of"]
 
 # The authenticated caller, for the middleware that ledgers rejected requests.
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -81,3 +81,8 @@ class Authenticator:
         """Return drained counts that could not be recorded, to go in the next window."""
         self._failures.update(counts)
         self._since = min(self._since, start)
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The caller, authenticated by the route middleware (non-public routes only)."""
+    return request[PRINCIPAL]

@@ -34,4 +34,5 @@ AUDIT_ACCESS = web.AppKey("audit_access", AccessAudit)
 ELEVATIONS = web.AppKey("elevations", ElevationService)
 OFFBOARDING = web.AppKey("offboarding", OffboardingService)
 REVIEWS = web.AppKey("reviews", ReviewService)
+OPENAPI = web.AppKey("openapi", bytes)  # the generated document, encoded once
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

@@ -1,4 +1,10 @@
-"""Middleware: request ids, error mapping, latency metrics.
+"""Middleware: request ids, error mapping, latency metrics, and the route declarations.
+
+``_declared`` is the one place a route's declaration (``web.route.Route``) is enforced:
+it authenticates unless the route is public, applies the access rule
+(``web.access.authorize``), and decodes the declared query and body models, all before
+the handler runs. A matched route without a declaration is refused (and the app refuses
+to start with one, see ``web.route.install``).
 
 The error contract: every error response is ``{"error": {"code", "message"}}``. A
 ``BrokerError`` maps to its status; aiohttp's own HTTP errors (404 route, 405, 413) keep
@@ -16,13 +22,16 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, Forbidden, PayloadTooLarge
 from broker.ledger import Ledger, NewEvent
 from broker.logs import REQUEST_ID_VAR, log_access
 from broker.text import safe_text
 
+from .access import authorize
 from .authn import PRINCIPAL
-from .keys import LEDGER, METRICS
+from .fields import decode_body, decode_query
+from .keys import AUTHN, LEDGER, METRICS, POLICY, SETTINGS
+from .route import declaration_of, set_decoded
 
 __all__ = ["REQUEST_ID", "error_response", "middlewares", "record_rejection"]
 
@@ -129,5 +138,32 @@ async def record_rejection(
     )
 
 
+@web.middleware
+async def _declared(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    if request.match_info.http_exception is not None:  # no route: aiohttp's 404/405
+        return await handler(request)
+    route = declaration_of(request)
+    if route is None:  # deny by default; install() makes this unreachable at run time
+        _log.error("refused a request to an undeclared route %s", request.path[:200])
+        raise Forbidden("this endpoint is not declared", code="forbidden")
+    principal = None
+    if route.access.needs_token:
+        principal = await request.app[AUTHN].authenticate(request)
+    authorize(route.access, request.app[POLICY].current, principal)
+    settings = request.app[SETTINGS]
+    query = decode_query(route.query, request.query, settings) if route.query else None
+    body = None
+    if route.body is not None:
+        try:
+            raw = await request.read()  # bounded by the app's client_max_size
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(
+                f"request body is larger than {settings.max_body_bytes} bytes"
+            ) from None
+        body = decode_body(route.body, raw, settings, optional=not route.body_required)
+    set_decoded(request, body, query)
+    return await handler(request)
+
+
 def middlewares() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
-    return [_request_context]
+    return [_request_context, _declared]

@@ -1,48 +1,458 @@
-"""The route table: the whole HTTP surface in one place (kept true by tests/test_openapi.py)."""
+"""The route table: the whole native HTTP surface, one declaration per route.
+
+Each ``Route`` says who may call it (``web.access``), what it accepts and answers
+(``web.models``); the middleware enforces it, the OpenAPI document is generated from it,
+and an app with a route missing from it refuses to start (``web.route.install``).
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
-
-from . import audit_handlers as au
-from . import continuity_handlers
-from . import elevation_handlers as e
-from . import evidence_handlers as ev
-from . import handlers as h
-from . import offboarding_handlers as o
-from . import review_handlers as rv
+from .access import authenticated, capability, public, resource
+from .handlers import audit, continuity, elevations, evidence, grants, offboarding, reviews, system
+from .models import (
+    AccessPage,
+    AccessParams,
+    Comment,
+    CredentialRequest,
+    Elevation,
+    ElevationList,
+    ElevationListQuery,
+    ElevationRequest,
+    EventPage,
+    EventParams,
+    EvidenceQuery,
+    GapAnnotation,
+    GapAnnotationRequest,
+    GapList,
+    GapQuery,
+    Grant,
+    GrantList,
+    GrantListQuery,
+    GrantSummary,
+    Health,
+    Liveness,
+    Me,
+    OffboardingList,
+    OffboardingListQuery,
+    OffboardingReport,
+    OffboardRequest,
+    Reinstated,
+    ReinstateRequest,
+    Review,
+    ReviewDecision,
+    ReviewList,
+    ReviewListQuery,
+    ReviewOpen,
+    RevokeQuery,
+    TtlRequest,
+    Verification,
+)
+from .route import Route
 
 __all__ = ["ROUTES"]
 
-ROUTES: list[web.RouteDef] = [
-    web.post("/v1/credentials", h.post_credentials),
-    web.get("/v1/me", h.get_me),
-    web.get("/v1/grants", h.get_grants),
-    web.delete("/v1/grants/{grant_id}", h.revoke_grant),
-    web.post("/v1/elevations", e.post_elevation),
-    web.get("/v1/elevations", e.list_elevations),
-    web.get("/v1/elevations/{elevation_id}", e.get_elevation),
-    web.post("/v1/elevations/{elevation_id}/approve", e.approve_elevation),
-    web.post("/v1/elevations/{elevation_id}/deny", e.deny_elevation),
-    web.post("/v1/elevations/{elevation_id}/cancel", e.cancel_elevation),
-    web.post("/v1/elevations/{elevation_id}/review", e.review_elevation),
-    web.post("/v1/elevations/{elevation_id}/credentials", e.redeem_elevation),
-    web.post("/v1/offboarding", o.post_offboarding),
-    web.get("/v1/offboarding", o.list_offboardings),
-    web.post("/v1/offboarding/{subject}/reinstate", o.reinstate_subject),
-    web.post("/v1/reviews", rv.post_review),
-    web.get("/v1/reviews", rv.list_reviews),
-    web.get("/v1/reviews/{review_id}", rv.get_review),
-    web.post("/v1/reviews/{review_id}/decisions", rv.decide_review),
-    web.post("/v1/reviews/{review_id}/complete", rv.complete_review),
-    web.get("/v1/health", h.get_health),
-    web.get("/v1/health/live", h.get_liveness),
-    web.get("/v1/audit/verify", h.get_verify),
-    web.get("/v1/audit/evidence", ev.get_evidence),
-    web.get("/v1/audit/access", au.get_audit_access),
-    web.get("/v1/audit/events", au.get_audit_events),
-    web.get("/v1/audit/gaps", continuity_handlers.get_gaps),
-    web.post("/v1/audit/gaps/annotate", continuity_handlers.annotate_gap),
-    web.get("/v1/openapi.json", h.get_openapi),
-    web.get("/metrics", h.get_metrics),
+_ELEVATION_DECISION = resource(
+    "the service decides: approvers of the elevation, its requester"
+    " or (for break-glass reviews) a second person"
+)
+_REVIEWER = resource("members of the review's reviewer group now (admin and audit may read)")
+
+
+def _decision(verb: str, operation: str, summary: str, forbidden: str, conflict: str) -> Route:
+    return Route(
+        "POST",
+        f"/v1/elevations/{{elevation_id}}/{verb}",
+        getattr(elevations, f"{verb}_elevation"),
+        _ELEVATION_DECISION,
+        operation,
+        summary,
+        body=Comment,
+        body_required=False,
+        responses={200: Elevation},
+        response_descriptions={200: "The elevation after the decision"},
+        errors={
+            403: forbidden,
+            404: "`elevation_not_found` (or not visible to you)",
+            409: conflict,
+        },
+    )
+
+
+ROUTES: list[Route] = [
+    Route(
+        "POST",
+        "/v1/credentials",
+        grants.post_credentials,
+        authenticated,
+        "issueCredential",
+        "Issue a just-in-time credential",
+        body=CredentialRequest,
+        responses={201: Grant},
+        response_descriptions={201: "Issued; the ledger row committed before this response"},
+        errors={
+            403: "`denied` (no role grants it) or `elevation_required`",
+            404: "`unknown_secret`: not in the catalog",
+            502: "Vault refused the request (broker misconfiguration)",
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/me",
+        grants.get_me,
+        authenticated,
+        "me",
+        "Who am I, which roles do I hold, what may I request",
+        responses={200: Me},
+    ),
+    Route(
+        "GET",
+        "/v1/grants",
+        grants.get_grants,
+        authenticated,
+        "listGrants",
+        "The caller's grants, newest first",
+        query=GrantListQuery,
+        responses={200: GrantList},
+    ),
+    Route(
+        "DELETE",
+        "/v1/grants/{grant_id}",
+        grants.revoke_grant,
+        resource("the grant's subject, or an admin"),
+        "revokeGrant",
+        "Revoke a grant now (the Vault lease is revoked, the ledger says so)",
+        query=RevokeQuery,
+        responses={200: GrantSummary},
+        errors={
+            404: "`grant_not_found` (or not yours)",
+            409: "`grant_not_active`: already revoked or expired",
+            502: "Vault refused the revocation",
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/elevations",
+        elevations.post_elevation,
+        authenticated,
+        "requestElevation",
+        "Ask for elevation to a privileged secret (or take break-glass access)",
+        body=ElevationRequest,
+        responses={201: Elevation},
+        response_descriptions={201: "The elevation (pending, or approved at once for break-glass)"},
+        errors={
+            403: "`denied`, `break_glass_not_allowed`",
+            404: "`unknown_secret`",
+            409: "`elevation_not_needed`: a standing role already grants it",
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/elevations",
+        elevations.list_elevations,
+        resource(
+            "the service lists what the caller requested or may decide (admin and audit: all)"
+        ),
+        "listElevations",
+        "Elevations you requested, may decide, or (admin/audit) all",
+        query=ElevationListQuery,
+        responses={200: ElevationList},
+        errors={400: "`invalid_status`, `invalid_break_glass`, `invalid_limit`"},
+    ),
+    Route(
+        "GET",
+        "/v1/elevations/{elevation_id}",
+        elevations.get_elevation,
+        resource("its requester, its approvers, admin and audit"),
+        "getElevation",
+        "One elevation with its full history",
+        responses={200: Elevation},
+        errors={404: "`elevation_not_found` (or not visible to you)"},
+    ),
+    _decision(
+        "approve",
+        "approveElevation",
+        "Approve (one vote; activates when every factor is met)",
+        "`self_approval`, `not_an_approver`",
+        "`elevation_not_pending`, `already_voted`",
+    ),
+    _decision(
+        "deny",
+        "denyElevation",
+        "Deny (comment required; closes the request)",
+        "`self_approval`, `not_an_approver`",
+        "`elevation_not_pending`",
+    ),
+    _decision(
+        "cancel",
+        "cancelElevation",
+        "Cancel (requester), or end early (admin); revokes grants minted under it",
+        "`not_requester`",
+        "`elevation_not_pending`",
+    ),
+    _decision(
+        "review",
+        "reviewElevation",
+        "Review a break-glass use (a second person; comment required)",
+        "`self_review`, `not_a_reviewer`",
+        "`not_break_glass`, `already_reviewed`",
+    ),
+    Route(
+        "POST",
+        "/v1/elevations/{elevation_id}/credentials",
+        elevations.redeem_elevation,
+        resource("the elevation's requester"),
+        "redeemElevation",
+        "Mint the credential under an approved elevation (requester only)",
+        description="TTL is clipped to the role's max_ttl and to the window's end.",
+        body=TtlRequest,
+        body_required=False,
+        responses={201: Grant},
+        response_descriptions={201: "Issued; the ledger row committed first"},
+        errors={
+            403: "`not_requester`, `no_longer_eligible`",
+            404: "`elevation_not_found`",
+            409: "`elevation_not_active`: not approved, or the window ended",
+            502: "Vault refused the request",
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/offboarding",
+        offboarding.post_offboarding,
+        capability("admin"),
+        "offboardSubject",
+        "Offboard a person: refuse them everywhere, end every grant/elevation",
+        description=(
+            "Ledgers `subject.offboarding_started` (the subject is refused from then on,"
+            " 403 `subject_offboarded`), closes their pending/approved elevations, revokes"
+            " their active grants in Vault, then ledgers `subject.offboarded` with the SLA"
+            " measured from `terminated_at`. After a 503 the subject stays refused; calling"
+            " again resumes the same offboarding."
+        ),
+        body=OffboardRequest,
+        responses={201: OffboardingReport},
+        response_descriptions={201: "Completed: what was ended, and whether the SLA was met"},
+        errors={409: "`already_offboarded`", 502: "Vault refused a revocation"},
+    ),
+    Route(
+        "GET",
+        "/v1/offboarding",
+        offboarding.list_offboardings,
+        capability("admin", "audit"),
+        "listOffboardings",
+        "Offboardings started in a period, with SLA met/missed",
+        query=OffboardingListQuery,
+        responses={200: OffboardingList},
+    ),
+    Route(
+        "POST",
+        "/v1/offboarding/{subject}/reinstate",
+        offboarding.reinstate_subject,
+        capability("admin"),
+        "reinstateSubject",
+        "Re-onboard an offboarded person (ledgered); their requests work again",
+        body=ReinstateRequest,
+        responses={200: Reinstated},
+        errors={
+            404: "`not_offboarded`",
+            409: "`offboarding_in_progress`: retry the offboarding first",
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/reviews",
+        reviews.post_review,
+        capability("admin"),
+        "openReview",
+        "Open an access review of a quarter (snapshot of entitlements and usage)",
+        description=(
+            "Records `review.opened` with every entitlement (role x member source) of the"
+            " policy version in force and the period's usage from `grant.issued`."
+        ),
+        body=ReviewOpen,
+        responses={201: Review},
+        response_descriptions={201: "The review, with its snapshot"},
+        errors={400: "`invalid_period`, `period_not_started`, `invalid_reviewer_group`"},
+    ),
+    Route(
+        "GET",
+        "/v1/reviews",
+        reviews.list_reviews,
+        _REVIEWER,
+        "listReviews",
+        "Reviews (summaries incl. action items), newest first",
+        description="`admin`/`audit` see all; members of a `reviewer_group` theirs.",
+        query=ReviewListQuery,
+        responses={200: ReviewList},
+        errors={400: "`invalid_period`, `invalid_limit`"},
+    ),
+    Route(
+        "GET",
+        "/v1/reviews/{review_id}",
+        reviews.get_review,
+        _REVIEWER,
+        "getReview",
+        "One review: snapshot, decisions, action items",
+        responses={200: Review},
+        errors={404: "`review_not_found` (or not visible to you)"},
+    ),
+    Route(
+        "POST",
+        "/v1/reviews/{review_id}/decisions",
+        reviews.decide_review,
+        _REVIEWER,
+        "decideReview",
+        "Keep or revoke one entitlement (reviewer group; comment for revoke)",
+        body=ReviewDecision,
+        responses={200: Review},
+        response_descriptions={200: "The review after the decision"},
+        errors={
+            400: "`invalid_decision`, `comment_required`, `unknown_entitlement`",
+            403: "`not_a_reviewer` (not in `reviewer_group`), `self_review`",
+            404: "`review_not_found` (or not visible to you)",
+            409: "`already_decided`, `review_completed`",
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/reviews/{review_id}/complete",
+        reviews.complete_review,
+        _REVIEWER,
+        "completeReview",
+        "Complete a review once every entitlement is decided",
+        responses={200: Review},
+        response_descriptions={200: "The completed review"},
+        errors={
+            403: "`not_a_reviewer`",
+            404: "`review_not_found` (or not visible to you)",
+            409: "`review_incomplete`, `review_completed`",
+        },
+    ),
+    Route(
+        "GET",
+        "/v1/health",
+        system.get_health,
+        public,
+        "health",
+        "Readiness: Vault and the ledger answer",
+        responses={200: Health, 503: Health},
+        response_descriptions={200: "All dependencies up", 503: "A dependency is down"},
+    ),
+    Route(
+        "GET",
+        "/v1/health/live",
+        system.get_liveness,
+        public,
+        "liveness",
+        "Liveness: the process answers (no dependency is probed)",
+        responses={200: Liveness},
+    ),
+    Route(
+        "GET",
+        "/v1/audit/verify",
+        system.get_verify,
+        capability("audit"),
+        "verifyLedger",
+        "Verify the whole ledger chain and its signed checkpoints",
+        responses={200: Verification},
+    ),
+    Route(
+        "GET",
+        "/v1/audit/evidence",
+        evidence.get_evidence,
+        capability("audit"),
+        "exportEvidence",
+        "The signed evidence package (zip) for rows recorded in [from, to)",
+        description="Check it offline with `broker evidence check FILE.zip`.",
+        query=EvidenceQuery,
+        responses={200: None},
+        response_descriptions={
+            200: "The package: events, derived CSV/JSON, policies, findings, summary.html,"
+            " manifest.json and manifest.sig"
+        },
+        media="application/zip",
+        errors={503: "`not_yet_signed` or the ledger is unavailable"},
+    ),
+    Route(
+        "GET",
+        "/v1/audit/access",
+        audit.get_audit_access,
+        capability("audit"),
+        "auditAccess",
+        "Who had access to what, when, and why: access windows in a period",
+        description=(
+            "Every grant whose access overlaps [`from`, `to`) — issued before `to`, not"
+            " expired or revoked by `from` — oldest first, with the role, policy version"
+            " and the text of the rule (role block) that allowed it, reason, ticket, how"
+            " and by whom it ended, and for elevated grants the elevation (reason, ticket,"
+            " approvers and approval times, window). `subject` and `secret` are optional"
+            " filters. The period is at most 400 days. Page with `next_cursor`."
+        ),
+        query=AccessParams,
+        responses={200: AccessPage},
+    ),
+    Route(
+        "GET",
+        "/v1/audit/events",
+        audit.get_audit_events,
+        capability("audit"),
+        "auditEvents",
+        "Raw ledger events, filtered, oldest first",
+        description=(
+            "Events (with `prev_hash` and `hash`) in time order (`recorded_at`, then `seq`),"
+            " oldest first. Filters combine: `subject`, `secret`, `type` (comma-separated"
+            " event names), [`from`, `to`). Page with `cursor` = the previous page's"
+            " `next_cursor` (the seq of its last event); `next_cursor` is null on the last"
+            " page."
+        ),
+        query=EventParams,
+        responses={200: EventPage},
+    ),
+    Route(
+        "GET",
+        "/v1/audit/gaps",
+        continuity.get_gaps,
+        capability("audit"),
+        "listGaps",
+        "Stretches with no replica heartbeat (continuity gaps)",
+        description=(
+            "A gap is a stretch longer than twice `heartbeat_seconds` between consecutive"
+            " `broker.heartbeat`, `broker.started` or `broker.stopped` rows of any replica;"
+            " each comes with the `gap.annotated` notes overlapping it (`annotated`: one"
+            " covers it). The period is at most 400 days; `to` defaults to now."
+        ),
+        query=GapQuery,
+        responses={200: GapList},
+    ),
+    Route(
+        "POST",
+        "/v1/audit/gaps/annotate",
+        continuity.annotate_gap,
+        capability("admin"),
+        "annotateGap",
+        "Explain a gap: ledger a remediation note for a stretch",
+        description="Ledgers `gap.annotated`.",
+        body=GapAnnotationRequest,
+        responses={201: GapAnnotation},
+        response_descriptions={201: "The recorded annotation"},
+    ),
+    Route(
+        "GET",
+        "/v1/openapi.json",
+        system.get_openapi,
+        public,
+        "openapi",
+        "This document (OpenAPI 3.1, generated from the route table)",
+        responses={200: None},
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        system.get_metrics,
+        public,
+        "metrics",
+        "Prometheus metrics",
+        responses={200: None},
+        media="text/plain",
+    ),
 ]

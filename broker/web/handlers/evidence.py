@@ -9,44 +9,26 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 from aiohttp import web
 
-from broker.errors import BadRequest, Forbidden
 from broker.evidence.package import ExportOptions, NotYetSigned, export_package
 from broker.ledger import CheckpointSigner, load_or_create_signing_key
-from broker.policy.decide import capabilities
 
-from .handlers import authenticated
-from .keys import CHECKPOINT_VERIFIER, LEDGER, POLICY, SETTINGS
+from ..keys import CHECKPOINT_VERIFIER, LEDGER, SETTINGS
+from ..models import EvidenceQuery
+from ..route import query_of
 
 __all__ = ["get_evidence"]
 
 _CHUNK = 256 * 1024
 
 
-def _when(request: web.Request, name: str) -> datetime:
-    raw = request.query.get(name)
-    if not raw:
-        raise BadRequest(f"query parameter {name!r} is required", code="bad_period")
-    try:
-        value = datetime.fromisoformat(raw[:64])
-    except ValueError:
-        raise BadRequest(
-            f"{name!r} must be a date (YYYY-MM-DD) or ISO 8601 time", code="bad_period"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 async def get_evidence(request: web.Request) -> web.StreamResponse:
-    principal = await authenticated(request)
-    if "audit" not in capabilities(request.app[POLICY].current, principal):
-        raise Forbidden("this endpoint needs the 'audit' capability", code="forbidden")
-    period_from, period_to = _when(request, "from"), _when(request, "to")
-    if period_to <= period_from:
-        raise BadRequest("'to' must be after 'from'", code="bad_period")
+    query = query_of(request, EvidenceQuery)
+    period_from, period_to = query.from_, query.to
     settings = request.app[SETTINGS]
     ledger = request.app[LEDGER]
     key = await asyncio.to_thread(

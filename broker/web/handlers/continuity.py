@@ -1,0 +1,92 @@
+"""Continuity evidence: the gaps between heartbeats, and their remediation notes.
+
+The gap definition lives in ``broker.evidence.continuity``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from broker.evidence.continuity import GapAnnotation, gaps_in
+from broker.ledger import NewEvent
+from broker.periods import MAX_QUERY_PERIOD, check_period
+
+from ..authn import principal_of
+from ..keys import CLOCK, LEDGER, SETTINGS
+from ..middleware import REQUEST_ID
+from ..models import GapAnnotationRequest, GapQuery
+from ..route import body_of, query_of
+from . import json_reply
+
+__all__ = ["annotate_gap", "get_gaps"]
+
+
+async def get_gaps(request: web.Request) -> web.Response:
+    """Gaps overlapping ``[from, to)`` (``to`` defaults to now and is never past it)."""
+    query = query_of(request, GapQuery)
+    now = request.app[CLOCK]()
+    start = query.from_
+    end = query.to or now
+    check_period(start, end, maximum=MAX_QUERY_PERIOD)
+    end = min(end, now)
+    settings = request.app[SETTINGS]
+    found: list[dict[str, Any]] = []
+    if start < end:
+        for gap, notes in await gaps_in(
+            request.app[LEDGER],
+            period_from=start,
+            period_to=end,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            limit=query.limit,
+        ):
+            covering = [n for n in notes if n.covers(gap)]
+            found.append(
+                {
+                    **gap.to_json(),
+                    "annotated": bool(covering),
+                    "annotation": covering[-1].to_json() if covering else None,
+                    "annotations": [n.to_json() for n in notes],
+                }
+            )
+    return json_reply(
+        {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "heartbeat_seconds": settings.heartbeat_seconds,
+            "threshold_seconds": 2 * settings.heartbeat_seconds,
+            "gaps": found,
+        }
+    )
+
+
+async def annotate_gap(request: web.Request) -> web.Response:
+    """Record a ``gap.annotated`` row: a remediation note for a stretch without heartbeats."""
+    principal = principal_of(request)
+    body = body_of(request, GapAnnotationRequest)
+    appended = await request.app[LEDGER].append(
+        NewEvent(
+            event="gap.annotated",
+            outcome="annotated",
+            subject=principal.subject,
+            subject_kind=principal.kind,
+            request_id=request[REQUEST_ID],
+            body={
+                "from": body.from_.isoformat(),
+                "to": body.to.isoformat(),
+                "remediation": body.remediation,
+            },
+        )
+    )
+    # No dedupe key, so the row is always written and carries its seq and time.
+    assert appended.seq is not None and appended.recorded_at is not None
+    note = GapAnnotation(
+        appended.seq,
+        appended.recorded_at,
+        principal.subject,
+        body.from_,
+        body.to,
+        body.remediation,
+    )
+    return json_reply({"annotation": note.to_json()}, status=201)

@@ -1,0 +1,59 @@
+"""Operations endpoints: readiness, liveness, ledger verification, metrics, the API document."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.background import probe_dependencies
+from broker.ledger import verify_ledger
+
+from ..keys import CHECKPOINT_VERIFIER, LEDGER, METRICS, OPENAPI, POLICY, SETTINGS, VAULT
+from . import json_reply
+
+__all__ = ["get_health", "get_liveness", "get_metrics", "get_openapi", "get_verify"]
+
+
+async def get_liveness(request: web.Request) -> web.Response:
+    """Alive: the process answers. No dependency is probed, so an outage of Vault or the
+    ledger takes replicas out of rotation (readiness) without restarting them all."""
+    return json_reply({"status": "alive", "replica": request.app[SETTINGS].replica_id})
+
+
+async def get_health(request: web.Request) -> web.Response:
+    up = await probe_dependencies(
+        {"vault": request.app[VAULT].health, "ledger": request.app[LEDGER].ping},
+        request.app[METRICS],
+        timeout=2.0,
+    )
+    ok = all(up.values())
+    return json_reply(
+        {
+            "status": "ok" if ok else "unavailable",
+            "checks": {name: "ok" if v else "unavailable" for name, v in up.items()},
+            "replica": request.app[SETTINGS].replica_id,
+            "policy_version": request.app[POLICY].current.version,
+        },
+        status=200 if ok else 503,
+    )
+
+
+async def get_verify(request: web.Request) -> web.Response:
+    ledger = request.app[LEDGER]
+    async with ledger.pool.acquire() as conn:
+        report = await verify_ledger(
+            conn, verifier=request.app[CHECKPOINT_VERIFIER], origin=ledger.origin
+        )
+    request.app[METRICS].ledger_verifications.labels("ok" if report.ok else "failed").inc()
+    return json_reply(report.to_json())
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    # Generated once per app from the route table, the models and the settings.
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")

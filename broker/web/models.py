@@ -1,0 +1,700 @@
+"""The API's typed models: request bodies, query strings and response bodies.
+
+Requests are decoded into these by ``web.fields`` before a handler runs (unknown fields
+refused, limits from ``Settings``); the OpenAPI document is generated from them and the
+route table. Response models describe what the services return (the contract tests check
+real responses against them); they never forbid extra fields, so adding one is not a
+breaking change.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from broker.durations import parse_duration
+from broker.ledger import EVENT_TYPES
+from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
+from broker.policy.model import validate_secret_name
+from broker.settings import Settings
+from broker.text import is_safe_text
+
+from .fields import Rule
+
+__all__ = [
+    "MAX_SUBJECT_CHARS",
+    "AccessPage",
+    "AccessParams",
+    "ActionItem",
+    "Comment",
+    "CredentialRequest",
+    "Elevation",
+    "ElevationList",
+    "ElevationListQuery",
+    "ElevationRequest",
+    "Error",
+    "EventPage",
+    "EventParams",
+    "EvidenceQuery",
+    "GapAnnotation",
+    "GapAnnotationRequest",
+    "GapList",
+    "GapQuery",
+    "Grant",
+    "GrantList",
+    "GrantListQuery",
+    "GrantSummary",
+    "Health",
+    "Liveness",
+    "Me",
+    "OffboardRequest",
+    "OffboardingList",
+    "OffboardingListQuery",
+    "OffboardingReport",
+    "Page",
+    "ReinstateRequest",
+    "Reinstated",
+    "Review",
+    "ReviewDecision",
+    "ReviewList",
+    "ReviewListQuery",
+    "ReviewOpen",
+    "ReviewSummary",
+    "RevokeQuery",
+    "TtlRequest",
+    "Verification",
+]
+
+_TICKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,63}$")
+_DURATION_WIRE = {
+    "oneOf": [
+        {"type": "integer", "minimum": 1},
+        {"type": "string", "pattern": "^([0-9]+|([0-9]+[smhd])+)$"},
+    ],
+    "description": "seconds, or a Vault-style duration (`90s`, `15m`, `1h`)",
+}
+_INSTANT_WIRE = {
+    "type": "string",
+    "description": "`YYYY-MM-DD` (midnight UTC) or an ISO 8601 date-time (no offset: UTC)",
+    "examples": ["2026-02-01", "2026-02-01T09:00:00Z"],
+}
+MAX_SUBJECT_CHARS = 256
+_MAX_CURSOR = 2**63 - 1
+_MAX_REVIEW_FIELD = 512
+
+
+def _instant(name: str, *, required: bool) -> Rule:
+    """An instant bounding a period: one parser, one set of codes (``broker.periods``)."""
+    return Rule(
+        code=f"invalid_{name}",
+        message=f"'{name}' must be a date (YYYY-MM-DD) or an ISO 8601 date-time",
+        missing_code=f"missing_{name}",
+        missing_message=f"'{name}' is required (YYYY-MM-DD or ISO 8601)" if required else None,
+        parse=parse_instant,
+        wire=_INSTANT_WIRE,
+    )
+
+
+def _aware_instant(value: str) -> datetime:
+    """An ISO 8601 time with an offset (a moment someone states, not a period bound)."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("not a time")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("no offset")
+    return parsed
+
+
+def _subject_text(value: str) -> str:
+    text = value.strip()
+    if not text:
+        raise ValueError("blank")
+    return text
+
+
+# --- field types: each rule written once --------------------------------------------
+
+SecretName = Annotated[
+    str,
+    Meta(max_length=128, examples=["db/orders-ro"], description="a catalog secret name"),
+    Rule(
+        code="invalid_secret_name",
+        message="'secret' must be a catalog name like 'db/orders-ro' (lowercase,"
+        " '/'-separated, at most 128 characters)",
+        check=validate_secret_name,
+    ),
+]
+Reason = Annotated[
+    str,
+    Meta(description="why (shown to approvers and auditors)"),
+    Rule(text=True, limit="max_reason_chars"),
+]
+Ticket = Annotated[
+    str,
+    Meta(pattern=_TICKET.pattern, examples=["INC-1234"]),
+    Rule(
+        message="'ticket' must be a ticket reference like 'INC-1234' (letters, digits, ._:/#-)",
+        check=lambda v: isinstance(v, str) and _TICKET.match(v) is not None,
+    ),
+]
+Ttl = Annotated[int, Rule(parse=parse_duration, wire=_DURATION_WIRE)]
+PageLimit = Annotated[int, Rule(limit="max_page_size", message="'limit' must be 1..{limit}")]
+Timestamp = Annotated[
+    str, Meta(description="ISO 8601 date-time", extra_json_schema={"format": "date-time"})
+]
+Uuid = Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
+
+
+class _Request(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies: unknown fields are refused so typos never pass silently."""
+
+
+class _Query(Struct, kw_only=True):
+    """Base of query strings: unknown parameters are ignored unless a model forbids them."""
+
+
+class _Response(Struct, kw_only=True, omit_defaults=True):
+    """Base of response bodies (documentation and contract checks)."""
+
+
+# --- requests -----------------------------------------------------------------------
+
+
+class CredentialRequest(_Request):
+    secret: SecretName
+    reason: Reason | None = None
+    ticket: Ticket | None = None
+    ttl: Ttl | None = None
+
+
+class ElevationRequest(_Request):
+    secret: Annotated[SecretName, Meta(examples=["stripe/prod"])]
+    reason: Reason | None = None
+    ticket: Ticket | None = None
+    duration: Ttl | None = None
+    break_glass: bool = False
+
+
+class Comment(_Request):
+    comment: Annotated[str, Rule(text=True, limit="max_reason_chars")] | None = None
+
+
+class TtlRequest(_Request):
+    ttl: Ttl | None = None
+
+
+class OffboardRequest(_Request):
+    subject: Annotated[
+        str,
+        Meta(max_length=MAX_SUBJECT_CHARS),
+        Rule(
+            code="invalid_subject",
+            message=f"'subject' must be at most {MAX_SUBJECT_CHARS} printable characters",
+            missing_code="invalid_subject",
+            text=True,
+            limit=MAX_SUBJECT_CHARS,
+        ),
+    ]
+    reason: Annotated[
+        str,
+        Rule(
+            text=True,
+            limit="max_reason_chars",
+            missing_code="reason_required",
+            missing_message="a reason is required",
+        ),
+    ]
+    terminated_at: (
+        Annotated[
+            datetime,
+            Rule(
+                message="'terminated_at' must be an ISO 8601 time with offset,"
+                " e.g. 2026-02-01T09:00:00Z",
+                parse=_aware_instant,
+                wire={
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "default now; not in the future",
+                },
+            ),
+        ]
+        | None
+    ) = None
+
+
+class ReinstateRequest(_Request):
+    reason: Annotated[
+        str,
+        Rule(
+            text=True,
+            limit="max_reason_chars",
+            missing_code="reason_required",
+            missing_message="a reason is required",
+        ),
+    ]
+
+
+class ReviewOpen(_Request):
+    period: Annotated[str, Meta(examples=["2026-Q1"]), Rule(text=True, limit=_MAX_REVIEW_FIELD)]
+    reviewer_group: Annotated[
+        str, Meta(examples=["sre-leads"]), Rule(text=True, limit=_MAX_REVIEW_FIELD)
+    ]
+
+
+class ReviewDecision(_Request):
+    entitlement_id: Annotated[
+        str,
+        Meta(examples=["engineering/group:engineering"]),
+        Rule(text=True, limit=_MAX_REVIEW_FIELD),
+    ]
+    decision: Annotated[
+        str, Meta(examples=["keep", "revoke"]), Rule(text=True, limit=_MAX_REVIEW_FIELD)
+    ]
+    comment: (
+        Annotated[
+            str, Meta(description="required for revoke"), Rule(text=True, limit="max_reason_chars")
+        ]
+        | None
+    ) = None
+
+
+class GapAnnotationRequest(_Request):
+    from_: Annotated[datetime, _instant("from", required=True)] = msgspec.field(name="from")
+    to: Annotated[datetime, _instant("to", required=True)]
+    remediation: Annotated[
+        str,
+        Rule(
+            text=True,
+            limit="max_reason_chars",
+            missing_code="invalid_remediation",
+            missing_message="'remediation' must not be empty",
+        ),
+    ]
+
+    def check(self, settings: Settings) -> None:
+        check_period(self.from_, self.to, maximum=MAX_QUERY_PERIOD)
+
+
+# --- query strings ------------------------------------------------------------------
+
+
+class Page(_Query):
+    limit: PageLimit = 100
+
+
+class GrantListQuery(Page, kw_only=True):
+    active: Annotated[
+        Literal["true", "false"],
+        Rule(message="'active' must be true or false"),
+    ] = "false"
+
+
+class RevokeQuery(_Query):
+    reason: Reason | None = None
+
+
+class ElevationListQuery(Page, kw_only=True):
+    status: Annotated[str, Meta(examples=["pending"])] | None = None
+    break_glass: (
+        Annotated[Literal["unreviewed"], Rule(message="'break_glass' may only be 'unreviewed'")]
+        | None
+    ) = None
+
+
+class ReviewListQuery(Page, kw_only=True):
+    period: (
+        Annotated[
+            str,
+            Meta(pattern=r"^[0-9]{4}-Q[1-4]$", examples=["2026-Q1"]),
+            Rule(code="invalid_period", message="'period' must look like 2026-Q1"),
+        ]
+        | None
+    ) = None
+
+
+class OffboardingListQuery(Page, kw_only=True):
+    from_: Annotated[datetime, _instant("from", required=False)] | None = msgspec.field(
+        default=None, name="from"
+    )
+    to: Annotated[datetime, _instant("to", required=False)] | None = None
+
+    def check(self, settings: Settings) -> None:
+        if self.from_ is not None and self.to is not None:
+            check_period(self.from_, self.to, maximum=None)
+
+
+_AuditSubject = Annotated[
+    str,
+    Meta(max_length=MAX_SUBJECT_CHARS),
+    Rule(
+        message=f"'subject' must be 1..{MAX_SUBJECT_CHARS} characters without control characters",
+        check=lambda v: bool(v) and len(v) <= MAX_SUBJECT_CHARS and is_safe_text(v),
+    ),
+]
+_AuditSecret = Annotated[
+    str,
+    Rule(message="'secret' must be a catalog name like 'stripe/prod'", check=validate_secret_name),
+]
+_Cursor = Annotated[
+    int,
+    Meta(description="the `next_cursor` of the previous page"),
+    Rule(
+        limit=_MAX_CURSOR,
+        message="'cursor' must be a next_cursor from a previous page",
+        wire={"type": "string", "description": "the `next_cursor` of the previous page"},
+    ),
+]
+
+
+class _AuditQuery(Page, forbid_unknown_fields=True, kw_only=True):
+    """Strict: a typo such as ``form=`` must not silently widen an auditor's answer."""
+
+    subject: _AuditSubject | None = None
+    secret: _AuditSecret | None = None
+    cursor: _Cursor | None = None
+
+
+class AccessParams(_AuditQuery, kw_only=True):
+    from_: Annotated[datetime, _instant("from", required=True)] = msgspec.field(name="from")
+    to: Annotated[datetime, _instant("to", required=True)]
+
+    def check(self, settings: Settings) -> None:
+        check_period(self.from_, self.to, maximum=MAX_QUERY_PERIOD)
+
+
+def _event_types(value: str) -> tuple[str, ...]:
+    types = tuple(dict.fromkeys(t.strip() for t in value.split(",")))
+    if not types or any(t not in EVENT_TYPES for t in types):
+        raise ValueError("unknown event type")
+    return types
+
+
+class EventParams(_AuditQuery, kw_only=True):
+    type: Annotated[
+        tuple[str, ...],
+        Rule(
+            message="'type' must be ledger event names, comma-separated"
+            " (e.g. grant.issued,grant.revoked)",
+            parse=_event_types,
+            wire={"type": "string", "examples": ["grant.issued,grant.revoked"]},
+        ),
+    ] = ()
+    from_: Annotated[datetime, _instant("from", required=False)] | None = msgspec.field(
+        default=None, name="from"
+    )
+    to: Annotated[datetime, _instant("to", required=False)] | None = None
+
+    def check(self, settings: Settings) -> None:
+        if self.from_ is not None and self.to is not None:
+            check_period(self.from_, self.to, maximum=None)
+
+
+class GapQuery(Page, kw_only=True):
+    from_: Annotated[datetime, _instant("from", required=True)] = msgspec.field(name="from")
+    to: (
+        Annotated[
+            datetime, _instant("to", required=False), Meta(description="default and latest: now")
+        ]
+        | None
+    ) = None
+
+
+class EvidenceQuery(_Query):
+    from_: Annotated[datetime, _instant("from", required=True)] = msgspec.field(name="from")
+    to: Annotated[datetime, _instant("to", required=True)]
+
+    def check(self, settings: Settings) -> None:
+        check_period(self.from_, self.to, maximum=None)
+
+
+# --- responses ----------------------------------------------------------------------
+
+
+class ErrorDetail(_Response):
+    code: str
+    message: str
+
+
+class Error(_Response):
+    """Every error: ``{"error": {"code", "message"}}``; ``code`` is stable, for programs."""
+
+    error: ErrorDetail
+
+
+class Grant(_Response):
+    """An issued credential; shown once, never stored by the broker."""
+
+    id: Uuid
+    secret: str
+    subject: str
+    role: str
+    policy_version: str
+    issued_at: Timestamp
+    expires_at: Timestamp
+    credential: Annotated[
+        dict[str, Any],
+        Meta(
+            description="kv2: {data, version}; database: {username, password};"
+            " pki: {certificate, private_key, issuing_ca, ca_chain, serial_number}"
+        ),
+    ]
+    lease_id: str | UnsetType | None = UNSET
+
+
+GrantStatus = Literal["active", "revoked", "expired"]
+
+
+class GrantSummary(_Response):
+    id: Uuid
+    secret: str | None
+    subject: str | None
+    status: GrantStatus
+    issued_at: Timestamp
+    role: str | UnsetType | None = UNSET
+    policy_version: str | UnsetType | None = UNSET
+    expires_at: Timestamp | UnsetType | None = UNSET
+    lease_id: str | UnsetType | None = UNSET
+    engine: str | UnsetType | None = UNSET
+    ended_at: Timestamp | UnsetType | None = UNSET
+    ended_by: str | UnsetType | None = UNSET
+
+
+class GrantList(_Response):
+    grants: list[GrantSummary]
+
+
+ElevationStatus = Literal["pending", "approved", "denied", "cancelled", "expired", "ended"]
+
+
+class ApprovalFactor(_Response):
+    approver_groups: list[str] | UnsetType = UNSET
+    approvals: int | UnsetType = UNSET
+
+
+class Elevation(_Response):
+    id: Uuid
+    status: ElevationStatus
+    secret: str
+    role: str
+    requester: str
+    reason: str
+    duration: Annotated[int, Meta(description="window length, seconds")]
+    break_glass: bool
+    requested_at: Timestamp
+    expires_at: Annotated[Timestamp, Meta(description="when an undecided request expires")]
+    approvals_required: Annotated[
+        list[ApprovalFactor],
+        Meta(description="factors, all required; one approver counts once"),
+    ]
+    approvals: list[dict[str, Any]]
+    grants: list[Uuid]
+    can_decide: bool
+    ticket: str | UnsetType | None = UNSET
+    policy_version: str | UnsetType | None = UNSET
+    approved_at: Timestamp | UnsetType | None = UNSET
+    window_ends_at: Timestamp | UnsetType | None = UNSET
+    closed: dict[str, Any] | UnsetType | None = UNSET
+    review: dict[str, Any] | UnsetType | None = UNSET
+
+
+class ElevationList(_Response):
+    elevations: list[Elevation]
+
+
+class Me(_Response):
+    subject: str
+    kind: str
+    issuer: str
+    groups: list[str]
+    roles: list[str]
+    capabilities: list[str]
+    requestable: list[dict[str, Any]]
+    policy_version: str
+
+
+class Health(_Response):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, Literal["ok", "unavailable"]]
+    replica: str
+    policy_version: str
+
+
+class Liveness(_Response):
+    status: Literal["alive"]
+    replica: str
+
+
+class Verification(_Response):
+    """``ok`` is false when tampering is detected; ``first_bad_seq`` names the first bad row."""
+
+    ok: bool
+    rows: int
+    first_bad_seq: int | None
+    problems: list[Any]
+
+
+class OffboardingReport(_Response):
+    offboarding_id: str
+    subject: str
+    completed_at: Timestamp
+    grants_revoked: Any
+    elevations_closed: Any
+    terminated_at: Timestamp
+    sla_deadline: Timestamp
+    sla_met: bool
+    seconds_from_termination: float
+
+
+class OffboardingList(_Response):
+    offboardings: list[dict[str, Any]]
+
+
+class Reinstated(_Response):
+    subject: str | UnsetType = UNSET
+
+
+class GapAnnotation(_Response):
+    annotation: dict[str, Any]
+
+
+class Gap(_Response):
+    start: Timestamp
+    end: Timestamp
+    duration_seconds: float
+    annotated: bool
+    annotation: dict[str, Any] | None
+    annotations: list[dict[str, Any]]
+
+
+class GapList(_Response):
+    from_: Timestamp = msgspec.field(name="from")
+    to: Timestamp
+    heartbeat_seconds: float
+    threshold_seconds: float
+    gaps: list[Gap]
+
+
+class RuleText(_Response):
+    source: str | UnsetType | None = UNSET
+    text: str | UnsetType | None = UNSET
+
+
+class AccessEnd(_Response):
+    how: Literal["revoked", "expired", "offboarded"] | UnsetType = UNSET
+    at: str | UnsetType = UNSET
+    by: str | UnsetType | None = UNSET
+
+
+class AccessWindow(_Response):
+    grant_id: Uuid
+    subject: str
+    secret: str
+    role: str | None
+    policy_version: str | None
+    rule: RuleText
+    issued_at: Timestamp
+    expires_at: Timestamp | None
+    ended: AccessEnd | None
+    elevation: dict[str, Any] | None
+
+
+class AccessPage(_Response):
+    """Access windows overlapping the period; ``ended`` is null while still open."""
+
+    from_: Timestamp = msgspec.field(name="from")
+    to: Timestamp
+    access: list[AccessWindow]
+    next_cursor: str | None
+
+
+class EventPage(_Response):
+    events: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+ReviewPeriod = Annotated[str, Meta(pattern=r"^[0-9]{4}-Q[1-4]$", examples=["2026-Q1"])]
+
+
+class ReviewProgress(_Response):
+    entitlements: int
+    decided: int
+    keep: int
+    revoke: int
+
+
+class ActionItem(_Response):
+    entitlement_id: str
+    role: str
+    source: str
+    status: Literal["open", "resolved"]
+    resolved_by_version: str | None
+    decided_by: str | UnsetType = UNSET
+    decided_at: Timestamp | UnsetType = UNSET
+    comment: str | UnsetType | None = UNSET
+    resolved_at: Timestamp | UnsetType | None = UNSET
+
+
+class ReviewSummary(_Response):
+    id: Uuid
+    period: ReviewPeriod
+    period_start: Timestamp
+    period_end: Annotated[Timestamp, Meta(description="exclusive")]
+    status: Literal["open", "completed"]
+    reviewer_group: str
+    opened_by: str
+    opened_at: Timestamp
+    policy_version: Annotated[str, Meta(description="the version the snapshot is of")]
+    progress: ReviewProgress
+    entitlements_total: int
+    entitlements_truncated: bool
+    usage_truncated: bool
+    completed_by: str | None
+    completed_at: Timestamp | None
+    action_items: list[ActionItem]
+    open_action_items: int
+    can_decide: bool
+
+
+class Entitlement(_Response):
+    id: Annotated[str, Meta(description="`<role>/<source>`")]
+    role: str
+    source: Annotated[
+        str, Meta(description="`group:<g>`, `subject:<s>` or `service_account:<ns:name>`")
+    ]
+    kind: Literal["group", "subject", "service_account"]
+    member: str
+    decision: dict[str, Any] | None
+    privileged: bool | UnsetType = UNSET
+    secrets: list[str] | UnsetType = UNSET
+    capabilities: list[str] | UnsetType = UNSET
+    role_source: str | UnsetType = UNSET
+
+
+class Usage(_Response):
+    subject: str
+    secret: str
+    role: str
+    grants: int
+    last_used: Timestamp
+    subject_kind: str | UnsetType | None = UNSET
+
+
+class Review(ReviewSummary):
+    entitlements: Annotated[
+        list[Entitlement], Meta(description="At most 10000 (then `entitlements_truncated`)")
+    ]
+    usage: Annotated[
+        list[Usage],
+        Meta(
+            description="Distinct subject x secret x role issued in the period;"
+            " at most 10000 (then `usage_truncated`)"
+        ),
+    ]
+
+
+class ReviewList(_Response):
+    reviews: list[ReviewSummary]
