@@ -17,9 +17,11 @@ from aiohttp import web
 
 from broker.errors import BrokerError
 from broker.logs import REQUEST_ID_VAR, log_access
+from broker.web.access import per_operation
 from broker.web.authn import PRINCIPAL
 from broker.web.keys import CLOCK, LEDGER, METRICS, SETTINGS
 from broker.web.middleware import REQUEST_ID, record_rejection
+from broker.web.route import Route, install
 
 from .handlers import OPERATION, client_info, handle
 from .keys import BROKER_APP, INDEX, SESSIONS, IndexCache
@@ -96,7 +98,19 @@ def create_vault_api(broker: web.Application) -> web.Application:
     app[SETTINGS] = settings
     app[INDEX] = IndexCache()
     app.on_startup.append(_sessions)
-    app.router.add_route("*", "/v1/{tail:.*}", handle)
+    install(
+        app,
+        [
+            Route(
+                "*",
+                "/v1/{tail:.*}",
+                handle,
+                per_operation("OPERATION_ACCESS, the access column in broker.vaultapi.paths"),
+                "vaultApi",
+                "Vault-compatible calls (classified by broker.vaultapi.paths)",
+            )
+        ],
+    )
     return app
 
 

@@ -29,7 +29,7 @@ from broker.web.keys import AUTHN, ELEVATIONS, GRANTS, LEDGER, METRICS, POLICY, 
 from broker.web.middleware import REQUEST_ID
 
 from .keys import BROKER_APP, INDEX, SESSIONS
-from .paths import CatalogIndex, Operation, catalog_index, mount_of, resolve
+from .paths import OPERATION_ACCESS, CatalogIndex, Operation, catalog_index, mount_of, resolve
 from .responses import vault_json
 from .sessions import Session
 
@@ -115,10 +115,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
     app = request.app
     op = resolve(request.method, request.match_info["tail"], _index(app))
     request[OPERATION] = op.kind
-    if op.kind == "health":
-        return await _health(request, always_ok=op.detail == "seal_status")
-    if op.kind == "login":
-        return await _login(request, op)
+    access = OPERATION_ACCESS.get(op.kind)
+    if access is None:  # deny by default: every kind declares its access in paths
+        raise _refusal(Operation("refused", detail="not_supported"))
+    if not access.needs_token:
+        match op.kind:
+            case "health":
+                return await _health(request, always_ok=op.detail == "seal_status")
+            case "login":
+                return await _login(request, op)
+        raise _refusal(Operation("refused", detail="not_supported"))
     broker = app[BROKER_APP]
     token = _token(request)
     try:

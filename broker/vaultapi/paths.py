@@ -3,28 +3,34 @@
 The front door is read/issue-only. ``resolve`` maps (method, path after ``/v1/``) to an
 ``Operation``; everything it does not recognise is a refusal, never a pass-through:
 
-=========================================  ============  =================================
-request                                    kind          notes
-=========================================  ============  =================================
-PUT/POST auth/<mount>/login                login         {role?, jwt}: jwt / kubernetes shape
-GET auth/token/lookup-self                 token_lookup
-PUT/POST auth/token/renew-self             token_renew
-PUT/POST auth/token/revoke-self            token_revoke
-GET sys/health, GET sys/seal-status        health        no token needed, as in Vault
-GET sys/mounts                             mounts        mounts of the caller's secrets
-GET sys/internal/ui/mounts/<path>          ui_mount      the KV-version probe of CLIs
-PUT/POST sys/leases/renew                  lease_renew   {lease_id, increment?}
-PUT/POST sys/leases/renew/<lease id>       lease_renew
-PUT/POST sys/leases/revoke                 lease_revoke  {lease_id}
-PUT/POST sys/leases/revoke/<lease id>      lease_revoke
-GET <kv mount>/data/<path>                 kv_read       catalog kv2 entry at mount+path
-GET <kv mount>/metadata/<path>             kv_metadata   same entry; no values returned
-GET <db mount>/creds/<role>                db_creds      catalog database entry
-PUT/POST <pki mount>/issue/<role>          pki_issue     catalog pki entry
-other sys/*                                refused       not_supported
-any other write (PUT/POST/PATCH/DELETE)    refused       read_only
-any other read                             refused       not_in_catalog
-=========================================  ============  =================================
+=========================================  ============  =============  ====================
+request                                    kind          access         notes
+=========================================  ============  =============  ====================
+PUT/POST auth/<mount>/login                login         public         {role?, jwt}
+GET auth/token/lookup-self                 token_lookup  session
+PUT/POST auth/token/renew-self             token_renew   session
+PUT/POST auth/token/revoke-self            token_revoke  session
+GET sys/health, GET sys/seal-status        health        public         as in Vault
+GET sys/mounts                             mounts        session        the caller's mounts
+GET sys/internal/ui/mounts/<path>          ui_mount      session        CLIs' KV probe
+PUT/POST sys/leases/renew                  lease_renew   session        {lease_id, increment?}
+PUT/POST sys/leases/renew/<lease id>       lease_renew   session
+PUT/POST sys/leases/revoke                 lease_revoke  session        {lease_id}
+PUT/POST sys/leases/revoke/<lease id>      lease_revoke  session
+GET <kv mount>/data/<path>                 kv_read       session        catalog kv2 entry
+GET <kv mount>/metadata/<path>             kv_metadata   session        no values returned
+GET <db mount>/creds/<role>                db_creds      session        catalog database entry
+PUT/POST <pki mount>/issue/<role>          pki_issue     session        catalog pki entry
+other sys/*                                refused       session        not_supported
+any other write (PUT/POST/PATCH/DELETE)    refused       session        read_only
+any other read                             refused       session        not_in_catalog
+=========================================  ============  =============  ====================
+
+``OPERATION_ACCESS`` is the access column, read by the front door's one handler before it
+does anything else (deny by default: a kind missing from it is refused). ``session`` is a
+front-door token (``hvb.…``) of a subject not offboarded, checked as ``authenticated``
+routes are on the native API; refusals are authenticated first so that a known subject's
+probing is ledgered. Resource rules (which secrets) are the policy's, as on the native API.
 """
 
 from __future__ import annotations
@@ -35,8 +41,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from broker.policy.model import CatalogEntry
+from broker.web.access import Access, authenticated, public
 
-__all__ = ["CatalogIndex", "Operation", "OperationKind", "catalog_index", "mount_of", "resolve"]
+__all__ = [
+    "OPERATION_ACCESS",
+    "CatalogIndex",
+    "Operation",
+    "OperationKind",
+    "catalog_index",
+    "mount_of",
+    "resolve",
+]
 
 OperationKind = Literal[
     "login",
@@ -54,6 +69,29 @@ OperationKind = Literal[
     "pki_issue",
     "refused",
 ]
+
+# The access column of the table above. A session is the front door's ``authenticated``.
+OPERATION_ACCESS: Mapping[OperationKind, Access] = {
+    "login": public,
+    "health": public,
+    **{
+        kind: authenticated
+        for kind in (
+            "token_lookup",
+            "token_renew",
+            "token_revoke",
+            "mounts",
+            "ui_mount",
+            "lease_renew",
+            "lease_revoke",
+            "kv_read",
+            "kv_metadata",
+            "db_creds",
+            "pki_issue",
+            "refused",
+        )
+    },
+}
 
 # HEAD is not a read here: it would mint (and ledger) a credential nobody receives.
 _READ = frozenset({"GET"})

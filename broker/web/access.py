@@ -16,6 +16,10 @@ resource(who)       authenticated; the service then decides for the  404 <thing>
                     one resource (``who`` says which rule: the       or 403 naming the rule
                     requester, an approver, a reviewer), answering
                     404 for what the caller may not see
+per_operation(t)    one route serving many operations (the Vault     see the table ``t``;
+                    front door's catch-all): each operation kind     never valid on a
+                    declares its own access in the table ``t``,      native route (403)
+                    enforced by that front end before anything else
 ==================  ===============================================  ======================
 
 Capabilities come from the caller's roles in the policy version in force at the time of
@@ -32,9 +36,17 @@ from broker.errors import Forbidden
 from broker.policy.decide import capabilities
 from broker.policy.model import PolicySet
 
-__all__ = ["Access", "authenticated", "authorize", "capability", "public", "resource"]
+__all__ = [
+    "Access",
+    "authenticated",
+    "authorize",
+    "capability",
+    "per_operation",
+    "public",
+    "resource",
+]
 
-AccessKind = Literal["public", "authenticated", "capability", "resource"]
+AccessKind = Literal["public", "authenticated", "capability", "resource", "operations"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +59,8 @@ class Access:
 
     @property
     def needs_token(self) -> bool:
-        return self.kind != "public"
+        """True when the route middleware authenticates before anything else."""
+        return self.kind not in ("public", "operations")
 
     def describe(self) -> str:
         """The declaration in words, for the OpenAPI document."""
@@ -59,6 +72,8 @@ class Access:
             case "capability":
                 names = " or ".join(f"`{c}`" for c in self.capabilities)
                 return f"Needs the {names} capability."
+            case "operations":
+                return f"Each operation declares its access: {self.rule}."
             case _:
                 return f"Authenticated; {self.rule}."
 
@@ -79,6 +94,10 @@ def resource(rule: str) -> Access:
     return Access("resource", rule=rule)
 
 
+def per_operation(table: str) -> Access:
+    return Access("operations", rule=table)
+
+
 def authorize(access: Access, policy: PolicySet, principal: Principal | None) -> None:
     """Raise Forbidden unless ``principal`` passes ``access`` (see the table above).
 
@@ -87,6 +106,8 @@ def authorize(access: Access, policy: PolicySet, principal: Principal | None) ->
     """
     if access.kind == "public":
         return
+    if access.kind == "operations":  # a front end's own table decides, never this one
+        raise Forbidden("this endpoint is not declared for this API", code="forbidden")
     if principal is None:  # a non-public route reached without authentication: a bug
         raise Forbidden("this endpoint needs a bearer token", code="forbidden")
     if access.kind == "capability":

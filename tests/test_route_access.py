@@ -1,0 +1,173 @@
+"""Deny by default, on both listeners: every registered route (native API) and every
+operation kind (Vault front door) walked with no token, a token without the capability,
+and the right one; and an app with an undeclared route refuses to start."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from broker.app import create_app
+from broker.auth import DevIssuer
+from broker.vaultapi import start_vault_api
+from broker.vaultapi.paths import OPERATION_ACCESS, catalog_index, resolve
+from broker.web.keys import POLICY
+from broker.web.route import DECLARATIONS, UndeclaredRoute
+from tests.conftest import RunningBroker
+from tests.helpers import auth
+
+pytestmark = pytest.mark.stack
+
+# Groups the demo policy gives each capability (policies/roles.yaml).
+_CAPABILITY_GROUPS = {"audit": ["auditors"], "admin": ["security-admins"]}
+_AUTH_CODES = {"missing_token", "invalid_session", "session_revoked", "session_expired"}
+
+
+def _mint(broker: RunningBroker, prefix: str, groups: list[str]) -> str:
+    assert broker.settings.dev_issuer_key_path is not None
+    issuer = DevIssuer.load_or_create(broker.settings.dev_issuer_key_path)
+    return issuer.mint(f"{prefix}-{uuid.uuid4().hex[:8]}", groups)
+
+
+def _concrete(path: str) -> str:
+    """A declared path with its parameters filled (ids nobody holds, a made-up subject)."""
+    for name in ("grant_id", "elevation_id", "review_id"):
+        path = path.replace(f"{{{name}}}", str(uuid.uuid4()))
+    return path.replace("{subject}", f"nobody-{uuid.uuid4().hex[:6]}")
+
+
+async def _call(
+    http: aiohttp.ClientSession, method: str, url: str, token: str | None
+) -> tuple[int, str | None]:
+    headers = auth(token) if token else {}
+    data = b"{}" if method in ("POST", "PUT", "PATCH") else None
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    async with http.request(method, url, headers=headers, data=data) as r:
+        body: Any = await r.json() if r.content_type == "application/json" else None
+        code = body["error"]["code"] if isinstance(body, dict) and "error" in body else None
+        return r.status, code
+
+
+async def test_every_native_route_is_declared_and_enforced(
+    broker: RunningBroker, http: aiohttp.ClientSession
+) -> None:
+    table = broker.app[DECLARATIONS]
+    registered = set(broker.app.router.routes())
+    assert registered == set(table), "every registered route has exactly one declaration"
+    nobody = _mint(broker, "walk-norole", [])  # authenticated, no role, no capability
+    walked = 0
+    for route, decl in table.items():
+        url = f"{broker.url}{_concrete(decl.path)}"
+        where = f"{route.method} {decl.path} ({decl.access.kind})"
+        status, code = await _call(http, route.method, url, None)
+        if decl.access.kind == "public":
+            assert status not in (401, 403), where
+        else:
+            assert status == 401, where
+        status, code = await _call(http, route.method, url, nobody)
+        forbidden = None if route.method == "HEAD" else "forbidden"  # HEAD: no body
+        if decl.access.kind == "capability":
+            assert (status, code) == (403, forbidden), where
+        else:
+            assert status != 401 and code != "forbidden", (where, status, code)
+        if decl.access.kind == "capability":
+            for capability in decl.access.capabilities:
+                holder = _mint(broker, f"walk-{capability}", _CAPABILITY_GROUPS[capability])
+                status, code = await _call(http, route.method, url, holder)
+                assert status not in (401, 403), (where, capability, status, code)
+        walked += 1
+    assert walked >= 30
+
+
+@pytest.fixture(scope="module")
+async def front_door(broker: RunningBroker) -> AsyncIterator[str]:
+    runner = await start_vault_api(broker.app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def _front_door_samples(broker: RunningBroker) -> list[tuple[str, str]]:
+    """One request per operation kind: (method, path after /v1/)."""
+    policy = broker.app[POLICY].current
+    by_engine: dict[str, str] = {}
+    for e in policy.catalog.values():
+        mount = e.mount.strip("/")
+        verb = {"kv2": "data", "database": "creds", "pki": "issue"}[e.engine]
+        by_engine.setdefault(e.engine, f"{mount}/{verb}/{e.path}")
+    kv = by_engine["kv2"]
+    return [
+        ("POST", "auth/jwt/login"),
+        ("GET", "sys/health"),
+        ("GET", "auth/token/lookup-self"),
+        ("POST", "auth/token/renew-self"),
+        ("GET", "sys/mounts"),
+        ("GET", f"sys/internal/ui/mounts/{kv}"),
+        ("POST", "sys/leases/renew"),
+        ("POST", "sys/leases/revoke"),
+        ("GET", kv),
+        ("GET", kv.replace("/data/", "/metadata/", 1)),
+        ("GET", by_engine["database"]),
+        ("POST", by_engine["pki"]),
+        ("GET", "sys/policies/acl"),
+        ("POST", "auth/token/revoke-self"),  # last: ends the session it is sent with
+    ]
+
+
+async def _vault_call(
+    http: aiohttp.ClientSession, method: str, url: str, token: str | None
+) -> tuple[int, str]:
+    headers = {"X-Vault-Token": token} if token else {}
+    async with http.request(method, url, headers=headers, json={}) as r:
+        text = await r.text()
+    return r.status, text
+
+
+async def test_every_front_door_operation_declares_and_enforces_its_access(
+    broker: RunningBroker, front_door: str, http: aiohttp.ClientSession
+) -> None:
+    engineer = _mint(broker, "walk-vault", ["engineering"])
+    async with http.post(f"{front_door}/v1/auth/jwt/login", json={"jwt": engineer}) as r:
+        assert r.status == 200, await r.text()
+        session = (await r.json())["auth"]["client_token"]
+    policy = broker.app[POLICY].current
+    index = catalog_index(policy.catalog)
+    samples = _front_door_samples(broker)
+    kinds = {resolve(m, p, index).kind for m, p in samples}
+    assert kinds == set(OPERATION_ACCESS), "a sample for every declared operation kind"
+    for method, path in samples:
+        op = resolve(method, path, index)
+        access = OPERATION_ACCESS[op.kind]
+        url = f"{front_door}/v1/{path}"
+        where = f"{method} {path} ({op.kind}: {access.kind})"
+        status, text = await _vault_call(http, method, url, None)
+        if access.needs_token:
+            assert (status, "(missing_token)" in text) == (403, True), (where, text)
+        else:
+            assert "(missing_token)" not in text and status != 403, (where, status, text)
+        status, text = await _vault_call(http, method, url, "hvb.forged.token")
+        if access.needs_token:
+            assert (status, "(invalid_session)" in text) == (403, True), (where, text)
+        status, text = await _vault_call(http, method, url, session)
+        assert not any(f"({c})" in text for c in _AUTH_CODES), (where, status, text)
+
+
+async def test_a_route_without_an_access_declaration_stops_start_up(
+    broker: RunningBroker,
+) -> None:
+    async def sneaky(request: web.Request) -> web.Response:
+        return web.json_response({"secret": "nobody declared who may read this"})
+
+    app = create_app(broker.settings)
+    app.router.add_get("/v1/sneaky", sneaky)
+    runner = web.AppRunner(app)
+    with pytest.raises(UndeclaredRoute, match=r"GET /v1/sneaky"):
+        await runner.setup()  # before any I/O: nothing was opened, nothing to close
+    await runner.cleanup()
