@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from broker import __version__
+from broker.audit import AccessAudit
 from broker.auth import DevIssuer, IssuerConfig, Verifier
 from broker.background import (
     Checkpointer,
@@ -22,6 +23,7 @@ from broker.background import (
     probe_dependencies,
 )
 from broker.elevation import ElevationService
+from broker.evidence.continuity import append_heartbeat, gap_threshold
 from broker.grants import GrantService
 from broker.ledger import (
     CheckpointSigner,
@@ -38,11 +40,13 @@ from broker.notify import WebhookNotifier
 from broker.offboarding import OffboardingService, SubjectBlocklist
 from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
+from broker.reviews import ReviewService
 from broker.settings import Settings
 from broker.vault import VaultClient
-from broker.vault.login import vault_login_for
+from broker.vault.login import VaultLogin, vault_login_for
 from broker.web.authn import Authenticator
 from broker.web.keys import (
+    AUDIT_ACCESS,
     AUTHN,
     CHECKPOINT_VERIFIER,
     CLOCK,
@@ -53,6 +57,7 @@ from broker.web.keys import (
     OFFBOARDING,
     OPENAPI,
     POLICY,
+    REVIEWS,
     SETTINGS,
     VAULT,
     VERIFIER,
@@ -87,44 +92,72 @@ def issuer_configs(settings: Settings) -> list[IssuerConfig]:
     return configs
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    metrics = app[METRICS]
-    login = vault_login_for(settings)  # token, AppRole or Kubernetes
+# Objects the start-up steps hand to each other; handlers use the keys in ``web.keys``.
+_LOGIN = web.AppKey("vault_login", VaultLogin)
+_SIGNER = web.AppKey("checkpoint_signer", CheckpointSigner)
+_WRITER = web.AppKey("ledger_writer", LedgerWriter)
+_BLOCKLIST = web.AppKey("offboarding_blocklist", SubjectBlocklist)
+_NOTIFIER = web.AppKey("webhook_notifier", WebhookNotifier)
+
+
+async def _vault_identity(app: web.Application) -> AsyncIterator[None]:
+    """The broker's own Vault login (token, AppRole or Kubernetes)."""
+    login = vault_login_for(app[SETTINGS])
     await login.login()
+    app[_LOGIN] = login
+    yield
+
+
+async def _checkpoint_keys(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
     signer = CheckpointSigner(
         settings.checkpoint_key_name,
         load_or_create_signing_key(settings.checkpoint_key_path, create=False),
     )
+    app[_SIGNER] = signer
     app[CHECKPOINT_VERIFIER] = CheckpointVerifier(
         [signer.verifier_key(), *settings.checkpoint_verifier_keys]
     )
+    yield
+
+
+async def _ledger(app: web.Application) -> AsyncIterator[None]:
+    """The pool and the batching writer; closed last of all but the clients."""
+    settings, metrics = app[SETTINGS], app[METRICS]
     pool = await connect_pool(
         settings.database_url,
         min_size=1,
         max_size=settings.db_pool_max,
         timeout=settings.db_timeout_seconds,
     )
-    writer = LedgerWriter(
-        pool,
-        replica=settings.replica_id,
-        max_batch=settings.ledger_max_batch,
-        max_queue=settings.ledger_max_queue,
-        commit_timeout=settings.ledger_commit_timeout_seconds,
-        on_commit=metrics.on_ledger_commit,
-        # Stay on the guarded path after another replica appended until this replica's
-        # offboarding blocklist has surely refreshed (see LedgerWriter).
-        contended_seconds=settings.blocklist_refresh_seconds + 1.0,
-    )
-    writer.start()
-    metrics.ledger_queue_depth.set_function(lambda: writer.queue_depth)
-    metrics.ledger_queue_capacity.set(writer.queue_capacity)
-    ledger = Ledger(pool, writer, origin=settings.ledger_origin)
-    app[LEDGER] = ledger
-    from broker.audit import AccessAudit
-    from broker.web.keys import AUDIT_ACCESS
+    try:
+        writer = LedgerWriter(
+            pool,
+            replica=settings.replica_id,
+            max_batch=settings.ledger_max_batch,
+            max_queue=settings.ledger_max_queue,
+            commit_timeout=settings.ledger_commit_timeout_seconds,
+            on_commit=metrics.on_ledger_commit,
+            # Stay on the guarded path after another replica appended until this
+            # replica's offboarding blocklist has surely refreshed (see LedgerWriter).
+            contended_seconds=settings.blocklist_refresh_seconds + 1.0,
+        )
+        writer.start()
+        try:
+            metrics.ledger_queue_depth.set_function(lambda: writer.queue_depth)
+            metrics.ledger_queue_capacity.set(writer.queue_capacity)
+            app[_WRITER] = writer
+            app[LEDGER] = Ledger(pool, writer, origin=settings.ledger_origin)
+            app[AUDIT_ACCESS] = AccessAudit(app[LEDGER])
+            yield
+        finally:
+            await writer.stop()
+    finally:
+        await pool.close()
 
-    app[AUDIT_ACCESS] = AccessAudit(ledger)
+
+async def _vault_client(app: web.Application) -> AsyncIterator[None]:
+    settings, metrics, login = app[SETTINGS], app[METRICS], app[_LOGIN]
     vault = VaultClient(
         settings.vault_addr,
         login.token,
@@ -134,7 +167,34 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         on_token_rejected=login.relogin_after_rejection,
     )
     await vault.start()
-    app[VAULT] = vault
+    try:
+        app[VAULT] = vault
+        yield
+    finally:
+        await vault.close()
+
+
+async def _authentication(app: web.Application) -> AsyncIterator[None]:
+    """Token verification (JWKS clients) and the offboarding blocklist it consults."""
+    settings = app[SETTINGS]
+    verifier = Verifier(
+        issuer_configs(settings),
+        max_token_bytes=settings.max_token_bytes,
+        leeway_seconds=settings.jwt_leeway_seconds,
+    )
+    try:
+        app[VERIFIER] = verifier
+        blocklist = SubjectBlocklist(app[LEDGER], app[METRICS])
+        app[_BLOCKLIST] = blocklist
+        app[AUTHN] = Authenticator(verifier, app[METRICS], blocklist=blocklist)
+        yield
+    finally:
+        await verifier.close()
+
+
+async def _policy(app: web.Application) -> AsyncIterator[None]:
+    """The policy in force, loaded (and ledgered) before anything is served."""
+    metrics, ledger = app[METRICS], app[LEDGER]
 
     async def record_policy(policy: PolicySet) -> None:
         await ledger.record_policy_version(policy.version, policy.documents)
@@ -153,21 +213,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             metrics.policy_info.clear()
             metrics.policy_info.labels(policy.version).set(1)
 
+    settings = app[SETTINGS]
     active = ActivePolicy(
         settings.policies_dir,
         max_file_bytes=settings.policy_max_file_bytes,
         record=record_policy,
         on_reload=on_reload,
     )
-    verifier = Verifier(
-        issuer_configs(settings),
-        max_token_bytes=settings.max_token_bytes,
-        leeway_seconds=settings.jwt_leeway_seconds,
-    )
-    app[VERIFIER] = verifier
-    blocklist = SubjectBlocklist(ledger, metrics)
-    app[AUTHN] = Authenticator(verifier, metrics, blocklist=blocklist)
+    await active.load()
     app[POLICY] = active
+    yield
+
+
+async def _notifier(app: web.Application) -> AsyncIterator[None]:
+    settings, metrics = app[SETTINGS], app[METRICS]
     notifier = WebhookNotifier(
         settings.webhook_urls,
         timeout=settings.webhook_timeout_seconds,
@@ -175,109 +234,117 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         on_result=lambda kind, outcome: metrics.webhook_deliveries.labels(kind, outcome).inc(),
     )
     await notifier.start()
-    periodic = Periodic()
-    checkpointer: Checkpointer | None = None  # set once start-up gets that far
     try:
-        await active.load()
-        app[GRANTS] = GrantService(
-            ledger=ledger,
-            vault=vault,
-            policy=active,
-            metrics=metrics,
-            issue_guard=blocklist.issue_guard,
-        )
-        app[ELEVATIONS] = ElevationService(
-            ledger=ledger,
-            policy=active,
-            grants=app[GRANTS],
-            metrics=metrics,
-            notifier=notifier,
-            clock=app[CLOCK],
-        )
-        app[OFFBOARDING] = OffboardingService(
-            ledger=ledger,
-            grants=app[GRANTS],
-            policy=active,
-            blocklist=blocklist,
-            sla_seconds=settings.offboarding_sla_seconds,
-            settle_seconds=settings.blocklist_refresh_seconds,
-            max_skew_seconds=settings.jwt_leeway_seconds,
-            clock=app[CLOCK],
-        )
-        # Never serve before knowing who is offboarded; then follow the ledger.
-        await blocklist.refresh()
-        periodic.every(
-            settings.blocklist_refresh_seconds, "offboarding-blocklist", blocklist.refresh
-        )
-        await ledger.append(
-            NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
-        )
-        checkpointer = Checkpointer(
-            ledger, signer, metrics, witness_path=settings.checkpoint_witness_path
-        )
-        periodic.every(settings.checkpoint_interval_seconds, "checkpoint", checkpointer.run_once)
-        periodic.every(settings.expiry_sweep_interval_seconds, "expiry", app[GRANTS].expire_due)
-        periodic.every(settings.vault_login_check_seconds, "vault-login", login.maintain)
-        periodic.every(
-            settings.dependency_probe_seconds,
-            "dependency-probe",
-            lambda: probe_dependencies(
-                {"vault": vault.health, "ledger": ledger.ping}, metrics, timeout=2.0
-            ),
-        )
-        periodic.every(
-            settings.orphan_lease_sweep_seconds,
-            "orphan-leases",
-            app[GRANTS].reconcile_orphan_leases,
-        )
-        periodic.every(settings.elevation_sweep_seconds, "elevation-sweep", app[ELEVATIONS].sweep)
-        periodic.every(
-            settings.policy_reload_interval_seconds, "policy-reload", active.reload_if_changed
-        )
-        from broker.reviews import ReviewService
-        from broker.web.keys import REVIEWS
+        app[_NOTIFIER] = notifier
+        yield
+    finally:
+        await notifier.close()
 
-        app[REVIEWS] = ReviewService(ledger=ledger, policy=active, clock=app[CLOCK])
-        # Review action items resolve when a new policy version drops them (a no-op until
-        # the version changes), checked at the policy-reload pace on every replica.
-        periodic.every(
-            settings.policy_reload_interval_seconds,
-            "review-actions",
-            app[REVIEWS].resolve_actions,
-        )
-        periodic.every(
-            settings.auth_failure_flush_seconds,
-            "auth-failures",
-            lambda: flush_auth_failures(ledger, app[AUTHN]),
-        )
-        from broker.evidence.continuity import append_heartbeat, gap_threshold
 
-        gap_threshold(settings.heartbeat_seconds)  # refuses a non-positive interval
-        periodic.every(
-            settings.heartbeat_seconds,
-            "heartbeat",
-            lambda: append_heartbeat(
-                ledger,
-                replica=settings.replica_id,
-                interval_seconds=settings.heartbeat_seconds,
-                metrics=metrics,
-            ),
-        )
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    """The domain services; never serve before knowing who is offboarded."""
+    settings, ledger, active, metrics = app[SETTINGS], app[LEDGER], app[POLICY], app[METRICS]
+    blocklist = app[_BLOCKLIST]
+    app[GRANTS] = GrantService(
+        ledger=ledger,
+        vault=app[VAULT],
+        policy=active,
+        metrics=metrics,
+        issue_guard=blocklist.issue_guard,
+    )
+    app[ELEVATIONS] = ElevationService(
+        ledger=ledger,
+        policy=active,
+        grants=app[GRANTS],
+        metrics=metrics,
+        notifier=app[_NOTIFIER],
+        clock=app[CLOCK],
+    )
+    app[OFFBOARDING] = OffboardingService(
+        ledger=ledger,
+        grants=app[GRANTS],
+        policy=active,
+        blocklist=blocklist,
+        sla_seconds=settings.offboarding_sla_seconds,
+        settle_seconds=settings.blocklist_refresh_seconds,
+        max_skew_seconds=settings.jwt_leeway_seconds,
+        clock=app[CLOCK],
+    )
+    app[REVIEWS] = ReviewService(ledger=ledger, policy=active, clock=app[CLOCK])
+    await blocklist.refresh()
+    yield
+
+
+async def _running(app: web.Application) -> AsyncIterator[None]:
+    """``broker.started`` .. ``broker.stopped``, and every background job in between."""
+    settings, ledger, metrics = app[SETTINGS], app[LEDGER], app[METRICS]
+    gap_threshold(settings.heartbeat_seconds)  # refuses a non-positive interval
+    await ledger.append(
+        NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
+    )
+    checkpointer = Checkpointer(
+        ledger, app[_SIGNER], metrics, witness_path=settings.checkpoint_witness_path
+    )
+    vault, active, login = app[VAULT], app[POLICY], app[_LOGIN]
+    periodic = Periodic()
+    every = periodic.every
+    every(settings.blocklist_refresh_seconds, "offboarding-blocklist", app[_BLOCKLIST].refresh)
+    every(settings.checkpoint_interval_seconds, "checkpoint", checkpointer.run_once)
+    every(settings.expiry_sweep_interval_seconds, "expiry", app[GRANTS].expire_due)
+    every(settings.vault_login_check_seconds, "vault-login", login.maintain)
+    every(
+        settings.dependency_probe_seconds,
+        "dependency-probe",
+        lambda: probe_dependencies(
+            {"vault": vault.health, "ledger": ledger.ping}, metrics, timeout=2.0
+        ),
+    )
+    every(settings.orphan_lease_sweep_seconds, "orphan-leases", app[GRANTS].reconcile_orphan_leases)
+    every(settings.elevation_sweep_seconds, "elevation-sweep", app[ELEVATIONS].sweep)
+    every(settings.policy_reload_interval_seconds, "policy-reload", active.reload_if_changed)
+    # Review action items resolve when a new policy version drops them (a no-op until the
+    # version changes), checked at the policy-reload pace on every replica.
+    every(settings.policy_reload_interval_seconds, "review-actions", app[REVIEWS].resolve_actions)
+    every(
+        settings.auth_failure_flush_seconds,
+        "auth-failures",
+        lambda: flush_auth_failures(ledger, app[AUTHN]),
+    )
+    every(
+        settings.heartbeat_seconds,
+        "heartbeat",
+        lambda: append_heartbeat(
+            ledger,
+            replica=settings.replica_id,
+            interval_seconds=settings.heartbeat_seconds,
+            metrics=metrics,
+        ),
+    )
+    try:
         yield
     finally:
         await periodic.stop()
         try:
             await flush_auth_failures(ledger, app[AUTHN])
             await ledger.append(NewEvent(event="broker.stopped", outcome="ok"))
-            if checkpointer is not None:
-                await checkpointer.run_once()
+            await checkpointer.run_once()
         except Exception as e:  # shutting down with the ledger gone: nothing more to save
             _log.warning("could not record shutdown: %s", type(e).__name__)
-        await notifier.close()
-        await writer.stop()
-        await vault.close()
-        await verifier.close()
-        await pool.close()
+
+
+# Start order; each step's clean-up runs in reverse, and a step that fails to start
+# closes what the steps before it opened.
+_RESOURCES = (
+    _vault_identity,
+    _checkpoint_keys,
+    _ledger,
+    _vault_client,
+    _authentication,
+    _policy,
+    _notifier,
+    _services,
+    _running,
+)
 
 
 def create_app(
@@ -299,6 +366,6 @@ def create_app(
     app[METRICS] = Metrics()
     app[CLOCK] = clock or (lambda: datetime.now(UTC))
     app[OPENAPI] = json.dumps(openapi_document(ROUTES, settings)).encode()
-    app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.extend(_RESOURCES)
     install(app, ROUTES)
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,9 +15,10 @@ from aiohttp import web
 
 from broker.app import create_app
 from broker.auth import DevIssuer
+from broker.errors import PolicyError
 from broker.vaultapi import start_vault_api
 from broker.vaultapi.paths import OPERATION_ACCESS, catalog_index, resolve
-from broker.web.keys import POLICY
+from broker.web.keys import LEDGER, POLICY, VAULT
 from broker.web.route import DECLARATIONS, UndeclaredRoute
 from tests.conftest import RunningBroker
 from tests.helpers import auth
@@ -171,3 +173,20 @@ async def test_a_route_without_an_access_declaration_stops_start_up(
     with pytest.raises(UndeclaredRoute, match=r"GET /v1/sneaky"):
         await runner.setup()  # before any I/O: nothing was opened, nothing to close
     await runner.cleanup()
+
+
+async def test_a_failed_start_closes_what_it_had_opened(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """One cleanup context per resource: the policy fails to load after the ledger pool
+    and the Vault client were opened; cleaning up the runner closes both."""
+    (tmp_path / "roles.yaml").write_text("roles: [not: a role\n")
+    app = create_app(broker.settings.with_overrides(policies_dir=tmp_path))
+    runner = web.AppRunner(app)
+    with pytest.raises(PolicyError):
+        await runner.setup()
+    pool, vault = app[LEDGER].pool, app[VAULT]
+    assert not pool.is_closing() and not vault.closed
+    await runner.cleanup()
+    assert pool.is_closing() and vault.closed
+    assert POLICY not in app  # nothing after the failing step ran

@@ -84,6 +84,11 @@ class VaultClient:
                 timeout=self._timeout,
             )
 
+    @property
+    def closed(self) -> bool:
+        """True before ``start`` and after ``close``."""
+        return self._session is None
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
