@@ -145,6 +145,11 @@ async def test_database_ttl_clipped_to_role_max_and_enforced_by_vault(
         issued, expires = parse_ts(long["issued_at"]), parse_ts(long["expires_at"])
         assert expires <= issued + timedelta(hours=1)
         assert expires >= issued + timedelta(hours=1) - timedelta(seconds=30)
+        # ... and the response says so; a TTL within the maximum carries no warning.
+        assert long["warnings"] == [
+            "ttl 10h was clipped to 1h, the max_ttl of role 'engineering'"
+        ], long
+        assert "warnings" not in short
 
         issued, expires = parse_ts(short["issued_at"]), parse_ts(short["expires_at"])
         assert timedelta(seconds=80) <= expires - issued <= timedelta(seconds=90)

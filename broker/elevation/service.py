@@ -30,6 +30,7 @@ from typing import Any
 from broker.auth.principal import Principal
 from broker.errors import BadRequest, Conflict, Forbidden, NotFound
 from broker.grants import GrantService
+from broker.grants.service import note_clipped_ttl
 from broker.ledger import Ledger, NewEvent
 from broker.metrics import Metrics
 from broker.notify import Notification, WebhookNotifier
@@ -489,7 +490,7 @@ class ElevationService:
             or decision.role.name != el.role
         ):
             raise Forbidden("you are no longer eligible for this role", code="no_longer_eligible")
-        return await self._grants.issue_elevated(
+        grant = await self._grants.issue_elevated(
             principal,
             entry=decision.entry,
             role=decision.role,
@@ -503,6 +504,7 @@ class ElevationService:
             request_id=request_id,
             client=client,
         )
+        return note_clipped_ttl(grant, ttl, decision)
 
     # --- housekeeping -------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.auth.principal import Principal
+from broker.durations import format_duration
 from broker.errors import (
     BackendUnavailable,
     BrokerError,
@@ -60,6 +61,20 @@ def _end_key(grant_id: uuid.UUID) -> str:
 
 # Vault starts a lease's clock when it processes our call, a little after we measured.
 _WINDOW_MARGIN_SECONDS = 1
+
+
+def note_clipped_ttl(
+    grant: dict[str, Any], requested: int | None, decision: Decision
+) -> dict[str, Any]:
+    """``grant`` with a warning when the requested TTL exceeded the role's ``max_ttl``
+    (clipped, as Vault does, but said: a caller must not believe it got more time)."""
+    if requested is not None and requested > decision.ttl:
+        role = decision.role.name if decision.role else "the role"
+        grant["warnings"] = [
+            f"ttl {format_duration(requested)} was clipped to {format_duration(decision.ttl)},"
+            f" the max_ttl of role {role!r}"
+        ]
+    return grant
 
 
 def _clip(ttl: int, not_after: datetime | None) -> int:
@@ -151,7 +166,7 @@ class GrantService:
                 raise NotFound(decision.message, code="unknown_secret", recorded=True)
             raise Forbidden(decision.message, code="denied", recorded=True)
         assert decision.entry is not None and decision.role is not None
-        return await self._issue_allowed(
+        grant = await self._issue_allowed(
             principal,
             entry=decision.entry,
             role=decision.role,
@@ -162,6 +177,7 @@ class GrantService:
             request_id=request_id,
             extra={"client": dict(req.client)} if req.client else None,
         )
+        return note_clipped_ttl(grant, req.ttl, decision)
 
     async def issue_elevated(
         self,

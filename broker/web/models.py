@@ -443,6 +443,10 @@ class Grant(_Response):
         ),
     ]
     lease_id: str | UnsetType | None = UNSET
+    warnings: Annotated[
+        list[str] | UnsetType,
+        Meta(description="what the caller should know, e.g. a TTL clipped to the role's max_ttl"),
+    ] = UNSET
 
 
 GrantStatus = Literal["active", "revoked", "expired"]
