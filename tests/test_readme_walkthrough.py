@@ -87,6 +87,7 @@ _NORMALIZE = (
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)"), "<time>"),
     (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"), "<time>"),
     (re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} GMT"), "<time>"),  # openssl
+    (re.compile(r"\b\d{4}-Q[1-4]\b"), "<quarter>"),  # review periods
     (re.compile(r"\b[0-9a-f]{8}\b"), "<id>"),  # the short ids tables show
 )
 _ID_TOKEN = re.compile(rf"{_UUID}|\b[0-9a-f]{{8}}\b")
