@@ -28,7 +28,8 @@ Where the run differs from a reader's terminal (the one place, ``_workspace`` an
 ``_dev_env``): the working directory is a scratch directory laid out like the repository
 (``.venv`` and ``policies`` link to this checkout, ``.broker`` is ``broker dev``'s state
 directory), ``broker dev`` runs with ``--port 0`` (the commands read the URLs from
-``.broker/dev.json``, as the README's do), ``BROKER_HEARTBEAT_SECONDS`` is an hour so the
+``.broker/dev.json``, as the README's do; a command naming ``http://127.0.0.1:8080`` or
+``localhost:8080`` gets the real address, ``_run``), ``BROKER_HEARTBEAT_SECONDS`` is an hour so the
 ledger row counts the README prints do not depend on how long the run took, and
 ``BROKER_CHECKPOINT_INTERVAL`` is a second: a reader pauses longer than the default 10 s
 between steps, so the checkpoint ``verify --trusted-checkpoint`` reads back is there.
@@ -178,10 +179,12 @@ def _matches(expected: str, actual: str) -> bool:
 
 
 class _Substitutions:
-    """Ids the README printed -> the ids this run printed; applied to later commands."""
+    """What the README shows -> what this run has, applied to every later command: the ids
+    learned from output, and ``fixed`` ones (the broker's address, for a command that
+    names ``make dev``'s 8080 instead of reading dev.json)."""
 
-    def __init__(self) -> None:
-        self.ids: dict[str, str] = {}
+    def __init__(self, fixed: dict[str, str] | None = None) -> None:
+        self.ids: dict[str, str] = dict(fixed or {})
 
     def learn(self, expected: str, actual: str) -> None:
         shown, got = _ID_TOKEN.findall(expected), _ID_TOKEN.findall(actual)
@@ -334,6 +337,7 @@ class Shell:
             cwd=cwd, env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # close() ends the commands it started too
         )  # fmt: skip
         shell = cls(proc, scratch)
         # pipefail: `curl | jq` fails if either does; the ERR trap lists each failing command.
@@ -368,10 +372,9 @@ class Shell:
         return Outcome(out.read_text(errors="replace"), code, failures)
 
     async def close(self) -> None:
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            await self._proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        await self._proc.wait()
 
 
 def _clean_env() -> dict[str, str]:
@@ -476,6 +479,8 @@ def test_comparison_rules() -> None:
     step = Step(1, "", '{"id": "9d4f4654-b3c3-4eee-a429-97387ffa8413", "n": 1}', "json")
     assert compare(step, '{"id": "11111111-2222-4333-8444-555555555555", "n": 1}', learn) == []
     assert learn.apply("approve 9d4f4654") == "approve 11111111"
+    fixed = _Substitutions({"http://127.0.0.1:8080": "http://127.0.0.1:4242"})
+    assert fixed.apply("curl http://127.0.0.1:8080/v1/me") == "curl http://127.0.0.1:4242/v1/me"
     assert compare(step, '{"id": "x", "n": 1}', learn)
     assert compare(step, '{"id": "11111111-2222-4333-8444-555555555555", "n": 2}', learn)
     assert compare(step, '{"ident": "11111111-2222-4333-8444-555555555555", "n": 1}', learn)
@@ -485,9 +490,12 @@ def test_comparison_rules() -> None:
     assert compare(text, good.replace("2 grants", "1 grants"), learn)
 
 
-async def _run(steps: list[Step], workdir: Path) -> tuple[list[str], list[str]]:
+async def _run(
+    steps: list[Step], workdir: Path, dev: dict[str, Any]
+) -> tuple[list[str], list[str]]:
     """Run every step in one shell; return (problems, what each step printed)."""
-    learn = _Substitutions()
+    url = str(dev["url"])
+    learn = _Substitutions({"http://127.0.0.1:8080": url, "http://localhost:8080": url})
     problems: list[str] = []
     printed: list[str] = []
     scratch = workdir / ".walkthrough"
@@ -516,6 +524,7 @@ async def _run(steps: list[Step], workdir: Path) -> tuple[list[str], list[str]]:
     return problems, printed
 
 
+@pytest.mark.stack
 async def test_readme_walkthrough_runs_as_written() -> None:
     """Every command block, in order, against ``broker dev``; output as the README shows.
 
@@ -523,8 +532,8 @@ async def test_readme_walkthrough_runs_as_written() -> None:
     """
     steps = parse_walkthrough(README.read_text())
     with _workspace() as workdir:
-        async with broker_dev(workdir):
-            problems, printed = await _run(steps, workdir)
+        async with broker_dev(workdir) as dev:
+            problems, printed = await _run(steps, workdir, dev)
     dump = os.environ.get("WALKTHROUGH_DUMP")
     if dump:
         await asyncio.to_thread(Path(dump).write_text, "\n\n".join(printed))
