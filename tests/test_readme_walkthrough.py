@@ -76,8 +76,8 @@ _VARYING = frozenset(
     }
 )
 
-# Output lines a command prints any number of times, depending on timing: none when a
-# checkpoint is already there, several while it waits on a non-terminal.
+# Output lines a command prints or not depending on timing (none when the checkpoint it
+# waits for is already there), matched any number of times.
 _SOMETIMES = (re.compile(r"^waiting for a signed checkpoint"),)
 
 _ELISION = "…"
