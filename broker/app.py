@@ -268,6 +268,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         sla_seconds=settings.offboarding_sla_seconds,
         settle_seconds=settings.blocklist_refresh_seconds,
         max_skew_seconds=settings.jwt_leeway_seconds,
+        session_max_ttl_seconds=settings.vault_api_session_max_ttl_seconds,
         clock=app[CLOCK],
     )
     app[REVIEWS] = ReviewService(ledger=ledger, policy=active, clock=app[CLOCK])

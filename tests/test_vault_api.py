@@ -429,35 +429,103 @@ async def test_kubernetes_login_shape_and_metadata_read(
     )
 
 
-async def test_offboarded_subject_loses_its_session_and_cannot_log_in(
+async def test_offboarding_ends_every_session_for_good(
     front_door: str,
     broker: RunningBroker,
     tokens: dict[str, str],
+    stack: DevStack,
     http: aiohttp.ClientSession,
 ) -> None:
-    from broker.auth import DevIssuer
+    """Offboarding revokes the subject's sessions (ledgered), and reinstatement restores none:
+    a token from before is refused on every replica, also one started later; logging in
+    again works."""
+    from broker.auth import Principal
+    from broker.errors import AuthError
+    from broker.offboarding import SubjectBlocklist
+    from broker.vaultapi.sessions import SessionStore
+    from broker.web.keys import CLOCK, LEDGER, METRICS, OFFBOARDING
 
-    assert broker.settings.dev_issuer_key_path is not None
-    subject = f"leaver-{uuid.uuid4().hex[:8]}"
-    jwt = DevIssuer.load_or_create(broker.settings.dev_issuer_key_path).mint(
-        subject, ["engineering"]
-    )
-    client = await hvac_login(front_door, jwt)
-    read = (
-        client.secrets.kv.v2.read_secret_version,
-        {"path": "stripe/test", "mount_point": "secret", "raise_on_deleted_version": True},
-    )
-    await asyncio.to_thread(read[0], **read[1])
+    jwt = fresh_engineer(broker, "leaver")
+    subject = subject_of(jwt)
+
+    async def read(client: hvac.Client) -> Any:
+        return await asyncio.to_thread(
+            client.secrets.kv.v2.read_secret_version,
+            path="stripe/test",
+            mount_point="secret",
+            raise_on_deleted_version=True,
+        )
+
+    async def accessor(client: hvac.Client) -> str:
+        return str((await asyncio.to_thread(client.auth.token.lookup_self))["data"]["accessor"])
+
+    before = [await hvac_login(front_door, jwt), await hvac_login(front_door, jwt)]
+    for client in before:
+        await read(client)
+    accessors = sorted([await accessor(c) for c in before])
+
     async with http.post(
         f"{broker.url}/v1/offboarding",
         headers=auth(tokens["erin"]),
         json={"subject": subject, "reason": "left the company"},
     ) as r:
-        assert r.status in (200, 201, 202), await r.text()
-    with pytest.raises(hvac.exceptions.Forbidden, match="subject_offboarded"):
-        await asyncio.to_thread(read[0], **read[1])
+        assert r.status == 201, await r.text()
+        report = await r.json()
+    assert sorted(report["sessions_revoked"]) == accessors
+    rows = await ledger_rows(
+        stack, "e.event = 'session.revoked' AND e.body->>'offboarding_id' = $1",
+        report["offboarding_id"],
+    )  # fmt: skip
+    assert sorted(r["body"]["accessor"] for r in rows) == accessors
+    assert {r["body"]["reason"] for r in rows} == {f"offboarding {report['offboarding_id']}"}
+    assert {r["subject"] for r in rows} == {"erin"}  # the actor, as for grant.revoked
+    for client in before:
+        with pytest.raises(hvac.exceptions.Forbidden, match="session_revoked"):
+            await read(client)
     with pytest.raises(hvac.exceptions.Forbidden, match="subject_offboarded"):
         await hvac_login(front_door, jwt)
+
+    # A replica that had not heard of the offboarding yet could still log the subject in:
+    # such a session ends too, though no session.revoked row names it.
+    def store(ended: Any) -> SessionStore:
+        return SessionStore(
+            broker.app[LEDGER], ttl_seconds=600, max_ttl_seconds=600, recheck_seconds=0,
+            clock=broker.app[CLOCK], ended=ended,
+        )  # fmt: skip
+
+    class _Stale:
+        def session_ended(self, subject: str, created_seq: int) -> bool:
+            return False
+
+    principal = Principal(subject=subject, kind="human", issuer="t", groups=frozenset())
+    stale_token, _ = await store(_Stale()).create(
+        principal, mount="jwt", login_role=None, request_id="t", client={"api": "vault"}
+    )
+
+    async with http.post(
+        f"{broker.url}/v1/offboarding/{subject}/reinstate",
+        headers=auth(tokens["erin"]),
+        json={"reason": "rehired"},
+    ) as r:
+        assert r.status == 200, await r.text()
+
+    for client in before:
+        with pytest.raises(hvac.exceptions.Forbidden, match="session_revoked"):
+            await read(client)
+    stale = hvac.Client(url=front_door, token=stale_token)
+    with pytest.raises(hvac.exceptions.Forbidden, match="session_revoked"):
+        await read(stale)
+    # A replica started after the reinstatement knows it from the ledger alone.
+    later = SubjectBlocklist(broker.app[LEDGER], broker.app[METRICS])
+    await later.refresh()
+    for token in [stale_token, *(c.token for c in before)]:
+        with pytest.raises(AuthError) as refused:
+            await store(later).authenticate(token)
+        assert refused.value.code == "session_revoked"
+    assert broker.app[OFFBOARDING].session_ended(subject, 0)
+
+    again = await hvac_login(front_door, jwt)
+    await read(again)
 
 
 async def test_sessions_expire_renew_to_max_and_revoke_across_replicas(
@@ -468,7 +536,7 @@ async def test_sessions_expire_renew_to_max_and_revoke_across_replicas(
     from broker.auth import Principal
     from broker.errors import AuthError
     from broker.vaultapi.sessions import SessionStore
-    from broker.web.keys import LEDGER
+    from broker.web.keys import LEDGER, OFFBOARDING
 
     now = [datetime.now(UTC)]
 
@@ -479,6 +547,7 @@ async def test_sessions_expire_renew_to_max_and_revoke_across_replicas(
             max_ttl_seconds=150,
             recheck_seconds=0,
             clock=lambda: now[0],
+            ended=broker.app[OFFBOARDING],
         )
 
     one, two = store(), store()  # two replicas: they share only the ledger

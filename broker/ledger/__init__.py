@@ -7,7 +7,7 @@ from .checkpoint import (
     CheckpointVerifier,
     load_or_create_signing_key,
 )
-from .events import EVENT_TYPES, Event, NewEvent
+from .events import EVENT_TYPES, Event, NewEvent, session_revoked_key
 from .migrate import apply_migrations
 from .store import GrantRecord, Ledger, connect_pool
 from .verify import VerifyReport, verify_ledger
@@ -29,5 +29,6 @@ __all__ = [
     "apply_migrations",
     "connect_pool",
     "load_or_create_signing_key",
+    "session_revoked_key",
     "verify_ledger",
 ]

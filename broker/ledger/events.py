@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["EVENT_TYPES", "Event", "NewEvent"]
+__all__ = ["EVENT_TYPES", "Event", "NewEvent", "session_revoked_key"]
 
 EVENT_TYPES = frozenset(
     {
@@ -48,13 +48,22 @@ EVENT_TYPES = frozenset(
         "gap.annotated",  # a remediation note for a stretch without heartbeats
         "session.created",  # a Vault-API client logged in with a JWT: a broker session token
         "session.renewed",  # its holder extended it (never past its max)
-        "session.revoked",  # its holder revoked it
+        "session.revoked",  # its holder revoked it, or an offboarding ended it
         "secret.metadata_read",  # KV metadata read through the Vault API (no values)
         "broker.heartbeat",  # a replica is alive and logging (continuity evidence)
         "broker.started",
         "broker.stopped",
     }
 )
+
+
+def session_revoked_key(accessor: str) -> str:
+    """The dedupe key of a session's one ``session.revoked`` row, whoever writes it.
+
+    Its holder (``revoke-self``) and an offboarding of its subject both revoke; the key
+    makes the first one the record.
+    """
+    return f"session:{accessor}:revoked"
 
 
 _TEXT_FIELDS = (

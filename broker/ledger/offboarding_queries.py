@@ -3,7 +3,7 @@
 Subjects are matched by ``subject_key`` (stripped, casefolded) in Python, never in SQL:
 Postgres ``lower()`` is not Unicode casefolding, and a spelling missed here would leave a
 credential alive. Each query is bounded by an index instead — live grants by
-``events_open_grants_idx`` (unexpired issued rows), elevation requests by
+``events_open_grants_idx`` (unexpired issued rows), elevation requests and sessions by
 ``events_event_idx`` and a time horizon, offboarding events by ``events_event_idx``.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,8 +24,10 @@ from .store import _GRANT_SELECT, GrantRecord, Ledger, _grant, row_to_event
 
 __all__ = [
     "OFFBOARDING_EVENTS",
+    "OffboardingActions",
     "live_elevation_ids",
     "live_grants",
+    "live_sessions",
     "offboarding_actions",
     "offboarding_events",
     "offboarding_events_between",
@@ -68,6 +71,24 @@ async def live_elevation_ids(
     return [uuid.UUID(r["id"]) for r in rows if key(r["subject"] or "") == want]
 
 
+async def live_sessions(ledger: Ledger, subject: str, *, since: datetime, key: _Key) -> list[str]:
+    """Accessors of ``subject``'s sessions created since ``since``, before their max
+    lifetime and not revoked — every session that could still be used or renewed."""
+    rows = await _fetch(
+        ledger,
+        "SELECT c.subject, c.body->>'accessor' AS accessor FROM ledger.events c"
+        " WHERE c.event = 'session.created' AND c.recorded_at >= $1"
+        " AND (c.body->>'max_expires_at')::timestamptz > now()"
+        # events.session_revoked_key, spelled in SQL.
+        " AND NOT EXISTS (SELECT 1 FROM ledger.events r"
+        "   WHERE r.dedupe_key = 'session:' || (c.body->>'accessor') || ':revoked')"
+        " ORDER BY c.seq",
+        since,
+    )
+    want = key(subject)
+    return [str(r["accessor"]) for r in rows if key(r["subject"] or "") == want]
+
+
 async def offboarding_events(ledger: Ledger, *, after_seq: int = 0) -> list[Event]:
     """Every ``subject.*`` offboarding event with seq > ``after_seq``, in seq order."""
     rows = await _fetch(
@@ -106,22 +127,34 @@ async def offboarding_events_between(
     return sorted((row_to_event(r) for r in [*started, *later]), key=lambda e: e.seq)
 
 
+@dataclass(frozen=True)
+class OffboardingActions:
+    """What one offboarding ended, each list in ledger order."""
+
+    grants: list[str]  # grant ids revoked
+    elevations: list[str]  # elevation ids closed
+    sessions: list[str]  # session accessors revoked
+
+
 async def offboarding_actions(
     ledger: Ledger, offboarding_id: uuid.UUID, *, after_seq: int
-) -> tuple[list[str], list[str]]:
-    """(grant ids revoked, elevation ids closed) by this offboarding, in ledger order."""
+) -> OffboardingActions:
+    """The grants, elevations and sessions this offboarding ended."""
     rows = await _fetch(
         ledger,
-        "SELECT event, grant_id, body->>'elevation_id' AS elevation_id FROM ledger.events"
+        "SELECT event, grant_id, body->>'elevation_id' AS elevation_id,"
+        " body->>'accessor' AS accessor FROM ledger.events"
         " WHERE seq > $1 AND ("
         "   (event = 'grant.revoked' AND body->>'reason' = $2)"
-        "   OR (event IN ('elevation.ended', 'elevation.cancelled')"
+        "   OR (event IN ('elevation.ended', 'elevation.cancelled', 'session.revoked')"
         "       AND body->>'offboarding_id' = $3))"
         " ORDER BY seq",
         after_seq,
         f"offboarding {offboarding_id}",
         str(offboarding_id),
     )
-    grants = [str(r["grant_id"]) for r in rows if r["event"] == "grant.revoked"]
-    elevations = [str(r["elevation_id"]) for r in rows if r["event"] != "grant.revoked"]
-    return grants, elevations
+    return OffboardingActions(
+        grants=[str(r["grant_id"]) for r in rows if r["event"] == "grant.revoked"],
+        elevations=[str(r["elevation_id"]) for r in rows if r["event"].startswith("elevation.")],
+        sessions=[str(r["accessor"]) for r in rows if r["event"] == "session.revoked"],
+    )

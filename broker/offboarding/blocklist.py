@@ -12,6 +12,15 @@ offboarding. ``issue_guard`` closes it in the ledger itself: every ``grant.issue
 is written only if the subject's current offboarding key (``offboarding:<subject>:<n>:
 started``, n = reinstatements so far) is absent — checked under the ledger lock, so a
 credential minted by a stale replica is refused and revoked, never handed out.
+
+Sessions (the Vault front door's today; any ledgered session) end with an offboarding and
+stay ended: ``session_ended`` is true for every session created before the subject's
+latest offboarding event — ``subject.offboarding_started``, or the ``subject.reinstated``
+that followed it (a session a stale replica created while the subject was offboarded does
+not survive reinstatement either). Reinstatement therefore restores no session: the person
+logs in again. The rule is checked wherever a session is authenticated, from the same
+state as the blocklist, so it holds on every replica within one refresh interval and on
+replicas started later.
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ class SubjectBlocklist:
         self._metrics = metrics
         self._state: dict[str, tuple[bool, int]] = {}  # subject_key -> (blocked, set at seq)
         self._reinstated: dict[str, set[int]] = {}  # subject_key -> seqs of reinstatements
+        # subject_key -> seq of the latest offboarding event: older sessions are over.
+        self._sessions_from: dict[str, int] = {}
         self._seen = 0
         self._lock = asyncio.Lock()
 
@@ -53,6 +64,7 @@ class SubjectBlocklist:
         key = subject_key(subject)
         if seq > self._state.get(key, (False, -1))[1]:
             self._state[key] = (blocked, seq)
+        self._sessions_from[key] = max(seq, self._sessions_from.get(key, 0))
 
     def block(self, subject: str, *, seq: int) -> None:
         """Refuse ``subject`` here now (its ``subject.offboarding_started`` is row ``seq``)."""
@@ -68,6 +80,11 @@ class SubjectBlocklist:
         key = subject_key(principal.subject)
         epoch = len(self._reinstated.get(key, ()))
         return (offboarding_started_key(principal.subject, epoch),)
+
+    def session_ended(self, subject: str, created_seq: int) -> bool:
+        """Whether an offboarding ended ``subject``'s session whose creation is row
+        ``created_seq``: created before the subject's latest offboarding event."""
+        return created_seq < self._sessions_from.get(subject_key(subject), 0)
 
     def is_blocked(self, subject: str) -> bool:
         return self._state.get(subject_key(subject), (False, 0))[0]

@@ -7,13 +7,17 @@ The order is the contract (each step a ledger row, so the evidence shows it):
   2. Every pending or approved elevation the subject requested is closed
      (``elevation.cancelled`` / ``elevation.ended`` under the shared ``closed_key``), so
      nothing can be redeemed under it; approvals the subject owes others do not matter.
-  3. Every active grant of the subject is revoked in Vault, then ``grant.revoked`` with
-     reason ``offboarding <id>``. Steps 2-3 run again after one refresh interval, for
-     anything an in-flight request on another replica minted before it learned of 1.
-  4. ``subject.offboarded`` with what was ended and the SLA, measured: met exactly when
+  3. Every session of the subject (the Vault front door's) is revoked: ``session.revoked``
+     with reason ``offboarding <id>``, under the session's one revocation key. The rows are
+     the evidence; the sessions were refused from step 1 on already, and stay refused after
+     a reinstatement (``SubjectBlocklist.session_ended``).
+  4. Every active grant of the subject is revoked in Vault, then ``grant.revoked`` with
+     reason ``offboarding <id>``. Steps 2-4 run again after one refresh interval, for
+     anything an in-flight request on another replica made before it learned of 1.
+  5. ``subject.offboarded`` with what was ended and the SLA, measured: met exactly when
      completed_at <= terminated_at + sla_seconds.
 
-A failure in 2-3 (Vault down: 503) leaves 1 standing — the subject stays refused — and
+A failure in 2-4 (Vault down: 503) leaves 1 standing — the subject stays refused — and
 calling ``offboard`` again resumes the same offboarding instead of starting another.
 
 Who may call it is declared on its routes (``admin``; listing ``admin`` or ``audit``) and
@@ -37,10 +41,11 @@ from broker.auth.principal import Principal
 from broker.elevation.model import closed_key, fold, subject_key
 from broker.errors import BadRequest, Conflict, NotFound
 from broker.grants import GrantService
-from broker.ledger import Ledger, NewEvent
+from broker.ledger import Ledger, NewEvent, session_revoked_key
 from broker.ledger.offboarding_queries import (
     live_elevation_ids,
     live_grants,
+    live_sessions,
     offboarding_actions,
     offboarding_events,
     offboarding_events_between,
@@ -56,6 +61,8 @@ _log = logging.getLogger(__name__)
 
 # Longer than any elevation can stay open (request_expiry <= 7 d, then a window).
 _ELEVATION_HORIZON = timedelta(days=8)
+# Slack between a session's clock and the ledger's recorded_at.
+_SESSION_SLACK = timedelta(hours=1)
 
 
 _started_key = offboarding_started_key
@@ -80,6 +87,7 @@ class OffboardingService:
         sla_seconds: int,
         settle_seconds: float,
         max_skew_seconds: int,
+        session_max_ttl_seconds: int,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._ledger = ledger
@@ -89,7 +97,14 @@ class OffboardingService:
         self._sla_seconds = sla_seconds
         self._settle_seconds = settle_seconds
         self._max_skew = timedelta(seconds=max_skew_seconds)
+        # No session lives longer than this after its creation (its max TTL).
+        self._session_horizon = timedelta(seconds=session_max_ttl_seconds) + _SESSION_SLACK
         self._clock = clock
+
+    def session_ended(self, subject: str, created_seq: int) -> bool:
+        """Whether an offboarding ended ``subject``'s session created at row ``created_seq``
+        (see ``SubjectBlocklist.session_ended``): what session stores ask on every use."""
+        return self._blocklist.session_ended(subject, created_seq)
 
     async def _all(self) -> list[Offboarding]:
         # Offboardings are rare (people leaving): the whole history is small.
@@ -167,7 +182,7 @@ class OffboardingService:
         return ob
 
     async def _end_access(self, actor: Principal, ob: Offboarding, *, request_id: str) -> None:
-        """Close the subject's open elevations, then revoke their active grants."""
+        """Close the subject's open elevations, revoke their sessions, then their grants."""
         since = self._clock() - _ELEVATION_HORIZON
         ids = await live_elevation_ids(self._ledger, ob.subject, since=since, key=subject_key)
         events = await self._ledger.elevation_events(ids)
@@ -198,6 +213,7 @@ class OffboardingService:
                     dedupe_key=closed_key(eid),
                 )
             )
+        await self._end_sessions(actor, ob, request_id=request_id)
         grants = await live_grants(self._ledger, ob.subject, key=subject_key)
         await self._grants.revoke_grants(
             [str(g.grant_id) for g in grants],
@@ -207,19 +223,39 @@ class OffboardingService:
             cause={"offboarding_id": str(ob.id)},
         )
 
+    async def _end_sessions(self, actor: Principal, ob: Offboarding, *, request_id: str) -> None:
+        since = self._clock() - self._session_horizon
+        for accessor in await live_sessions(self._ledger, ob.subject, since=since, key=subject_key):
+            await self._ledger.append(
+                NewEvent(
+                    event="session.revoked",
+                    outcome="ok",
+                    subject=actor.subject,
+                    subject_kind=actor.kind,
+                    policy_version=self._policy.current.version,
+                    request_id=request_id,
+                    body={
+                        "accessor": accessor,
+                        "session_subject": ob.subject,
+                        "reason": f"offboarding {ob.id}",
+                        "offboarding_id": str(ob.id),
+                    },
+                    dedupe_key=session_revoked_key(accessor),
+                )
+            )
+
     async def _complete(
         self, actor: Principal, ob: Offboarding, *, request_id: str
     ) -> dict[str, Any]:
-        grants, elevations = await offboarding_actions(
-            self._ledger, ob.id, after_seq=ob.started_seq
-        )
+        ended = await offboarding_actions(self._ledger, ob.id, after_seq=ob.started_seq)
         completed_at = self._clock()
         report: dict[str, Any] = {
             "offboarding_id": str(ob.id),
             "subject": ob.subject,
             "completed_at": completed_at.isoformat(),
-            "grants_revoked": grants,
-            "elevations_closed": elevations,
+            "grants_revoked": ended.grants,
+            "elevations_closed": ended.elevations,
+            "sessions_revoked": ended.sessions,
             "terminated_at": ob.terminated_at.isoformat(),
             "sla_seconds": ob.sla_seconds,
             "sla_deadline": ob.sla_deadline.isoformat(),
@@ -243,10 +279,11 @@ class OffboardingService:
             if done is not None and done.completed is not None:
                 report = dict(done.completed)
         _log.info(
-            "offboarded %s: %d grants revoked, %d elevations closed, SLA %s",
+            "offboarded %s: %d grants revoked, %d elevations closed, %d sessions revoked, SLA %s",
             ob.id,
             len(report["grants_revoked"]),
             len(report["elevations_closed"]),
+            len(report.get("sessions_revoked") or ()),
             "met" if report["sla_met"] else "missed",
         )
         return {**report, "reason": ob.reason, "started_at": ob.started_at.isoformat()}

@@ -19,7 +19,7 @@ from broker.errors import BrokerError
 from broker.logs import REQUEST_ID_VAR, log_access
 from broker.web.access import per_operation
 from broker.web.authn import PRINCIPAL
-from broker.web.keys import CLOCK, LEDGER, METRICS, SETTINGS
+from broker.web.keys import CLOCK, LEDGER, METRICS, OFFBOARDING, SETTINGS
 from broker.web.middleware import REQUEST_ID, record_rejection
 from broker.web.route import Route, install
 
@@ -87,6 +87,7 @@ async def _sessions(app: web.Application) -> None:
         max_ttl_seconds=settings.vault_api_session_max_ttl_seconds,
         recheck_seconds=settings.vault_api_session_recheck_seconds,
         clock=broker[CLOCK],
+        ended=broker[OFFBOARDING],  # offboarding ends every session of its subject
     )
 
 

@@ -8,6 +8,11 @@ shared by every replica (one indexed lookup by accessor on first sight) and are 
 themselves. Each replica caches what it has read for ``recheck_seconds``, so a revocation
 on another replica takes effect here within that bound (at once on the replica that did it).
 
+Offboarding ends every session of its subject for good: ``authenticate`` refuses a session
+the ``EndedSessions`` it was given says ended (created before the subject's latest
+offboarding; see ``broker.offboarding.blocklist``), before and after a reinstatement, on
+every replica. The offboarding also ledgers ``session.revoked`` for each.
+
 It is never a Vault token: nothing here reaches Vault, and Vault never sees it.
 """
 
@@ -21,12 +26,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from broker.auth import Principal
 from broker.errors import AuthError, BadRequest
-from broker.ledger import Event, Ledger, NewEvent
+from broker.ledger import Event, Ledger, NewEvent, session_revoked_key
 
-__all__ = ["Session", "SessionStore"]
+__all__ = ["EndedSessions", "Session", "SessionStore"]
 
 _PREFIX = "hvb."
 _MAX_TOKEN_CHARS = 128
@@ -37,10 +43,17 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class EndedSessions(Protocol):
+    """Which sessions were ended wholesale (``OffboardingService`` answers it)."""
+
+    def session_ended(self, subject: str, created_seq: int) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Session:
     accessor: str
     principal: Principal
+    created_seq: int  # the ledger row of session.created
     created_at: datetime
     expires_at: datetime
     max_expires_at: datetime
@@ -69,6 +82,7 @@ def _fold(events: list[Event]) -> Session | None:
                     groups=frozenset(str(g) for g in b.get("groups") or ()),
                     token_id=b.get("token_id"),
                 ),
+                created_seq=e.seq,
                 created_at=e.recorded_at,
                 expires_at=datetime.fromisoformat(str(b["expires_at"])),
                 max_expires_at=datetime.fromisoformat(str(b["max_expires_at"])),
@@ -94,10 +108,12 @@ class SessionStore:
         max_ttl_seconds: int,
         recheck_seconds: float,
         clock: Callable[[], datetime],
+        ended: EndedSessions,
     ) -> None:
         if not 0 < ttl_seconds <= max_ttl_seconds:
             raise ValueError("session ttl must be positive and at most the max ttl")
         self._ledger = ledger
+        self._ended = ended
         self._ttl = ttl_seconds
         self._max_ttl = max_ttl_seconds
         self._recheck = recheck_seconds
@@ -127,39 +143,43 @@ class SessionStore:
         accessor = secrets.token_urlsafe(18)
         token = f"{_PREFIX}{accessor}.{secrets.token_urlsafe(32)}"
         now = self._clock()
-        session = Session(
-            accessor=accessor,
-            principal=principal,
-            created_at=now,
-            expires_at=now + timedelta(seconds=self._ttl),
-            max_expires_at=now + timedelta(seconds=self._max_ttl),
-            ttl_seconds=self._ttl,
-            login_mount=mount,
-            login_role=login_role,
-            token_sha256=_digest(token),
-        )
-        await self._ledger.append(
+        expires_at = now + timedelta(seconds=self._ttl)
+        max_expires_at = now + timedelta(seconds=self._max_ttl)
+        appended = await self._ledger.append(
             NewEvent(
                 event="session.created",
                 outcome="ok",
                 subject=principal.subject,
                 subject_kind=principal.kind,
-                expires_at=session.expires_at,
+                expires_at=expires_at,
                 request_id=request_id,
                 body={
                     "accessor": accessor,
-                    "token_sha256": session.token_sha256,
+                    "token_sha256": _digest(token),
                     "issuer": principal.issuer,
                     "groups": sorted(principal.groups),
                     "token_id": principal.token_id,
                     "mount": mount,
                     "login_role": login_role,
                     "ttl": self._ttl,
-                    "expires_at": session.expires_at.isoformat(),
-                    "max_expires_at": session.max_expires_at.isoformat(),
+                    "expires_at": expires_at.isoformat(),
+                    "max_expires_at": max_expires_at.isoformat(),
                     "client": dict(client),
                 },
             )
+        )
+        session = Session(
+            accessor=accessor,
+            principal=principal,
+            # Always set for an unguarded row; 0 would only make the session end sooner.
+            created_seq=appended.seq or 0,
+            created_at=now,
+            expires_at=expires_at,
+            max_expires_at=max_expires_at,
+            ttl_seconds=self._ttl,
+            login_mount=mount,
+            login_role=login_role,
+            token_sha256=_digest(token),
         )
         self._remember(session)
         return token, session
@@ -193,6 +213,10 @@ class SessionStore:
             session = (await self._load(accessor, fresh=True)) or session
         if session.revoked:
             raise AuthError("the session token was revoked", code="session_revoked")
+        if self._ended.session_ended(session.principal.subject, session.created_seq):
+            raise AuthError(
+                "the session ended when its subject was offboarded", code="session_revoked"
+            )
         if session.expires_at <= now:
             raise AuthError("the session token has expired", code="session_expired")
         return session
@@ -230,7 +254,7 @@ class SessionStore:
                 subject_kind=session.principal.kind,
                 request_id=request_id,
                 body={"accessor": session.accessor},
-                dedupe_key=f"session:{session.accessor}:revoked",
+                dedupe_key=session_revoked_key(session.accessor),
             )
         )
         self._remember(replace(session, revoked=True))

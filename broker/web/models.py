@@ -547,6 +547,7 @@ class OffboardingReport(_Response):
     completed_at: Timestamp
     grants_revoked: Any
     elevations_closed: Any
+    sessions_revoked: Any  # accessors of the Vault front-door sessions it revoked
     terminated_at: Timestamp
     sla_deadline: Timestamp
     sla_met: bool
