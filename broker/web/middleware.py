@@ -19,6 +19,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -33,7 +34,14 @@ from .fields import decode_body, decode_query
 from .keys import AUTHN, LEDGER, METRICS, POLICY, SETTINGS
 from .route import declaration_of, set_decoded
 
-__all__ = ["REQUEST_ID", "error_response", "middlewares", "record_rejection"]
+__all__ = [
+    "REQUEST_ID",
+    "FrontEnd",
+    "error_response",
+    "middlewares",
+    "record_rejection",
+    "request_context",
+]
 
 _log = logging.getLogger(__name__)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,51 +68,90 @@ def error_response(status: int, code: str, message: str, request_id: str) -> web
     )
 
 
-@web.middleware
-async def _request_context(request: web.Request, handler: _Handler) -> web.StreamResponse:
+@dataclass(frozen=True)
+class FrontEnd:
+    """What differs between the listeners sharing ``request_context``: how they name a
+    request, answer an error, label a route in metrics, and describe their client."""
+
+    name: str
+    request_id: Callable[[web.Request], str]
+    answer: Callable[[int, str, str, str], web.Response]  # status, code, message, id
+    status_of: Callable[[BrokerError], int]
+    http_code: Callable[[int], str]
+    route_label: Callable[[web.Request], str]
+    broker_app: Callable[[web.Application], web.Application]  # where the ledger lives
+    client: Callable[[web.Request], Mapping[str, str] | None] = lambda _: None
+
+
+def request_context(front: FrontEnd) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The outermost middleware of a listener: request id, error mapping, metrics, log."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        request_id = front.request_id(request)
+        request[REQUEST_ID] = request_id
+        # Every log line written while handling this request carries its id.
+        request_id_context = REQUEST_ID_VAR.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        broker = front.broker_app(request.app)
+        try:
+            response = await handler(request)
+            status = response.status
+            response.headers["X-Request-Id"] = request_id
+            return response
+        except BrokerError as e:
+            # A refused request from a known subject is evidence too (probing, broken
+            # clients, self-approval attempts): recorded unless the service already did
+            # (a denial). Recording is part of answering: if the ledger is down, say so.
+            answer: BrokerError = e
+            if 400 <= e.status < 500 and e.status != 401 and not e.recorded:
+                try:
+                    await record_rejection(broker[LEDGER], request, e, client=front.client(request))
+                except BrokerError as ledger_error:
+                    answer = ledger_error
+            status = front.status_of(answer)
+            return front.answer(status, answer.code, answer.message, request_id)
+        except web.HTTPException as e:
+            status = e.status
+            if e.status < 400:
+                raise
+            return front.answer(e.status, front.http_code(e.status), e.reason, request_id)
+        except Exception:
+            _log.exception("unhandled error in the %s (request %s)", front.name, request_id)
+            return front.answer(500, "internal", "internal error", request_id)
+        finally:
+            # Clients choose the method string: bound the label to the ones HTTP defines.
+            method = request.method if request.method in _METHODS else "OTHER"
+            route = front.route_label(request)
+            elapsed = time.perf_counter() - started
+            broker[METRICS].observe_http(route, method, status, elapsed)
+            principal = request.get(PRINCIPAL)
+            log_access(method, route, status, elapsed, principal.subject if principal else None)
+            REQUEST_ID_VAR.reset(request_id_context)
+
+    return middleware
+
+
+def _incoming_request_id(request: web.Request) -> str:
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
-    request[REQUEST_ID] = request_id
-    # Every log line written while handling this request carries its id.
-    request_id_context = REQUEST_ID_VAR.set(request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        response.headers["X-Request-Id"] = request_id
-        return response
-    except BrokerError as e:
-        # A refused request from a known subject is evidence too (probing, broken clients,
-        # self-approval attempts): recorded unless the service already did (a denial).
-        # Recording is part of answering: if the ledger is down, say so.
-        answer: BrokerError = e
-        if 400 <= e.status < 500 and e.status != 401 and not e.recorded:
-            try:
-                await record_rejection(request.app[LEDGER], request, e)
-            except BrokerError as ledger_error:
-                answer = ledger_error
-        status = answer.status
-        return error_response(answer.status, answer.code, answer.message, request_id)
-    except web.HTTPException as e:
-        status = e.status
-        if e.status < 400:
-            raise
-        code = _HTTP_CODES.get(e.status, "http_error")
-        return error_response(e.status, code, e.reason, request_id)
-    except Exception:
-        _log.exception("unhandled error (request %s)", request_id)
-        return error_response(500, "internal", "internal error", request_id)
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        # Clients choose the method string: bound the label to the ones HTTP defines.
-        method = request.method if request.method in _METHODS else "OTHER"
-        elapsed = time.perf_counter() - started
-        request.app[METRICS].observe_http(route, method, status, elapsed)
-        principal = request.get(PRINCIPAL)
-        log_access(method, route, status, elapsed, principal.subject if principal else None)
-        REQUEST_ID_VAR.reset(request_id_context)
+    return incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+
+
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+_NATIVE = FrontEnd(
+    name="API",
+    request_id=_incoming_request_id,
+    answer=error_response,
+    status_of=lambda e: e.status,
+    http_code=lambda status: _HTTP_CODES.get(status, "http_error"),
+    route_label=_route_template,
+    broker_app=lambda app: app,
+)
 
 
 async def record_rejection(
@@ -166,4 +213,4 @@ async def _declared(request: web.Request, handler: _Handler) -> web.StreamRespon
 
 
 def middlewares() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
-    return [_request_context, _declared]
+    return [request_context(_NATIVE), _declared]

@@ -547,7 +547,9 @@ class OffboardingReport(_Response):
     completed_at: Timestamp
     grants_revoked: Any
     elevations_closed: Any
-    sessions_revoked: Any  # accessors of the Vault front-door sessions it revoked
+    sessions_revoked: Annotated[
+        list[str], Meta(description="accessors of the Vault front-door sessions it ended")
+    ]
     terminated_at: Timestamp
     sla_deadline: Timestamp
     sla_met: bool
