@@ -116,6 +116,19 @@ def _subject_text(value: str) -> str:
     return text
 
 
+# The bounds of a period (``broker.periods``): one parser, one set of codes.
+From = Annotated[datetime, _instant("from", required=True)]
+To = Annotated[datetime, _instant("to", required=True)]
+OptionalFrom = Annotated[datetime, _instant("from", required=False)] | None
+OptionalTo = Annotated[datetime, _instant("to", required=False)] | None
+
+
+def _check_open_period(start: datetime | None, end: datetime | None) -> None:
+    """Either bound may be absent; both given, ``to`` must be after ``from``."""
+    if start is not None and end is not None:
+        check_period(start, end, maximum=None)
+
+
 # --- field types: each rule written once --------------------------------------------
 
 SecretName = Annotated[
@@ -263,8 +276,8 @@ class ReviewDecision(_Request):
 
 
 class GapAnnotationRequest(_Request):
-    from_: Annotated[datetime, _instant("from", required=True)] = msgspec.field(name="from")
-    to: Annotated[datetime, _instant("to", required=True)]
+    from_: From = msgspec.field(name="from")
+    to: To
     remediation: Annotated[
         str,
         Rule(
@@ -317,14 +330,11 @@ class ReviewListQuery(Page, kw_only=True):
 
 
 class OffboardingListQuery(Page, kw_only=True):
-    from_: Annotated[datetime, _instant("from", required=False)] | None = msgspec.field(
-        default=None, name="from"
-    )
-    to: Annotated[datetime, _instant("to", required=False)] | None = None
+    from_: OptionalFrom = msgspec.field(default=None, name="from")
+    to: OptionalTo = None
 
     def check(self, settings: Settings) -> None:
-        if self.from_ is not None and self.to is not None:
-            check_period(self.from_, self.to, maximum=None)
+        _check_open_period(self.from_, self.to)
 
 
 _AuditSubject = Annotated[
@@ -359,8 +369,8 @@ class _AuditQuery(Page, forbid_unknown_fields=True, kw_only=True):
 
 
 class AccessParams(_AuditQuery, kw_only=True):
-    from_: Annotated[datetime, _instant("from", required=True)] = msgspec.field(name="from")
-    to: Annotated[datetime, _instant("to", required=True)]
+    from_: From = msgspec.field(name="from")
+    to: To
 
     def check(self, settings: Settings) -> None:
         check_period(self.from_, self.to, maximum=MAX_QUERY_PERIOD)
@@ -383,18 +393,15 @@ class EventParams(_AuditQuery, kw_only=True):
             wire={"type": "string", "examples": ["grant.issued,grant.revoked"]},
         ),
     ] = ()
-    from_: Annotated[datetime, _instant("from", required=False)] | None = msgspec.field(
-        default=None, name="from"
-    )
-    to: Annotated[datetime, _instant("to", required=False)] | None = None
+    from_: OptionalFrom = msgspec.field(default=None, name="from")
+    to: OptionalTo = None
 
     def check(self, settings: Settings) -> None:
-        if self.from_ is not None and self.to is not None:
-            check_period(self.from_, self.to, maximum=None)
+        _check_open_period(self.from_, self.to)
 
 
 class GapQuery(Page, kw_only=True):
-    from_: Annotated[datetime, _instant("from", required=True)] = msgspec.field(name="from")
+    from_: From = msgspec.field(name="from")
     to: (
         Annotated[
             datetime, _instant("to", required=False), Meta(description="default and latest: now")
@@ -404,8 +411,8 @@ class GapQuery(Page, kw_only=True):
 
 
 class EvidenceQuery(_Query):
-    from_: Annotated[datetime, _instant("from", required=True)] = msgspec.field(name="from")
-    to: Annotated[datetime, _instant("to", required=True)]
+    from_: From = msgspec.field(name="from")
+    to: To
 
     def check(self, settings: Settings) -> None:
         check_period(self.from_, self.to, maximum=None)
