@@ -23,14 +23,13 @@ field invalid                the rule's ``code`` (default ``invalid_<field>``)
 
 from __future__ import annotations
 
-import json
 import re
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -38,9 +37,10 @@ from broker.errors import BadRequest
 from broker.settings import Settings
 from broker.text import is_safe_text
 
-__all__ = ["Checked", "Rule", "decode_body", "decode_query", "field_rules", "wire_schema"]
+__all__ = ["Rule", "decode_body", "decode_query", "field_rules"]
 
 T = TypeVar("T", bound=msgspec.Struct)
+_decode_json = msgspec.json.Decoder().decode
 
 _FIELD_AT = re.compile(r"- at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
@@ -70,12 +70,6 @@ class Rule:
     parse: Callable[[Any], Any] | None = None
     check: Callable[[Any], bool] | None = None
     wire: Mapping[str, Any] | None = None
-
-
-class Checked(Protocol):
-    """A model with rules across its fields; ``check`` raises BadRequest."""
-
-    def check(self, settings: Settings) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,16 +123,15 @@ def _rule_of(annotation: Any) -> Rule | None:
 
 @cache
 def field_rules(model: type[msgspec.Struct]) -> tuple[_Field, ...]:
-    """The model's fields that carry a Rule (every field, with a default Rule if none)."""
+    """Every field of ``model`` with its Rule (a default Rule when it declares none)."""
     hints = typing.get_type_hints(model, include_extras=True)
     out = []
     for f in msgspec.structs.fields(model):
-        rule = _rule_of(hints[f.name]) or Rule()
-        required = f.required
-        out.append(_Field(f.name, f.encode_name, required, rule))
+        out.append(_Field(f.name, f.encode_name, f.required, _rule_of(hints[f.name]) or Rule()))
     return tuple(out)
 
 
+@cache
 def _by_key(model: type[msgspec.Struct]) -> dict[str, _Field]:
     return {f.key: f for f in field_rules(model)}
 
@@ -217,7 +210,6 @@ def _finish(
     unknown_code: str,
     unknown_what: str,
 ) -> T:
-    # Unknown names first, as the handlers did, so a typo is named before any value.
     try:
         out = msgspec.convert(_prepare(model, raw, settings), model, strict=strict)
     except msgspec.ValidationError as e:
@@ -252,11 +244,12 @@ def decode_body(model: type[T], raw: bytes, settings: Settings, *, optional: boo
         body: Any = {}
     else:
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
+            body = _decode_json(raw)  # msgspec's parser: no NaN, numbers in range
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: absurdly nested
             raise BadRequest("request body is not valid JSON", code="malformed_json") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object", code="malformed_json")
+    # Unknown names first, as the handlers did, so a typo is named before any value.
     _refuse_unknown(model, body, code="unknown_field", what="field")
     return _finish(
         model, body, settings, strict=True, unknown_code="unknown_field", unknown_what="field"
@@ -276,8 +269,3 @@ def decode_query(model: type[T], query: Mapping[str, str], settings: Settings) -
         unknown_code="unknown_parameter",
         unknown_what="query parameter",
     )
-
-
-def wire_schema(model: type[msgspec.Struct]) -> dict[str, dict[str, Any]]:
-    """Per wire key, the schema overrides the model's rules declare (for OpenAPI)."""
-    return {f.key: dict(f.rule.wire) for f in field_rules(model) if f.rule.wire is not None}
