@@ -23,6 +23,7 @@ field invalid                the rule's ``code`` (default ``invalid_<field>``)
 
 from __future__ import annotations
 
+import json
 import re
 import types
 import typing
@@ -40,7 +41,6 @@ from broker.text import is_safe_text
 __all__ = ["Rule", "decode_body", "decode_query", "field_rules"]
 
 T = TypeVar("T", bound=msgspec.Struct)
-_decode_json = msgspec.json.Decoder().decode
 
 _FIELD_AT = re.compile(r"- at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
@@ -244,8 +244,10 @@ def decode_body(model: type[T], raw: bytes, settings: Settings, *, optional: boo
         body: Any = {}
     else:
         try:
-            body = _decode_json(raw)  # msgspec's parser: no NaN, numbers in range
-        except (msgspec.DecodeError, RecursionError):  # RecursionError: absurdly nested
+            # The standard parser, not msgspec's: it reads a lone surrogate escape, so the
+            # text rule refuses it by field (invalid_reason) rather than as bad JSON.
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             raise BadRequest("request body is not valid JSON", code="malformed_json") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object", code="malformed_json")
