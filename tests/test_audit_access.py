@@ -30,10 +30,12 @@ from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
 from broker.policy import load_policy_dir
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import REPO, RunningBroker
-from tests.helpers import auth, error_of
-from tests.ledger_helpers import fresh_ledger_db, rechain, replace_all_rows, running_ledger
-from tests.test_cli_client import cli
+from tests.support.brokers import RunningBroker
+from tests.support.commands import cli
+from tests.support.forgery import rechain, replace_all_rows
+from tests.support.http import auth, error_of
+from tests.support.ledger_db import fresh_ledger_db, running_ledger
+from tests.support.paths import REPO
 
 POLICY = load_policy_dir(REPO / "policies")
 PAYMENTS = POLICY.role("payments-prod")
@@ -692,19 +694,19 @@ async def test_cli_audit_access_and_events(
     period = ["--from", today.isoformat(), "--to", (today + timedelta(days=1)).isoformat()]
     args = ["audit", "access", "--subject", subject, "--secret", "stripe/test", *period]
     run = await cli(*args, "--json", cwd=tmp_path, url=broker.url, token=tokens["carol"])
-    assert run.rc == 0, run.err
+    assert run.returncode == 0, run.stderr
     assert grant["id"] in [w["grant_id"] for w in run.json()["access"]]
     run = await cli(*args, "--limit", "1", cwd=tmp_path, url=broker.url, token=tokens["carol"])
-    assert run.rc == 0, run.err
-    assert f"{subject} had stripe/test from" in run.out
-    assert "role:       engineering (roles.yaml:" in run.out
-    assert "reason:     cli audit check" in run.out
-    assert "|   - name: engineering" in run.out
+    assert run.returncode == 0, run.stderr
+    assert f"{subject} had stripe/test from" in run.stdout
+    assert "role:       engineering (roles.yaml:" in run.stdout
+    assert "reason:     cli audit check" in run.stdout
+    assert "|   - name: engineering" in run.stdout
     run = await cli(
         "audit", "events", "--type", "grant.issued", "--subject", "alice", "--limit", "1",
         cwd=tmp_path, url=broker.url, token=tokens["carol"],
     )  # fmt: skip
-    assert run.rc == 0, run.err
-    assert "grant.issued" in run.out and "more: add --cursor" in run.err
+    assert run.returncode == 0, run.stderr
+    assert "grant.issued" in run.stdout and "more: add --cursor" in run.stderr
     run = await cli(*args, cwd=tmp_path, url=broker.url, token=tokens["alice"])
-    assert run.rc == 1 and "forbidden" in run.err
+    assert run.returncode == 1 and "forbidden" in run.stderr

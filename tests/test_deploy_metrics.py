@@ -20,8 +20,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningBroker
-from tests.helpers import auth
+from tests.support.brokers import RunningBroker
+from tests.support.http import auth
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"

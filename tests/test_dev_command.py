@@ -23,7 +23,7 @@ import psutil
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 BROKER = Path(sys.executable).parent / "broker"
 

@@ -36,15 +36,12 @@ from broker.auth import DevIssuer
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import ELEVATIONS
-from tests.conftest import REPO, RunningBroker, start_broker
-from tests.helpers import (
-    auth,
-    db_login,
-    ledger_rows,
-    ledger_text_count,
-    parse_ts,
-    poll,
-)
+from tests.support.backends import db_login
+from tests.support.brokers import RunningBroker, start_broker
+from tests.support.http import auth, parse_ts
+from tests.support.ledger import ledger_rows, ledger_text_count
+from tests.support.paths import REPO
+from tests.support.polling import poll
 
 # asyncpg errors when a login is refused or a session is terminated under us.
 LOGIN_REFUSED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)

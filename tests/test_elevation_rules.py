@@ -24,27 +24,26 @@ from broker.ledger import Event
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import ELEVATIONS
-from tests.conftest import RunningBroker
-from tests.helpers import parse_ts
-from tests.test_elevation import (
+from tests.support.brokers import RunningBroker
+from tests.support.elevation import (
     REASON,
-    Api,
-    count_rows,
+    ElevationApi,
     elevation_rows,
     events_of,
-    expect_error,
-    mint,
     nothing_minted,
     variant_broker,
-    variant_policies,
 )
+from tests.support.http import expect_error, parse_ts
+from tests.support.ledger import count_events, session_ledger_dsn
+from tests.support.policies import elevation_variant_policies
+from tests.support.tokens import mint
 
 
 @pytest.fixture(scope="module")
 async def variants(broker_settings: Settings) -> AsyncIterator[RunningBroker]:
     tmp = Path(tempfile.mkdtemp(prefix="elev-rules-policies-"))
     try:
-        policies = variant_policies(tmp / "policies")
+        policies = elevation_variant_policies(tmp / "policies")
         async with variant_broker(broker_settings, policies, "elev-rules") as running:
             yield running
     finally:
@@ -57,7 +56,7 @@ async def _votes(stack: DevStack, eid: str) -> list[str]:
     ]
 
 
-async def _status(api: Api, token: str, eid: str) -> str:
+async def _status(api: ElevationApi, token: str, eid: str) -> str:
     status, el = await api.get(token, eid)
     assert status == 200, el
     return str(el["status"])
@@ -73,7 +72,7 @@ async def test_no_self_approval_under_any_spelling(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice = tokens["alice"]
     eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
     # Second identities of the same subject, even holding the approver group.
@@ -99,7 +98,7 @@ async def test_approver_must_be_in_a_factor_group_now(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice = tokens["alice"]
     eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
     async with nothing_minted(stack):
@@ -124,7 +123,7 @@ async def test_one_vote_per_approver_in_two_of_n(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, variants.url)
+    api = ElevationApi(http, variants.url)
     eid = (await api.requested(tokens["alice"], secret="db/orders-admin-2of2"))["id"]
     await api.approved(tokens["bob"], eid)
     bob_upper = mint(broker_settings, "BOB", ["sre-leads"])
@@ -144,7 +143,7 @@ async def test_denial_needs_a_comment_and_is_final(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice, bob, dana = tokens["alice"], tokens["bob"], tokens["dana"]
     eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
     async with nothing_minted(stack):
@@ -172,7 +171,7 @@ async def test_cancelled_request_cannot_be_approved_or_redeemed(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice = tokens["alice"]
     eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
     async with nothing_minted(stack):
@@ -194,7 +193,7 @@ async def test_redeem_only_by_the_requester_and_only_once_approved(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice = tokens["alice"]
     eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
     async with nothing_minted(stack):
@@ -214,7 +213,7 @@ async def test_requester_cannot_widen_secret_or_duration(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice = tokens["alice"]
     # Longer than max_duration (1h): clipped, and the answer says so.
     long = await api.requested(alice, secret="db/orders-admin", duration="10h")
@@ -250,9 +249,9 @@ async def test_request_rules_each_with_its_code(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice = tokens["alice"]
-    requested = await count_rows(stack, "e.event = 'elevation.requested'")
+    requested = await count_events(session_ledger_dsn(stack), "e.event = 'elevation.requested'")
     cases: list[tuple[dict[str, Any], int, str]] = [
         ({"secret": "db/orders-admin"}, 400, "reason_required"),
         ({"secret": "db/orders-admin", "reason": "   "}, 400, "reason_required"),
@@ -281,7 +280,8 @@ async def test_request_rules_each_with_its_code(
             403,
             "denied",
         )
-    assert await count_rows(stack, "e.event = 'elevation.requested'") == requested
+    after = await count_events(session_ledger_dsn(stack), "e.event = 'elevation.requested'")
+    assert after == requested
 
 
 # --- request expiry --------------------------------------------------------------------------
@@ -375,7 +375,7 @@ async def test_request_expiry_on_a_real_broker(
 ) -> None:
     """request_expiry is 1m (the minimum): the broker's injected clock is moved past it."""
     shift = [timedelta(0)]
-    policies = variant_policies(tmp_path / "policies")
+    policies = elevation_variant_policies(tmp_path / "policies")
     async with variant_broker(
         broker_settings,
         policies,
@@ -383,7 +383,7 @@ async def test_request_expiry_on_a_real_broker(
         clock=lambda: datetime.now(UTC) + shift[0],
         elevation_sweep_seconds=3600.0,  # this test runs the sweep itself
     ) as running:
-        api = Api(http, running.url)
+        api = ElevationApi(http, running.url)
         alice, bob = tokens["alice"], tokens["bob"]
         created = await api.requested(alice, secret="db/orders-admin-quick")
         eid = created["id"]

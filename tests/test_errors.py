@@ -21,9 +21,12 @@ from broker.auth import DevIssuer
 from broker.auth.dev_issuer import DEV_AUDIENCE, DEV_ISSUER
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import RunningBroker, start_broker
-from tests.helpers import auth, db_login, error_of, ledger_rows, new_request_id, poll
-from tests.vault_proxy import VaultProxy, broker_behind_proxy
+from tests.support.backends import db_login
+from tests.support.brokers import RunningBroker, start_broker
+from tests.support.http import auth, error_of, new_request_id
+from tests.support.ledger import ledger_rows
+from tests.support.polling import poll
+from tests.support.vault_proxy import VaultProxy, broker_behind_proxy
 
 # --- helpers --------------------------------------------------------------------------
 

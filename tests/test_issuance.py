@@ -21,16 +21,11 @@ from cryptography.x509.oid import NameOID
 
 from broker.stack.devstack import DevStack
 from broker.web.keys import GRANTS
-from tests.conftest import RunningBroker, start_broker
-from tests.helpers import (
-    auth,
-    db_login,
-    error_of,
-    ledger_rows,
-    ledger_text_count,
-    parse_ts,
-    poll,
-)
+from tests.support.backends import db_login
+from tests.support.brokers import RunningBroker, start_broker
+from tests.support.http import auth, error_of, parse_ts
+from tests.support.ledger import ledger_rows, ledger_text_count
+from tests.support.polling import poll
 
 # asyncpg errors when a login is refused or a session is terminated under us.
 _LOGIN_REFUSED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)

@@ -10,7 +10,8 @@ import aiohttp
 
 from broker.settings import Settings
 from broker.web.keys import LEDGER, POLICY
-from tests.conftest import REPO, start_broker
+from tests.support.brokers import start_broker
+from tests.support.paths import REPO
 
 
 async def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]

@@ -53,7 +53,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 
 README = REPO / "README.md"
 

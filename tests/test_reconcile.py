@@ -13,7 +13,7 @@ import pytest
 
 from broker.stack.devstack import DevStack
 from broker.web.keys import GRANTS, LEDGER
-from tests.conftest import RunningBroker
+from tests.support.brokers import RunningBroker
 
 pytestmark = pytest.mark.stack
 

@@ -21,7 +21,8 @@ import aiohttp
 import asyncpg
 
 from broker.settings import Settings
-from tests.ledger_helpers import BROKER_BIN, broker_verify, subprocess_env
+from tests.support.commands import broker_verify, subprocess_env
+from tests.support.paths import BROKER_BIN
 
 _REQUESTS = 200
 _CONCURRENCY = 16

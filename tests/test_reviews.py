@@ -27,8 +27,11 @@ from broker.reviews import missing_reviews, period_bounds, period_of
 from broker.reviews.model import entitlements, grants_entitlement, names_principal
 from broker.settings import Settings
 from broker.web.keys import LEDGER, POLICY
-from tests.conftest import REPO, RunningBroker, start_broker
-from tests.helpers import auth, ledger_rows, poll
+from tests.support.brokers import RunningBroker, start_broker
+from tests.support.http import auth
+from tests.support.ledger import ledger_rows
+from tests.support.paths import REPO
+from tests.support.polling import poll
 
 # --- pure: periods and missing reviews --------------------------------------------------
 

@@ -20,8 +20,8 @@ from broker.vaultapi import start_vault_api
 from broker.vaultapi.paths import OPERATION_ACCESS, catalog_index, resolve
 from broker.web.keys import LEDGER, POLICY, VAULT
 from broker.web.route import DECLARATIONS, UndeclaredRoute
-from tests.conftest import RunningBroker
-from tests.helpers import auth
+from tests.support.brokers import RunningBroker
+from tests.support.http import auth
 
 pytestmark = pytest.mark.stack
 

@@ -23,8 +23,8 @@ from aiohttp import web
 
 from broker.serve import serve
 from broker.settings import Settings
-from tests.broker_process import serve_env, serving, start_serve
-from tests.ledger_helpers import broker_verify
+from tests.support.commands import broker_verify
+from tests.support.processes import serve_env, serving, start_serve
 
 _WORKERS = 8
 _ISSUED_BEFORE_SIGNAL = 40

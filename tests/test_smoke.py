@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.conftest import RunningBroker
+from tests.support.brokers import RunningBroker
 
 
 def _auth(token: str) -> dict[str, str]:

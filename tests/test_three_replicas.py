@@ -31,10 +31,10 @@ import aiohttp
 import asyncpg
 
 from broker.settings import Settings
-from tests.broker_process import BrokerProcess, serve_env, serving, start_serve
-from tests.conftest import REPO
-from tests.helpers import poll
-from tests.ledger_helpers import broker_verify
+from tests.support.commands import broker_verify
+from tests.support.paths import REPO
+from tests.support.polling import poll
+from tests.support.processes import BrokerProcess, serve_env, serving, start_serve
 
 _WORKERS = 12
 _REPLICAS = ("tri-1", "tri-2", "tri-3")

@@ -18,7 +18,8 @@ import hvac
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vault import AppRoleCredentials, VaultLogin
-from tests.conftest import REPO, start_broker
+from tests.support.brokers import start_broker
+from tests.support.paths import REPO
 
 
 def _approle(stack: DevStack, *, ttl: str, max_ttl: str) -> tuple[str, str, str]:

@@ -29,7 +29,8 @@ from broker.errors import VaultError
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vault.login import KubernetesCredentials, VaultLogin
-from tests.conftest import REPO, start_broker
+from tests.support.brokers import start_broker
+from tests.support.paths import REPO
 
 _MOUNT = "kubernetes"  # the broker's default mount
 _ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -54,9 +54,11 @@ from broker.devenv import DEMO_IDENTITIES
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.routes import ROUTES
-from tests.helpers import auth
-from tests.reliability.conftest import count_events, isolated_broker, scaled
-from tests.reliability.report import Row, record
+from tests.support.brokers import isolated_broker
+from tests.support.heavy import scaled
+from tests.support.http import auth
+from tests.support.ledger import count_events
+from tests.support.reliability_report import Row, record
 
 _DEMO = ("alice", "bob", "carol", "erin", "svc-orders")
 _ATTACKERS = frozenset({"offboarded", "forged", "generated", "none"})

@@ -29,14 +29,17 @@ import pytest
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import start_broker
-from tests.ledger_helpers import broker_verify
-from tests.reliability.faults import BrokerProcess, heavy, ledger_lease_ids, vault_leases
-from tests.reliability.report import Row, record
+from tests.support.backends import vault_leases
+from tests.support.brokers import start_broker
+from tests.support.commands import broker_verify
+from tests.support.heavy import HEAVY
+from tests.support.ledger import ledger_lease_ids
+from tests.support.processes import start_replica
+from tests.support.reliability_report import Row, record
 
 pytestmark = pytest.mark.stack
 
-_KILLS = 8 if heavy() else 3
+_KILLS = 8 if HEAVY else 3
 _CONCURRENCY = 8
 # (who, secret): two leased database logins for every KV read.
 _MIX = (("alice", "db/orders-ro"), ("svc-orders", "db/orders-ro"), ("alice", "stripe/test"))
@@ -101,7 +104,7 @@ async def test_sigkill_under_load_leaks_nothing(
     timeout = aiohttp.ClientTimeout(total=20)
     kills = 0
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        proc = await BrokerProcess.start(broker_settings, "crash-0", tmp_path)
+        proc = await start_replica(broker_settings, "crash-0", tmp_path)
         state = LoadState(proc.url)
         workers = [asyncio.create_task(_worker(state, tokens, http)) for _ in range(_CONCURRENCY)]
         try:
@@ -110,7 +113,7 @@ async def test_sigkill_under_load_leaks_nothing(
                 await asyncio.sleep(rng.uniform(1.5, 4.0))
                 await proc.kill()
                 kills += 1
-                proc = await BrokerProcess.start(broker_settings, f"crash-{n}", tmp_path)
+                proc = await start_replica(broker_settings, f"crash-{n}", tmp_path)
                 state.url = proc.url
             await asyncio.sleep(2.0)  # load on the last restart too
         finally:
@@ -123,9 +126,9 @@ async def test_sigkill_under_load_leaks_nothing(
             await proc.kill()
             kills += 1
 
-    assert state.statuses[201] > 0, (state.statuses, proc.log_tail())
+    assert state.statuses[201] > 0, (state.statuses, proc.tail())
     unexpected = {s: n for s, n in state.statuses.items() if s not in (201, 503)}
-    assert not unexpected, (unexpected, proc.log_tail())
+    assert not unexpected, (unexpected, proc.tail())
 
     # Every credential received has its committed issued row: same grant, same lease.
     conn = await asyncpg.connect(dsn, timeout=10)

@@ -34,9 +34,12 @@ from broker.auth import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from broker.auth.jwks import public_key_to_jwk
 from broker.settings import IssuerSettings, Settings
 from broker.stack.devstack import DevStack
-from tests.helpers import error_of, poll
-from tests.reliability.conftest import IsolatedBroker, LogCapture, count_events, isolated_broker
-from tests.reliability.report import Row, record
+from tests.support.brokers import IsolatedBroker, isolated_broker
+from tests.support.http import error_of
+from tests.support.ledger import count_events
+from tests.support.logs import LogCapture
+from tests.support.polling import poll
+from tests.support.reliability_report import Row, record
 
 IDP = "https://idp.reliability.test"
 AUD = DEV_AUDIENCE

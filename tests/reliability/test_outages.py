@@ -33,14 +33,11 @@ import pytest
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import GRANTS
-from tests.conftest import RunningBroker, start_broker
-from tests.helpers import ledger_rows
-from tests.reliability.faults import (
-    ledger_lease_ids,
-    running_proxy,
-    vault_leases,
-)
-from tests.reliability.report import Row, record
+from tests.support.backends import vault_leases
+from tests.support.brokers import RunningBroker, start_broker
+from tests.support.faults import running_proxy
+from tests.support.ledger import ledger_lease_ids, ledger_rows
+from tests.support.reliability_report import Row, record
 
 pytestmark = pytest.mark.stack
 

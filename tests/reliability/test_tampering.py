@@ -21,18 +21,11 @@ import pytest
 from broker.ledger.chain import chain_hash
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.ledger_helpers import (
-    LedgerDb,
-    as_superuser,
-    broker_verify,
-    fetch_rows,
-    fresh_ledger_db,
-    payload,
-    populate,
-    rechain,
-    replace_all_rows,
-)
-from tests.reliability.report import Row, record
+from tests.support.commands import broker_verify
+from tests.support.forgery import as_superuser, payload, rechain, replace_all_rows
+from tests.support.ledger import fetch_rows
+from tests.support.ledger_db import LedgerDb, fresh_ledger_db, populate
+from tests.support.reliability_report import Row, record
 
 pytestmark = pytest.mark.stack
 
