@@ -23,6 +23,7 @@ import pytest
 
 from broker.settings import Settings
 from tests.support.heavy import HEAVY
+from tests.support.http import post_credentials
 from tests.support.processes import start_replica
 from tests.support.reliability_report import Row, record
 from tests.support.sampler import Sampler
@@ -68,10 +69,8 @@ async def test_soak_is_flat(
                     n += 1
                     started = time.perf_counter()
                     try:
-                        async with http.post(
-                            f"{broker.url}/v1/credentials",
-                            json={"secret": secret, "ttl": "5m", "reason": "soak"},
-                            headers={"Authorization": f"Bearer {tokens[who]}"},
+                        async with post_credentials(
+                            http, broker.url, tokens[who], secret, ttl="5m", reason="soak"
                         ) as r:
                             raw = await r.read()
                             statuses[r.status] += 1

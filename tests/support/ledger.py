@@ -20,7 +20,9 @@ __all__ = [
     "head_seq",
     "ledger_lease_ids",
     "ledger_rows",
+    "ledger_seqs",
     "ledger_text_count",
+    "select_events",
     "session_ledger_dsn",
 ]
 
@@ -83,6 +85,27 @@ async def head_seq(dsn: str) -> int:
     finally:
         await conn.close()
     return seq
+
+
+async def select_events(
+    dsn: str, columns: str, where: str = "TRUE", *args: Any
+) -> list[asyncpg.Record]:
+    """``SELECT columns FROM ledger.events e WHERE where ORDER BY seq`` on ``dsn``."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return list(
+            await conn.fetch(
+                f"SELECT {columns} FROM ledger.events e WHERE {where} ORDER BY e.seq",  # noqa: S608
+                *args,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def ledger_seqs(dsn: str) -> list[int]:
+    """Every seq in the ledger at ``dsn``, in order (a gapless chain is 1..n)."""
+    return [r["seq"] for r in await select_events(dsn, "e.seq")]
 
 
 async def ledger_lease_ids(dsn: str, event: str = "grant.issued") -> set[str]:
