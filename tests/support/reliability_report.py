@@ -3,15 +3,18 @@
 Each reliability test calls ``record(Row(...))`` with what it actually did and saw (counts
 measured by the test, never typed). Rows are kept as JSON files under
 ``.broker/reliability/`` (untracked), keyed by ``area/kind`` so a partial run refreshes only
-its own rows. Running tests never writes a tracked file: ``make reliability-report`` runs
-``python -m tests.support.reliability_report``, which renders the committed table from every
-stored row (``--has-rows`` only says whether there are any, for the Makefile).
+its own rows. Running tests never writes a tracked file. ``make reliability-report`` first
+runs the suite's test files that have no recorded row yet (``--missing`` lists them; all of
+them on a fresh checkout), then ``python -m tests.support.reliability_report`` renders the
+committed table from every stored row; it refuses while a test file has none, so a partial
+run cannot shrink the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
@@ -21,10 +24,20 @@ from pathlib import Path
 
 from tests.support.paths import REPO
 
-__all__ = ["REPORT", "ROWS_DIR", "Row", "record", "recorded_rows", "render", "write_report"]
+__all__ = [
+    "REPORT",
+    "ROWS_DIR",
+    "Row",
+    "missing_test_files",
+    "record",
+    "recorded_rows",
+    "render",
+    "write_report",
+]
 
 ROWS_DIR = REPO / ".broker" / "reliability"
 REPORT = REPO / "docs" / "reliability.md"
+SUITE = REPO / "tests" / "reliability"
 
 
 @dataclass
@@ -49,6 +62,13 @@ class Row:
     recorded_at: str = field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
     )
+    # The test file that recorded it (not rendered): how --missing knows what has run.
+    test: str = field(default_factory=lambda: _current_test_file())
+
+
+def _current_test_file() -> str:
+    """``tests/reliability/test_x.py`` while pytest runs a test in it, else ``""``."""
+    return os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[0]
 
 
 def _slug(text: str) -> str:
@@ -118,6 +138,13 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def missing_test_files(rows: list[Row], suite: Path = SUITE) -> list[str]:
+    """The suite's test files (relative to the repo) that no recorded row came from."""
+    recorded = {r.test for r in rows}
+    files = (str(p.relative_to(REPO)) for p in sorted(suite.glob("test_*.py")))
+    return [f for f in files if f not in recorded]
+
+
 def write_report(rows_dir: Path = ROWS_DIR, report: Path = REPORT) -> Path:
     """Render every row stored in ``rows_dir`` to ``report``; return its path."""
     report.write_text(render(recorded_rows(rows_dir)))
@@ -127,14 +154,22 @@ def write_report(rows_dir: Path = ROWS_DIR, report: Path = REPORT) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--has-rows", action="store_true", help="exit 0 if any row is recorded, 1 if none"
+        "--missing",
+        action="store_true",
+        help="print the reliability test files with no recorded row, one a line, and exit",
     )
     args = parser.parse_args(argv)
     rows = recorded_rows()
-    if args.has_rows:
-        return 0 if rows else 1
-    if not rows:
-        print(f"no reliability rows in {ROWS_DIR}: run pytest tests/reliability", file=sys.stderr)
+    missing = missing_test_files(rows)
+    if args.missing:
+        print("\n".join(missing))
+        return 0
+    if missing:
+        print(
+            f"no rows recorded by {', '.join(missing)}: run them first"
+            " (make reliability-report does)",
+            file=sys.stderr,
+        )
         return 1
     path = write_report()
     print(f"{path.relative_to(REPO)}: {len(rows)} rows from {ROWS_DIR.relative_to(REPO)}")
