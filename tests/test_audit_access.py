@@ -33,9 +33,10 @@ from broker.stack.devstack import DevStack
 from tests.support.brokers import RunningBroker
 from tests.support.commands import cli
 from tests.support.forgery import rechain, replace_all_rows
-from tests.support.http import auth, error_of
+from tests.support.http import auth, error_of, issue
 from tests.support.ledger_db import fresh_ledger_db, running_ledger
 from tests.support.paths import REPO
+from tests.support.tokens import fresh_subject, mint
 
 POLICY = load_policy_dir(REPO / "policies")
 PAYMENTS = POLICY.role("payments-prod")
@@ -572,13 +573,9 @@ async def _get(
 async def test_api_todays_window_and_events(
     broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession
 ) -> None:
-    async with http.post(
-        f"{broker.url}/v1/credentials",
-        json={"secret": "stripe/test", "reason": "check the test webhook"},
-        headers=auth(tokens["alice"]),
-    ) as r:
-        assert r.status == 201, await r.text()
-        grant = await r.json()
+    grant = await issue(
+        http, broker.url, tokens["alice"], "stripe/test", reason="check the test webhook"
+    )
     today = datetime.now(UTC).date()
     period = {"from": today.isoformat(), "to": (today + timedelta(days=1)).isoformat()}
     # Other suites issue alice many stripe/test grants today: page until ours shows up.
@@ -675,21 +672,10 @@ async def test_api_needs_the_audit_capability(
 async def test_cli_audit_access_and_events(
     broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    from broker.auth import DevIssuer
-
     # A subject of its own: other suites issue alice thousands of grants the same day.
-    assert broker.settings.dev_issuer_key_path is not None
-    subject = f"cli-audit-{uuid.uuid4().hex[:8]}"
-    engineer = DevIssuer.load_or_create(broker.settings.dev_issuer_key_path).mint(
-        subject, ["engineering"]
-    )
-    async with http.post(
-        f"{broker.url}/v1/credentials",
-        json={"secret": "stripe/test", "reason": "cli audit check"},
-        headers=auth(engineer),
-    ) as r:
-        assert r.status == 201
-        grant = await r.json()
+    subject = fresh_subject("cli-audit")
+    engineer = mint(broker.settings, subject, ["engineering"])
+    grant = await issue(http, broker.url, engineer, "stripe/test", reason="cli audit check")
     today = datetime.now(UTC).date()
     period = ["--from", today.isoformat(), "--to", (today + timedelta(days=1)).isoformat()]
     args = ["audit", "access", "--subject", subject, "--secret", "stripe/test", *period]

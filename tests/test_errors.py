@@ -23,7 +23,7 @@ from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.support.backends import db_login
 from tests.support.brokers import RunningBroker, start_broker
-from tests.support.http import auth, error_of, new_request_id
+from tests.support.http import auth, error_of, issue, new_request_id
 from tests.support.ledger import ledger_rows
 from tests.support.polling import poll
 from tests.support.vault_proxy import VaultProxy, broker_behind_proxy
@@ -429,19 +429,8 @@ async def test_refused_requests_never_reach_vault(
     assert await _lease_ids(stack) - leases_before == set()
 
     # Positive control: the same broker, proxy and lease check do see a real issuance.
-    async with http.post(
-        f"{running.url}/v1/credentials",
-        json={"secret": "db/orders-ro", "ttl": "60s"},
-        headers=auth(tokens["alice"]),
-    ) as r:
-        assert r.status == 201, await r.text()
-        grant = await r.json()
-    async with http.post(
-        f"{running.url}/v1/credentials",
-        json={"secret": "stripe/test"},
-        headers=auth(tokens["alice"]),
-    ) as r:
-        assert r.status == 201, await r.text()
+    grant = await issue(http, running.url, tokens["alice"], "db/orders-ro", ttl="60s")
+    await issue(http, running.url, tokens["alice"], "stripe/test")
     try:
         paths = [p for _, p in _minting(recorder.seen)]
         assert paths == ["/v1/database/creds/orders-ro", "/v1/secret/data/stripe/test"]

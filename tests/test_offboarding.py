@@ -24,7 +24,7 @@ from broker.stack.devstack import DevStack
 from tests.support.backends import db_login
 from tests.support.brokers import RunningBroker, running_broker, start_broker
 from tests.support.commands import cli
-from tests.support.http import JsonApi, auth, error_of, new_request_id
+from tests.support.http import JsonApi, auth, error_of, new_request_id, offboard
 from tests.support.ledger import ledger_rows
 from tests.support.polling import poll
 from tests.support.tokens import fresh_subject, mint
@@ -455,12 +455,7 @@ async def test_a_stale_replica_cannot_issue_to_an_offboarded_subject(
         )
     )
     try:
-        async with http.post(
-            f"{broker.url}/v1/offboarding",
-            json={"subject": subject, "reason": "left the company"},
-            headers=auth(tokens["erin"]),
-        ) as r:
-            assert r.status == 201, await r.text()
+        await offboard(http, broker.url, tokens["erin"], subject, "left the company")
         for secret in ("db/orders-ro", "stripe/test"):
             request_id = new_request_id()
             async with http.post(

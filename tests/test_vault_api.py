@@ -25,7 +25,7 @@ from broker.stack.openbao import _bao_binary
 from broker.vaultapi import start_vault_api
 from tests.support.backends import db_login
 from tests.support.brokers import RunningBroker
-from tests.support.http import auth
+from tests.support.http import auth, offboard
 from tests.support.ledger import ledger_rows
 from tests.support.polling import poll
 from tests.support.tokens import fresh_subject, mint
@@ -453,13 +453,7 @@ async def test_offboarding_ends_every_session_for_good(
         await read(client)
     accessors = sorted([await accessor(c) for c in before])
 
-    async with http.post(
-        f"{broker.url}/v1/offboarding",
-        headers=auth(tokens["erin"]),
-        json={"subject": subject, "reason": "left the company"},
-    ) as r:
-        assert r.status == 201, await r.text()
-        report = await r.json()
+    report = await offboard(http, broker.url, tokens["erin"], subject, "left the company")
     assert sorted(report["sessions_revoked"]) == accessors
     rows = await ledger_rows(
         stack, "e.event = 'session.revoked' AND e.body->>'offboarding_id' = $1",

@@ -40,6 +40,7 @@ from tests.support.ledger import count_events
 from tests.support.logs import LogCapture
 from tests.support.polling import poll
 from tests.support.reliability_report import Row, record
+from tests.support.tokens import claims_with
 
 IDP = "https://idp.reliability.test"
 AUD = DEV_AUDIENCE
@@ -68,12 +69,7 @@ def _claims(**overrides: Any) -> dict[str, Any]:
         "exp": now + 600,
         "groups": ["engineering"],
     }
-    for name, value in overrides.items():
-        if value is None:
-            claims.pop(name, None)
-        else:
-            claims[name] = value
-    return claims
+    return claims_with(claims, **overrides)
 
 
 def _sign(key: Any, alg: str, claims: dict[str, Any], **header: Any) -> str:

@@ -18,7 +18,9 @@ __all__ = [
     "auth",
     "error_of",
     "expect_error",
+    "issue",
     "new_request_id",
+    "offboard",
     "parse_ts",
     "post_credentials",
 ]
@@ -69,6 +71,30 @@ def post_credentials(
     return http.post(
         f"{url}/v1/credentials", json={"secret": secret, **fields}, headers=auth(token)
     )
+
+
+async def issue(
+    http: aiohttp.ClientSession, url: str, token: str, secret: str, **fields: Any
+) -> dict[str, Any]:
+    """A credential that must be issued: asserts the 201 and returns the grant."""
+    async with post_credentials(http, url, token, secret, **fields) as r:
+        assert r.status == 201, await r.text()
+        grant: dict[str, Any] = await r.json()
+    return grant
+
+
+async def offboard(
+    http: aiohttp.ClientSession, url: str, token: str, subject: str, reason: str
+) -> dict[str, Any]:
+    """Offboard ``subject`` as the holder of ``token`` (an admin); asserts the 201."""
+    async with http.post(
+        f"{url}/v1/offboarding",
+        json={"subject": subject, "reason": reason},
+        headers=auth(token),
+    ) as r:
+        assert r.status == 201, await r.text()
+        report: dict[str, Any] = await r.json()
+    return report
 
 
 @dataclass

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from broker.auth import DevIssuer
 from broker.settings import Settings
 
-__all__ = ["dev_issuer", "fresh_subject", "mint"]
+__all__ = ["claims_with", "dev_issuer", "fresh_subject", "mint"]
 
 
 def dev_issuer(settings: Settings) -> DevIssuer:
@@ -24,3 +25,14 @@ def mint(settings: Settings, subject: str, groups: list[str]) -> str:
 def fresh_subject(prefix: str) -> str:
     """A subject no other test uses: the ledger is shared by the whole session."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def claims_with(claims: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``claims`` with ``overrides`` applied; an override of None drops that claim."""
+    out = dict(claims)
+    for name, value in overrides.items():
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
