@@ -19,10 +19,10 @@ from broker.devenv import demo_tokens, prepare_broker
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vaultapi import start_vault_api
-from tests.support.brokers import RunningBroker, start_broker
-from tests.support.elevation import variant_broker
+from tests.support.brokers import RunningBroker, running_broker, start_broker
 from tests.support.paths import REPO
 from tests.support.policies import elevation_variant_policies
+from tests.support.vault_proxy import VaultProxy, broker_behind_proxy
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +102,15 @@ async def front_door(broker: RunningBroker) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@pytest.fixture
+async def broker_behind_vault_proxy(
+    stack: DevStack, broker_settings: Settings
+) -> AsyncIterator[tuple[RunningBroker, VaultProxy]]:
+    """A broker of its own whose OpenBao is behind a ``VaultProxy`` (records, refuses)."""
+    async with broker_behind_proxy(stack, broker_settings, "proxied") as pair:
+        yield pair
+
+
 @pytest.fixture(scope="module")
 async def elevation_variants(broker_settings: Settings) -> AsyncIterator[RunningBroker]:
     """A broker whose policy adds the variant roles (``db/orders-admin-<variant>``).
@@ -112,7 +121,12 @@ async def elevation_variants(broker_settings: Settings) -> AsyncIterator[Running
     tmp = Path(tempfile.mkdtemp(prefix="elev-policies-"))
     try:
         policies = elevation_variant_policies(tmp / "policies")
-        async with variant_broker(broker_settings, policies, "elev-variants") as running:
+        async with running_broker(
+            broker_settings,
+            policies_dir=policies,
+            replica_id="elev-variants",
+            elevation_sweep_seconds=0.5,
+        ) as running:
             yield running
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

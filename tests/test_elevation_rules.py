@@ -24,14 +24,13 @@ from broker.ledger import Event
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import ELEVATIONS
-from tests.support.brokers import RunningBroker
+from tests.support.brokers import RunningBroker, running_broker
 from tests.support.elevation import (
     REASON,
     ElevationApi,
     elevation_rows,
     events_of,
     nothing_minted,
-    variant_broker,
 )
 from tests.support.http import expect_error, parse_ts
 from tests.support.ledger import count_events, session_ledger_dsn
@@ -428,11 +427,11 @@ async def test_request_expiry_on_a_real_broker(
     """request_expiry is 1m (the minimum): the broker's injected clock is moved past it."""
     shift = [timedelta(0)]
     policies = elevation_variant_policies(tmp_path / "policies")
-    async with variant_broker(
+    async with running_broker(
         broker_settings,
-        policies,
-        "elev-expiry",
         clock=lambda: datetime.now(UTC) + shift[0],
+        policies_dir=policies,
+        replica_id="elev-expiry",
         elevation_sweep_seconds=3600.0,  # this test runs the sweep itself
     ) as running:
         api = ElevationApi(http, running.url)

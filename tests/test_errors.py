@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,7 +25,7 @@ from tests.support.brokers import RunningBroker, start_broker
 from tests.support.http import auth, error_of, issue, new_request_id
 from tests.support.ledger import ledger_rows
 from tests.support.polling import poll
-from tests.support.vault_proxy import VaultProxy, broker_behind_proxy
+from tests.support.vault_proxy import VaultProxy
 
 # --- helpers --------------------------------------------------------------------------
 
@@ -365,14 +364,6 @@ async def test_revoke_reason_with_control_characters_is_refused(
 # --- nothing reaches Vault ------------------------------------------------------------
 
 
-@pytest.fixture
-async def recorded_broker(
-    stack: DevStack, broker_settings: Settings
-) -> AsyncIterator[tuple[RunningBroker, VaultProxy]]:
-    async with broker_behind_proxy(stack, broker_settings, "recorded") as pair:
-        yield pair
-
-
 def _minting(seen: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Requests that read or mint a credential (as opposed to health/lease housekeeping)."""
     prefixes = ("/v1/secret/", "/v1/database/creds/", "/v1/pki/issue/", "/v1/pki/sign/")
@@ -395,14 +386,14 @@ async def _lease_ids(stack: DevStack) -> set[str]:
 async def test_refused_requests_never_reach_vault(
     stack: DevStack,
     broker_settings: Settings,
-    recorded_broker: tuple[RunningBroker, VaultProxy],
+    broker_behind_vault_proxy: tuple[RunningBroker, VaultProxy],
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
     """OpenBao 2.7 refuses to enable audit devices through its API (declarative config
     only), so the broker's Vault traffic is observed by a recording proxy instead, and
     OpenBao's own lease table shows that no database login was minted."""
-    running, recorder = recorded_broker
+    running, recorder = broker_behind_vault_proxy
     leases_before = await _lease_ids(stack)
     recorder.seen.clear()
 

@@ -28,7 +28,7 @@ from tests.support.http import JsonApi, auth, error_of, new_request_id, offboard
 from tests.support.ledger import ledger_rows
 from tests.support.polling import poll
 from tests.support.tokens import fresh_subject, mint
-from tests.support.vault_proxy import VaultProxy, broker_behind_proxy
+from tests.support.vault_proxy import VaultProxy
 
 # Errors when a login is refused or a session was terminated under us.
 _GONE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
@@ -310,22 +310,14 @@ async def test_only_admins_offboard_and_requests_are_checked(
 # --- Vault down mid-offboarding: the subject stays refused, a retry completes it ---------
 
 
-@pytest.fixture
-async def flaky_broker(
-    stack: DevStack, broker_settings: Settings
-) -> AsyncIterator[tuple[RunningBroker, VaultProxy]]:
-    async with broker_behind_proxy(stack, broker_settings, "flaky") as pair:
-        yield pair
-
-
 async def test_vault_down_leaves_the_subject_refused_and_a_retry_resumes(
     stack: DevStack,
-    flaky_broker: tuple[RunningBroker, VaultProxy],
+    broker_behind_vault_proxy: tuple[RunningBroker, VaultProxy],
     broker_settings: Settings,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    broker, flaky = flaky_broker
+    broker, flaky = broker_behind_vault_proxy
     api = Api(http, broker.url)
     subject = _subject()
     token = _token(broker_settings, subject)

@@ -19,7 +19,7 @@ from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vault import AppRoleCredentials, VaultLogin
 from tests.support.brokers import running_broker
-from tests.support.http import post_credentials
+from tests.support.http import issue
 from tests.support.paths import REPO
 
 
@@ -113,12 +113,8 @@ async def test_broker_on_approle_survives_token_revocation(
         aiohttp.ClientSession() as http,
     ):
 
-        async def fetch(secret: str) -> int:
-            async with post_credentials(http, running.url, tokens["alice"], secret) as r:
-                return r.status
-
-        assert await fetch("stripe/test") == 201
-        assert await fetch("db/orders-ro") == 201
+        await issue(http, running.url, tokens["alice"], "stripe/test")
+        await issue(http, running.url, tokens["alice"], "db/orders-ro")
         # An operator revokes every token of the broker's AppRole.
         root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
         for accessor in root.list("auth/token/accessors")["data"]["keys"]:
@@ -126,5 +122,5 @@ async def test_broker_on_approle_survives_token_revocation(
             if meta.get("path", "").startswith(f"auth/{mount}/"):
                 root.auth.token.revoke_accessor(accessor)
         # The next request re-authenticates and succeeds: no failed call.
-        assert await fetch("stripe/test") == 201
-        assert await fetch("db/orders-ro") == 201
+        await issue(http, running.url, tokens["alice"], "stripe/test")
+        await issue(http, running.url, tokens["alice"], "db/orders-ro")

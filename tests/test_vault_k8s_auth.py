@@ -30,7 +30,7 @@ from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vault.login import KubernetesCredentials, VaultLogin
 from tests.support.brokers import running_broker
-from tests.support.http import post_credentials
+from tests.support.http import issue
 from tests.support.paths import REPO
 
 _MOUNT = "kubernetes"  # the broker's default mount
@@ -230,12 +230,8 @@ async def test_broker_on_kubernetes_auth_survives_revocation(
         aiohttp.ClientSession() as http,
     ):
 
-        async def fetch(secret: str) -> int:
-            async with post_credentials(http, running.url, tokens["alice"], secret) as r:
-                return r.status
-
-        assert await fetch("stripe/test") == 201
-        assert await fetch("db/orders-ro") == 201
+        await issue(http, running.url, tokens["alice"], "stripe/test")
+        await issue(http, running.url, tokens["alice"], "db/orders-ro")
         root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
         revoked = 0
         for accessor in root.list("auth/token/accessors")["data"]["keys"]:
@@ -245,5 +241,5 @@ async def test_broker_on_kubernetes_auth_survives_revocation(
                 revoked += 1
         assert revoked == 1, "the broker's one token was not found"
         _rotate(path, sa_issuer.mint()[0])
-        assert await fetch("stripe/test") == 201
-        assert await fetch("db/orders-ro") == 201
+        await issue(http, running.url, tokens["alice"], "stripe/test")
+        await issue(http, running.url, tokens["alice"], "db/orders-ro")

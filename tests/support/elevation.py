@@ -7,15 +7,11 @@ the privileged orders login and no new ``grant.intent``/``grant.issued`` ledger 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
-from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.support.backends import admin_leases, db_login
-from tests.support.brokers import RunningBroker, running_broker
 from tests.support.http import JsonApi
 from tests.support.ledger import count_events, ledger_rows, session_ledger_dsn
 
@@ -27,7 +23,6 @@ __all__ = [
     "elevation_rows",
     "events_of",
     "nothing_minted",
-    "variant_broker",
 ]
 
 REASON = "reindex orders after the 2am incident"
@@ -128,26 +123,3 @@ async def can_insert_order(stack: DevStack, cred: dict[str, str]) -> None:
         await tr.rollback()
     finally:
         await conn.close()
-
-
-@contextlib.asynccontextmanager
-async def variant_broker(
-    settings: Settings,
-    policies_dir: Path,
-    replica_id: str,
-    *,
-    clock: Callable[[], datetime] | None = None,
-    **overrides: Any,
-) -> AsyncIterator[RunningBroker]:
-    """A broker on ``policies_dir`` sweeping elevations every 0.5 s (unless overridden)."""
-    async with running_broker(
-        settings,
-        clock=clock,
-        **{
-            "policies_dir": policies_dir,
-            "replica_id": replica_id,
-            "elevation_sweep_seconds": 0.5,
-            **overrides,
-        },
-    ) as running:
-        yield running

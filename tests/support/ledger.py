@@ -15,6 +15,7 @@ import asyncpg
 from broker.stack.devstack import DevStack
 
 __all__ = [
+    "assert_gapless",
     "count_events",
     "fetch_rows",
     "head_seq",
@@ -106,6 +107,12 @@ async def select_events(
 async def ledger_seqs(dsn: str) -> list[int]:
     """Every seq in the ledger at ``dsn``, in order (a gapless chain is 1..n)."""
     return [r["seq"] for r in await select_events(dsn, "e.seq")]
+
+
+async def assert_gapless(dsn: str) -> None:
+    """The ledger at ``dsn`` numbers its rows 1..n, with no seq missing or repeated."""
+    seqs = await ledger_seqs(dsn)
+    assert seqs == list(range(1, len(seqs) + 1)), "ledger seqs are not gapless"
 
 
 async def ledger_lease_ids(dsn: str, event: str = "grant.issued") -> set[str]:
