@@ -16,7 +16,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.auth import DevIssuer
 from broker.auth.dev_issuer import DEV_AUDIENCE, DEV_ISSUER
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
@@ -25,14 +24,10 @@ from tests.support.brokers import RunningBroker, start_broker
 from tests.support.http import auth, error_of, issue, new_request_id
 from tests.support.ledger import ledger_rows
 from tests.support.polling import poll
+from tests.support.tokens import dev_issuer
 from tests.support.vault_proxy import VaultProxy
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def _dev_issuer(settings: Settings) -> DevIssuer:
-    assert settings.dev_issuer_key_path is not None
-    return DevIssuer.load_or_create(settings.dev_issuer_key_path)
 
 
 def _expired_token(settings: Settings) -> str:
@@ -51,13 +46,13 @@ def _expired_token(settings: Settings) -> str:
         "exp": now - 600,
         "groups": ["engineering"],
     }
-    kid = _dev_issuer(settings).kid
+    kid = dev_issuer(settings).kid
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})  # type: ignore[arg-type]
 
 
 def _bad_auth_headers(settings: Settings) -> dict[str, dict[str, str]]:
     """Expected error code -> Authorization header (absent for missing_token)."""
-    issuer = _dev_issuer(settings)
+    issuer = dev_issuer(settings)
     return {
         "missing_token": {},
         "malformed_token": {"Authorization": "Bearer garbage"},
