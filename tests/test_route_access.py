@@ -14,7 +14,6 @@ import pytest
 from aiohttp import web
 
 from broker.app import create_app
-from broker.auth import DevIssuer
 from broker.errors import PolicyError
 from broker.vaultapi import start_vault_api
 from broker.vaultapi.paths import OPERATION_ACCESS, catalog_index, resolve
@@ -22,6 +21,7 @@ from broker.web.keys import LEDGER, POLICY, VAULT
 from broker.web.route import DECLARATIONS, UndeclaredRoute
 from tests.support.brokers import RunningBroker
 from tests.support.http import auth
+from tests.support.tokens import fresh_subject, mint
 
 pytestmark = pytest.mark.stack
 
@@ -31,9 +31,7 @@ _AUTH_CODES = {"missing_token", "invalid_session", "session_revoked", "session_e
 
 
 def _mint(broker: RunningBroker, prefix: str, groups: list[str]) -> str:
-    assert broker.settings.dev_issuer_key_path is not None
-    issuer = DevIssuer.load_or_create(broker.settings.dev_issuer_key_path)
-    return issuer.mint(f"{prefix}-{uuid.uuid4().hex[:8]}", groups)
+    return mint(broker.settings, fresh_subject(prefix), groups)
 
 
 def _concrete(path: str) -> str:
