@@ -5,7 +5,6 @@ and the right one; and an app with an undeclared route refuses to start."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from aiohttp import web
 
 from broker.app import create_app
 from broker.errors import PolicyError
-from broker.vaultapi import start_vault_api
 from broker.vaultapi.paths import OPERATION_ACCESS, catalog_index, resolve
 from broker.web.keys import LEDGER, POLICY, VAULT
 from broker.web.route import DECLARATIONS, UndeclaredRoute
@@ -83,15 +81,6 @@ async def test_every_native_route_is_declared_and_enforced(
                 assert status not in (401, 403), (where, capability, status, code)
         walked += 1
     assert walked >= 30
-
-
-@pytest.fixture(scope="module")
-async def front_door(broker: RunningBroker) -> AsyncIterator[str]:
-    runner = await start_vault_api(broker.app, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 def _front_door_samples(broker: RunningBroker) -> list[tuple[str, str]]:

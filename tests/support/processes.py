@@ -20,7 +20,14 @@ from broker.settings import Settings
 from tests.support.commands import subprocess_env
 from tests.support.paths import BROKER_BIN
 
-__all__ = ["BrokerProcess", "serve_env", "serving", "start_replica", "start_serve"]
+__all__ = [
+    "BrokerProcess",
+    "interrupt",
+    "serve_env",
+    "serving",
+    "start_replica",
+    "start_serve",
+]
 
 _START_TIMEOUT = 60.0  # two cores shared with other sessions: a cold start can be slow
 _STOP_TIMEOUT = 30.0
@@ -120,6 +127,17 @@ async def start_replica(
 ) -> BrokerProcess:
     """``start_serve`` with ``serve_env``: a replica configured only through its environment."""
     return await start_serve(serve_env(settings, replica_id, **extra_env), replica_id, log_dir)
+
+
+async def interrupt(proc: asyncio.subprocess.Process, timeout: float = _STOP_TIMEOUT) -> None:
+    """Stop ``proc`` as Ctrl-C does (SIGINT), SIGKILL after ``timeout``; return once it ended."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 @contextlib.asynccontextmanager
