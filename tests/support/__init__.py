@@ -3,12 +3,13 @@
 One module per job, so a test imports what it uses by name:
 
 - ``paths``: the checkout and the installed ``broker`` command.
-- ``http``: talking to a broker's API (auth headers, request ids, the error shape, the
-  elevation/offboarding ``JsonApi``, timestamps).
+- ``http``: talking to a broker's API (auth headers, request ids, the error shape,
+  ``issue``/``offboard`` that must succeed, the ``JsonApi`` base, timestamps).
 - ``polling``: waiting for an eventually-true condition.
 - ``tokens``: dev JWTs for identities the demo does not have.
 - ``brokers``: in-process brokers (``create_app`` on a free port), also on a private ledger.
-- ``processes``: ``broker serve`` as a real subprocess, started, stopped and killed.
+- ``processes``: ``broker serve`` as a real subprocess, started, stopped and killed;
+  ``interrupt`` (Ctrl-C) for any subprocess.
 - ``commands``: one-shot ``broker`` commands (``verify``, evidence, the client CLI).
 - ``ledger``: reading the ledger's rows.
 - ``ledger_db``: private, migrated ledger databases and real writers on them.
