@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck bench clean install docs
+.PHONY: dev test lint typecheck bench clean install docs reliability-report
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,13 @@ typecheck: $(STAMP)
 # only compares, never writes).
 docs: $(STAMP)
 	$(BIN)/python -m broker.settings.reference docs/configuration.md
+
+# docs/reliability.md from the rows the reliability suite recorded under .broker/reliability/
+# (untracked: `make test` only records them). Test files with no row yet run first.
+reliability-report: $(STAMP)
+	missing="$$($(BIN)/python -m tests.support.reliability_report --missing)"; \
+	if [ -n "$$missing" ]; then $(BIN)/pytest -q $$missing; fi
+	$(BIN)/python -m tests.support.reliability_report
 
 bench: $(STAMP)
 	$(BIN)/python bench/issuance.py

@@ -1,26 +1,28 @@
 """Shared fixtures: one real Postgres + OpenBao stack per test session.
 
 Tests that use the ``stack`` fixture are marked ``stack`` automatically, so
-``pytest -m "not stack"`` runs everything that needs no servers.
+``pytest -m "not stack"`` runs everything that needs no servers. Fixtures only: the helpers
+are in ``tests/support/``.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from broker.app import create_app
 from broker.devenv import demo_tokens, prepare_broker
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
+from broker.vaultapi import start_vault_api
+from tests.support.brokers import RunningBroker, running_broker, start_broker
+from tests.support.paths import REPO
+from tests.support.policies import elevation_variant_policies
+from tests.support.vault_proxy import VaultProxy, broker_behind_proxy
 
 
 @pytest.fixture(scope="session")
@@ -55,32 +57,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.stack)
 
 
-# --- the broker, in-process, on a free loopback port -------------------------------------
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class RunningBroker:
-    """A broker app serving on ``url``; ``app`` gives tests the typed keys (ledger, vault)."""
-
-    url: str
-    app: web.Application
-    settings: Settings
-    runner: web.AppRunner
-
-
-async def start_broker(
-    settings: Settings, *, clock: Callable[[], datetime] | None = None
-) -> RunningBroker:
-    """Start ``create_app(settings)`` on 127.0.0.1:0 and return it (caller stops it)."""
-    app = create_app(settings.with_overrides(port=0), clock=clock)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return RunningBroker(f"http://127.0.0.1:{port}", app, settings, runner)
+# --- the session broker, in-process, on a free loopback port ------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -115,9 +92,41 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Regenerate docs/reliability.md when this session ran reliability tests."""
-    from tests.reliability.report import recorded_this_session, write_report
+@pytest.fixture(scope="module")
+async def front_door(broker: RunningBroker) -> AsyncIterator[str]:
+    """The Vault-compatible listener of the session broker, on a free port."""
+    runner = await start_vault_api(broker.app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
-    if recorded_this_session():
-        write_report()
+
+@pytest.fixture
+async def broker_behind_vault_proxy(
+    stack: DevStack, broker_settings: Settings
+) -> AsyncIterator[tuple[RunningBroker, VaultProxy]]:
+    """A broker of its own whose OpenBao is behind a ``VaultProxy`` (records, refuses)."""
+    async with broker_behind_proxy(stack, broker_settings, "proxied") as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+async def elevation_variants(broker_settings: Settings) -> AsyncIterator[RunningBroker]:
+    """A broker whose policy adds the variant roles (``db/orders-admin-<variant>``).
+
+    See ``elevation_variant_policies``: 2of2, 2f, short, quick. Its policies live in a
+    ``mkdtemp`` directory for the reason given in ``stack_state_dir``.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="elev-policies-"))
+    try:
+        policies = elevation_variant_policies(tmp / "policies")
+        async with running_broker(
+            broker_settings,
+            policies_dir=policies,
+            replica_id="elev-variants",
+            elevation_sweep_seconds=0.5,
+        ) as running:
+            yield running
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

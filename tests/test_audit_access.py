@@ -30,10 +30,13 @@ from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
 from broker.policy import load_policy_dir
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import REPO, RunningBroker
-from tests.helpers import auth, error_of
-from tests.ledger_helpers import fresh_ledger_db, rechain, replace_all_rows, running_ledger
-from tests.test_cli_client import cli
+from tests.support.brokers import RunningBroker
+from tests.support.commands import cli
+from tests.support.forgery import rechain, replace_all_rows
+from tests.support.http import auth, error_of, issue
+from tests.support.ledger_db import fresh_ledger_db, running_ledger
+from tests.support.paths import REPO
+from tests.support.tokens import fresh_subject, mint
 
 POLICY = load_policy_dir(REPO / "policies")
 PAYMENTS = POLICY.role("payments-prod")
@@ -570,13 +573,9 @@ async def _get(
 async def test_api_todays_window_and_events(
     broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession
 ) -> None:
-    async with http.post(
-        f"{broker.url}/v1/credentials",
-        json={"secret": "stripe/test", "reason": "check the test webhook"},
-        headers=auth(tokens["alice"]),
-    ) as r:
-        assert r.status == 201, await r.text()
-        grant = await r.json()
+    grant = await issue(
+        http, broker.url, tokens["alice"], "stripe/test", reason="check the test webhook"
+    )
     today = datetime.now(UTC).date()
     period = {"from": today.isoformat(), "to": (today + timedelta(days=1)).isoformat()}
     # Other suites issue alice many stripe/test grants today: page until ours shows up.
@@ -673,38 +672,27 @@ async def test_api_needs_the_audit_capability(
 async def test_cli_audit_access_and_events(
     broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    from broker.auth import DevIssuer
-
     # A subject of its own: other suites issue alice thousands of grants the same day.
-    assert broker.settings.dev_issuer_key_path is not None
-    subject = f"cli-audit-{uuid.uuid4().hex[:8]}"
-    engineer = DevIssuer.load_or_create(broker.settings.dev_issuer_key_path).mint(
-        subject, ["engineering"]
-    )
-    async with http.post(
-        f"{broker.url}/v1/credentials",
-        json={"secret": "stripe/test", "reason": "cli audit check"},
-        headers=auth(engineer),
-    ) as r:
-        assert r.status == 201
-        grant = await r.json()
+    subject = fresh_subject("cli-audit")
+    engineer = mint(broker.settings, subject, ["engineering"])
+    grant = await issue(http, broker.url, engineer, "stripe/test", reason="cli audit check")
     today = datetime.now(UTC).date()
     period = ["--from", today.isoformat(), "--to", (today + timedelta(days=1)).isoformat()]
     args = ["audit", "access", "--subject", subject, "--secret", "stripe/test", *period]
     run = await cli(*args, "--json", cwd=tmp_path, url=broker.url, token=tokens["carol"])
-    assert run.rc == 0, run.err
+    assert run.returncode == 0, run.stderr
     assert grant["id"] in [w["grant_id"] for w in run.json()["access"]]
     run = await cli(*args, "--limit", "1", cwd=tmp_path, url=broker.url, token=tokens["carol"])
-    assert run.rc == 0, run.err
-    assert f"{subject} had stripe/test from" in run.out
-    assert "role:       engineering (roles.yaml:" in run.out
-    assert "reason:     cli audit check" in run.out
-    assert "|   - name: engineering" in run.out
+    assert run.returncode == 0, run.stderr
+    assert f"{subject} had stripe/test from" in run.stdout
+    assert "role:       engineering (roles.yaml:" in run.stdout
+    assert "reason:     cli audit check" in run.stdout
+    assert "|   - name: engineering" in run.stdout
     run = await cli(
         "audit", "events", "--type", "grant.issued", "--subject", "alice", "--limit", "1",
         cwd=tmp_path, url=broker.url, token=tokens["carol"],
     )  # fmt: skip
-    assert run.rc == 0, run.err
-    assert "grant.issued" in run.out and "more: add --cursor" in run.err
+    assert run.returncode == 0, run.stderr
+    assert "grant.issued" in run.stdout and "more: add --cursor" in run.stderr
     run = await cli(*args, cwd=tmp_path, url=broker.url, token=tokens["alice"])
-    assert run.rc == 1 and "forbidden" in run.err
+    assert run.returncode == 1 and "forbidden" in run.stderr

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from broker.auth import DEV_AUDIENCE, DEV_ISSUER, DevIssuer, IssuerConfig, Principal, Verifier
 from broker.auth.jwks import jwk_thumbprint, parse_jwks, public_key_to_jwk
 from broker.errors import AuthError
+from tests.support.tokens import claims_with
 
 IDP = "https://idp.example.test"
 AUD = "jit-broker"
@@ -64,12 +65,7 @@ def _claims(**overrides: Any) -> dict[str, Any]:
         "exp": now + 600,
         "groups": ["eng"],
     }
-    for name, value in overrides.items():
-        if value is None:
-            claims.pop(name, None)
-        else:
-            claims[name] = value
-    return claims
+    return claims_with(claims, **overrides)
 
 
 def _sign(private_key: Any, alg: str, kid: str | None, claims: dict[str, Any]) -> str:

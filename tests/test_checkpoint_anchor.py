@@ -17,15 +17,9 @@ from broker.errors import LedgerTampered
 from broker.metrics import Metrics
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.ledger_helpers import (
-    fetch_rows,
-    fresh_ledger_db,
-    rechain,
-    replace_all_rows,
-    running_ledger,
-    sample_event,
-    signer_for,
-)
+from tests.support.forgery import rechain, replace_all_rows
+from tests.support.ledger import fetch_rows
+from tests.support.ledger_db import fresh_ledger_db, running_ledger, sample_event, signer_for
 
 
 async def _rewrite_and_hide(superuser_dsn: str) -> None:

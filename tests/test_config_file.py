@@ -23,7 +23,8 @@ from broker.settings import (
     load,
     settings_from_file,
 )
-from tests.ledger_helpers import BROKER_BIN, REPO, subprocess_env
+from tests.support.commands import subprocess_env
+from tests.support.paths import BROKER_BIN, REPO
 
 EXAMPLE = REPO / "deploy" / "broker.example.toml"
 DOCS = REPO / "docs" / "configuration.md"

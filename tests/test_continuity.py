@@ -18,9 +18,11 @@ import asyncpg
 from broker.evidence import analyze
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import RunningBroker, start_broker
-from tests.helpers import auth, error_of, poll
-from tests.ledger_helpers import fetch_rows, fresh_ledger_db
+from tests.support.brokers import RunningBroker, start_broker
+from tests.support.http import auth, error_of
+from tests.support.ledger import fetch_rows
+from tests.support.ledger_db import fresh_ledger_db
+from tests.support.polling import poll
 
 HEARTBEAT = 0.2
 

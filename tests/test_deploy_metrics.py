@@ -20,8 +20,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningBroker
-from tests.helpers import auth
+from tests.support.brokers import RunningBroker
+from tests.support.http import auth, issue
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
@@ -224,12 +224,7 @@ async def _metrics_families(
     """family name -> (type, sample names, label names), after traffic that labels series."""
     async with http.get(f"{broker.url}/v1/health") as r:
         assert r.status == 200, await r.text()
-    async with http.post(
-        f"{broker.url}/v1/credentials",
-        json={"secret": "stripe/test", "reason": "deploy metrics test"},
-        headers=auth(tokens["alice"]),
-    ) as r:
-        assert r.status == 201, await r.text()
+    await issue(http, broker.url, tokens["alice"], "stripe/test", reason="deploy metrics test")
     async with http.get(f"{broker.url}/v1/me", headers=auth("not-a-jwt")) as r:
         assert r.status == 401
     async with http.get(f"{broker.url}/v1/audit/verify", headers=auth(tokens["carol"])) as r:

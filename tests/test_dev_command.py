@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +22,8 @@ import psutil
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import REPO
+from tests.support.paths import REPO
+from tests.support.processes import interrupt
 
 BROKER = Path(sys.executable).parent / "broker"
 
@@ -42,12 +42,7 @@ async def _stop(proc: asyncio.subprocess.Process, seen: list[psutil.Process]) ->
     if proc.returncode is None:
         with contextlib.suppress(psutil.NoSuchProcess):
             children += psutil.Process(proc.pid).children(recursive=True)
-        proc.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await interrupt(proc, timeout=30)
     await asyncio.sleep(0.5)
     # is_running() also checks the start time: a recycled pid is not one of ours.
     leftovers = [c for c in children if c.is_running()]

@@ -6,423 +6,190 @@ and two-factor quorums (also under concurrent approvals), the window clipping TT
 closing, break-glass with its review, cancel/admin-end revoking what was minted, two replicas
 sharing state through the ledger, and webhook notifications.
 
-The rules and their error codes are in ``tests/test_elevation_rules.py``; the helpers below
-are shared with it.
+The rules and their error codes are in ``tests/test_elevation_rules.py``; the helpers both
+use are in ``tests/support/elevation.py``. Scenarios that differ only in who does what and
+what they see are one parametrized test each (the happy paths, the ways a window closes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
-import hvac
-import hvac.exceptions
 import pytest
-import yaml
 from aiohttp import web
 
-from broker.auth import DevIssuer
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import ELEVATIONS
-from tests.conftest import REPO, RunningBroker, start_broker
-from tests.helpers import (
-    auth,
-    db_login,
-    ledger_rows,
-    ledger_text_count,
-    parse_ts,
-    poll,
+from tests.support.backends import LOGIN_REFUSED, admin_leases, db_login, lease_ttl, login_refused
+from tests.support.brokers import RunningBroker, running_broker
+from tests.support.elevation import (
+    REASON,
+    SRE_ONE,
+    ElevationApi,
+    can_insert_order,
+    elevation_rows,
+    events_of,
+    nothing_minted,
 )
+from tests.support.http import expect_error, parse_ts
+from tests.support.ledger import ledger_rows, ledger_text_count
+from tests.support.polling import poll
+from tests.support.tokens import mint
 
-# asyncpg errors when a login is refused or a session is terminated under us.
-LOGIN_REFUSED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
-
-REASON = "reindex orders after the 2am incident"
-SRE_ONE = [{"approver_groups": ["sre-leads"], "approvals": 1}]
-
-# --- shared helpers ----------------------------------------------------------------------
+# --- 1, 2. happy paths: a privileged database login and a privileged KV value ---------------
 
 
-@dataclass
-class Api:
-    """The elevation endpoints of one broker, returning ``(status, json)``."""
+@dataclass(frozen=True)
+class HappyPath:
+    """One privileged secret, requested by alice and approved by an SRE lead.
 
-    http: aiohttp.ClientSession
-    url: str
+    ``credential_used`` checks the credential against the real backend and returns the
+    values that must appear nowhere in the ledger.
+    """
 
-    async def call(self, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
-        kwargs: dict[str, Any] = {"headers": auth(token)}
-        if body is not None:
-            kwargs["json"] = body
-        async with self.http.request(method, self.url + path, **kwargs) as r:
-            if r.content_type == "application/json":
-                return r.status, await r.json()
-            return r.status, await r.text()
-
-    async def request(self, token: str, **body: Any) -> tuple[int, Any]:
-        return await self.call("POST", "/v1/elevations", token, body)
-
-    async def requested(self, token: str, **body: Any) -> dict[str, Any]:
-        body.setdefault("reason", REASON)
-        status, out = await self.request(token, **body)
-        assert status == 201, out
-        return dict(out)
-
-    async def get(self, token: str, eid: str) -> tuple[int, Any]:
-        return await self.call("GET", f"/v1/elevations/{eid}", token)
-
-    async def list(self, token: str, query: str = "") -> list[dict[str, Any]]:
-        status, out = await self.call("GET", f"/v1/elevations{query}", token)
-        assert status == 200, out
-        return list(out["elevations"])
-
-    async def act(self, verb: str, token: str, eid: str, body: Any = None) -> tuple[int, Any]:
-        return await self.call("POST", f"/v1/elevations/{eid}/{verb}", token, body)
-
-    async def approve(self, token: str, eid: str, comment: str | None = None) -> tuple[int, Any]:
-        return await self.act("approve", token, eid, {"comment": comment} if comment else None)
-
-    async def approved(self, token: str, eid: str) -> dict[str, Any]:
-        status, out = await self.approve(token, eid, "looks right")
-        assert status == 200, out
-        return dict(out)
-
-    async def deny(self, token: str, eid: str, comment: str | None = None) -> tuple[int, Any]:
-        return await self.act("deny", token, eid, {"comment": comment} if comment else None)
-
-    async def cancel(self, token: str, eid: str) -> tuple[int, Any]:
-        return await self.act("cancel", token, eid)
-
-    async def review(self, token: str, eid: str, comment: str | None = None) -> tuple[int, Any]:
-        return await self.act("review", token, eid, {"comment": comment} if comment else None)
-
-    async def redeem(self, token: str, eid: str, **body: Any) -> tuple[int, Any]:
-        return await self.act("credentials", token, eid, body or None)
-
-    async def redeemed(self, token: str, eid: str, **body: Any) -> dict[str, Any]:
-        status, out = await self.redeem(token, eid, **body)
-        assert status == 201, out
-        return dict(out)
-
-    async def revoke_grant(self, token: str, grant_id: str) -> None:
-        status, out = await self.call("DELETE", f"/v1/grants/{grant_id}", token)
-        assert status in (200, 409), out
+    secret: str
+    ask: dict[str, str]  # request fields besides the secret and the reason
+    approver: str
+    duration: int  # the window asked for, or the role's max_duration, in seconds
+    events: list[str]
+    deciders: list[str]  # subjects of the rows, in order
+    credential_used: Callable[[DevStack, dict[str, Any]], Awaitable[list[str]]]
 
 
-def expect_error(result: tuple[int, Any], status: int, code: str) -> None:
-    """The documented error shape, with exactly this status and code."""
-    got_status, body = result
-    assert isinstance(body, dict) and set(body) == {"error"}, result
-    assert set(body["error"]) == {"code", "message"}, body
-    assert (got_status, body["error"]["code"]) == (status, code), body
-    assert body["error"]["message"], body
+async def _database_login_used(stack: DevStack, grant: dict[str, Any]) -> list[str]:
+    cred = grant["credential"]
+    assert set(cred) == {"username", "password"}
+    assert grant["role"] == "orders-dba"
+    assert grant["lease_id"].startswith("database/creds/orders-admin/")
+    # Default TTL is the role's 30m; inside the 20m window it is clipped to the window.
+    assert await lease_ttl(stack, grant["lease_id"]) <= 1200
+    await can_insert_order(stack, cred)
+    return [cred["password"]]
 
 
-def mint(settings: Settings, subject: str, groups: list[str]) -> str:
-    """A dev token for any identity the demo does not have."""
-    assert settings.dev_issuer_key_path is not None
-    return DevIssuer.load_or_create(settings.dev_issuer_key_path).mint(subject, groups)
+async def _kv_value_used(stack: DevStack, grant: dict[str, Any]) -> list[str]:
+    expected = dict(stack.demo.secret_values["stripe/prod"])
+    assert grant["credential"]["data"] == expected
+    assert grant["lease_id"] is None
+    return list(expected.values())
 
 
-def vault_client(stack: DevStack) -> hvac.Client:
-    return hvac.Client(url=stack.bao.addr, token=stack.bao.root_token, timeout=10)
-
-
-async def admin_leases(stack: DevStack) -> set[str]:
-    """Leases OpenBao holds for privileged orders logins (LIST sys/leases/lookup)."""
-
-    def list_leases() -> set[str]:
-        try:
-            keys = vault_client(stack).sys.list_leases("database/creds/orders-admin")
-        except hvac.exceptions.InvalidPath:
-            return set()
-        return set(keys["data"]["keys"])
-
-    return await asyncio.to_thread(list_leases)
-
-
-async def lease_ttl(stack: DevStack, lease_id: str) -> int:
-    lease = await asyncio.to_thread(vault_client(stack).sys.read_lease, lease_id)
-    return int(lease["data"]["ttl"])
-
-
-async def count_rows(stack: DevStack, where: str, *args: Any) -> int:
-    conn = await asyncpg.connect(stack.superuser_dsn("broker"), timeout=5)
-    try:
-        n: int = await conn.fetchval(
-            f"SELECT count(*) FROM ledger.events e WHERE {where}",  # noqa: S608
-            *args,
-        )
-    finally:
-        await conn.close()
-    return n
-
-
-async def elevation_rows(stack: DevStack, eid: str) -> list[dict[str, Any]]:
-    """Every ledger row of one elevation (incl. grants minted under it), in order."""
-    return await ledger_rows(stack, "e.body->>'elevation_id' = $1", eid)
-
-
-@contextlib.asynccontextmanager
-async def nothing_minted(stack: DevStack) -> AsyncIterator[None]:
-    """Asserts the block minted nothing: no new admin lease, no issued/intent row."""
-    leases = await admin_leases(stack)
-    issued = await count_rows(stack, "e.event IN ('grant.issued', 'grant.intent')")
-    yield
-    assert await count_rows(stack, "e.event IN ('grant.issued', 'grant.intent')") == issued
-    assert await admin_leases(stack) - leases == set()
-
-
-async def login_refused(stack: DevStack, username: str, password: str) -> bool:
-    try:
-        conn = await db_login(stack, username, password)
-    except LOGIN_REFUSED:
-        return True
-    await conn.close()
-    return False
-
-
-async def can_insert_order(stack: DevStack, cred: dict[str, str]) -> None:
-    """Logs in with the credential and INSERTs (rolled back): the admin role works."""
-    conn = await db_login(stack, cred["username"], cred["password"])
-    try:
-        tr = conn.transaction()
-        await tr.start()
-        new_id = await conn.fetchval(
-            "INSERT INTO public.orders (customer, amount_cents) VALUES ('elev-test', 1)"
-            " RETURNING id"
-        )
-        assert new_id is not None
-        await tr.rollback()
-    finally:
-        await conn.close()
-
-
-def write_policies(dest: Path, catalog: dict[str, Any], roles: list[dict[str, Any]]) -> Path:
-    """The repo's policies plus one extra file with variant catalog entries and roles."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("catalog.yaml", "roles.yaml"):
-        shutil.copy(REPO / "policies" / name, dest / name)
-    doc = {"catalog": catalog, "roles": roles}
-    (dest / "zz-elevation-variants.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    return dest
-
-
-def admin_db_variant(name: str, **elevation: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A catalog alias of the orders-admin login plus a privileged role for it."""
-    secret = f"db/orders-admin-{name}"
-    max_ttl = elevation.pop("max_ttl", "30m")
-    entry = {"engine": "database", "mount": "database", "role": "orders-admin"}
-    role = {
-        "name": f"orders-dba-{name}",
-        "members": {"groups": ["engineering"]},
-        "secrets": [secret],
-        "max_ttl": max_ttl,
-        "privileged": True,
-        "elevation": {"max_duration": "1h", **elevation},
-    }
-    return {secret: entry}, role
-
-
-@contextlib.asynccontextmanager
-async def variant_broker(
-    settings: Settings,
-    policies_dir: Path,
-    replica_id: str,
-    *,
-    clock: Callable[[], datetime] | None = None,
-    **overrides: Any,
-) -> AsyncIterator[RunningBroker]:
-    running = await start_broker(
-        settings.with_overrides(
-            **{
-                "policies_dir": policies_dir,
-                "replica_id": replica_id,
-                "elevation_sweep_seconds": 0.5,
-                **overrides,
-            }
+_HAPPY_PATHS = [
+    pytest.param(
+        HappyPath(
+            secret="db/orders-admin",
+            ask={"duration": "20m"},
+            approver="bob",
+            duration=1200,
+            events=[
+                "elevation.requested",
+                "elevation.approved",
+                "elevation.activated",
+                "grant.intent",
+                "grant.issued",
+            ],
+            deciders=["alice", "bob", "bob", "alice", "alice"],
+            credential_used=_database_login_used,
         ),
-        clock=clock,
-    )
-    try:
-        yield running
-    finally:
-        await running.runner.cleanup()
-
-
-def variant_policies(dest: Path) -> Path:
-    """Two-of-N, two factors, a short window, and a 1-minute request expiry."""
-    catalog: dict[str, Any] = {}
-    roles = []
-    for name, elevation in (
-        ("2of2", {"approver_groups": ["sre-leads"], "approvals": 2}),
-        (
-            "2f",
-            {
-                "factors": [
-                    {"approver_groups": ["sre-leads"], "approvals": 1},
-                    {"approver_groups": ["security-admins"], "approvals": 1},
-                ]
-            },
+        id="database-login",
+    ),
+    pytest.param(
+        HappyPath(
+            secret="stripe/prod",
+            ask={"ticket": "INC-123"},  # no duration asked: the role's max_duration
+            approver="dana",
+            duration=3600,
+            events=[
+                "elevation.requested",
+                "elevation.approved",
+                "elevation.activated",
+                "grant.issued",
+            ],
+            deciders=["alice", "dana", "dana", "alice"],
+            credential_used=_kv_value_used,
         ),
-        (
-            "short",
-            {"approver_groups": ["sre-leads"], "max_duration": "3s", "max_ttl": "3s"},
-        ),
-        ("quick", {"approver_groups": ["sre-leads"], "request_expiry": "1m"}),
-    ):
-        entry, role = admin_db_variant(name, **elevation)
-        catalog.update(entry)
-        roles.append(role)
-    return write_policies(dest, catalog, roles)
+        id="kv-value",
+    ),
+]
 
 
-@pytest.fixture(scope="module")
-async def variant(broker_settings: Settings) -> AsyncIterator[RunningBroker]:
-    """A broker whose policy adds the variant roles (db/orders-admin-<variant>)."""
-    tmp = Path(tempfile.mkdtemp(prefix="elev-policies-"))
-    try:
-        policies = variant_policies(tmp / "policies")
-        async with variant_broker(broker_settings, policies, "elev-variants") as running:
-            yield running
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def events_of(rows: list[dict[str, Any]]) -> list[str]:
-    return [r["event"] for r in rows]
-
-
-# --- 1. happy path: privileged database login ---------------------------------------------
-
-
-async def test_happy_path_privileged_database_login(
+@pytest.mark.parametrize("path", _HAPPY_PATHS)
+async def test_happy_path(
+    path: HappyPath,
     stack: DevStack,
     broker: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
-    alice, bob = tokens["alice"], tokens["bob"]
+    api = ElevationApi(http, broker.url)
+    alice, approver = tokens["alice"], tokens[path.approver]
 
-    created = await api.requested(alice, secret="db/orders-admin", duration="20m")
+    created = await api.requested(alice, secret=path.secret, **path.ask)
     eid = created["id"]
     assert created["status"] == "pending"
     assert created["approvals_required"] == SRE_ONE
     assert created["approvals"] == []
     assert created["expires_at"] and created["window_ends_at"] is None
-    assert created["duration"] == 1200
+    assert created["duration"] == path.duration
     assert created["requester"] == "alice" and created["reason"] == REASON
+    assert created["ticket"] == path.ask.get("ticket")
     assert created["can_decide"] is False  # never for one's own request
 
-    # bob, an SRE lead, sees what he may decide; alice sees her own.
-    pending = {e["id"]: e for e in await api.list(bob, "?status=pending")}
+    # The SRE lead sees what they may decide; alice sees her own.
+    pending = {e["id"]: e for e in await api.list(approver, "?status=pending")}
     assert eid in pending and pending[eid]["can_decide"] is True
     mine = {e["id"]: e for e in await api.list(alice, "?status=pending")}
     assert eid in mine and mine[eid]["can_decide"] is False
 
-    approved = await api.approved(bob, eid)
+    approved = await api.approved(approver, eid)
     assert approved["status"] == "approved"
-    assert [a["approver"] for a in approved["approvals"]] == ["bob"]
+    assert [a["approver"] for a in approved["approvals"]] == [path.approver]
     assert approved["approvals"][0]["groups"] == ["sre-leads"]
     window_end = parse_ts(approved["window_ends_at"])
     approved_at = parse_ts(approved["approved_at"])
-    assert timedelta(seconds=1190) <= window_end - approved_at <= timedelta(seconds=1200)
-    assert eid not in {e["id"] for e in await api.list(bob, "?status=pending")}
+    window = timedelta(seconds=path.duration)
+    assert window - timedelta(seconds=10) <= window_end - approved_at <= window
+    assert eid not in {e["id"] for e in await api.list(approver, "?status=pending")}
 
     grant = await api.redeemed(alice, eid)
     try:
-        cred = grant["credential"]
-        assert set(cred) == {"username", "password"}
-        assert grant["secret"] == "db/orders-admin" and grant["role"] == "orders-dba"
-        assert grant["lease_id"].startswith("database/creds/orders-admin/")
-        # Default TTL is the role's 30m, inside the 20m window it is clipped to the window.
+        assert grant["secret"] == path.secret
         assert parse_ts(grant["expires_at"]) <= window_end
-        assert await lease_ttl(stack, grant["lease_id"]) <= 1200
-        await can_insert_order(stack, cred)
+        secret_values = await path.credential_used(stack, grant)
 
         status, el = await api.get(alice, eid)
         assert status == 200 and el["grants"] == [grant["id"]]
 
         rows = await elevation_rows(stack, eid)
-        assert events_of(rows) == [
-            "elevation.requested",
-            "elevation.approved",
-            "elevation.activated",
-            "grant.intent",
-            "grant.issued",
-        ], events_of(rows)
-        assert [r["subject"] for r in rows] == ["alice", "bob", "bob", "alice", "alice"]
-        version = grant["policy_version"]
+        assert events_of(rows) == path.events, events_of(rows)
+        assert [r["subject"] for r in rows] == path.deciders
         for r in rows:
-            assert r["policy_version"] == version, r
-            assert r["secret"] == "db/orders-admin"
-            assert cred["password"] not in r["_text"], f"password in ledger row {r['seq']}"
+            assert r["policy_version"] == grant["policy_version"], r
+            assert r["secret"] == path.secret
+            for value in secret_values:
+                assert value not in r["_text"], f"a secret value in ledger row {r['seq']}"
         assert rows[0]["body"]["reason"] == REASON
+        assert rows[0]["body"].get("ticket") == path.ask.get("ticket")
         issued = rows[-1]
         assert issued["grant_id"] == uuid.UUID(grant["id"])
         assert issued["lease_id"] == grant["lease_id"]
         assert issued["body"]["elevation_id"] == eid
-        assert issued["body"]["username"] == cred["username"]
-        assert await ledger_text_count(stack, cred["password"]) == 0
+        assert issued["body"].get("ticket") == path.ask.get("ticket")
+        if "username" in grant["credential"]:
+            assert issued["body"]["username"] == grant["credential"]["username"]
+        for value in secret_values:
+            assert await ledger_text_count(stack, value) == 0
     finally:
         await api.revoke_grant(alice, grant["id"])
-
-
-# --- 2. happy path: privileged KV value ---------------------------------------------------
-
-
-async def test_happy_path_privileged_kv_value(
-    stack: DevStack,
-    broker: RunningBroker,
-    tokens: dict[str, str],
-    http: aiohttp.ClientSession,
-) -> None:
-    api = Api(http, broker.url)
-    alice, dana = tokens["alice"], tokens["dana"]
-
-    created = await api.requested(alice, secret="stripe/prod", ticket="INC-123")
-    eid = created["id"]
-    assert created["status"] == "pending" and created["ticket"] == "INC-123"
-    assert created["duration"] == 3600  # no duration asked: the role's max_duration
-    approved = await api.approved(dana, eid)
-    assert approved["status"] == "approved"
-
-    grant = await api.redeemed(alice, eid)
-    expected = dict(stack.demo.secret_values["stripe/prod"])
-    assert grant["credential"]["data"] == expected
-    assert grant["lease_id"] is None
-    assert parse_ts(grant["expires_at"]) <= parse_ts(approved["window_ends_at"])
-
-    rows = await elevation_rows(stack, eid)
-    assert events_of(rows) == [
-        "elevation.requested",
-        "elevation.approved",
-        "elevation.activated",
-        "grant.issued",
-    ], events_of(rows)
-    assert [r["subject"] for r in rows] == ["alice", "dana", "dana", "alice"]
-    assert rows[0]["body"]["ticket"] == "INC-123"
-    for r in rows:
-        assert r["policy_version"] == grant["policy_version"]
-        for value in expected.values():
-            assert value not in r["_text"]
-    assert rows[-1]["body"]["elevation_id"] == eid
-    assert rows[-1]["body"]["ticket"] == "INC-123"
-    for value in expected.values():
-        assert await ledger_text_count(stack, value) == 0
 
 
 # --- 4. two-of-N, and concurrent approvals ------------------------------------------------
@@ -430,11 +197,11 @@ async def test_happy_path_privileged_kv_value(
 
 async def test_two_of_n_needs_two_distinct_approvers(
     stack: DevStack,
-    variant: RunningBroker,
+    elevation_variants: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, variant.url)
+    api = ElevationApi(http, elevation_variants.url)
     created = await api.requested(tokens["alice"], secret="db/orders-admin-2of2")
     eid = created["id"]
     assert created["approvals_required"] == [{"approver_groups": ["sre-leads"], "approvals": 2}]
@@ -464,12 +231,12 @@ async def test_two_of_n_needs_two_distinct_approvers(
 
 async def test_concurrent_approvals_count_once(
     stack: DevStack,
-    variant: RunningBroker,
+    elevation_variants: RunningBroker,
     broker: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, variant.url)
+    api = ElevationApi(http, elevation_variants.url)
     alice, bob, dana = tokens["alice"], tokens["bob"], tokens["dana"]
 
     # Two-of-N: bob and dana at the same moment, ten times over.
@@ -495,7 +262,7 @@ async def test_concurrent_approvals_count_once(
     assert (await api.get(alice, eid))[1]["status"] == "pending"
 
     # One-of-N (the demo role): two approvers racing activate it exactly once.
-    main = Api(http, broker.url)
+    main = ElevationApi(http, broker.url)
     for _ in range(5):
         eid = (await main.requested(alice, secret="db/orders-admin"))["id"]
         raced = await asyncio.gather(main.approve(bob, eid), main.approve(dana, eid))
@@ -515,11 +282,11 @@ async def test_concurrent_approvals_count_once(
 async def test_two_factors_need_two_people(
     stack: DevStack,
     broker_settings: Settings,
-    variant: RunningBroker,
+    elevation_variants: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, variant.url)
+    api = ElevationApi(http, elevation_variants.url)
     alice, bob, erin = tokens["alice"], tokens["bob"], tokens["erin"]
 
     eid = (await api.requested(alice, secret="db/orders-admin-2f"))["id"]
@@ -551,11 +318,11 @@ async def test_two_factors_need_two_people(
 
 async def test_window_end_clips_every_ttl(
     stack: DevStack,
-    variant: RunningBroker,
+    elevation_variants: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, variant.url)
+    api = ElevationApi(http, elevation_variants.url)
     alice = tokens["alice"]
     eid = (await api.requested(alice, secret="db/orders-admin-short", duration="1h"))["id"]
     approved = await api.approved(tokens["bob"], eid)
@@ -590,11 +357,11 @@ async def test_window_end_clips_every_ttl(
 
 async def test_window_elapsed_refuses_and_sweeper_records_it(
     stack: DevStack,
-    variant: RunningBroker,
+    elevation_variants: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, variant.url)
+    api = ElevationApi(http, elevation_variants.url)
     alice = tokens["alice"]
     eid = (await api.requested(alice, secret="db/orders-admin-short"))["id"]
     approved = await api.approved(tokens["bob"], eid)
@@ -634,7 +401,7 @@ async def test_break_glass_issued_flagged_and_listed_until_reviewed(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice, bob, erin = tokens["alice"], tokens["bob"], tokens["erin"]
 
     created = await api.requested(alice, secret="db/orders-admin", break_glass=True)
@@ -691,72 +458,78 @@ async def test_break_glass_issued_flagged_and_listed_until_reviewed(
 # --- 8. cancel / admin end revoke what was minted -----------------------------------------
 
 
-async def test_cancel_during_window_revokes_the_login(
+@dataclass(frozen=True)
+class Closing:
+    """Who requests, approves and then closes an elevation during its window."""
+
+    requester: str
+    approver: str
+    closer: str
+    status: str  # what the close answers
+    event: str  # the ledger row it writes
+    refused: tuple[str, int, str] | None = None  # someone else trying first: who, status, code
+
+
+_CLOSINGS = [
+    pytest.param(
+        Closing(
+            "alice", "bob", "alice", "cancelled", "elevation.cancelled",
+            # Only the requester (or an admin) cancels.
+            refused=("dana", 403, "not_requester"),
+        ),
+        id="requester-cancels",
+    ),
+    pytest.param(
+        # bob is an engineer too, so eligible; dana approves him; erin is an admin.
+        Closing("bob", "dana", "erin", "ended", "elevation.ended"),
+        id="admin-ends-someone-elses",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("closing", _CLOSINGS)
+async def test_closing_during_window_revokes_the_login(
+    closing: Closing,
     stack: DevStack,
     broker: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
-    alice = tokens["alice"]
-    eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
-    await api.approved(tokens["bob"], eid)
-    grant = await api.redeemed(alice, eid)
+    api = ElevationApi(http, broker.url)
+    requester = tokens[closing.requester]
+    eid = (await api.requested(requester, secret="db/orders-admin"))["id"]
+    await api.approved(tokens[closing.approver], eid)
+    grant = await api.redeemed(requester, eid)
     cred = grant["credential"]
-    conn = await db_login(stack, cred["username"], cred["password"])
+    conn = await db_login(stack, cred["username"], cred["password"])  # the login works
     try:
-        # Only the requester (or an admin) cancels.
-        expect_error(await api.cancel(tokens["dana"], eid), 403, "not_requester")
-        status, out = await api.cancel(alice, eid)
-        assert status == 200 and out["status"] == "cancelled", out
+        if closing.refused is not None:
+            who, status, code = closing.refused
+            expect_error(await api.cancel(tokens[who], eid), status, code)
+        status, out = await api.cancel(tokens[closing.closer], eid)
+        assert status == 200 and out["status"] == closing.status, out
+        assert out["closed"]["by"] == closing.closer
+        # The open session dies with the login.
         with pytest.raises(LOGIN_REFUSED):
             await conn.fetchval("SELECT count(*) FROM public.orders")
     finally:
         await conn.close()
     assert await login_refused(stack, cred["username"], cred["password"])
-    assert grant["lease_id"].split("/")[-1] not in await admin_leases(stack)
-
-    revoked = await ledger_rows(
-        stack, "e.grant_id = $1 AND e.event = 'grant.revoked'", uuid.UUID(grant["id"])
-    )
-    assert len(revoked) == 1 and revoked[0]["subject"] == "alice"
-    # The revocation names the elevation it ended under: the story reads in one query.
-    assert revoked[0]["body"]["elevation_id"] == eid
-    kinds = events_of(await elevation_rows(stack, eid))
-    assert kinds[-2:] == ["elevation.cancelled", "grant.revoked"], kinds
-    async with nothing_minted(stack):
-        expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
-
-
-async def test_admin_ends_someone_elses_elevation_and_revokes(
-    stack: DevStack,
-    broker: RunningBroker,
-    tokens: dict[str, str],
-    http: aiohttp.ClientSession,
-) -> None:
-    api = Api(http, broker.url)
-    bob = tokens["bob"]  # an engineer too, so eligible; dana approves him
-    eid = (await api.requested(bob, secret="db/orders-admin"))["id"]
-    await api.approved(tokens["dana"], eid)
-    grant = await api.redeemed(bob, eid)
-    cred = grant["credential"]
-    assert not await login_refused(stack, cred["username"], cred["password"])
-
-    status, out = await api.cancel(tokens["erin"], eid)
-    assert status == 200 and out["status"] == "ended", out
-    assert out["closed"]["by"] == "erin"
-    assert await login_refused(stack, cred["username"], cred["password"])
+    assert grant["lease_id"] not in await admin_leases(stack)
 
     rows = await elevation_rows(stack, eid)
-    ended = [r for r in rows if r["event"] == "elevation.ended"]
-    assert len(ended) == 1 and ended[0]["subject"] == "erin"
+    closed = [r for r in rows if r["event"] == closing.event]
+    assert len(closed) == 1 and closed[0]["subject"] == closing.closer
     revoked = await ledger_rows(
         stack, "e.grant_id = $1 AND e.event = 'grant.revoked'", uuid.UUID(grant["id"])
     )
-    assert len(revoked) == 1 and revoked[0]["subject"] == "erin"
-    assert revoked[0]["body"]["grant_subject"] == "bob"
+    assert len(revoked) == 1 and revoked[0]["subject"] == closing.closer
+    assert revoked[0]["body"]["grant_subject"] == closing.requester
+    # The revocation names the elevation it ended under: the story reads in one query.
+    assert revoked[0]["body"]["elevation_id"] == eid
+    assert events_of(rows)[-2:] == [closing.event, "grant.revoked"], events_of(rows)
     async with nothing_minted(stack):
-        expect_error(await api.redeem(bob, eid), 409, "elevation_not_active")
+        expect_error(await api.redeem(requester, eid), 409, "elevation_not_active")
 
 
 # --- 9. replicas ---------------------------------------------------------------------------
@@ -768,31 +541,27 @@ async def test_replicas_share_state_through_the_ledger(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    one = await start_broker(broker_settings.with_overrides(replica_id="elev-r1"))
-    try:
-        two = await start_broker(broker_settings.with_overrides(replica_id="elev-r2"))
+    async with (
+        running_broker(broker_settings, replica_id="elev-r1") as one,
+        running_broker(broker_settings, replica_id="elev-r2") as two,
+    ):
+        a, b = ElevationApi(http, one.url), ElevationApi(http, two.url)
+        eid = (await a.requested(tokens["alice"], secret="db/orders-admin"))["id"]
+        assert eid in {e["id"] for e in await b.list(tokens["bob"], "?status=pending")}
+        assert (await b.approved(tokens["bob"], eid))["status"] == "approved"
+        # The other replica sees the decision: a second vote is refused there.
+        expect_error(await a.approve(tokens["dana"], eid), 409, "elevation_not_pending")
+        grant = await a.redeemed(tokens["alice"], eid)
         try:
-            a, b = Api(http, one.url), Api(http, two.url)
-            eid = (await a.requested(tokens["alice"], secret="db/orders-admin"))["id"]
-            assert eid in {e["id"] for e in await b.list(tokens["bob"], "?status=pending")}
-            assert (await b.approved(tokens["bob"], eid))["status"] == "approved"
-            # The other replica sees the decision: a second vote is refused there.
-            expect_error(await a.approve(tokens["dana"], eid), 409, "elevation_not_pending")
-            grant = await a.redeemed(tokens["alice"], eid)
-            try:
-                await can_insert_order(stack, grant["credential"])
-            finally:
-                await b.revoke_grant(tokens["alice"], grant["id"])
-            rows = await elevation_rows(stack, eid)
-            by_event = {r["event"]: r["replica"] for r in rows}
-            assert by_event["elevation.requested"] == "elev-r1"
-            assert by_event["elevation.approved"] == "elev-r2"
-            assert by_event["elevation.activated"] == "elev-r2"
-            assert by_event["grant.issued"] == "elev-r1"
+            await can_insert_order(stack, grant["credential"])
         finally:
-            await two.runner.cleanup()
-    finally:
-        await one.runner.cleanup()
+            await b.revoke_grant(tokens["alice"], grant["id"])
+        rows = await elevation_rows(stack, eid)
+        by_event = {r["event"]: r["replica"] for r in rows}
+        assert by_event["elevation.requested"] == "elev-r1"
+        assert by_event["elevation.approved"] == "elev-r2"
+        assert by_event["elevation.activated"] == "elev-r2"
+        assert by_event["grant.issued"] == "elev-r1"
 
 
 # --- 10. webhooks --------------------------------------------------------------------------
@@ -845,70 +614,64 @@ async def test_webhook_tells_approvers_without_secrets_and_never_blocks(
 ) -> None:
     good = Hook()
     bad = Hook(status=500, delay=1.5)  # slow and failing: must cost the API nothing
-    async with hook_server(good, bad):
-        settings = broker_settings.with_overrides(
-            replica_id="elev-hooks", webhook_urls=(good.url, bad.url)
+    async with (
+        hook_server(good, bad),
+        running_broker(
+            broker_settings, replica_id="elev-hooks", webhook_urls=(good.url, bad.url)
+        ) as running,
+    ):
+        api = ElevationApi(http, running.url)
+        t0 = time.monotonic()
+        eid = (await api.requested(tokens["alice"], secret="stripe/prod", ticket="INC-77"))["id"]
+        await api.approved(tokens["bob"], eid)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.0, f"request + approve took {elapsed:.2f}s with a slow webhook"
+        grant = await api.redeemed(tokens["alice"], eid)
+
+        def kinds(h: Hook) -> list[str]:
+            return [b["kind"] for b in h.bodies if b.get("fields", {}).get("elevation_id") == eid]
+
+        got = await poll(
+            lambda: asyncio.sleep(0, kinds(good)),
+            lambda k: {"elevation.requested", "elevation.approved"} <= set(k),
         )
-        running = await start_broker(settings)
-        try:
-            api = Api(http, running.url)
-            t0 = time.monotonic()
-            eid = (await api.requested(tokens["alice"], secret="stripe/prod", ticket="INC-77"))[
-                "id"
-            ]
-            await api.approved(tokens["bob"], eid)
-            elapsed = time.monotonic() - t0
-            assert elapsed < 1.0, f"request + approve took {elapsed:.2f}s with a slow webhook"
-            grant = await api.redeemed(tokens["alice"], eid)
+        assert {"elevation.requested", "elevation.approved"} <= set(got), got
+        mine = [b for b in good.bodies if b["fields"].get("elevation_id") == eid]
+        for body in mine:
+            assert set(body) == {"text", "kind", "fields"}
+            assert isinstance(body["text"], str) and body["text"]
+            assert body["fields"]["secret"] == "stripe/prod"
+            assert body["fields"]["requester"] == "alice"
+        assert set(good.content_types) == {"application/json"}
+        secret_values = list(stack.demo.secret_values["stripe/prod"].values())
+        for h in (good, bad):
+            for body in h.bodies:
+                text = str(body)
+                for value in [*secret_values, *grant["credential"]["data"].values()]:
+                    assert value not in text
 
-            def kinds(h: Hook) -> list[str]:
-                return [
-                    b["kind"] for b in h.bodies if b.get("fields", {}).get("elevation_id") == eid
-                ]
-
-            got = await poll(
-                lambda: asyncio.sleep(0, kinds(good)),
-                lambda k: {"elevation.requested", "elevation.approved"} <= set(k),
-            )
-            assert {"elevation.requested", "elevation.approved"} <= set(got), got
-            mine = [b for b in good.bodies if b["fields"].get("elevation_id") == eid]
-            for body in mine:
-                assert set(body) == {"text", "kind", "fields"}
-                assert isinstance(body["text"], str) and body["text"]
-                assert body["fields"]["secret"] == "stripe/prod"
-                assert body["fields"]["requester"] == "alice"
-            assert set(good.content_types) == {"application/json"}
-            secret_values = list(stack.demo.secret_values["stripe/prod"].values())
-            for h in (good, bad):
-                for body in h.bodies:
-                    text = str(body)
-                    for value in [*secret_values, *grant["credential"]["data"].values()]:
-                        assert value not in text
-
-            # The failing hook is retried in the background.
-            retried = await poll(
-                lambda: asyncio.sleep(0, kinds(bad).count("elevation.requested")),
-                lambda n: n >= 2,
-                timeout=8,
-            )
-            assert retried >= 2, bad.bodies
-        finally:
-            await running.runner.cleanup()
+        # The failing hook is retried in the background.
+        retried = await poll(
+            lambda: asyncio.sleep(0, kinds(bad).count("elevation.requested")),
+            lambda n: n >= 2,
+            timeout=8,
+        )
+        assert retried >= 2, bad.bodies
 
 
 # --- the sweep leaves open elevations alone ---------------------------------------------
 
 
 async def test_sweep_on_idle_broker_closes_nothing_open(
-    variant: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession
+    elevation_variants: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession
 ) -> None:
     """An open window and a fresh request survive a sweep untouched."""
-    api = Api(http, variant.url)
+    api = ElevationApi(http, elevation_variants.url)
     pending = (await api.requested(tokens["alice"], secret="db/orders-admin-2of2"))["id"]
     active = (await api.requested(tokens["alice"], secret="db/orders-admin-2f"))["id"]
     await api.approved(tokens["bob"], active)
     await api.approved(tokens["erin"], active)
-    await variant.app[ELEVATIONS].sweep()
+    await elevation_variants.app[ELEVATIONS].sweep()
     assert (await api.get(tokens["alice"], pending))[1]["status"] == "pending"
     assert (await api.get(tokens["alice"], active))[1]["status"] == "approved"
     await api.cancel(tokens["alice"], pending)

@@ -2,19 +2,19 @@
 
 "Nothing minted" is checked where it matters: no new OpenBao lease for the privileged orders
 login (LIST sys/leases/lookup) and no new ``grant.intent``/``grant.issued`` ledger row.
+The refusals are tables: a vote that does not count, a request closed for good, a request
+the broker will not take; each row is its own test on its own elevation.
 Request expiry is checked twice: on the pure state fold with synthetic events, and on a real
 broker whose elevation service reads a clock moved past the (1 minute) request expiry.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -24,31 +24,18 @@ from broker.ledger import Event
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import ELEVATIONS
-from tests.conftest import RunningBroker
-from tests.helpers import parse_ts
-from tests.test_elevation import (
+from tests.support.brokers import RunningBroker, running_broker
+from tests.support.elevation import (
     REASON,
-    Api,
-    count_rows,
+    ElevationApi,
     elevation_rows,
     events_of,
-    expect_error,
-    mint,
     nothing_minted,
-    variant_broker,
-    variant_policies,
 )
-
-
-@pytest.fixture(scope="module")
-async def variants(broker_settings: Settings) -> AsyncIterator[RunningBroker]:
-    tmp = Path(tempfile.mkdtemp(prefix="elev-rules-policies-"))
-    try:
-        policies = variant_policies(tmp / "policies")
-        async with variant_broker(broker_settings, policies, "elev-rules") as running:
-            yield running
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+from tests.support.http import expect_error, parse_ts
+from tests.support.ledger import count_events, session_ledger_dsn
+from tests.support.policies import elevation_variant_policies
+from tests.support.tokens import mint
 
 
 async def _votes(stack: DevStack, eid: str) -> list[str]:
@@ -57,131 +44,184 @@ async def _votes(stack: DevStack, eid: str) -> list[str]:
     ]
 
 
-async def _status(api: Api, token: str, eid: str) -> str:
-    status, el = await api.get(token, eid)
-    assert status == 200, el
-    return str(el["status"])
+# --- deciding: votes that do not count -------------------------------------------------------
 
 
-# --- deciding --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Voter:
+    """A demo identity's own token, or one minted for ``name`` in ``groups``."""
+
+    name: str
+    groups: tuple[str, ...] | None = None
+
+    def token(self, settings: Settings, tokens: dict[str, str]) -> str:
+        if self.groups is None:
+            return tokens[self.name]
+        return mint(settings, self.name, list(self.groups))
 
 
-async def test_no_self_approval_under_any_spelling(
+@dataclass(frozen=True)
+class VoteRefused:
+    """alice asks for ``secret``; ``voted`` approve first; ``voter`` then tries ``verbs``.
+
+    ``listed``: ``"yes"`` if the voter must see the request pending (never decidable),
+    ``"either"`` if it may be hidden from them or shown undecidable, None if not checked.
+    """
+
+    voter: Voter
+    verbs: tuple[str, ...]
+    status: int
+    code: str
+    secret: str = "db/orders-admin"
+    voted: tuple[str, ...] = ()
+    listed: Literal["yes", "either"] | None = None
+
+
+# Second identities of the same subject hold the approver group: still alice's own request.
+_SELF_SPELLED = ("engineering", "sre-leads")
+
+_VOTES_REFUSED = [
+    pytest.param(
+        VoteRefused(Voter("alice"), ("approve",), 403, "self_approval"),
+        id="self",
+    ),
+    pytest.param(
+        VoteRefused(
+            Voter("ALICE", _SELF_SPELLED), ("approve", "deny"), 403, "self_approval",
+            listed="either",
+        ),
+        id="self-upper-case",
+    ),
+    pytest.param(
+        VoteRefused(
+            Voter(" alice", _SELF_SPELLED), ("approve", "deny"), 403, "self_approval",
+            listed="either",
+        ),
+        id="self-leading-space",
+    ),
+    # carol (auditor) and erin (security admin) may see it, not decide it.
+    pytest.param(
+        VoteRefused(Voter("carol"), ("approve", "deny"), 403, "not_an_approver", listed="yes"),
+        id="auditor",
+    ),
+    pytest.param(
+        VoteRefused(Voter("erin"), ("approve", "deny"), 403, "not_an_approver", listed="yes"),
+        id="security-admin",
+    ),
+    # bob after leaving sre-leads: not an approver any more (nor may he see it).
+    pytest.param(
+        VoteRefused(Voter("bob", ("engineering",)), ("approve",), 404, "elevation_not_found"),
+        id="former-approver",
+    ),
+    # Two-of-N: one vote per approver, under any spelling of the approver.
+    pytest.param(
+        VoteRefused(
+            Voter("bob"), ("approve",), 409, "already_voted",
+            secret="db/orders-admin-2of2", voted=("bob",),
+        ),
+        id="second-vote",
+    ),
+    pytest.param(
+        VoteRefused(
+            Voter("BOB", ("sre-leads",)), ("approve",), 409, "already_voted",
+            secret="db/orders-admin-2of2", voted=("bob",),
+        ),
+        id="second-vote-upper-case",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _VOTES_REFUSED)
+async def test_vote_that_does_not_count(
+    case: VoteRefused,
     stack: DevStack,
     broker_settings: Settings,
     broker: RunningBroker,
+    elevation_variants: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    on = elevation_variants if case.secret.endswith("-2of2") else broker
+    api = ElevationApi(http, on.url)
     alice = tokens["alice"]
-    eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
-    # Second identities of the same subject, even holding the approver group.
-    upper = mint(broker_settings, "ALICE", ["engineering", "sre-leads"])
-    spaced = mint(broker_settings, " alice", ["engineering", "sre-leads"])
+    eid = (await api.requested(alice, secret=case.secret))["id"]
+    for name in case.voted:
+        await api.approved(tokens[name], eid)
+    token = case.voter.token(broker_settings, tokens)
     async with nothing_minted(stack):
-        expect_error(await api.approve(alice, eid), 403, "self_approval")
-        for token in (upper, spaced):
-            expect_error(await api.approve(token, eid, "me again"), 403, "self_approval")
-            expect_error(await api.deny(token, eid, "me again"), 403, "self_approval")
+        for verb in case.verbs:
+            result = await api.act(verb, token, eid, {"comment": "not mine to decide"})
+            expect_error(result, case.status, case.code)
+        if case.listed is not None:
             listed = {e["id"]: e for e in await api.list(token, "?status=pending")}
+            assert eid in listed or case.listed == "either", listed.keys()
             assert eid not in listed or listed[eid]["can_decide"] is False
-            expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
-    assert await _votes(stack, eid) == []
-    assert await _status(api, alice, eid) == "pending"
+        expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
+    assert await _votes(stack, eid) == list(case.voted)
+    assert await api.status_of(alice, eid) == "pending"
     await api.cancel(alice, eid)
 
 
-async def test_approver_must_be_in_a_factor_group_now(
-    stack: DevStack,
-    broker_settings: Settings,
-    broker: RunningBroker,
-    tokens: dict[str, str],
-    http: aiohttp.ClientSession,
-) -> None:
-    api = Api(http, broker.url)
-    alice = tokens["alice"]
-    eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
-    async with nothing_minted(stack):
-        # carol (auditor) and erin (security admin) may see it, not decide it.
-        for name in ("carol", "erin"):
-            expect_error(await api.approve(tokens[name], eid), 403, "not_an_approver")
-            expect_error(await api.deny(tokens[name], eid, "no"), 403, "not_an_approver")
-            listed = {e["id"]: e for e in await api.list(tokens[name], "?status=pending")}
-            assert listed[eid]["can_decide"] is False
-        # bob after leaving sre-leads: not an approver any more (nor may he see it).
-        ex_lead = mint(broker_settings, "bob", ["engineering"])
-        expect_error(await api.approve(ex_lead, eid), 404, "elevation_not_found")
-    assert await _votes(stack, eid) == []
-    assert await _status(api, alice, eid) == "pending"
-    await api.cancel(alice, eid)
-
-
-async def test_one_vote_per_approver_in_two_of_n(
-    stack: DevStack,
-    variants: RunningBroker,
-    broker_settings: Settings,
-    tokens: dict[str, str],
-    http: aiohttp.ClientSession,
-) -> None:
-    api = Api(http, variants.url)
-    eid = (await api.requested(tokens["alice"], secret="db/orders-admin-2of2"))["id"]
-    await api.approved(tokens["bob"], eid)
-    bob_upper = mint(broker_settings, "BOB", ["sre-leads"])
-    async with nothing_minted(stack):
-        expect_error(await api.approve(tokens["bob"], eid), 409, "already_voted")
-        # The same approver under another spelling is still one vote.
-        expect_error(await api.approve(bob_upper, eid), 409, "already_voted")
-        expect_error(await api.redeem(tokens["alice"], eid), 409, "elevation_not_active")
-    assert await _votes(stack, eid) == ["bob"]
-    assert await _status(api, tokens["alice"], eid) == "pending"
-    await api.cancel(tokens["alice"], eid)
-
-
-async def test_denial_needs_a_comment_and_is_final(
+async def test_denial_needs_a_comment(
     stack: DevStack,
     broker: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
-    alice, bob, dana = tokens["alice"], tokens["bob"], tokens["dana"]
+    api = ElevationApi(http, broker.url)
+    alice, bob = tokens["alice"], tokens["bob"]
     eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
     async with nothing_minted(stack):
         expect_error(await api.deny(bob, eid), 400, "comment_required")
         expect_error(await api.act("deny", bob, eid, {"comment": ""}), 400, "comment_required")
-        assert await _status(api, alice, eid) == "pending"
-
-        status, denied = await api.deny(bob, eid, "use the read-only login")
-        assert status == 200 and denied["status"] == "denied", denied
-        assert denied["closed"]["by"] == "bob"
-        expect_error(await api.approve(dana, eid), 409, "elevation_not_pending")
-        expect_error(await api.deny(dana, eid, "again"), 409, "elevation_not_pending")
-        expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
-        expect_error(await api.cancel(alice, eid), 409, "elevation_not_pending")
-    assert await _votes(stack, eid) == []
-    assert events_of(await elevation_rows(stack, eid)) == [
-        "elevation.requested",
-        "elevation.denied",
-    ]
+    assert await api.status_of(alice, eid) == "pending"
+    assert events_of(await elevation_rows(stack, eid)) == ["elevation.requested"]
+    await api.cancel(alice, eid)
 
 
-async def test_cancelled_request_cannot_be_approved_or_redeemed(
+# --- closed for good: denied or cancelled -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Close:
+    """``who`` closes alice's pending request with ``verb``; it is then ``status`` for good."""
+
+    verb: str
+    who: str
+    status: str
+    event: str
+
+
+_CLOSES = [
+    pytest.param(Close("deny", "bob", "denied", "elevation.denied"), id="denied"),
+    pytest.param(Close("cancel", "alice", "cancelled", "elevation.cancelled"), id="cancelled"),
+]
+
+
+@pytest.mark.parametrize("close", _CLOSES)
+async def test_closed_request_is_final(
+    close: Close,
     stack: DevStack,
     broker: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
-    alice = tokens["alice"]
+    api = ElevationApi(http, broker.url)
+    alice, bob, dana = tokens["alice"], tokens["bob"], tokens["dana"]
     eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
     async with nothing_minted(stack):
-        status, out = await api.cancel(alice, eid)
-        assert status == 200 and out["status"] == "cancelled", out
-        expect_error(await api.approve(tokens["bob"], eid), 409, "elevation_not_pending")
+        body = {"comment": "use the read-only login"} if close.verb == "deny" else None
+        status, closed = await api.act(close.verb, tokens[close.who], eid, body)
+        assert status == 200 and closed["status"] == close.status, closed
+        assert closed["closed"]["by"] == close.who
+        for approver in (bob, dana):
+            expect_error(await api.approve(approver, eid), 409, "elevation_not_pending")
+        expect_error(await api.deny(dana, eid, "again"), 409, "elevation_not_pending")
         expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")
+        expect_error(await api.cancel(alice, eid), 409, "elevation_not_pending")
     assert await _votes(stack, eid) == []
-    assert await _status(api, alice, eid) == "cancelled"
+    assert await api.status_of(alice, eid) == close.status
+    assert events_of(await elevation_rows(stack, eid)) == ["elevation.requested", close.event]
 
 
 # --- redeeming -------------------------------------------------------------------------------
@@ -194,7 +234,7 @@ async def test_redeem_only_by_the_requester_and_only_once_approved(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice = tokens["alice"]
     eid = (await api.requested(alice, secret="db/orders-admin"))["id"]
     async with nothing_minted(stack):
@@ -214,7 +254,7 @@ async def test_requester_cannot_widen_secret_or_duration(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
+    api = ElevationApi(http, broker.url)
     alice = tokens["alice"]
     # Longer than max_duration (1h): clipped, and the answer says so.
     long = await api.requested(alice, secret="db/orders-admin", duration="10h")
@@ -243,45 +283,56 @@ async def test_requester_cannot_widen_secret_or_duration(
 
 # --- asking ----------------------------------------------------------------------------------
 
+_REQUESTS_REFUSED = [
+    ({"secret": "db/orders-admin"}, 400, "reason_required"),
+    ({"secret": "db/orders-admin", "reason": "   "}, 400, "reason_required"),
+    ({"secret": "db/orders-admin", "reason": "."}, 400, "reason_too_short"),
+    ({"secret": "db/orders-admin", "reason": "fix it"}, 400, "reason_too_short"),
+    ({"secret": "db/orders-admin", "reason": "............"}, 400, "reason_too_short"),
+    ({"secret": "stripe/prod", "reason": REASON}, 400, "ticket_required"),
+    ({"secret": "stripe/prod", "reason": REASON, "ticket": "JIRA-1"}, 400, "invalid_ticket"),
+    (
+        {"secret": "stripe/prod", "reason": REASON, "ticket": "INC-1", "break_glass": True},
+        403,
+        "break_glass_not_allowed",
+    ),
+    ({"secret": "stripe/test", "reason": REASON}, 409, "elevation_not_needed"),
+    ({"secret": "db/orders-ro", "reason": REASON}, 409, "elevation_not_needed"),
+    ({"secret": "nope/nothing", "reason": REASON}, 404, "unknown_secret"),
+]
 
-async def test_request_rules_each_with_its_code(
+
+@pytest.mark.parametrize(
+    ("who", "body", "status", "code"),
+    [
+        *(
+            pytest.param("alice", *case, id=f"{n}-{case[2]}")
+            for n, case in enumerate(_REQUESTS_REFUSED, start=1)
+        ),
+        # Not eligible at all: an auditor asking for the admin login.
+        pytest.param(
+            "carol", {"secret": "db/orders-admin", "reason": REASON}, 403, "denied", id="denied"
+        ),
+    ],
+)
+async def test_request_refused_with_its_code(
+    who: str,
+    body: dict[str, Any],
+    status: int,
+    code: str,
     stack: DevStack,
     broker: RunningBroker,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    api = Api(http, broker.url)
-    alice = tokens["alice"]
-    requested = await count_rows(stack, "e.event = 'elevation.requested'")
-    cases: list[tuple[dict[str, Any], int, str]] = [
-        ({"secret": "db/orders-admin"}, 400, "reason_required"),
-        ({"secret": "db/orders-admin", "reason": "   "}, 400, "reason_required"),
-        ({"secret": "db/orders-admin", "reason": "."}, 400, "reason_too_short"),
-        ({"secret": "db/orders-admin", "reason": "fix it"}, 400, "reason_too_short"),
-        ({"secret": "db/orders-admin", "reason": "............"}, 400, "reason_too_short"),
-        ({"secret": "stripe/prod", "reason": REASON}, 400, "ticket_required"),
-        ({"secret": "stripe/prod", "reason": REASON, "ticket": "JIRA-1"}, 400, "invalid_ticket"),
-        (
-            {"secret": "stripe/prod", "reason": REASON, "ticket": "INC-1", "break_glass": True},
-            403,
-            "break_glass_not_allowed",
-        ),
-        ({"secret": "stripe/test", "reason": REASON}, 409, "elevation_not_needed"),
-        ({"secret": "db/orders-ro", "reason": REASON}, 409, "elevation_not_needed"),
-        ({"secret": "nope/nothing", "reason": REASON}, 404, "unknown_secret"),
-    ]
+    api = ElevationApi(http, broker.url)
+    requested = "e.event = 'elevation.requested'"
+    before = await count_events(session_ledger_dsn(stack), requested)
     async with nothing_minted(stack):
-        for body, status, code in cases:
-            result = await api.request(alice, **body)
-            assert (result[0], result[1]["error"]["code"]) == (status, code), (body, result)
-            expect_error(result, status, code)
-        # Not eligible at all: an auditor asking for the admin login.
-        expect_error(
-            await api.request(tokens["carol"], secret="db/orders-admin", reason=REASON),
-            403,
-            "denied",
-        )
-    assert await count_rows(stack, "e.event = 'elevation.requested'") == requested
+        result = await api.request(tokens[who], **body)
+        assert (result[0], result[1]["error"]["code"]) == (status, code), (body, result)
+        expect_error(result, status, code)
+    assert await count_events(session_ledger_dsn(stack), requested) == before
 
 
 # --- request expiry --------------------------------------------------------------------------
@@ -375,15 +426,15 @@ async def test_request_expiry_on_a_real_broker(
 ) -> None:
     """request_expiry is 1m (the minimum): the broker's injected clock is moved past it."""
     shift = [timedelta(0)]
-    policies = variant_policies(tmp_path / "policies")
-    async with variant_broker(
+    policies = elevation_variant_policies(tmp_path / "policies")
+    async with running_broker(
         broker_settings,
-        policies,
-        "elev-expiry",
         clock=lambda: datetime.now(UTC) + shift[0],
+        policies_dir=policies,
+        replica_id="elev-expiry",
         elevation_sweep_seconds=3600.0,  # this test runs the sweep itself
     ) as running:
-        api = Api(http, running.url)
+        api = ElevationApi(http, running.url)
         alice, bob = tokens["alice"], tokens["bob"]
         created = await api.requested(alice, secret="db/orders-admin-quick")
         eid = created["id"]
@@ -392,7 +443,7 @@ async def test_request_expiry_on_a_real_broker(
         assert expires_at - parse_ts(created["requested_at"]) <= timedelta(seconds=61)
 
         shift[0] = timedelta(seconds=62)
-        assert await _status(api, alice, eid) == "expired"
+        assert await api.status_of(alice, eid) == "expired"
         async with nothing_minted(stack):
             expect_error(await api.approve(bob, eid), 409, "elevation_not_pending")
             expect_error(await api.deny(bob, eid, "too late"), 409, "elevation_not_pending")
@@ -406,7 +457,7 @@ async def test_request_expiry_on_a_real_broker(
         assert rows[-1]["dedupe_key"] == closed_key(uuid.UUID(eid))
         assert rows[-1]["policy_version"]
         # Back on the real clock the request is still expired: the ledger says so.
-        assert await _status(api, alice, eid) == "expired"
+        assert await api.status_of(alice, eid) == "expired"
         async with nothing_minted(stack):
             expect_error(await api.approve(bob, eid), 409, "elevation_not_pending")
             expect_error(await api.redeem(alice, eid), 409, "elevation_not_active")

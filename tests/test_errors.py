@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,20 +16,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.auth import DevIssuer
 from broker.auth.dev_issuer import DEV_AUDIENCE, DEV_ISSUER
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import RunningBroker, start_broker
-from tests.helpers import auth, db_login, error_of, ledger_rows, new_request_id, poll
-from tests.vault_proxy import VaultProxy, broker_behind_proxy
+from tests.support.backends import db_login
+from tests.support.brokers import RunningBroker, start_broker
+from tests.support.http import auth, error_of, issue, new_request_id
+from tests.support.ledger import ledger_rows
+from tests.support.polling import poll
+from tests.support.tokens import dev_issuer
+from tests.support.vault_proxy import VaultProxy
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def _dev_issuer(settings: Settings) -> DevIssuer:
-    assert settings.dev_issuer_key_path is not None
-    return DevIssuer.load_or_create(settings.dev_issuer_key_path)
 
 
 def _expired_token(settings: Settings) -> str:
@@ -49,13 +46,13 @@ def _expired_token(settings: Settings) -> str:
         "exp": now - 600,
         "groups": ["engineering"],
     }
-    kid = _dev_issuer(settings).kid
+    kid = dev_issuer(settings).kid
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})  # type: ignore[arg-type]
 
 
 def _bad_auth_headers(settings: Settings) -> dict[str, dict[str, str]]:
     """Expected error code -> Authorization header (absent for missing_token)."""
-    issuer = _dev_issuer(settings)
+    issuer = dev_issuer(settings)
     return {
         "missing_token": {},
         "malformed_token": {"Authorization": "Bearer garbage"},
@@ -362,14 +359,6 @@ async def test_revoke_reason_with_control_characters_is_refused(
 # --- nothing reaches Vault ------------------------------------------------------------
 
 
-@pytest.fixture
-async def recorded_broker(
-    stack: DevStack, broker_settings: Settings
-) -> AsyncIterator[tuple[RunningBroker, VaultProxy]]:
-    async with broker_behind_proxy(stack, broker_settings, "recorded") as pair:
-        yield pair
-
-
 def _minting(seen: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Requests that read or mint a credential (as opposed to health/lease housekeeping)."""
     prefixes = ("/v1/secret/", "/v1/database/creds/", "/v1/pki/issue/", "/v1/pki/sign/")
@@ -392,14 +381,14 @@ async def _lease_ids(stack: DevStack) -> set[str]:
 async def test_refused_requests_never_reach_vault(
     stack: DevStack,
     broker_settings: Settings,
-    recorded_broker: tuple[RunningBroker, VaultProxy],
+    broker_behind_vault_proxy: tuple[RunningBroker, VaultProxy],
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
     """OpenBao 2.7 refuses to enable audit devices through its API (declarative config
     only), so the broker's Vault traffic is observed by a recording proxy instead, and
     OpenBao's own lease table shows that no database login was minted."""
-    running, recorder = recorded_broker
+    running, recorder = broker_behind_vault_proxy
     leases_before = await _lease_ids(stack)
     recorder.seen.clear()
 
@@ -426,19 +415,8 @@ async def test_refused_requests_never_reach_vault(
     assert await _lease_ids(stack) - leases_before == set()
 
     # Positive control: the same broker, proxy and lease check do see a real issuance.
-    async with http.post(
-        f"{running.url}/v1/credentials",
-        json={"secret": "db/orders-ro", "ttl": "60s"},
-        headers=auth(tokens["alice"]),
-    ) as r:
-        assert r.status == 201, await r.text()
-        grant = await r.json()
-    async with http.post(
-        f"{running.url}/v1/credentials",
-        json={"secret": "stripe/test"},
-        headers=auth(tokens["alice"]),
-    ) as r:
-        assert r.status == 201, await r.text()
+    grant = await issue(http, running.url, tokens["alice"], "db/orders-ro", ttl="60s")
+    await issue(http, running.url, tokens["alice"], "stripe/test")
     try:
         paths = [p for _, p in _minting(recorder.seen)]
         assert paths == ["/v1/database/creds/orders-ro", "/v1/secret/data/stripe/test"]

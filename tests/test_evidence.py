@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import zipfile
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,12 @@ import pytest
 from broker.ledger import CheckpointVerifier
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import REPO, RunningBroker
-from tests.helpers import auth
-from tests.ledger_helpers import (
-    BROKER_BIN,
-    as_superuser,
-    fresh_ledger_db,
-    populate,
-    signer_for,
-    subprocess_env,
-)
+from tests.support.brokers import RunningBroker
+from tests.support.commands import CommandRun, run_broker, subprocess_env
+from tests.support.forgery import as_superuser
+from tests.support.http import auth
+from tests.support.ledger_db import fresh_ledger_db, populate, signer_for
+from tests.support.paths import REPO
 
 RECORD_KEYS = {
     "seq",
@@ -59,15 +54,10 @@ RECORD_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-async def broker_cli(dsn: str, settings: Settings, *args: str, timeout: float = 120.0) -> Run:
-    """``.venv/bin/broker <args>`` as a real subprocess (the in-process broker keeps running)."""
+async def broker_cli(
+    dsn: str, settings: Settings, *args: str, timeout: float = 120.0
+) -> CommandRun:
+    """``broker <args>`` on the ledger at ``dsn`` (the in-process broker keeps running)."""
     env = subprocess_env(
         BROKER_DATABASE_URL=dsn,
         BROKER_CHECKPOINT_KEY=str(settings.checkpoint_key_path),
@@ -75,21 +65,7 @@ async def broker_cli(dsn: str, settings: Settings, *args: str, timeout: float = 
         BROKER_LEDGER_ORIGIN=settings.ledger_origin,
         BROKER_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds),
     )
-    proc = await asyncio.create_subprocess_exec(
-        str(BROKER_BIN),
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    return await run_broker(*args, env=env, timeout=timeout)
 
 
 def _iso(t: datetime) -> str:

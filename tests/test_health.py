@@ -7,7 +7,7 @@ import pytest
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.vault_proxy import broker_behind_proxy
+from tests.support.vault_proxy import broker_behind_proxy
 
 pytestmark = pytest.mark.stack
 

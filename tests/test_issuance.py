@@ -14,30 +14,17 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import hvac
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from broker.stack.devstack import DevStack
 from broker.web.keys import GRANTS
-from tests.conftest import RunningBroker, start_broker
-from tests.helpers import (
-    auth,
-    db_login,
-    error_of,
-    ledger_rows,
-    ledger_text_count,
-    parse_ts,
-    poll,
-)
-
-# asyncpg errors when a login is refused or a session is terminated under us.
-_LOGIN_REFUSED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
-
-
-def _vault(stack: DevStack) -> hvac.Client:
-    return hvac.Client(url=stack.bao.addr, token=stack.bao.root_token, timeout=10)
+from tests.support.backends import LOGIN_REFUSED, db_login, login_refused, vault_root
+from tests.support.brokers import RunningBroker, start_broker
+from tests.support.http import auth, error_of, parse_ts
+from tests.support.ledger import ledger_rows, ledger_text_count
+from tests.support.polling import poll
 
 
 async def _issue(
@@ -59,15 +46,6 @@ async def _grant_summary(
     matching = [g for g in grants if g["id"] == grant_id]
     assert len(matching) == 1, f"grant {grant_id} listed {len(matching)} times"
     return dict(matching[0])
-
-
-async def _login_refused(stack: DevStack, username: str, password: str) -> bool:
-    try:
-        conn = await db_login(stack, username, password)
-    except _LOGIN_REFUSED:
-        return True
-    await conn.close()
-    return False
 
 
 async def _events_for(stack: DevStack, grant_id: str) -> list[dict[str, Any]]:
@@ -105,12 +83,12 @@ async def test_database_credential_works_then_revoke_ends_it(
         assert revoked["ended_by"] == "alice"
 
         # The session that was open during the revoke has been terminated.
-        with pytest.raises(_LOGIN_REFUSED):
+        with pytest.raises(LOGIN_REFUSED):
             await conn.fetchval("SELECT count(*) FROM public.orders")
     finally:
         await conn.close()
 
-    assert await _login_refused(stack, cred["username"], cred["password"])
+    assert await login_refused(stack, cred["username"], cred["password"])
 
     summary = await _grant_summary(http, broker, tokens["alice"], grant["id"])
     assert summary["status"] == "revoked"
@@ -137,7 +115,7 @@ async def test_database_ttl_clipped_to_role_max_and_enforced_by_vault(
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    vault = _vault(stack)
+    vault = vault_root(stack)
     long = await _issue(http, broker, tokens["alice"], secret="db/orders-ro", ttl="10h")
     short = await _issue(http, broker, tokens["alice"], secret="db/orders-ro", ttl="90s")
     try:
@@ -224,7 +202,7 @@ async def test_pki_certificate_for_service_identity_and_revocation(
     key_body = "".join(cred["private_key"].strip().splitlines()[1:-1])
     assert await ledger_text_count(stack, key_body[:64]) == 0
 
-    vault = _vault(stack)
+    vault = vault_root(stack)
     before = await asyncio.to_thread(vault.read, f"pki/cert/{serial}")
     assert before["data"]["revocation_time"] == 0
 
@@ -278,7 +256,7 @@ async def test_expiry_recorded_once_and_login_ends(
         assert rows[0]["subject"] == "alice"
         assert rows[0]["lease_id"] == grant["lease_id"]
 
-        assert await _login_refused(stack, cred["username"], cred["password"])
+        assert await login_refused(stack, cred["username"], cred["password"])
         summary = await _grant_summary(http, broker, tokens["alice"], grant["id"])
         assert summary["status"] == "expired"
         assert summary["ended_at"] is not None

@@ -24,17 +24,14 @@ from broker.ledger import CheckpointVerifier, NewEvent, verify_ledger
 from broker.ledger.chain import chain_hash
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import RunningBroker
-from tests.ledger_helpers import (
+from tests.support.brokers import RunningBroker
+from tests.support.commands import broker_verify
+from tests.support.forgery import as_superuser, payload, rechain, replace_all_rows
+from tests.support.ledger import fetch_rows
+from tests.support.ledger_db import (
     LedgerDb,
-    as_superuser,
-    broker_verify,
-    fetch_rows,
     fresh_ledger_db,
-    payload,
     populate,
-    rechain,
-    replace_all_rows,
     running_ledger,
     sample_event,
     signer_for,
@@ -316,12 +313,7 @@ def _as_args(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 async def _seeded(db: LedgerDb, settings: Settings) -> list[dict[str, Any]]:
-    await populate(db, settings, rows=_ROWS, checkpoint_at=_CHECKPOINTS)
-    conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
-    try:
-        return await fetch_rows(conn)
-    finally:
-        await conn.close()
+    return await populate(db, settings, rows=_ROWS, checkpoint_at=_CHECKPOINTS)
 
 
 def _assert_tampered(run: Any, first_bad_seq: int | None = None) -> dict[str, Any]:

@@ -14,9 +14,9 @@ import pytest
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import start_broker
-from tests.helpers import auth
-from tests.ledger_helpers import fresh_ledger_db
+from tests.support.brokers import start_broker
+from tests.support.http import auth
+from tests.support.ledger_db import fresh_ledger_db
 
 pytestmark = pytest.mark.stack
 

@@ -20,8 +20,8 @@ import hvac
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.broker_process import serve_env, serving, start_serve
-from tests.conftest import REPO
+from tests.support.paths import REPO
+from tests.support.processes import serve_env, serving, start_serve
 
 _CANARY_SECRET = "canary/log-test"
 

@@ -9,9 +9,7 @@ the shared demo identities (alice, bob, ...) are used by other tests and never o
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,16 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.auth import DevIssuer
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import RunningBroker, start_broker
-from tests.helpers import auth, db_login, error_of, ledger_rows, new_request_id, poll
-from tests.test_cli_client import cli
-from tests.vault_proxy import VaultProxy, broker_behind_proxy
+from tests.support.backends import db_login
+from tests.support.brokers import RunningBroker, running_broker, start_broker
+from tests.support.commands import cli
+from tests.support.http import JsonApi, auth, error_of, new_request_id, offboard
+from tests.support.ledger import ledger_rows
+from tests.support.polling import poll
+from tests.support.tokens import fresh_subject, mint
+from tests.support.vault_proxy import VaultProxy
 
 # Errors when a login is refused or a session was terminated under us.
 _GONE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
@@ -35,41 +36,14 @@ _REASON = "reindex orders after the 2am incident"
 
 
 def _subject() -> str:
-    return f"alice-offboard-{uuid.uuid4().hex[:8]}"
+    return fresh_subject("alice-offboard")
 
 
 def _token(settings: Settings, subject: str, groups: list[str] | None = None) -> str:
-    assert settings.dev_issuer_key_path is not None
-    issuer = DevIssuer.load_or_create(settings.dev_issuer_key_path)
-    return issuer.mint(subject, groups if groups is not None else ["engineering"])
+    return mint(settings, subject, groups if groups is not None else ["engineering"])
 
 
-@dataclass
-class Api:
-    http: aiohttp.ClientSession
-    url: str
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        token: str,
-        body: Any = None,
-        request_id: str | None = None,
-    ) -> tuple[int, Any]:
-        kwargs: dict[str, Any] = {"headers": auth(token, request_id)}
-        if body is not None:
-            kwargs["json"] = body
-        async with self.http.request(method, self.url + path, **kwargs) as r:
-            if r.content_type == "application/json":
-                return r.status, await r.json()
-            return r.status, await r.text()
-
-    async def ok(self, method: str, path: str, token: str, body: Any = None) -> Any:
-        status, out = await self.call(method, path, token, body)
-        assert status in (200, 201), (status, out)
-        return out
-
+class Api(JsonApi):
     async def offboard(self, token: str, **body: Any) -> tuple[int, Any]:
         return await self.call("POST", "/v1/offboarding", token, body)
 
@@ -98,13 +72,8 @@ async def _login_refused(stack: DevStack, cred: dict[str, str]) -> None:
 
 @pytest.fixture
 async def replica2(broker_settings: Settings) -> AsyncIterator[RunningBroker]:
-    running = await start_broker(
-        broker_settings.with_overrides(replica_id=f"offboarding-{uuid.uuid4().hex[:8]}")
-    )
-    try:
-        yield running
-    finally:
-        await running.runner.cleanup()
+    async with running_broker(broker_settings, replica_id=fresh_subject("offboarding")) as r:
+        yield r
 
 
 async def test_offboarding_ends_access_and_refuses_the_subject_everywhere(
@@ -341,22 +310,14 @@ async def test_only_admins_offboard_and_requests_are_checked(
 # --- Vault down mid-offboarding: the subject stays refused, a retry completes it ---------
 
 
-@pytest.fixture
-async def flaky_broker(
-    stack: DevStack, broker_settings: Settings
-) -> AsyncIterator[tuple[RunningBroker, VaultProxy]]:
-    async with broker_behind_proxy(stack, broker_settings, "flaky") as pair:
-        yield pair
-
-
 async def test_vault_down_leaves_the_subject_refused_and_a_retry_resumes(
     stack: DevStack,
-    flaky_broker: tuple[RunningBroker, VaultProxy],
+    broker_behind_vault_proxy: tuple[RunningBroker, VaultProxy],
     broker_settings: Settings,
     tokens: dict[str, str],
     http: aiohttp.ClientSession,
 ) -> None:
-    broker, flaky = flaky_broker
+    broker, flaky = broker_behind_vault_proxy
     api = Api(http, broker.url)
     subject = _subject()
     token = _token(broker_settings, subject)
@@ -417,14 +378,14 @@ async def test_cli_offboard_list_and_reinstate(
         url=broker.url,
         token=tokens["erin"],
     )
-    assert run.rc == 0, run.err
+    assert run.returncode == 0, run.stderr
     report = run.json()
     assert report["subject"] == subject and report["sla_met"] is False
     assert (await Api(http, broker.url).call("GET", "/v1/me", token))[0] == 403
 
     run = await cli("offboardings", "list", cwd=tmp_path, url=broker.url, token=tokens["carol"])
-    assert run.rc == 0, run.err
-    line = next(ln for ln in run.out.splitlines() if subject in ln)
+    assert run.returncode == 0, run.stderr
+    line = next(ln for ln in run.stdout.splitlines() if subject in ln)
     assert "offboarded" in line and "missed" in line
 
     run = await cli(
@@ -436,7 +397,7 @@ async def test_cli_offboard_list_and_reinstate(
         url=broker.url,
         token=tokens["erin"],
     )
-    assert run.rc == 1 and "already_offboarded" in run.err
+    assert run.returncode == 1 and "already_offboarded" in run.stderr
     run = await cli(
         "offboard",
         "--reinstate",
@@ -447,7 +408,7 @@ async def test_cli_offboard_list_and_reinstate(
         url=broker.url,
         token=tokens["alice"],
     )
-    assert run.rc == 1 and "forbidden" in run.err
+    assert run.returncode == 1 and "forbidden" in run.stderr
     run = await cli(
         "offboard",
         "--reinstate",
@@ -458,11 +419,11 @@ async def test_cli_offboard_list_and_reinstate(
         url=broker.url,
         token=tokens["erin"],
     )
-    assert run.rc == 0, run.err
-    assert f"reinstated {subject}" in run.out
+    assert run.returncode == 0, run.stderr
+    assert f"reinstated {subject}" in run.stdout
     assert (await Api(http, broker.url).call("GET", "/v1/me", token))[0] == 200
     run = await cli("offboard", "--reason", "x", cwd=tmp_path, url=broker.url, token="t")
-    assert run.rc == 2 and "SUBJECT is required" in run.err
+    assert run.returncode == 2 and "SUBJECT is required" in run.stderr
 
 
 async def test_a_stale_replica_cannot_issue_to_an_offboarded_subject(
@@ -486,12 +447,7 @@ async def test_a_stale_replica_cannot_issue_to_an_offboarded_subject(
         )
     )
     try:
-        async with http.post(
-            f"{broker.url}/v1/offboarding",
-            json={"subject": subject, "reason": "left the company"},
-            headers=auth(tokens["erin"]),
-        ) as r:
-            assert r.status == 201, await r.text()
+        await offboard(http, broker.url, tokens["erin"], subject, "left the company")
         for secret in ("db/orders-ro", "stripe/test"):
             request_id = new_request_id()
             async with http.post(

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 
 from broker.web.routes import ROUTES
-from tests.conftest import RunningBroker
-from tests.helpers import auth
+from tests.support.brokers import RunningBroker
+from tests.support.http import auth
 
 _METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 _ERROR_REF = "#/components/schemas/Error"

@@ -12,8 +12,8 @@ import logging
 import aiohttp
 import pytest
 
-from tests.conftest import RunningBroker
-from tests.helpers import auth
+from tests.support.brokers import RunningBroker
+from tests.support.http import auth
 
 pytestmark = pytest.mark.stack
 

@@ -10,15 +10,9 @@ import aiohttp
 
 from broker.settings import Settings
 from broker.web.keys import LEDGER, POLICY
-from tests.conftest import REPO, start_broker
-
-
-async def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.1)
+from tests.support.brokers import start_broker
+from tests.support.paths import REPO
+from tests.support.polling import until
 
 
 async def test_reload_applies_valid_and_refuses_invalid(
@@ -48,7 +42,7 @@ async def test_reload_applies_valid_and_refuses_invalid(
             + "\n  - name: auditors-test-key\n    members: {groups: [auditors]}\n"
             + "    secrets: [stripe/test]\n    max_ttl: 5m\n"
         )
-        await _wait_for(lambda: active.current.version != first)
+        await until(lambda: active.current.version != first, "the valid policy", timeout=10)
         second = active.current.version
         row = await running.app[LEDGER].pool.fetchrow(
             "SELECT e.seq, v.documents FROM ledger.events e"

@@ -53,7 +53,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
+from tests.support.processes import interrupt
 
 README = REPO / "README.md"
 
@@ -422,13 +423,7 @@ async def broker_dev(workdir: Path) -> AsyncIterator[dict[str, Any]]:
         children = {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
         yield json.loads(dev_json.read_text())
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await interrupt(proc, timeout=30)
         for pid in children:  # whatever a hard stop left behind
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()

@@ -13,7 +13,8 @@ import pytest
 
 from broker.stack.devstack import DevStack
 from broker.web.keys import GRANTS, LEDGER
-from tests.conftest import RunningBroker
+from tests.support.brokers import RunningBroker
+from tests.support.http import issue
 
 pytestmark = pytest.mark.stack
 
@@ -55,13 +56,7 @@ async def test_orphan_lease_is_revoked_after_two_sweeps(
 async def test_ledgered_lease_is_not_an_orphan(
     broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession
 ) -> None:
-    async with http.post(
-        f"{broker.url}/v1/credentials",
-        json={"secret": "db/orders-ro"},
-        headers={"Authorization": f"Bearer {tokens['alice']}"},
-    ) as r:
-        assert r.status == 201, await r.text()
-        grant = await r.json()
+    grant = await issue(http, broker.url, tokens["alice"], "db/orders-ro")
     grants = broker.app[GRANTS]
     await grants.reconcile_orphan_leases()
     await grants.reconcile_orphan_leases()

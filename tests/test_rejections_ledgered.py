@@ -12,8 +12,9 @@ import uuid
 import aiohttp
 
 from broker.stack.devstack import DevStack
-from tests.conftest import RunningBroker
-from tests.helpers import auth, ledger_rows, new_request_id
+from tests.support.brokers import RunningBroker
+from tests.support.http import auth, new_request_id
+from tests.support.ledger import ledger_rows
 
 
 async def _post(

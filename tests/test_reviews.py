@@ -27,8 +27,11 @@ from broker.reviews import missing_reviews, period_bounds, period_of
 from broker.reviews.model import entitlements, grants_entitlement, names_principal
 from broker.settings import Settings
 from broker.web.keys import LEDGER, POLICY
-from tests.conftest import REPO, RunningBroker, start_broker
-from tests.helpers import auth, ledger_rows, poll
+from tests.support.brokers import RunningBroker, start_broker
+from tests.support.http import auth, issue
+from tests.support.ledger import ledger_rows
+from tests.support.paths import REPO
+from tests.support.polling import poll, until
 
 # --- pure: periods and missing reviews --------------------------------------------------
 
@@ -149,20 +152,13 @@ def expect(result: tuple[int, Any], status: int, code: str) -> None:
     assert set(body) == {"error"} and body["error"]["message"], body
 
 
-async def _use(http: aiohttp.ClientSession, url: str, token: str, secret: str) -> None:
-    async with http.post(
-        f"{url}/v1/credentials", json={"secret": secret}, headers=auth(token)
-    ) as r:
-        assert r.status == 201, await r.text()
-
-
 async def test_review_snapshot_decisions_and_completion(
     broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession, stack: Any
 ) -> None:
     api = Reviews(http, broker.url)
-    await _use(http, broker.url, tokens["alice"], "stripe/test")
-    await _use(http, broker.url, tokens["alice"], "stripe/test")
-    await _use(http, broker.url, tokens["svc-orders"], "db/orders-ro")
+    await issue(http, broker.url, tokens["alice"], "stripe/test")
+    await issue(http, broker.url, tokens["alice"], "stripe/test")
+    await issue(http, broker.url, tokens["svc-orders"], "db/orders-ro")
     period = period_of(datetime.now(UTC))
 
     # Only an admin opens; input is checked.
@@ -359,7 +355,7 @@ async def test_revoke_is_resolved_by_a_later_policy_version(
 
         # A later version that still grants it does not resolve it either.
         roles.write_text(base + contractors + "\n# reviewed\n")
-        await _until(lambda: _version_changed(running, first))
+        await until(lambda: _version_changed(running, first), "the policy reload", timeout=10)
         second = running.app[POLICY].current.version
         await asyncio.sleep(0.6)
         status, seen = await api.get(tokens["carol"], rid)
@@ -367,7 +363,7 @@ async def test_revoke_is_resolved_by_a_later_policy_version(
 
         # The version that drops frank resolves the item, naming itself.
         roles.write_text(base + contractors.replace("[bob, frank]", "[bob]"))
-        await _until(lambda: _version_changed(running, second))
+        await until(lambda: _version_changed(running, second), "the policy reload", timeout=10)
         third = running.app[POLICY].current.version
 
         async def resolved() -> list[dict[str, Any]]:
@@ -393,14 +389,6 @@ async def test_revoke_is_resolved_by_a_later_policy_version(
 
 def _version_changed(running: RunningBroker, old: str) -> bool:
     return running.app[POLICY].current.version != old
-
-
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.1)
 
 
 async def test_cli_open_show_decide_complete(

@@ -5,7 +5,6 @@ and the right one; and an app with an undeclared route refuses to start."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,13 @@ import pytest
 from aiohttp import web
 
 from broker.app import create_app
-from broker.auth import DevIssuer
 from broker.errors import PolicyError
-from broker.vaultapi import start_vault_api
 from broker.vaultapi.paths import OPERATION_ACCESS, catalog_index, resolve
 from broker.web.keys import LEDGER, POLICY, VAULT
 from broker.web.route import DECLARATIONS, UndeclaredRoute
-from tests.conftest import RunningBroker
-from tests.helpers import auth
+from tests.support.brokers import RunningBroker
+from tests.support.http import auth
+from tests.support.tokens import fresh_subject, mint
 
 pytestmark = pytest.mark.stack
 
@@ -31,9 +29,7 @@ _AUTH_CODES = {"missing_token", "invalid_session", "session_revoked", "session_e
 
 
 def _mint(broker: RunningBroker, prefix: str, groups: list[str]) -> str:
-    assert broker.settings.dev_issuer_key_path is not None
-    issuer = DevIssuer.load_or_create(broker.settings.dev_issuer_key_path)
-    return issuer.mint(f"{prefix}-{uuid.uuid4().hex[:8]}", groups)
+    return mint(broker.settings, fresh_subject(prefix), groups)
 
 
 def _concrete(path: str) -> str:
@@ -85,15 +81,6 @@ async def test_every_native_route_is_declared_and_enforced(
                 assert status not in (401, 403), (where, capability, status, code)
         walked += 1
     assert walked >= 30
-
-
-@pytest.fixture(scope="module")
-async def front_door(broker: RunningBroker) -> AsyncIterator[str]:
-    runner = await start_vault_api(broker.app, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 def _front_door_samples(broker: RunningBroker) -> list[tuple[str, str]]:

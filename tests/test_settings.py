@@ -29,7 +29,8 @@ from broker.settings import (
     validate,
 )
 from broker.settings.reference import BEGIN, END, render, splice
-from tests.ledger_helpers import BROKER_BIN, REPO, subprocess_env
+from tests.support.commands import subprocess_env
+from tests.support.paths import BROKER_BIN, REPO
 
 DOC = REPO / "docs" / "configuration.md"
 _ENV_NAME = re.compile(r"(BROKER|VAULT)_[A-Z0-9_]+")

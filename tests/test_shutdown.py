@@ -17,14 +17,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp import web
 
 from broker.serve import serve
 from broker.settings import Settings
-from tests.broker_process import serve_env, serving, start_serve
-from tests.ledger_helpers import broker_verify
+from tests.support.commands import broker_verify
+from tests.support.http import post_credentials
+from tests.support.ledger import select_events
+from tests.support.processes import serve_env, serving, start_serve
 
 _WORKERS = 8
 _ISSUED_BEFORE_SIGNAL = 40
@@ -50,10 +51,8 @@ async def test_sigterm_under_load_loses_nothing(
             while broker.proc.returncode is None:
                 sent = time.monotonic()
                 try:
-                    async with http.post(
-                        f"{broker.url}/v1/credentials",
-                        json={"secret": secret, "reason": "shutdown test"},
-                        headers={"Authorization": f"Bearer {tokens[who]}"},
+                    async with post_credentials(
+                        http, broker.url, tokens[who], secret, reason="shutdown test"
                     ) as r:
                         statuses[r.status] += 1
                         if r.status == 201:
@@ -79,15 +78,12 @@ async def test_sigterm_under_load_loses_nothing(
     drained = [g for g, (sent, answered) in received.items() if sent < signalled_at < answered]
     assert drained, f"no request was in flight at SIGTERM: cannot show draining {statuses}"
 
-    conn = await asyncpg.connect(broker_settings.database_url, timeout=10)
-    try:
-        rows = await conn.fetch(
-            "SELECT seq, event, grant_id::text AS grant_id FROM ledger.events"
-            " WHERE replica = $1 ORDER BY seq",
-            replica,
-        )
-    finally:
-        await conn.close()
+    rows = await select_events(
+        broker_settings.database_url,
+        "seq, event, grant_id::text AS grant_id",
+        "replica = $1",
+        replica,
+    )
     issued = Counter(r["grant_id"] for r in rows if r["event"] == "grant.issued")
     missing = [g for g in received if issued[g] != 1]
     assert not missing, f"{len(missing)} answered grants without exactly one grant.issued row"

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from tests.conftest import RunningBroker
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.support.brokers import RunningBroker
+from tests.support.http import auth, issue
 
 
 async def test_health_and_me(
@@ -17,7 +14,7 @@ async def test_health_and_me(
     async with http.get(f"{broker.url}/v1/health") as r:
         assert r.status == 200, await r.text()
         assert (await r.json())["checks"] == {"vault": "ok", "ledger": "ok"}
-    async with http.get(f"{broker.url}/v1/me", headers=_auth(tokens["alice"])) as r:
+    async with http.get(f"{broker.url}/v1/me", headers=auth(tokens["alice"])) as r:
         me = await r.json()
     assert me["subject"] == "alice"
     assert "engineering" in me["roles"]
@@ -27,14 +24,8 @@ async def test_health_and_me(
 async def test_kv_issue_and_list(
     broker: RunningBroker, tokens: dict[str, str], http: aiohttp.ClientSession
 ) -> None:
-    async with http.post(
-        f"{broker.url}/v1/credentials",
-        json={"secret": "stripe/test", "reason": "smoke"},
-        headers=_auth(tokens["alice"]),
-    ) as r:
-        assert r.status == 201, await r.text()
-        grant = await r.json()
+    grant = await issue(http, broker.url, tokens["alice"], "stripe/test", reason="smoke")
     assert grant["credential"]["data"]["api_key"].startswith("sk_test_")
-    async with http.get(f"{broker.url}/v1/grants?active=true", headers=_auth(tokens["alice"])) as r:
+    async with http.get(f"{broker.url}/v1/grants?active=true", headers=auth(tokens["alice"])) as r:
         ids = [g["id"] for g in (await r.json())["grants"]]
     assert grant["id"] in ids

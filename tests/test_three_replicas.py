@@ -22,19 +22,18 @@ import asyncio
 import itertools
 import shutil
 import signal
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 
 from broker.settings import Settings
-from tests.broker_process import BrokerProcess, serve_env, serving, start_serve
-from tests.conftest import REPO
-from tests.helpers import poll
-from tests.ledger_helpers import broker_verify
+from tests.support.commands import broker_verify
+from tests.support.http import auth, post_credentials
+from tests.support.ledger import assert_gapless, head_seq, select_events
+from tests.support.paths import REPO
+from tests.support.polling import poll, until
+from tests.support.processes import BrokerProcess, serve_env, serving, start_serve
 
 _WORKERS = 12
 _REPLICAS = ("tri-1", "tri-2", "tri-3")
@@ -77,10 +76,8 @@ class Load:
         for attempt in range(3 * len(self.replicas)):
             replica = self.replicas[(first + attempt) % len(self.replicas)]
             try:
-                async with http.post(
-                    f"{replica.url}/v1/credentials",
-                    json={"secret": secret, "reason": "three replicas"},
-                    headers={"Authorization": f"Bearer {self.tokens[who]}"},
+                async with post_credentials(
+                    http, replica.url, self.tokens[who], secret, reason="three replicas"
                 ) as r:
                     if r.status == 503:
                         self.retries["503"] += 1
@@ -99,19 +96,10 @@ class Load:
 
 
 async def _me(http: aiohttp.ClientSession, replica: BrokerProcess, token: str) -> dict[str, object]:
-    async with http.get(
-        f"{replica.url}/v1/me", headers={"Authorization": f"Bearer {token}"}
-    ) as r:
+    async with http.get(f"{replica.url}/v1/me", headers=auth(token)) as r:
         assert r.status == 200, await r.text()
         body: dict[str, object] = await r.json()
         return body
-
-
-async def _until(done: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 def _max_ttl(me: dict[str, object], secret: str) -> int:
@@ -128,11 +116,7 @@ async def test_three_replicas_under_load_with_policy_change_and_stops(
     shutil.copytree(REPO / "policies", tmp_path / "policies")
     config = tmp_path / "broker.toml"
     config.write_text(_CONFIG)
-    conn = await asyncpg.connect(broker_settings.database_url, timeout=10)
-    try:
-        start_seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM ledger.events")
-    finally:
-        await conn.close()
+    start_seq = await head_seq(broker_settings.database_url)
 
     def env(replica_id: str) -> dict[str, str]:
         e = serve_env(broker_settings, replica_id)
@@ -158,7 +142,7 @@ async def test_three_replicas_under_load_with_policy_change_and_stops(
         load = Load(procs, tokens)
         load_task = asyncio.create_task(load.run(http))
         try:
-            await _until(lambda: load.issued() >= 40, "the first 40 grants")
+            await until(lambda: load.issued() >= 40, "the first 40 grants")
 
             # 1. A policy change on the shared directory reaches every replica.
             roles = tmp_path / "policies" / "roles.yaml"
@@ -179,12 +163,12 @@ async def test_three_replicas_under_load_with_policy_change_and_stops(
             # 2. SIGTERM one replica mid-load: it drains and exits 0.
             before = load.issued()
             assert await r2.stop(signal.SIGTERM) == 0, r2.tail()
-            await _until(lambda: load.issued() >= before + 40, "40 more grants")
+            await until(lambda: load.issued() >= before + 40, "40 more grants")
 
             # 3. SIGKILL another: its in-flight requests die with it; clients retry.
             before = load.issued()
             assert await r3.stop(signal.SIGKILL) == -signal.SIGKILL
-            await _until(lambda: load.issued() >= before + 40, "40 more grants")
+            await until(lambda: load.issued() >= before + 40, "40 more grants")
         finally:
             load.stop.set()
             await load_task
@@ -194,18 +178,13 @@ async def test_three_replicas_under_load_with_policy_change_and_stops(
     answered = Counter(load.received.values())
     assert all(answered[r] > 0 for r in _REPLICAS), answered
 
-    conn = await asyncpg.connect(broker_settings.database_url, timeout=10)
-    try:
-        rows = await conn.fetch(
-            "SELECT seq, event, replica, policy_version, grant_id::text AS grant_id"
-            " FROM ledger.events WHERE seq > $1 ORDER BY seq",
-            start_seq,
-        )
-        all_seqs = [r["seq"] for r in await conn.fetch("SELECT seq FROM ledger.events ORDER BY 1")]
-    finally:
-        await conn.close()
-
-    assert all_seqs == list(range(1, len(all_seqs) + 1)), "ledger seqs are not gapless"
+    rows = await select_events(
+        broker_settings.database_url,
+        "seq, event, replica, policy_version, grant_id::text AS grant_id",
+        "seq > $1",
+        start_seq,
+    )
+    await assert_gapless(broker_settings.database_url)
     loaded = {r["replica"] for r in rows if r["event"] == "policy.loaded"
               and r["policy_version"] == new_version}
     assert loaded == set(_REPLICAS), f"policy.loaded for the new version from {loaded}"

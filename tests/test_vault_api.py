@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +23,20 @@ import pytest
 from broker.stack.devstack import DevStack
 from broker.stack.openbao import _bao_binary
 from broker.vaultapi import start_vault_api
-from tests.conftest import RunningBroker
-from tests.helpers import auth, db_login, ledger_rows, poll
+from tests.support.backends import db_login
+from tests.support.brokers import RunningBroker
+from tests.support.http import auth, offboard
+from tests.support.ledger import ledger_rows
+from tests.support.polling import poll
+from tests.support.tokens import fresh_subject, mint
+from tests.support.vault_proxy import broker_behind_proxy
 
 pytestmark = pytest.mark.stack
 
 
-@pytest.fixture(scope="module")
-async def front_door(broker: RunningBroker) -> AsyncIterator[str]:
-    runner = await start_vault_api(broker.app, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
 def fresh_engineer(broker: RunningBroker, prefix: str = "eng") -> str:
     """A JWT for a subject no other test has used (engineering group, no elevations)."""
-    from broker.auth import DevIssuer
-
-    assert broker.settings.dev_issuer_key_path is not None
-    subject = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    return DevIssuer.load_or_create(broker.settings.dev_issuer_key_path).mint(
-        subject, ["engineering"]
-    )
+    return mint(broker.settings, fresh_subject(prefix), ["engineering"])
 
 
 def subject_of(jwt: str) -> str:
@@ -464,13 +453,7 @@ async def test_offboarding_ends_every_session_for_good(
         await read(client)
     accessors = sorted([await accessor(c) for c in before])
 
-    async with http.post(
-        f"{broker.url}/v1/offboarding",
-        headers=auth(tokens["erin"]),
-        json={"subject": subject, "reason": "left the company"},
-    ) as r:
-        assert r.status == 201, await r.text()
-        report = await r.json()
+    report = await offboard(http, broker.url, tokens["erin"], subject, "left the company")
     assert sorted(report["sessions_revoked"]) == accessors
     rows = await ledger_rows(
         stack, "e.event = 'session.revoked' AND e.body->>'offboarding_id' = $1",
@@ -578,8 +561,6 @@ async def test_sessions_expire_renew_to_max_and_revoke_across_replicas(
 async def test_sys_health_follows_the_brokers_dependencies(
     stack: DevStack, broker_settings: Any, http: aiohttp.ClientSession
 ) -> None:
-    from tests.vault_proxy import broker_behind_proxy
-
     async with broker_behind_proxy(stack, broker_settings, "fd-health") as (running, proxy):
         runner = await start_vault_api(running.app, "127.0.0.1", 0)
         try:

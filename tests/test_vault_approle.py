@@ -18,7 +18,9 @@ import hvac
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vault import AppRoleCredentials, VaultLogin
-from tests.conftest import REPO, start_broker
+from tests.support.brokers import running_broker
+from tests.support.http import issue
+from tests.support.paths import REPO
 
 
 def _approle(stack: DevStack, *, ttl: str, max_ttl: str) -> tuple[str, str, str]:
@@ -99,36 +101,26 @@ async def test_broker_on_approle_survives_token_revocation(
     stack: DevStack, broker_settings: Settings, tokens: dict[str, str]
 ) -> None:
     mount, role_id, secret_id = _approle(stack, ttl="1h", max_ttl="2h")
-    running = await start_broker(
-        broker_settings.with_overrides(
+    async with (
+        running_broker(
+            broker_settings,
             vault_token=None,
             vault_role_id=role_id,
             vault_secret_id=secret_id,
             vault_approle_mount=mount,
             replica_id="approle-test",
-        )
-    )
-    try:
-        async with aiohttp.ClientSession() as http:
+        ) as running,
+        aiohttp.ClientSession() as http,
+    ):
 
-            async def fetch(secret: str) -> int:
-                async with http.post(
-                    f"{running.url}/v1/credentials",
-                    json={"secret": secret},
-                    headers={"Authorization": f"Bearer {tokens['alice']}"},
-                ) as r:
-                    return r.status
-
-            assert await fetch("stripe/test") == 201
-            assert await fetch("db/orders-ro") == 201
-            # An operator revokes every token of the broker's AppRole.
-            root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
-            for accessor in root.list("auth/token/accessors")["data"]["keys"]:
-                meta = root.auth.token.lookup_accessor(accessor)["data"]
-                if meta.get("path", "").startswith(f"auth/{mount}/"):
-                    root.auth.token.revoke_accessor(accessor)
-            # The next request re-authenticates and succeeds: no failed call.
-            assert await fetch("stripe/test") == 201
-            assert await fetch("db/orders-ro") == 201
-    finally:
-        await running.runner.cleanup()
+        await issue(http, running.url, tokens["alice"], "stripe/test")
+        await issue(http, running.url, tokens["alice"], "db/orders-ro")
+        # An operator revokes every token of the broker's AppRole.
+        root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
+        for accessor in root.list("auth/token/accessors")["data"]["keys"]:
+            meta = root.auth.token.lookup_accessor(accessor)["data"]
+            if meta.get("path", "").startswith(f"auth/{mount}/"):
+                root.auth.token.revoke_accessor(accessor)
+        # The next request re-authenticates and succeeds: no failed call.
+        await issue(http, running.url, tokens["alice"], "stripe/test")
+        await issue(http, running.url, tokens["alice"], "db/orders-ro")

@@ -29,7 +29,9 @@ from broker.errors import VaultError
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vault.login import KubernetesCredentials, VaultLogin
-from tests.conftest import REPO, start_broker
+from tests.support.brokers import running_broker
+from tests.support.http import issue
+from tests.support.paths import REPO
 
 _MOUNT = "kubernetes"  # the broker's default mount
 _ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -216,38 +218,28 @@ async def test_broker_on_kubernetes_auth_survives_revocation(
 ) -> None:
     role = _role(stack, ttl="1h", max_ttl="2h")
     path = _token_file(tmp_path, sa_issuer.mint()[0])
-    running = await start_broker(
-        broker_settings.with_overrides(
+    async with (
+        running_broker(
+            broker_settings,
             vault_token=None,
             vault_auth_method="kubernetes",
             vault_kubernetes_role=role,
             vault_kubernetes_token_path=path,
             replica_id="k8s-auth-test",
-        )
-    )
-    try:
-        async with aiohttp.ClientSession() as http:
+        ) as running,
+        aiohttp.ClientSession() as http,
+    ):
 
-            async def fetch(secret: str) -> int:
-                async with http.post(
-                    f"{running.url}/v1/credentials",
-                    json={"secret": secret},
-                    headers={"Authorization": f"Bearer {tokens['alice']}"},
-                ) as r:
-                    return r.status
-
-            assert await fetch("stripe/test") == 201
-            assert await fetch("db/orders-ro") == 201
-            root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
-            revoked = 0
-            for accessor in root.list("auth/token/accessors")["data"]["keys"]:
-                meta = root.auth.token.lookup_accessor(accessor)["data"]
-                if (meta.get("meta") or {}).get("role") == role:
-                    root.auth.token.revoke_accessor(accessor)
-                    revoked += 1
-            assert revoked == 1, "the broker's one token was not found"
-            _rotate(path, sa_issuer.mint()[0])
-            assert await fetch("stripe/test") == 201
-            assert await fetch("db/orders-ro") == 201
-    finally:
-        await running.runner.cleanup()
+        await issue(http, running.url, tokens["alice"], "stripe/test")
+        await issue(http, running.url, tokens["alice"], "db/orders-ro")
+        root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
+        revoked = 0
+        for accessor in root.list("auth/token/accessors")["data"]["keys"]:
+            meta = root.auth.token.lookup_accessor(accessor)["data"]
+            if (meta.get("meta") or {}).get("role") == role:
+                root.auth.token.revoke_accessor(accessor)
+                revoked += 1
+        assert revoked == 1, "the broker's one token was not found"
+        _rotate(path, sa_issuer.mint()[0])
+        await issue(http, running.url, tokens["alice"], "stripe/test")
+        await issue(http, running.url, tokens["alice"], "db/orders-ro")

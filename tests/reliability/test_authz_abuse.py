@@ -30,9 +30,11 @@ from broker.devenv import DEMO_IDENTITIES
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.routes import ROUTES
-from tests.reliability.conftest import IsolatedBroker, count_events, isolated_broker
-from tests.reliability.report import Row, record
-from tests.test_elevation import admin_db_variant, admin_leases, lease_ttl, write_policies
+from tests.support.backends import admin_leases, lease_ttl
+from tests.support.brokers import IsolatedBroker, isolated_broker
+from tests.support.ledger import count_events
+from tests.support.policies import admin_db_variant, write_policies
+from tests.support.reliability_report import Row, record
 
 REASON = "reliability suite: authorization abuse"
 _MINTED = "e.event IN ('grant.issued', 'grant.intent')"

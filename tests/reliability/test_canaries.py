@@ -41,10 +41,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.auth import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.helpers import poll
-from tests.reliability.conftest import IsolatedBroker, LogCapture, isolated_broker
-from tests.reliability.report import Row, record
-from tests.test_elevation import write_policies
+from tests.support.brokers import IsolatedBroker, isolated_broker
+from tests.support.logs import LogCapture
+from tests.support.policies import write_policies
+from tests.support.polling import poll
+from tests.support.reliability_report import Row, record
 
 CANARY_PATH = "reliability/canary"
 

@@ -9,9 +9,7 @@ and records a table row per case. Ledgers: 25 rows, signed checkpoints at 10 and
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,19 +23,10 @@ from broker.ledger import Checkpoint, CheckpointSigner, load_or_create_signing_k
 from broker.metrics import Metrics
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.ledger_helpers import (
-    BROKER_BIN,
-    LedgerDb,
-    fetch_rows,
-    fresh_ledger_db,
-    populate,
-    rechain,
-    replace_all_rows,
-    running_ledger,
-    signer_for,
-    subprocess_env,
-)
-from tests.reliability.report import Row, record
+from tests.support.commands import broker_verify
+from tests.support.forgery import rechain, replace_all_rows
+from tests.support.ledger_db import LedgerDb, fresh_ledger_db, populate, running_ledger, signer_for
+from tests.support.reliability_report import Row, record
 
 pytestmark = pytest.mark.stack
 
@@ -49,21 +38,10 @@ async def _verify(
     dsn: str, settings: Settings, *args: str, key: Path | None = None, old_keys: str = ""
 ) -> dict[str, Any]:
     """``broker verify`` with the given signing key file and extra verifier keys."""
-    env = subprocess_env(
-        BROKER_DATABASE_URL=dsn,
-        BROKER_CHECKPOINT_KEY=str(key or settings.checkpoint_key_path),
-        BROKER_LEDGER_ORIGIN=settings.ledger_origin,
-    )
-    if old_keys:
-        env["BROKER_CHECKPOINT_VERIFIER_KEYS"] = old_keys
-    proc = await asyncio.create_subprocess_exec(
-        str(BROKER_BIN), "verify", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    report: dict[str, Any] = json.loads(out)
-    assert proc.returncode == (0 if report["ok"] else 1), (proc.returncode, err[-2000:])
-    return report
+    extra = {"BROKER_CHECKPOINT_VERIFIER_KEYS": old_keys} if old_keys else {}
+    run = await broker_verify(dsn, settings, *args, checkpoint_key=key, timeout=60, **extra)
+    assert run.returncode == (0 if run.report["ok"] else 1), (run.returncode, run.stderr[-2000:])
+    return run.report
 
 
 async def _superuser(db: LedgerDb, *statements: tuple[str, tuple[Any, ...]]) -> None:
@@ -89,12 +67,7 @@ def _plant(signer: CheckpointSigner, cp: Checkpoint) -> tuple[str, tuple[Any, ..
 
 
 async def _seeded(db: LedgerDb, settings: Settings) -> list[dict[str, Any]]:
-    await populate(db, settings, rows=_ROWS, checkpoint_at=_CHECKPOINTS)
-    conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
-    try:
-        return await fetch_rows(conn)
-    finally:
-        await conn.close()
+    return await populate(db, settings, rows=_ROWS, checkpoint_at=_CHECKPOINTS)
 
 
 async def _note_at(db: LedgerDb, size: int) -> str:

@@ -54,9 +54,12 @@ from broker.devenv import DEMO_IDENTITIES
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.routes import ROUTES
-from tests.helpers import auth
-from tests.reliability.conftest import count_events, isolated_broker, scaled
-from tests.reliability.report import Row, record
+from tests.support.brokers import isolated_broker
+from tests.support.heavy import scaled
+from tests.support.http import auth, issue, offboard
+from tests.support.ledger import count_events
+from tests.support.reliability_report import Row, record
+from tests.support.tokens import fresh_subject, mint
 
 _DEMO = ("alice", "bob", "carol", "erin", "svc-orders")
 _ATTACKERS = frozenset({"offboarded", "forged", "generated", "none"})
@@ -205,15 +208,9 @@ async def _offboarded_token(
     http: aiohttp.ClientSession, url: str, tokens: dict[str, str], settings: Settings
 ) -> str:
     """A valid token of an engineer whom erin has offboarded (refused everywhere, 403)."""
-    assert settings.dev_issuer_key_path is not None
-    subject = f"fuzz-leaver-{uuid.uuid4().hex[:8]}"
-    async with http.post(
-        f"{url}/v1/offboarding",
-        json={"subject": subject, "reason": "contract fuzzing: a leaver's token"},
-        headers=auth(tokens["erin"]),
-    ) as r:
-        assert r.status == 201, await r.text()
-    return DevIssuer.load_or_create(settings.dev_issuer_key_path).mint(subject, ["engineering"])
+    subject = fresh_subject("fuzz-leaver")
+    await offboard(http, url, tokens["erin"], subject, "contract fuzzing: a leaver's token")
+    return mint(settings, subject, ["engineering"])
 
 
 async def _seed_objects(
@@ -227,13 +224,8 @@ async def _seed_objects(
     ) as r:
         assert r.status == 201, await r.text()
         elevation_id = (await r.json())["id"]
-    async with http.post(
-        f"{url}/v1/credentials",
-        json={"secret": "stripe/test", "reason": "contract fuzzing seed"},
-        headers=auth(tokens["alice"]),
-    ) as r:
-        assert r.status == 201, await r.text()
-        grant_id = (await r.json())["id"]
+    grant = await issue(http, url, tokens["alice"], "stripe/test", reason="contract fuzzing seed")
+    grant_id = grant["id"]
     async with http.post(
         f"{url}/v1/reviews",
         json={"period": "2026-Q1", "reviewer_group": "sre-leads"},

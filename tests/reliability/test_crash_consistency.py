@@ -24,19 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import start_broker
-from tests.ledger_helpers import broker_verify
-from tests.reliability.faults import BrokerProcess, heavy, ledger_lease_ids, vault_leases
-from tests.reliability.report import Row, record
+from tests.support.backends import vault_leases
+from tests.support.brokers import start_broker
+from tests.support.commands import broker_verify
+from tests.support.heavy import HEAVY
+from tests.support.http import post_credentials
+from tests.support.ledger import count_events, head_seq, ledger_lease_ids, select_events
+from tests.support.processes import start_replica
+from tests.support.reliability_report import Row, record
 
 pytestmark = pytest.mark.stack
 
-_KILLS = 8 if heavy() else 3
+_KILLS = 8 if HEAVY else 3
 _CONCURRENCY = 8
 # (who, secret): two leased database logins for every KV read.
 _MIX = (("alice", "db/orders-ro"), ("svc-orders", "db/orders-ro"), ("alice", "stripe/test"))
@@ -60,10 +63,8 @@ async def _worker(state: LoadState, tokens: dict[str, str], http: aiohttp.Client
         who, secret = rng.choice(_MIX)
         state.sent += 1
         try:
-            async with http.post(
-                f"{state.url}/v1/credentials",
-                json={"secret": secret, "ttl": "10m", "reason": "crash consistency"},
-                headers={"Authorization": f"Bearer {tokens[who]}"},
+            async with post_credentials(
+                http, state.url, tokens[who], secret, ttl="10m", reason="crash consistency"
             ) as r:
                 state.statuses[r.status] += 1
                 if r.status == 201:
@@ -91,17 +92,13 @@ async def test_sigkill_under_load_leaks_nothing(
     tmp_path: Path,
 ) -> None:
     dsn = broker_settings.database_url
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        start_seq = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM ledger.events")
-    finally:
-        await conn.close()
+    start_seq = await head_seq(dsn)
 
     rng = random.Random()
     timeout = aiohttp.ClientTimeout(total=20)
     kills = 0
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        proc = await BrokerProcess.start(broker_settings, "crash-0", tmp_path)
+        proc = await start_replica(broker_settings, "crash-0", tmp_path)
         state = LoadState(proc.url)
         workers = [asyncio.create_task(_worker(state, tokens, http)) for _ in range(_CONCURRENCY)]
         try:
@@ -110,7 +107,7 @@ async def test_sigkill_under_load_leaks_nothing(
                 await asyncio.sleep(rng.uniform(1.5, 4.0))
                 await proc.kill()
                 kills += 1
-                proc = await BrokerProcess.start(broker_settings, f"crash-{n}", tmp_path)
+                proc = await start_replica(broker_settings, f"crash-{n}", tmp_path)
                 state.url = proc.url
             await asyncio.sleep(2.0)  # load on the last restart too
         finally:
@@ -123,21 +120,17 @@ async def test_sigkill_under_load_leaks_nothing(
             await proc.kill()
             kills += 1
 
-    assert state.statuses[201] > 0, (state.statuses, proc.log_tail())
+    assert state.statuses[201] > 0, (state.statuses, proc.tail())
     unexpected = {s: n for s, n in state.statuses.items() if s not in (201, 503)}
-    assert not unexpected, (unexpected, proc.log_tail())
+    assert not unexpected, (unexpected, proc.tail())
 
     # Every credential received has its committed issued row: same grant, same lease.
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        rows = await conn.fetch(
-            "SELECT event, grant_id::text AS grant_id, lease_id FROM ledger.events"
-            " WHERE seq > $1 AND event IN ('grant.issued', 'grant.intent',"
-            " 'lease.orphan_revoked')",
-            start_seq,
-        )
-    finally:
-        await conn.close()
+    rows = await select_events(
+        dsn,
+        "event, grant_id::text AS grant_id, lease_id",
+        "seq > $1 AND event IN ('grant.issued', 'grant.intent', 'lease.orphan_revoked')",
+        start_seq,
+    )
     issued = {r["grant_id"]: r["lease_id"] for r in rows if r["event"] == "grant.issued"}
     leaked = [
         gid for gid, body in state.received.items()
@@ -162,14 +155,9 @@ async def test_sigkill_under_load_leaks_nothing(
     finally:
         await reconciler.runner.cleanup()
 
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        orphan_rows = await conn.fetchval(
-            "SELECT count(*) FROM ledger.events WHERE seq > $1 AND event = 'lease.orphan_revoked'",
-            start_seq,
-        )
-    finally:
-        await conn.close()
+    orphan_rows = await count_events(
+        dsn, "seq > $1 AND event = 'lease.orphan_revoked'", start_seq
+    )
 
     run = await broker_verify(dsn, broker_settings)
     chain_ok = run.returncode == 0 and run.report.get("ok") is True

@@ -34,9 +34,13 @@ from broker.auth import DEV_AUDIENCE, DEV_ISSUER, DevIssuer
 from broker.auth.jwks import public_key_to_jwk
 from broker.settings import IssuerSettings, Settings
 from broker.stack.devstack import DevStack
-from tests.helpers import error_of, poll
-from tests.reliability.conftest import IsolatedBroker, LogCapture, count_events, isolated_broker
-from tests.reliability.report import Row, record
+from tests.support.brokers import IsolatedBroker, isolated_broker
+from tests.support.http import error_of
+from tests.support.ledger import count_events
+from tests.support.logs import LogCapture
+from tests.support.polling import poll
+from tests.support.reliability_report import Row, record
+from tests.support.tokens import claims_with
 
 IDP = "https://idp.reliability.test"
 AUD = DEV_AUDIENCE
@@ -65,12 +69,7 @@ def _claims(**overrides: Any) -> dict[str, Any]:
         "exp": now + 600,
         "groups": ["engineering"],
     }
-    for name, value in overrides.items():
-        if value is None:
-            claims.pop(name, None)
-        else:
-            claims[name] = value
-    return claims
+    return claims_with(claims, **overrides)
 
 
 def _sign(key: Any, alg: str, claims: dict[str, Any], **header: Any) -> str:

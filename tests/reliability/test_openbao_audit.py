@@ -30,10 +30,10 @@ import pytest
 from broker.settings import Settings
 from broker.stack.demo import provision_demo
 from broker.stack.devstack import DevStack
-from tests.conftest import start_broker
-from tests.helpers import ledger_rows
-from tests.reliability.faults import AuditedOpenBao
-from tests.reliability.report import Row, record
+from tests.support.audited_openbao import AuditedOpenBao
+from tests.support.brokers import start_broker
+from tests.support.ledger import ledger_rows
+from tests.support.reliability_report import Row, record
 
 pytestmark = pytest.mark.stack
 

@@ -18,11 +18,9 @@ Invariants checked:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,14 +31,12 @@ import pytest
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import GRANTS
-from tests.conftest import RunningBroker, start_broker
-from tests.helpers import ledger_rows
-from tests.reliability.faults import (
-    ledger_lease_ids,
-    running_proxy,
-    vault_leases,
-)
-from tests.reliability.report import Row, record
+from tests.support.backends import vault_leases
+from tests.support.brokers import RunningBroker, running_broker
+from tests.support.faults import running_proxy
+from tests.support.ledger import ledger_lease_ids, ledger_rows
+from tests.support.reliability_report import Row, record
+from tests.support.tokens import fresh_subject
 
 pytestmark = pytest.mark.stack
 
@@ -66,17 +62,6 @@ def _via(dsn: str, port: int) -> str:
     parts = urlsplit(dsn)
     netloc = parts.netloc.rsplit(":", 1)[0] + f":{port}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-@contextlib.asynccontextmanager
-async def _broker(settings: Settings, name: str) -> AsyncIterator[RunningBroker]:
-    running = await start_broker(
-        settings.with_overrides(replica_id=f"{name}-{uuid.uuid4().hex[:6]}")
-    )
-    try:
-        yield running
-    finally:
-        await running.runner.cleanup()
 
 
 async def _issue(http: aiohttp.ClientSession, url: str, token: str, secret: str) -> Attempt:
@@ -173,7 +158,7 @@ async def test_postgres_outage_under_load(
             db_timeout_seconds=2.0,
             ledger_commit_timeout_seconds=2.0,
         )
-        async with _broker(settings, "pg-outage") as broker:
+        async with running_broker(settings, replica_id=fresh_subject("pg-outage")) as broker:
             load = Load(http, broker.url, tokens)
             await asyncio.sleep(2.0)
             cut = time.monotonic()
@@ -216,7 +201,7 @@ async def test_openbao_outage_under_load(
         settings = broker_settings.with_overrides(
             vault_addr=f"http://127.0.0.1:{bao.port}", vault_timeout_seconds=2.0
         )
-        async with _broker(settings, "bao-outage") as broker:
+        async with running_broker(settings, replica_id=fresh_subject("bao-outage")) as broker:
             load = Load(http, broker.url, tokens)
             await asyncio.sleep(2.0)
             cut = time.monotonic()
@@ -286,7 +271,7 @@ async def test_slow_postgres_bounded(
             ledger_commit_timeout_seconds=commit_timeout,
             ledger_max_queue=max_queue,
         )
-        async with _broker(settings, "pg-slow") as broker:
+        async with running_broker(settings, replica_id=fresh_subject("pg-slow")) as broker:
             pg.delay = 3.0
             attempts: list[Attempt] = []
             rss: list[int] = []
@@ -340,7 +325,7 @@ async def test_slow_openbao_bounded(
         settings = broker_settings.with_overrides(
             vault_addr=f"http://127.0.0.1:{bao.port}", vault_timeout_seconds=vault_timeout
         )
-        async with _broker(settings, "bao-slow") as broker:
+        async with running_broker(settings, replica_id=fresh_subject("bao-slow")) as broker:
             bao.delay = 3.0
             attempts = await _burst(http, broker.url, tokens, 60)
             bao.delay = 0.0

@@ -22,12 +22,15 @@ import aiohttp
 import pytest
 
 from broker.settings import Settings
-from tests.reliability.faults import BrokerProcess, Sampler, heavy
-from tests.reliability.report import Row, record
+from tests.support.heavy import HEAVY
+from tests.support.http import post_credentials
+from tests.support.processes import start_replica
+from tests.support.reliability_report import Row, record
+from tests.support.sampler import Sampler
 
 pytestmark = pytest.mark.stack
 
-_SECONDS = 300.0 if heavy() else 60.0
+_SECONDS = 300.0 if HEAVY else 60.0
 _CONCURRENCY = 16
 _MIX = (("alice", "stripe/test"), ("svc-orders", "db/orders-ro"), ("bob", "stripe/test"),
         ("dana", "db/orders-ro"))  # fmt: skip
@@ -47,7 +50,7 @@ _FD_GROWTH = 10
 async def test_soak_is_flat(
     broker_settings: Settings, tokens: dict[str, str], tmp_path: Path
 ) -> None:
-    broker = await BrokerProcess.start(broker_settings, "soak", tmp_path)
+    broker = await start_replica(broker_settings, "soak", tmp_path)
     sampler = Sampler(broker.pid, interval=1.0)
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
@@ -66,10 +69,8 @@ async def test_soak_is_flat(
                     n += 1
                     started = time.perf_counter()
                     try:
-                        async with http.post(
-                            f"{broker.url}/v1/credentials",
-                            json={"secret": secret, "ttl": "5m", "reason": "soak"},
-                            headers={"Authorization": f"Bearer {tokens[who]}"},
+                        async with post_credentials(
+                            http, broker.url, tokens[who], secret, ttl="5m", reason="soak"
                         ) as r:
                             raw = await r.read()
                             statuses[r.status] += 1
@@ -109,7 +110,7 @@ async def test_soak_is_flat(
             ),
         )
     )
-    assert code == 0, broker.log_tail()
+    assert code == 0, broker.tail()
     # A good request may be refused only by a backend too slow under load (503: Vault's
     # DROP ROLE of expiring logins can outlast the broker's timeout), at most 1 in 1000.
     backend_busy = sum(n for k, n in refusals.items() if k in _BACKEND_BUSY)

@@ -1,10 +1,10 @@
 """Tampering with the ledger, as the broker's own role (refused) and as a superuser (caught).
 
 tests/test_ledger_db.py and tests/test_checkpoint_anchor.py hold the detailed contracts;
-this file runs the whole attack matrix through the same helpers (tests/ledger_helpers.py)
-and records one table row per attack. Each superuser attack gets a private ledger of 25
-rows with signed checkpoints at 10 and 20, then ``broker verify`` (a real subprocess) must
-fail and name the first bad seq.
+this file runs the whole attack matrix through the same helpers (tests/support/ledger_db.py
+and forgery.py) and records one table row per attack. Each superuser attack gets a private
+ledger of 25 rows with signed checkpoints at 10 and 20, then ``broker verify`` (a real
+subprocess) must fail and name the first bad seq.
 """
 
 from __future__ import annotations
@@ -21,18 +21,11 @@ import pytest
 from broker.ledger.chain import chain_hash
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.ledger_helpers import (
-    LedgerDb,
-    as_superuser,
-    broker_verify,
-    fetch_rows,
-    fresh_ledger_db,
-    payload,
-    populate,
-    rechain,
-    replace_all_rows,
-)
-from tests.reliability.report import Row, record
+from tests.support.commands import broker_verify
+from tests.support.forgery import as_superuser, payload, rechain, replace_all_rows
+from tests.support.ledger import fetch_rows
+from tests.support.ledger_db import LedgerDb, fresh_ledger_db, populate
+from tests.support.reliability_report import Row, record
 
 pytestmark = pytest.mark.stack
 

@@ -12,18 +12,15 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from broker.stack.devstack import DevStack
-from broker.vaultapi import start_vault_api
-from tests.conftest import RunningBroker
-from tests.helpers import ledger_rows
-from tests.reliability.conftest import scaled
-from tests.reliability.report import Row, record
+from tests.support.heavy import scaled
+from tests.support.ledger import ledger_rows
+from tests.support.reliability_report import Row, record
 
 pytestmark = pytest.mark.stack
 
@@ -95,15 +92,6 @@ def _body(rng: random.Random, jwt: str) -> bytes | None:
     if choice == 6:
         return json.dumps({"common_name": "evil.example", "alt_names": "*.example"}).encode()
     return json.dumps({"data": {"k": "v" * rng.randrange(100)}, "ttl": "1h"}).encode()
-
-
-@pytest.fixture(scope="module")
-async def front_door(broker: RunningBroker) -> AsyncIterator[str]:
-    runner = await start_vault_api(broker.app, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 async def _issued(stack: DevStack, marker: str) -> int:

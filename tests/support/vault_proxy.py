@@ -16,7 +16,7 @@ from aiohttp import web
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
-from tests.conftest import RunningBroker, start_broker
+from tests.support.brokers import RunningBroker, running_broker
 
 __all__ = ["VaultProxy", "broker_behind_proxy"]
 
@@ -64,15 +64,11 @@ async def broker_behind_proxy(
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     port = runner.addresses[0][1]
     try:
-        running = await start_broker(
-            settings.with_overrides(
-                vault_addr=f"http://127.0.0.1:{port}",
-                replica_id=f"{replica_prefix}-{uuid.uuid4().hex[:8]}",
-            )
-        )
-        try:
+        async with running_broker(
+            settings,
+            vault_addr=f"http://127.0.0.1:{port}",
+            replica_id=f"{replica_prefix}-{uuid.uuid4().hex[:8]}",
+        ) as running:
             yield running, proxy
-        finally:
-            await running.runner.cleanup()
     finally:
         await runner.cleanup()

@@ -1,8 +1,9 @@
 """``broker serve`` as a real subprocess on the session stack, for process-level tests.
 
 Configured as a deployment is: secrets through the environment, everything else through
-the environment or a config file. The caller stops it (``stop``) or it is killed by
-``serving`` on the way out.
+the environment or a config file. A ``BrokerProcess`` is stopped by its test (``stop``:
+a signal, then the exit code) or killed by ``serving`` on the way out; ``kill`` is SIGKILL,
+so no shutdown code runs (what the crash tests want).
 """
 
 from __future__ import annotations
@@ -16,42 +17,60 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.settings import Settings
-from tests.ledger_helpers import BROKER_BIN, subprocess_env
+from tests.support.commands import subprocess_env
+from tests.support.paths import BROKER_BIN
 
-__all__ = ["BrokerProcess", "serve_env", "serving", "start_serve"]
+__all__ = [
+    "BrokerProcess",
+    "interrupt",
+    "serve_env",
+    "serving",
+    "start_replica",
+    "start_serve",
+]
 
-_START_TIMEOUT = 45.0
+_START_TIMEOUT = 60.0  # two cores shared with other sessions: a cold start can be slow
+_STOP_TIMEOUT = 30.0
 
 
 @dataclass
 class BrokerProcess:
+    """A started ``broker serve``: ``url`` is where it listens, ``log`` its stderr."""
+
     name: str
-    url: str
     proc: asyncio.subprocess.Process
-    log: Path  # the process's stderr
+    log: Path
+    url: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
+        """The end of its stderr, for assertion messages."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Send ``sig`` and wait for the exit code (killed after ``timeout``: AssertionError)."""
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = _STOP_TIMEOUT) -> int:
+        """Send ``sig`` and return the exit code; killed after ``timeout`` (AssertionError)."""
         if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
         try:
             return await asyncio.wait_for(self.proc.wait(), timeout)
         except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+            await self.kill()
             raise AssertionError(f"{self.name} ignored signal {sig}:\n{self.tail()}") from None
 
     async def kill(self) -> None:
+        """SIGKILL: the process gets no chance to finish anything."""
         if self.proc.returncode is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
         await self.proc.wait()
 
 
 def serve_env(settings: Settings, replica_id: str, **extra: str) -> dict[str, str]:
-    """The environment of a replica on ``settings``' stack (port 0)."""
+    """The environment of a replica on ``settings``' stack (port 0, checkpoints every 1 s)."""
     assert settings.vault_token and settings.dev_issuer_key_path
     return subprocess_env(
         BROKER_DATABASE_URL=settings.database_url,
@@ -71,9 +90,12 @@ def serve_env(settings: Settings, replica_id: str, **extra: str) -> dict[str, st
 async def start_serve(
     env: dict[str, str], name: str, log_dir: Path, *args: str
 ) -> BrokerProcess:
-    """Start ``broker serve *args`` and return once it printed its listening line."""
-    log = log_dir / f"{name}.stderr"
-    with log.open("wb") as stderr:
+    """Start ``broker serve *args`` and return once it printed its listening line.
+
+    Killed (and the error raised) if it exits or stays silent for ``_START_TIMEOUT``.
+    """
+    log = log_dir / f"{name}.log"
+    with log.open("ab") as stderr:
         proc = await asyncio.create_subprocess_exec(
             str(BROKER_BIN),
             "serve",
@@ -82,7 +104,7 @@ async def start_serve(
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
         )
-    broker = BrokerProcess(name, "", proc, log)
+    broker = BrokerProcess(name, proc, log)
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(_START_TIMEOUT):
@@ -98,6 +120,24 @@ async def start_serve(
     except BaseException:
         await broker.kill()
         raise
+
+
+async def start_replica(
+    settings: Settings, replica_id: str, log_dir: Path, **extra_env: str
+) -> BrokerProcess:
+    """``start_serve`` with ``serve_env``: a replica configured only through its environment."""
+    return await start_serve(serve_env(settings, replica_id, **extra_env), replica_id, log_dir)
+
+
+async def interrupt(proc: asyncio.subprocess.Process, timeout: float = _STOP_TIMEOUT) -> None:
+    """Stop ``proc`` as Ctrl-C does (SIGINT), SIGKILL after ``timeout``; return once it ended."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,94 @@
+"""What a superuser can do to a private ledger: rewrite rows and forge a perfect chain.
+
+The tamper tests use these to show that ``broker verify`` and the running broker still
+tell: the signed checkpoints and the witness outside the database do not move with the rows.
+Only ever used on a ``fresh_ledger_db``, never on the session's ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+from broker.ledger.chain import GENESIS, canonical_row, chain_hash
+from tests.support.ledger_db import LedgerDb
+
+__all__ = ["ENABLE_TRIGGERS", "as_superuser", "payload", "rechain", "replace_all_rows"]
+
+
+def payload(row: dict[str, Any]) -> bytes:
+    """The canonical bytes of a row dict (as the writer and verify compute them)."""
+    return canonical_row(
+        seq=row["seq"],
+        recorded_at=row["recorded_at"],
+        event=row["event"],
+        replica=row["replica"],
+        subject=row["subject"],
+        subject_kind=row["subject_kind"],
+        secret=row["secret"],
+        role=row["role"],
+        policy_version=row["policy_version"],
+        grant_id=row["grant_id"],
+        lease_id=row["lease_id"],
+        expires_at=row["expires_at"],
+        outcome=row["outcome"],
+        request_id=row["request_id"],
+        body=row["body"],
+        dedupe_key=row["dedupe_key"],
+    )
+
+
+def rechain(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Renumber 1..n and recompute every prev_hash/hash: a forger's perfect chain."""
+    prev = GENESIS
+    out = []
+    for seq, row in enumerate(rows, start=1):
+        row = {**row, "seq": seq, "prev_hash": prev}
+        row["hash"] = chain_hash(prev, payload(row))
+        prev = row["hash"]
+        out.append(row)
+    return out
+
+
+_COLUMNS = (
+    "seq", "recorded_at", "event", "replica", "subject", "subject_kind", "secret", "role",
+    "policy_version", "grant_id", "lease_id", "expires_at", "outcome", "request_id", "body",
+    "dedupe_key", "prev_hash", "hash",
+)  # fmt: skip
+
+
+# ENABLE ALWAYS takes one trigger name (there is no ENABLE ALWAYS TRIGGER ALL); a plain
+# ENABLE TRIGGER ALL would quietly downgrade them to fire-on-origin only.
+ENABLE_TRIGGERS = ";".join(
+    f"ALTER TABLE ledger.events ENABLE ALWAYS TRIGGER {t}"
+    for t in ("events_chain", "events_no_update_delete", "events_no_truncate")
+)
+
+
+async def replace_all_rows(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> None:
+    """As the superuser: triggers off, TRUNCATE, insert ``rows`` verbatim, triggers on."""
+    placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+    columns = ", ".join(_COLUMNS)
+    insert = f"INSERT INTO ledger.events ({columns}) VALUES ({placeholders})"  # noqa: S608
+    async with conn.transaction():
+        await conn.execute("ALTER TABLE ledger.events DISABLE TRIGGER ALL")
+        await conn.execute("TRUNCATE ledger.events")
+        await conn.executemany(
+            insert,
+            [tuple(json.dumps(r[c]) if c == "body" else r[c] for c in _COLUMNS) for r in rows],
+        )
+        await conn.execute(ENABLE_TRIGGERS)
+
+
+async def as_superuser(db: LedgerDb, script: str, *args: Any) -> None:
+    """Run ``script`` with the ledger's triggers disabled, re-enabling them (ALWAYS) after."""
+    conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
+    try:
+        async with conn.transaction():
+            await conn.execute("ALTER TABLE ledger.events DISABLE TRIGGER ALL")
+            await conn.execute(script, *args)
+            await conn.execute(ENABLE_TRIGGERS)
+    finally:
+        await conn.close()
