@@ -359,8 +359,12 @@ def create_app(
         middlewares=middlewares(),
         client_max_size=settings.max_body_bytes,
         # Let oversized tokens reach the verifier, which answers token_too_large in JSON,
-        # instead of aiohttp's plain-text 400 at its 8190-byte header default.
-        handler_args={"max_field_size": settings.max_token_bytes + 1024},
+        # and long query strings the route's model (a JSON 400 naming the parameter),
+        # instead of aiohttp's plain-text 400 at its 8190-byte defaults.
+        handler_args={
+            "max_field_size": settings.max_token_bytes + 1024,
+            "max_line_size": settings.max_body_bytes,
+        },
     )
     quiet_parser_errors()  # no token fragments from aiohttp's parser refusals in logs
     app[SETTINGS] = settings
