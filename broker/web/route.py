@@ -2,7 +2,7 @@
 
 ``install`` registers a table of ``Route`` on an app and adds a start-up check that every
 route the app's router holds was declared: a route added any other way (forgetting its
-access rule) makes the app refuse to start, before any I/O. ``middleware`` in
+access rule) makes the app refuse to start, before any I/O. ``_declared`` in
 ``web.middleware`` enforces the declaration of the matched route before the handler runs.
 """
 
