@@ -26,7 +26,8 @@ from typing import Any
 
 from broker.elevation.model import Elevation, fold
 from broker.ledger import Event, Ledger
-from broker.ledger.audit_queries import AccessRow, access_windows, events_page, policy_documents
+from broker.ledger.audit_queries import AccessRow, access_windows, events_page
+from broker.ledger.policy_queries import policy_documents
 from broker.periods import MAX_QUERY_PERIOD, check_period
 from broker.policy.loader import MAX_GRANT_TTL
 

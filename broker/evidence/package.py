@@ -45,14 +45,14 @@ from broker.errors import BrokerError
 from broker.ledger.checkpoint import Checkpoint, CheckpointSigner, CheckpointVerifier
 from broker.ledger.evidence_queries import (
     checkpoint_notes,
-    completed_review_periods,
     covering_checkpoint,
     elevation_request_floor,
     period_bounds,
-    policy_documents,
     policy_versions_in_force,
     stream_rows,
 )
+from broker.ledger.policy_queries import policy_documents
+from broker.ledger.review_queries import completed_review_periods
 from broker.ledger.verify import verify_ledger
 
 from .findings import Finding, analyze

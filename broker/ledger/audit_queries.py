@@ -26,7 +26,6 @@ __all__ = [
     "access_windows",
     "events_page",
     "events_query",
-    "policy_documents",
 ]
 
 
@@ -170,16 +169,3 @@ async def events_page(pool: asyncpg.Pool, **query: Any) -> list[Event]:
     """Run ``events_query(**query)``."""
     sql, args = events_query(**query)
     return [row_to_event(r) for r in await pool.fetch(sql, *args)]
-
-
-async def policy_documents(
-    pool: asyncpg.Pool, versions: Sequence[str]
-) -> dict[str, dict[str, str]]:
-    """``{version: {file name: text}}`` for each recorded version among ``versions``."""
-    if not versions:
-        return {}
-    rows = await pool.fetch(
-        "SELECT version, documents FROM ledger.policy_versions WHERE version = ANY($1::text[])",
-        list(versions),
-    )
-    return {r["version"]: {str(k): str(v) for k, v in r["documents"].items()} for r in rows}

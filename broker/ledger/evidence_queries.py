@@ -8,8 +8,7 @@ whatever the period.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,7 +20,6 @@ __all__ = [
     "covering_checkpoint",
     "elevation_request_floor",
     "period_bounds",
-    "policy_documents",
     "policy_versions_in_force",
     "stream_rows",
 ]
@@ -136,33 +134,3 @@ async def policy_versions_in_force(
     if before is not None:
         versions.add(str(before))
     return sorted(versions)
-
-
-async def policy_documents(
-    conn: asyncpg.Connection, versions: Iterable[str]
-) -> dict[str, dict[str, str]]:
-    """version -> {file name: text} for each version the ledger holds (others omitted)."""
-    rows = await conn.fetch(
-        "SELECT version, documents FROM ledger.policy_versions WHERE version = ANY($1::text[])",
-        sorted(set(versions)),
-    )
-    out: dict[str, dict[str, str]] = {}
-    for r in rows:
-        docs = r["documents"]
-        if isinstance(docs, str):  # a connection without the jsonb codec
-            docs = json.loads(docs)
-        out[str(r["version"])] = {str(k): str(v) for k, v in dict(docs).items()}
-    return out
-
-
-async def completed_review_periods(conn: asyncpg.Connection) -> list[str]:
-    """Every quarter with a completed access review, whenever it was completed.
-
-    A quarter is usually reviewed just after it ends, so an export of that quarter alone
-    would not contain the completion row; the package records these periods instead.
-    """
-    rows = await conn.fetch(
-        "SELECT DISTINCT body->>'period' AS period FROM ledger.events"
-        " WHERE event = 'review.completed' AND body ? 'period' ORDER BY 1"
-    )
-    return [r["period"] for r in rows]

@@ -88,13 +88,17 @@ async def review_ids(pool: asyncpg.Pool, *, period: str | None, limit: int) -> l
     return [uuid.UUID(r["id"]) for r in rows]
 
 
-async def completed_review_periods(pool: asyncpg.Pool) -> set[str]:
-    """Every period with at least one completed review (input to ``missing_reviews``)."""
-    rows = await pool.fetch(
+async def completed_review_periods(db: asyncpg.Pool | asyncpg.Connection) -> list[str]:
+    """Every quarter with a completed access review, whenever it was completed, sorted.
+
+    A quarter is usually reviewed just after it ends, so an export of that quarter alone
+    would not contain the completion row; the evidence package records these periods.
+    """
+    rows = await db.fetch(
         "SELECT DISTINCT body->>'period' AS period FROM ledger.events"
-        " WHERE event = 'review.completed' AND body ? 'period'"
+        " WHERE event = 'review.completed' AND body ? 'period' ORDER BY 1"
     )
-    return {r["period"] for r in rows}
+    return [r["period"] for r in rows]
 
 
 async def open_revocations(pool: asyncpg.Pool, *, after: int, limit: int) -> list[Event]:
