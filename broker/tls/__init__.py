@@ -1,0 +1,2 @@
+"""Transport security: certificates for the dev stack, contexts for serving and for the
+broker's outbound connections."""
