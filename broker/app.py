@@ -42,6 +42,7 @@ from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
 from broker.reviews import ReviewService
 from broker.settings import Settings
+from broker.tls.serving import ServingCertificate, ServingTLS, is_loopback
 from broker.vault import VaultClient
 from broker.vault.login import VaultLogin, vault_login_for
 from broker.web.authn import Authenticator
@@ -333,6 +334,42 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             _log.warning("could not record shutdown: %s", type(e).__name__)
 
 
+def _serving_tls(tls: ServingTLS | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The serving certificate's metrics and reload watcher; the plaintext warning."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings, metrics = app[SETTINGS], app[METRICS]
+        periodic = Periodic()
+        if tls is None:
+            exposed = not is_loopback(settings.host)
+            metrics.tls_disabled.set(1 if exposed else 0)
+            if exposed:  # only reachable with tls_disable: broker serve refuses otherwise
+                _log.warning(
+                    "TLS is disabled (tls_disable): serving plaintext HTTP on %s; bearer"
+                    " tokens and credentials cross the network unencrypted",
+                    settings.host,
+                )
+        else:
+
+            def on_reload(outcome: str, cert: ServingCertificate) -> None:
+                metrics.tls_reloads.labels(outcome).inc()
+                metrics.tls_certificate_expiry.set(cert.not_after)
+
+            tls.on_reload = on_reload
+            metrics.tls_certificate_expiry.set(tls.current.not_after)
+
+            async def reload() -> None:
+                tls.reload_if_changed()
+
+            periodic.every(settings.tls_reload_seconds, "tls-reload", reload)
+        try:
+            yield
+        finally:
+            await periodic.stop()
+
+    return ctx
+
+
 # Start order; each step's clean-up runs in reverse, and a step that fails to start
 # closes what the steps before it opened.
 _RESOURCES = (
@@ -349,11 +386,16 @@ _RESOURCES = (
 
 
 def create_app(
-    settings: Settings, *, clock: Callable[[], datetime] | None = None
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    tls: ServingTLS | None = None,
 ) -> web.Application:
     """Build the broker app. Start-up I/O happens in ``cleanup_ctx`` when it runs.
 
     ``clock`` (default: UTC now) drives elevation expiry decisions; tests move it.
+    ``tls`` (already loaded) is the certificate the caller serves with: its expiry and
+    reloads become metrics and its files are watched every ``tls_reload_seconds``.
     """
     app = web.Application(
         middlewares=middlewares(),
@@ -372,5 +414,6 @@ def create_app(
     app[CLOCK] = clock or (lambda: datetime.now(UTC))
     app[OPENAPI] = json.dumps(openapi_document(ROUTES, settings)).encode()
     app.cleanup_ctx.extend(_RESOURCES)
+    app.cleanup_ctx.append(_serving_tls(tls))
     install(app, ROUTES)
     return app

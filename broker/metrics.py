@@ -123,6 +123,22 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.tls_certificate_expiry = Gauge(
+            "broker_tls_certificate_expiry_timestamp_seconds",
+            "Not-after of the certificate the listeners serve (Unix seconds; absent without TLS).",
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "broker_tls_certificate_reloads_total",
+            "Serving certificate reloads after its files changed, by outcome (ok, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.tls_disabled = Gauge(
+            "broker_tls_disabled",
+            "1 when the listeners serve plaintext on a non-loopback host (tls_disable).",
+            registry=r,
+        )
         self._http_children: dict[tuple[str, str, int], Any] = {}
         self._issuance_children: dict[tuple[str, str], Any] = {}
         self.revocations = Counter(
@@ -155,6 +171,7 @@ class Metrics:
             self.ledger_verifications.labels(outcome)
         for outcome in ("ok", "error"):
             self.heartbeats.labels(outcome)
+            self.tls_reloads.labels(outcome)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         # .labels() hashes and locks on every call; the child per label set is stable.

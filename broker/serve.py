@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
@@ -40,8 +41,12 @@ async def serve(
     shutdown_grace_seconds: float,
     on_ready: Callable[[list[int]], None] | None = None,
     extra_sites: ExtraSites | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve ``app`` (and any ``extra_sites``) until SIGTERM or SIGINT.
+
+    With ``ssl_context`` every site serves TLS from that one context (so reloading its
+    certificate reaches every listener); without it, plaintext HTTP.
 
     ``on_ready(ports)`` is called once every site listens: the bound ports, the main
     app's first, then the extra sites' in order. Start-up errors propagate after whatever
@@ -53,10 +58,11 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []  # main first; stopped in reverse
     try:
-        ports = [await _start(runners, app, host, port, shutdown_grace_seconds, backlog=1024)]
+        grace = shutdown_grace_seconds
+        ports = [await _start(runners, app, host, port, grace, ssl_context, backlog=1024)]
         for extra_app, extra_host, extra_port in extra_sites(app) if extra_sites else ():
             ports.append(
-                await _start(runners, extra_app, extra_host, extra_port, shutdown_grace_seconds)
+                await _start(runners, extra_app, extra_host, extra_port, grace, ssl_context)
             )
         _log.info("listening on %s port(s) %s", host, ports, extra={"ports": ports})
         if on_ready is not None:
@@ -86,12 +92,13 @@ async def _start(
     host: str,
     port: int,
     grace: float,
+    ssl_context: ssl.SSLContext | None,
     *,
     backlog: int = 128,
 ) -> int:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
     runners.append(runner)  # cleaned up even if setup fails halfway
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=backlog)
+    site = web.TCPSite(runner, host, port, backlog=backlog, ssl_context=ssl_context)
     await site.start()
     return int(runner.addresses[0][1])

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from broker.cli.server import install_uvloop, serve_app
+from broker.cli.server import install_uvloop, serve_app, serving_tls
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -89,8 +89,31 @@ def _hold_state_dir(state: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _serve_dev(settings: Settings, state: Path, port_info: dict[str, Any], stops: str) -> None:
-    """Serve ``settings``; once listening, write ``dev.json`` (url, tokens, ...) and say so."""
+def _dev_tls(settings: Settings, state: Path) -> tuple[Settings, Path]:
+    """Settings serving TLS from a fresh certificate for 127.0.0.1 and localhost, issued by
+    the dev CA kept in ``<state>/tls`` (created once, reused); and the CA's path."""
+    from broker.tls.devca import DevCA
+
+    ca = DevCA.load_or_create(state / "tls")
+    issued = ca.issue("server", ["localhost", "127.0.0.1"])
+    return settings.with_overrides(
+        tls_cert_file=issued.cert_path, tls_key_file=issued.key_path, tls_disable=False
+    ), ca.cert_path
+
+
+def _serve_dev(
+    settings: Settings,
+    state: Path,
+    port_info: dict[str, Any],
+    stops: str,
+    *,
+    tls: bool = False,
+) -> None:
+    """Serve ``settings``; once listening, write ``dev.json`` (url, tokens, ...) and say so.
+
+    With ``tls`` both listeners serve https from a dev-CA certificate; ``dev.json`` gets
+    https URLs and ``ca_cert``, the file ``curl --cacert`` and ``VAULT_CACERT`` take.
+    """
     from broker.devenv import demo_tokens
     from broker.logs import configure_logging
 
@@ -100,12 +123,18 @@ def _serve_dev(settings: Settings, state: Path, port_info: dict[str, Any], stops
         settings = settings.with_overrides(vault_api_port=0)
     log_format = settings.log_format or "text"
     configure_logging(log_format, settings.log_level, replica=settings.replica_id)
+    ca_cert: Path | None = None
+    if tls:
+        settings, ca_cert = _dev_tls(settings, state)
+    serving = serving_tls(settings)
+    scheme = "https" if serving is not None else "http"
 
     def ready(ports: list[int]) -> None:
         info = {
-            "url": f"http://127.0.0.1:{ports[0]}",
+            "url": f"{scheme}://127.0.0.1:{ports[0]}",
             # Point VAULT_ADDR / BAO_ADDR here: unmodified Vault clients, through policy.
-            "vault_api_url": f"http://127.0.0.1:{ports[1]}",
+            "vault_api_url": f"{scheme}://127.0.0.1:{ports[1]}",
+            **({"ca_cert": str(ca_cert)} if ca_cert is not None else {}),
             "tokens": demo_tokens(issuer_key),
             **port_info,
             "dev_issuer_key": str(issuer_key),
@@ -114,13 +143,18 @@ def _serve_dev(settings: Settings, state: Path, port_info: dict[str, Any], stops
         out = state / "dev.json"
         out.write_text(json.dumps(info, indent=2))
         out.chmod(0o600)
-        shown = ("url", "vault_api_url", "vault_addr", "database_url")
-        print(json.dumps({k: info[k] for k in shown}, indent=2))
+        shown = ("url", "vault_api_url", "ca_cert", "vault_addr", "database_url")
+        print(json.dumps({k: info[k] for k in shown if k in info}, indent=2))
+        if ca_cert is not None:
+            print(
+                f"serving TLS; the dev CA is {ca_cert}: curl --cacert {ca_cert},"
+                f" VAULT_CACERT={ca_cert}"
+            )
         print(f"demo tokens for {', '.join(info['tokens'])} written to {out}")
         print(f"broker is running; Ctrl-C stops {stops}", flush=True)
 
     install_uvloop()
-    asyncio.run(serve_app(settings, on_ready=ready))
+    asyncio.run(serve_app(settings, on_ready=ready, tls=serving))
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -171,7 +205,7 @@ def _dev_holding(args: argparse.Namespace, state: Path, *, external: bool) -> in
         )
         print(f"using external PostgreSQL and Vault at {settings.vault_addr}", flush=True)
         info = {"database_url": settings.database_url, "vault_addr": settings.vault_addr}
-        _serve_dev(settings, state, info, "the broker")
+        _serve_dev(settings, state, info, "the broker", tls=args.tls)
         return 0
 
     print(f"starting OpenBao and PostgreSQL under {state} ...", flush=True)
@@ -186,7 +220,7 @@ def _dev_holding(args: argparse.Namespace, state: Path, *, external: bool) -> in
             "vault_addr": stack.bao.addr,
             "vault_token": stack.bao.root_token,
         }
-        _serve_dev(settings, state, info, "the broker, OpenBao and PostgreSQL")
+        _serve_dev(settings, state, info, "the broker, OpenBao and PostgreSQL", tls=args.tls)
     return 0
 
 
@@ -196,4 +230,9 @@ def register(sub: Any) -> None:
     dev.add_argument("--state-dir", default=".broker")
     dev.add_argument("--port", type=int, default=8080)
     dev.add_argument("--policies", default="policies")
+    dev.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https with a dev CA created in the state dir (its path is printed)",
+    )
     dev.set_defaults(func=_dev)

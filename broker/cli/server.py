@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from broker.settings import Settings
+    from broker.tls.serving import ServingTLS
 
-__all__ = ["install_uvloop", "register", "serve_app"]
+__all__ = ["install_uvloop", "register", "serve_app", "serving_tls"]
 
 
 def install_uvloop() -> None:
@@ -29,12 +30,37 @@ def install_uvloop() -> None:
         pass
 
 
+def serving_tls(settings: Settings) -> ServingTLS | None:
+    """The loaded serving certificate, or None for plaintext; decided before anything binds.
+
+    Raises ``TLSConfigError`` (a one-line reason) when the pair does not load, or when
+    plaintext would be served on a non-loopback host without ``tls_disable``.
+    """
+    from broker.tls.serving import ServingTLS, TLSConfigError, plaintext_refusal
+
+    tls = settings.tls_cert_file is not None and settings.tls_key_file is not None
+    refusal = plaintext_refusal(settings.host, tls=tls, tls_disable=settings.tls_disable)
+    if refusal:
+        raise TLSConfigError(refusal)
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    serving = ServingTLS(
+        settings.tls_cert_file, settings.tls_key_file, client_ca_file=settings.tls_client_ca_file
+    )
+    serving.load()
+    return serving
+
+
 async def serve_app(
-    settings: Settings, *, on_ready: Callable[[list[int]], None] | None = None
+    settings: Settings,
+    *,
+    on_ready: Callable[[list[int]], None] | None = None,
+    tls: ServingTLS | None = None,
 ) -> None:
     """Serve the broker API, and the Vault-API front door when ``vault_api_port`` is set.
 
     ``on_ready(ports)`` gets the broker API's port, then the front door's if it runs.
+    With ``tls`` (from ``serving_tls``) both listeners serve TLS from its one context.
     """
     from aiohttp import web
 
@@ -49,12 +75,13 @@ async def serve_app(
 
     # Graceful on SIGTERM/SIGINT: stop accepting, finish in-flight, then cleanup_ctx.
     await serve(
-        create_app(settings),
+        create_app(settings, tls=tls),
         settings.host,
         settings.port,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         on_ready=on_ready,
         extra_sites=front_door,
+        ssl_context=tls.context if tls is not None else None,
     )
 
 
@@ -67,16 +94,24 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format or "json", level, replica=settings.replica_id)
     if args.port is not None:
         settings = settings.with_overrides(port=args.port)
+    from broker.tls.serving import TLSConfigError
+
+    try:
+        tls = serving_tls(settings)
+    except TLSConfigError as e:
+        print(f"broker serve: {e}", file=sys.stderr)
+        return 2
+    scheme = "https" if tls is not None else "http"
 
     def ready(ports: list[int]) -> None:
         # One machine-readable line so supervisors and tests can find the ports.
-        line = {"listening": f"http://{settings.host}:{ports[0]}"}
+        line = {"listening": f"{scheme}://{settings.host}:{ports[0]}"}
         if len(ports) > 1:
-            line["vault_api"] = f"http://{settings.host}:{ports[1]}"
+            line["vault_api"] = f"{scheme}://{settings.host}:{ports[1]}"
         print(json.dumps(line), flush=True)
 
     install_uvloop()
-    asyncio.run(serve_app(settings, on_ready=ready))
+    asyncio.run(serve_app(settings, on_ready=ready, tls=tls))
     return 0
 
 

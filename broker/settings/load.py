@@ -108,9 +108,25 @@ def validate(settings: Settings) -> Settings:
         for choice, needed in declared.spec.requires.items():
             if value == choice and not getattr(settings, needed):
                 problems.append(f"{declared.label} {choice!r} needs {_BY_NAME[needed].label}")
+    problems += _tls_problems(settings)
     if problems:
         raise SettingsError(*problems)
     return settings
+
+
+def _tls_problems(settings: Settings) -> list[str]:
+    """Rules between the serving TLS settings: a certificate comes with its key."""
+    cert, key = _BY_NAME["tls_cert_file"], _BY_NAME["tls_key_file"]
+    ca, off = _BY_NAME["tls_client_ca_file"], _BY_NAME["tls_disable"]
+    problems = []
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        given, missing = (cert, key) if settings.tls_cert_file else (key, cert)
+        problems.append(f"{given.label} is set without {missing.label}: set both or neither")
+    if settings.tls_client_ca_file is not None and settings.tls_cert_file is None:
+        problems.append(f"{ca.label} needs {cert.label} and {key.label} (mTLS is TLS)")
+    if settings.tls_disable and settings.tls_cert_file is not None:
+        problems.append(f"{off.label} is true but {cert.label} is set: choose one")
+    return problems
 
 
 # --- the environment ----------------------------------------------------------------------

@@ -42,6 +42,7 @@ _POLICY = "Policy, identity, checkpoints"
 _LIMITS = "Limits"
 _BACKGROUND = "Background work, continuity, offboarding, notifications"
 _FRONT_DOOR = "The Vault-compatible front door"
+_TLS_SERVE = "Serving TLS"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,46 @@ class Settings:
         default_text="`<hostname>-<pid>`",
         doc="recorded in every ledger row this process writes and in every log line"
         " (`broker dev`: `dev-1`)",
+    )
+
+    # --- serving TLS (every listener; see broker/tls/serving.py) ---
+    tls_cert_file: Path | None = setting(
+        None,
+        env="BROKER_TLS_CERT_FILE",
+        section=_TLS_SERVE,
+        readable_file=True,
+        doc="PEM certificate chain (leaf first) every listener serves; with `tls_key_file`."
+        " Re-read when it changes ([serving TLS](operations.md#serving-tls))",
+    )
+    tls_key_file: Path | None = setting(
+        None,
+        env="BROKER_TLS_KEY_FILE",
+        section=_TLS_SERVE,
+        readable_file=True,
+        doc="PEM private key (unencrypted) of `tls_cert_file`; the two are set together",
+    )
+    tls_client_ca_file: Path | None = setting(
+        None,
+        env="BROKER_TLS_CLIENT_CA_FILE",
+        section=_TLS_SERVE,
+        readable_file=True,
+        doc="PEM CA bundle: when set, every client must present a certificate it signed"
+        " (mTLS). The identity still comes from the JWT",
+    )
+    tls_disable: bool = setting(
+        False,
+        env="BROKER_TLS_DISABLE",
+        section=_TLS_SERVE,
+        doc="serve plaintext HTTP on a non-loopback `host` (else `broker serve` refuses to"
+        " start without a certificate). Logged as a warning and exposed as `broker_tls_disabled`",
+    )
+    tls_reload_seconds: float = setting(
+        10.0,
+        env="BROKER_TLS_RELOAD_INTERVAL",
+        section=_TLS_SERVE,
+        gt=0,
+        doc="how often the certificate and key files are checked for a change (rotation"
+        " without a restart)",
     )
 
     # --- the ledger database ---
