@@ -54,7 +54,7 @@ async def _stop(proc: asyncio.subprocess.Process, seen: list[psutil.Process]) ->
 
 @asynccontextmanager
 async def _dev_running(
-    state: Path, env: dict[str, str]
+    state: Path, env: dict[str, str], *args: str
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict[str, Any]]]:
     """A `broker dev` up (dev.json written); on exit, stop it and check nothing is left.
 
@@ -65,7 +65,7 @@ async def _dev_running(
     log = state.with_name(state.name + ".log")  # its output, for the failure message
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            str(BROKER), "dev", "--state-dir", str(state), "--port", "0",
+            str(BROKER), "dev", "--state-dir", str(state), "--port", "0", *args,
             cwd=REPO, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
     children: list[psutil.Process] = []

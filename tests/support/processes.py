@@ -35,12 +35,14 @@ _STOP_TIMEOUT = 30.0
 
 @dataclass
 class BrokerProcess:
-    """A started ``broker serve``: ``url`` is where it listens, ``log`` its stderr."""
+    """A started ``broker serve``: ``url`` is where it listens (``vault_api_url`` the front
+    door, when it runs), ``log`` its stderr."""
 
     name: str
     proc: asyncio.subprocess.Process
     log: Path
     url: str = ""
+    vault_api_url: str = ""
 
     @property
     def pid(self) -> int:
@@ -116,6 +118,7 @@ async def start_serve(
                     doc = json.loads(line)
                     if isinstance(doc, dict) and "listening" in doc:
                         broker.url = str(doc["listening"])
+                        broker.vault_api_url = str(doc.get("vault_api", ""))
                         return broker
     except BaseException:
         await broker.kill()
