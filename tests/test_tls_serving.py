@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import ssl
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -311,19 +312,19 @@ async def test_tls_1_0_and_1_1_are_refused(
 ) -> None:
     url = tls_broker.url if listener == "api" else tls_broker.vault_api_url
     port = urlsplit(url).port
-    old = _ca_client(tls_ca)
-    # Let this client offer TLS 1.0/1.1 at all (OpenSSL 3 refuses them at its default
-    # security level), so the refusal seen is the server's.
-    old.set_ciphers("DEFAULT:@SECLEVEL=0")
-    old.minimum_version = ssl.TLSVersion.TLSv1
     for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
-        old.maximum_version = version
-        with pytest.raises(ssl.SSLError) as refused:
+        old = _ca_client(tls_ca)
+        # Let this client offer TLS 1.0/1.1 at all (OpenSSL 3 refuses them at its default
+        # security level), so the refusal seen is the server's: it reads the client's
+        # hello and ends the connection.
+        old.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the point of the test
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = version
+        with pytest.raises((ssl.SSLError, ConnectionError)) as refused:
             await asyncio.open_connection("127.0.0.1", port, ssl=old, server_hostname="localhost")
-        assert (
-            "PROTOCOL_VERSION" in str(refused.value).upper()
-            or "UNSUPPORTED_PROTOCOL" in str(refused.value).upper()
-        ), refused.value
+        assert "NO_PROTOCOLS_AVAILABLE" not in str(refused.value).upper(), refused.value
     modern = _ca_client(tls_ca)
     modern.maximum_version = ssl.TLSVersion.TLSv1_2
     _, writer = await asyncio.open_connection(
@@ -350,6 +351,13 @@ async def test_a_plaintext_request_is_refused(tls_broker: BrokerProcess, listene
         with pytest.raises(aiohttp.ClientError):
             async with http.get(f"{plain}/v1/health") as r:
                 await r.read()
+
+
+def _metric(text: str, series: str) -> float:
+    """The value of ``series`` (name and labels, as exposed) in a Prometheus text page."""
+    values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(series + " ")]
+    assert len(values) == 1, f"{series} not exposed once: {values}"
+    return float(values[0])
 
 
 async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> bytes:
@@ -399,13 +407,9 @@ async def test_a_rotated_certificate_reaches_new_connections_without_a_restart(
         text = await r.text()
     not_after = x509.load_pem_x509_certificates(rotated.cert_path.read_bytes())[0]
     expiry = not_after.not_valid_after_utc.timestamp()
-    assert f"broker_tls_certificate_expiry_timestamp_seconds {expiry:.10e}" in text or (
-        f"broker_tls_certificate_expiry_timestamp_seconds {expiry}" in text
-    ), text
-    reloads = 'broker_tls_certificate_reloads_total{outcome="ok"}'
-    ok = [line for line in text.splitlines() if line.startswith(reloads)]
-    assert ok and float(ok[0].split()[-1]) >= 1, ok
-    assert "broker_tls_disabled 0.0" in text
+    assert _metric(text, "broker_tls_certificate_expiry_timestamp_seconds") == expiry
+    assert _metric(text, 'broker_tls_certificate_reloads_total{outcome="ok"}') >= 1
+    assert _metric(text, "broker_tls_disabled") == 0
 
 
 async def test_mtls_requires_a_client_certificate_from_the_ca(
@@ -489,5 +493,5 @@ async def test_tls_disable_off_loopback_warns_and_shows_in_metrics(
             http.get(f"{b.url}/metrics") as r,
         ):
             text = await r.text()
-    assert "broker_tls_disabled 1.0" in text
+    assert _metric(text, "broker_tls_disabled") == 1
     assert any("TLS is disabled" in r.getMessage() for r in caplog.records), caplog.text
