@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import psutil
+import pytest
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
@@ -189,3 +191,45 @@ async def test_second_broker_dev_on_the_same_state_dir_refuses(tmp_path: Path) -
 
     _, code = await _run_dev(state, _env())  # the lock went with the first process
     assert code == 0
+
+
+async def test_broker_dev_tls_serves_the_demo_over_https_with_its_ca(
+    stack: DevStack, broker_settings: Settings, tmp_path: Path
+) -> None:
+    admin = await asyncpg.connect(stack.superuser_dsn("postgres"))
+    try:
+        await admin.execute("DROP DATABASE IF EXISTS devtls")
+        await admin.execute("CREATE DATABASE devtls")
+    finally:
+        await admin.close()
+    env = _env(
+        BROKER_DATABASE_URL=broker_settings.database_url.rsplit("/", 1)[0] + "/devtls",
+        BROKER_ADMIN_DATABASE_URL=stack.superuser_dsn("devtls"),
+        VAULT_ADDR=stack.bao.addr,
+        VAULT_TOKEN=stack.bao.root_token,
+    )
+    state = tmp_path / "state"
+    async with _dev_running(state, env, "--tls") as (_, info):
+        assert info["url"].startswith("https://127.0.0.1:")
+        assert info["vault_api_url"].startswith("https://127.0.0.1:")
+        ca = Path(info["ca_cert"])
+        assert ca == (state / "tls" / "ca.pem").resolve()
+        client = ssl.create_default_context(cafile=str(ca))
+        async with aiohttp.ClientSession() as http:
+            for url in (f"{info['url']}/v1/health", f"{info['vault_api_url']}/v1/sys/health"):
+                async with http.get(url, ssl=client) as r:
+                    assert r.status == 200, await r.text()
+            async with http.post(
+                f"{info['url']}/v1/credentials",
+                json={"secret": "stripe/test", "reason": "dev --tls test"},
+                headers={"Authorization": f"Bearer {info['tokens']['alice']}"},
+                ssl=client,
+            ) as r:
+                assert r.status == 201, await r.text()
+            # Plain http to the same port is not served.
+            plain = info["url"].replace("https://", "http://")
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(f"{plain}/v1/health") as r:
+                    await r.read()
+    log = state.with_name(state.name + ".log").read_text()
+    assert f"curl --cacert {ca}" in log and f"VAULT_CACERT={ca}" in log
