@@ -69,6 +69,8 @@ def _env_sample(d: Declared, tmp_path: Path) -> tuple[str, Any]:
     hint = d.hint
     if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if hint is bool:
+        return "true", True
     if hint is int:
         return "7", 7
     if hint is float:
@@ -85,17 +87,29 @@ def _env_sample(d: Declared, tmp_path: Path) -> tuple[str, Any]:
     raise AssertionError(f"no sample for {d.name}: {hint}")
 
 
+# Settings valid only beside others (validate's rules between settings): what each needs.
+_NEEDS = {
+    "tls_cert_file": ("tls_key_file",),
+    "tls_key_file": ("tls_cert_file",),
+    "tls_client_ca_file": ("tls_cert_file", "tls_key_file"),
+}
+_BY_NAME = {d.name: d for d in SETTINGS}
+
+
 @pytest.mark.parametrize("declared", SETTINGS, ids=_ids(SETTINGS))
 def test_the_environment_variable_sets_the_setting(declared: Declared, tmp_path: Path) -> None:
     text, expected = _env_sample(declared, tmp_path)
-    settings = from_env({declared.env: text})
+    partners = _NEEDS.get(declared.name, ())
+    env = {declared.env: text}
+    env.update({_BY_NAME[p].env: _env_sample(_BY_NAME[p], tmp_path)[0] for p in partners})
+    settings = from_env(env)
     assert getattr(settings, declared.name) == expected
     defaults = Settings(replica_id=settings.replica_id)
     for other in SETTINGS:
-        if other.name not in (declared.name, "replica_id"):
+        if other.name not in (declared.name, "replica_id", *partners):
             assert getattr(settings, other.name) == getattr(defaults, other.name), other.name
     # The variable wins over the config file.
-    assert getattr(load(env={declared.env: text}), declared.name) == expected
+    assert getattr(load(env=env), declared.name) == expected
 
 
 def _invalid(d: Declared) -> Any:
