@@ -61,8 +61,10 @@ USER 10001:10001
 EXPOSE 8080
 
 # python, not curl: curl is not in the slim image. A 503 (a dependency down) raises and fails.
+# With BROKER_TLS_CERT_FILE it asks over https; the certificate names the service, not
+# 127.0.0.1, so this loopback probe of the container itself does not verify it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v1/health' % os.environ.get('BROKER_PORT', '8080'), timeout=4)"]
+    CMD ["python", "-c", "import os, ssl, urllib.request; tls = bool(os.environ.get('BROKER_TLS_CERT_FILE')); urllib.request.urlopen('%s://127.0.0.1:%s/v1/health' % ('https' if tls else 'http', os.environ.get('BROKER_PORT', '8080')), timeout=4, context=ssl._create_unverified_context() if tls else None)"]
 
 ENTRYPOINT ["broker"]
 CMD ["serve"]
