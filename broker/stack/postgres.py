@@ -12,6 +12,9 @@ Invariants:
   system user cannot read it back and it survives restarts.
 - The port is chosen once per object (bound to port 0 if not given) and reused by every
   ``start()``/``restart()``, so DSNs handed out stay valid across a restart.
+- With ``tls=(cert, key)`` the server also speaks TLS (``ssl = on``): both files are
+  copied into the data directory as ``server.crt``/``server.key`` (0600, owned by the
+  server's user, as postgres demands) on every start, so a rotated pair is picked up.
 - ``stop()`` ends the postmaster process we started and waits for it; the postmaster
   waits for its backends, so no server process outlives ``stop()``.
 
@@ -105,8 +108,10 @@ class EmbeddedPostgres:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         initdb_timeout: float = 120.0,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self._data_dir = data_dir.resolve()
+        self._tls = tls
         self._port = port
         self._system_user = system_user
         self._max_connections = max_connections
@@ -230,6 +235,15 @@ class EmbeddedPostgres:
             "-c", f"max_connections={self._max_connections}",
             "-c", "fsync=on",
         ]  # fmt: skip
+        if self._tls is not None:
+            cmd += [
+                "-c",
+                "ssl=on",
+                "-c",
+                "ssl_cert_file=server.crt",
+                "-c",
+                "ssl_key_file=server.key",
+            ]
         # 0600: postgres logs a failing statement verbatim, which may carry a password.
         log_fd = os.open(self._log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._log = os.fdopen(log_fd, "ab")
@@ -394,8 +408,17 @@ class EmbeddedPostgres:
         hba = self._data_dir / "pg_hba.conf"
         hba.write_text(_PG_HBA)
         hba.chmod(0o600)
+        written = [hba]
+        if self._tls is not None:
+            for source, name in zip(self._tls, ("server.crt", "server.key"), strict=True):
+                target = self._data_dir / name
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(source.read_bytes())
+                written.append(target)
         if run_as.uid is not None and run_as.gid is not None:
-            os.chown(hba, run_as.uid, run_as.gid)
+            for path in written:
+                os.chown(path, run_as.uid, run_as.gid)
 
     def _clear_stale_postmaster(self) -> None:
         pid_file = self._data_dir / "postmaster.pid"

@@ -110,15 +110,17 @@ def describe_tls_failure(error: BaseException) -> str | None:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return f"certificate verify failed: {current.verify_message}"
-        if isinstance(current, ssl.SSLError):
-            return f"TLS handshake failed: {_reason(current)}"
-        # aiohttp keeps the ssl error as an attribute and in ``args``, not as the cause.
+        # aiohttp's connector errors subclass the ssl errors but keep the real one as an
+        # attribute (not as the cause): look at that first.
         wrapped = getattr(current, "certificate_error", None) or getattr(current, "os_error", None)
         if isinstance(wrapped, BaseException) and id(wrapped) not in seen:
             current = wrapped
             continue
+        if isinstance(current, ssl.SSLCertVerificationError):
+            detail = getattr(current, "verify_message", None) or _reason(current)
+            return f"certificate verify failed: {detail}"
+        if isinstance(current, ssl.SSLError):
+            return f"TLS handshake failed: {_reason(current)}"
         current = current.__cause__ or current.__context__
     return None
 
