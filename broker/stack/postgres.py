@@ -15,6 +15,8 @@ Invariants:
 - With ``tls=(cert, key)`` the server also speaks TLS (``ssl = on``): both files are
   copied into the data directory as ``server.crt``/``server.key`` (0600, owned by the
   server's user, as postgres demands) on every start, so a rotated pair is picked up.
+  The wheel's build has no SSL support: pass ``bin_dir`` of a build that has (a system
+  PostgreSQL's ``bin``).
 - ``stop()`` ends the postmaster process we started and waits for it; the postmaster
   waits for its backends, so no server process outlives ``stop()``.
 
@@ -109,9 +111,11 @@ class EmbeddedPostgres:
         stop_timeout: float = 30.0,
         initdb_timeout: float = 120.0,
         tls: tuple[Path, Path] | None = None,
+        bin_dir: Path | None = None,
     ) -> None:
         self._data_dir = data_dir.resolve()
         self._tls = tls
+        self._bin_dir_override = bin_dir
         self._port = port
         self._system_user = system_user
         self._max_connections = max_connections
@@ -183,7 +187,7 @@ class EmbeddedPostgres:
         or after ``timeout`` seconds.
         """
         cmd = [
-            str(_bin_dir() / "psql"),
+            str(self._bins() / "psql"),
             "--no-psqlrc", "--quiet", "--no-align", "--tuples-only",
             "--set=ON_ERROR_STOP=1",
             "--host", _HOST, "--port", str(self.port),
@@ -227,7 +231,7 @@ class EmbeddedPostgres:
         self._clear_stale_postmaster()
         port = self.port
         cmd = [
-            str(_bin_dir() / "postgres"),
+            str(self._bins() / "postgres"),
             "-D", str(self._data_dir),
             "-c", f"listen_addresses={_HOST}",
             "-c", f"port={port}",
@@ -308,6 +312,9 @@ class EmbeddedPostgres:
 
     # -- internals ------------------------------------------------------------------------
 
+    def _bins(self) -> Path:
+        return self._bin_dir_override or _bin_dir()
+
     def _run_as(self) -> _RunAs:
         if os.geteuid() != 0:
             return _RunAs(uid=None, gid=None)
@@ -376,7 +383,7 @@ class EmbeddedPostgres:
 
     def _run_initdb(self, run_as: _RunAs, pw_file: Path) -> None:
         cmd = [
-            str(_bin_dir() / "initdb"),
+            str(self._bins() / "initdb"),
             "-D", str(self._data_dir),
             "-U", _SUPERUSER,
             f"--pwfile={pw_file}",
