@@ -27,6 +27,7 @@ from tests.support.commands import subprocess_env
 from tests.support.paths import BROKER_BIN, REPO
 
 EXAMPLE = REPO / "deploy" / "broker.example.toml"
+_READABLE_FILE = {d.name: d.spec.readable_file for d in SETTINGS}
 DOCS = REPO / "docs" / "configuration.md"
 _REFUSED = {"vault_token", "vault_secret_id"}  # secrets: never from the file
 _FIELDS = [f.name for f in dataclasses.fields(Settings)]
@@ -92,7 +93,7 @@ def test_every_field_is_settable_from_the_file(tmp_path: Path, field: str) -> No
     choices = _CHOICES.get(field)
     if choices:  # a string among its choices
         toml_value = expected = choices[0]
-    if field == "vault_secret_id_file":  # must name a readable file
+    if _READABLE_FILE.get(field):  # must name a readable file
         (tmp_path / "sid").write_text("x")
         toml_value, expected = str(tmp_path / "sid"), tmp_path / "sid"
     path = _write(tmp_path, f"{field} = {json.dumps(toml_value)}\n")

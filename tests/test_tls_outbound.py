@@ -169,13 +169,18 @@ async def test_vault_server_name_override_is_verified(
         assert caught.value.code == "vault_tls"
 
 
-def test_vault_client_cert_and_key_go_together(tmp_path: Path) -> None:
-    from broker.settings import SettingsError, validate
+def test_vault_client_cert_and_key_go_together(tmp_path: Path, wrong_ca: DevCA) -> None:
+    from broker.vault.login import vault_tls_for
 
-    cert = tmp_path / "client.pem"
-    cert.write_text("x")
-    with pytest.raises(SettingsError, match=r"vault_client_cert .* must be set together"):
-        validate(Settings(vault_client_cert=cert))
+    client = wrong_ca.issue("vault-client", ["broker"], client=True, directory=tmp_path)
+    https = Settings(vault_addr="https://vault.example:8200")
+    with pytest.raises(TLSConfigError, match="a client certificate needs its key"):
+        vault_tls_for(https.with_overrides(vault_client_cert=client.cert_path))
+    tls = vault_tls_for(
+        https.with_overrides(vault_client_cert=client.cert_path, vault_client_key=client.key_path)
+    )
+    assert tls is not None and tls.context.verify_mode == ssl.CERT_REQUIRED
+    assert vault_tls_for(Settings(vault_addr="http://127.0.0.1:8200")) is None
 
 
 # --- PostgreSQL with ssl = on -----------------------------------------------------------------

@@ -108,9 +108,6 @@ def validate(settings: Settings) -> Settings:
         for choice, needed in declared.spec.requires.items():
             if value == choice and not getattr(settings, needed):
                 problems.append(f"{declared.label} {choice!r} needs {_BY_NAME[needed].label}")
-    if (settings.vault_client_cert is None) != (settings.vault_client_key is None):
-        cert, key = _BY_NAME["vault_client_cert"], _BY_NAME["vault_client_key"]
-        problems.append(f"{cert.label} and {key.label} must be set together")
     if problems:
         raise SettingsError(*problems)
     return settings
