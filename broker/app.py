@@ -23,6 +23,7 @@ from broker.background import (
     probe_dependencies,
 )
 from broker.elevation import ElevationService
+from broker.errors import VaultUnavailable
 from broker.evidence.continuity import append_heartbeat, gap_threshold
 from broker.grants import GrantService
 from broker.ledger import (
@@ -42,9 +43,11 @@ from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
 from broker.reviews import ReviewService
 from broker.settings import Settings
-from broker.tls.serving import ServingCertificate, ServingTLS, is_loopback
+from broker.tls.loopback import is_loopback
+from broker.tls.outbound import ClientTLS
+from broker.tls.serving import ServingCertificate, ServingTLS
 from broker.vault import VaultClient
-from broker.vault.login import VaultLogin, vault_login_for
+from broker.vault.login import VaultLogin, vault_login_for, vault_tls_for
 from broker.web.authn import Authenticator
 from broker.web.keys import (
     AUDIT_ACCESS,
@@ -95,6 +98,7 @@ def issuer_configs(settings: Settings) -> list[IssuerConfig]:
 
 # Objects the start-up steps hand to each other; handlers use the keys in ``web.keys``.
 _LOGIN = web.AppKey("vault_login", VaultLogin)
+_VAULT_TLS: web.AppKey[ClientTLS | None] = web.AppKey("vault_tls")
 _SIGNER = web.AppKey("checkpoint_signer", CheckpointSigner)
 _WRITER = web.AppKey("ledger_writer", LedgerWriter)
 _BLOCKLIST = web.AppKey("offboarding_blocklist", SubjectBlocklist)
@@ -102,8 +106,11 @@ _NOTIFIER = web.AppKey("webhook_notifier", WebhookNotifier)
 
 
 async def _vault_identity(app: web.Application) -> AsyncIterator[None]:
-    """The broker's own Vault login (token, AppRole or Kubernetes)."""
-    login = vault_login_for(app[SETTINGS])
+    """The broker's own Vault login (token, AppRole or Kubernetes), over verified TLS for
+    an ``https://`` address."""
+    tls = vault_tls_for(app[SETTINGS])
+    app[_VAULT_TLS] = tls
+    login = vault_login_for(app[SETTINGS], tls)
     await login.login()
     app[_LOGIN] = login
     yield
@@ -130,6 +137,7 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
         min_size=1,
         max_size=settings.db_pool_max,
         timeout=settings.db_timeout_seconds,
+        sslrootcert=settings.database_sslrootcert,
     )
     try:
         writer = LedgerWriter(
@@ -166,13 +174,27 @@ async def _vault_client(app: web.Application) -> AsyncIterator[None]:
         max_connections=settings.vault_max_connections,
         on_call=metrics.on_vault_call,
         on_token_rejected=login.relogin_after_rejection,
+        tls=app[_VAULT_TLS],
     )
     await vault.start()
     try:
+        if app[_VAULT_TLS] is not None:
+            await _refuse_unverified_vault(vault)
         app[VAULT] = vault
         yield
     finally:
         await vault.close()
+
+
+async def _refuse_unverified_vault(vault: VaultClient) -> None:
+    """Raise ``VaultUnavailable`` (code ``vault_tls``) if Vault's certificate does not
+    verify: a configuration error, so the broker refuses to start. Vault merely down or
+    sealed is not: the broker starts and fails closed until it is back."""
+    try:
+        await vault.health()
+    except VaultUnavailable as e:
+        if e.code == "vault_tls":
+            raise
 
 
 async def _authentication(app: web.Application) -> AsyncIterator[None]:
@@ -180,6 +202,7 @@ async def _authentication(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     verifier = Verifier(
         issuer_configs(settings),
+        jwks_ca_file=settings.jwks_ca_file,
         max_token_bytes=settings.max_token_bytes,
         leeway_seconds=settings.jwt_leeway_seconds,
     )

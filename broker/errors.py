@@ -111,6 +111,14 @@ class LedgerTampered(BrokerError):
     code = "ledger_tampered"
 
 
+class TLSConfigError(BrokerError):
+    """A certificate, key or CA bundle (serving or outbound) cannot be used, or plaintext
+    was asked for where it is not allowed: a start-up refusal naming the file and why."""
+
+    status = 500
+    code = "tls_config"
+
+
 class VaultUnavailable(BackendUnavailable):
     code = "vault_unavailable"
 

@@ -27,7 +27,8 @@ from broker.settings import Settings, SettingsError, from_env
 from broker.stack.devstack import DevStack
 from broker.stack.openbao import _bao_binary
 from broker.tls.devca import DevCA, IssuedCert
-from broker.tls.serving import ServingTLS, is_loopback, plaintext_refusal
+from broker.tls.loopback import is_loopback
+from broker.tls.serving import ServingTLS, plaintext_refusal
 from tests.support.commands import subprocess_env
 from tests.support.paths import BROKER_BIN
 from tests.support.polling import poll

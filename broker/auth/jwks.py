@@ -32,6 +32,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from broker.errors import AuthError
+from broker.tls.outbound import describe_tls_failure
 
 __all__ = [
     "MAX_KID_CHARS",
@@ -420,6 +421,9 @@ class JwksCache:
                     if len(body) > self._max_bytes:
                         raise unavailable(f"response larger than {self._max_bytes} bytes")
         except (aiohttp.ClientError, TimeoutError) as e:
+            tls_reason = describe_tls_failure(e)
+            if tls_reason is not None:
+                raise unavailable(f"{self._url}: {tls_reason}") from e
             raise unavailable(f"fetch failed ({type(e).__name__})") from e
         try:
             return parse_jwks(json.loads(bytes(body)), source=self._url)

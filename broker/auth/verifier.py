@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import ip_address
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -49,6 +50,8 @@ from broker.auth.jwks import (
 from broker.auth.principal import Principal, PrincipalKind
 from broker.errors import AuthError
 from broker.text import is_safe_text
+from broker.tls.loopback import is_loopback
+from broker.tls.outbound import client_context
 
 __all__ = ["MAX_SUBJECT_CHARS", "REQUIRED_CLAIMS", "IssuerConfig", "Verifier"]
 
@@ -58,18 +61,6 @@ MAX_SUBJECT_CHARS = 256
 REQUIRED_CLAIMS = ("exp", "sub", "iss", "aud")
 
 _JWS_COMPACT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_LOOPBACK_HOSTS = frozenset({"localhost"})
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host in _LOOPBACK_HOSTS:
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -118,7 +109,7 @@ class IssuerConfig:
             )
         if self.jwks_url is not None:
             url = urlsplit(self.jwks_url)
-            if not (url.scheme == "https" or (url.scheme == "http" and _is_loopback(url.hostname))):
+            if not (url.scheme == "https" or (url.scheme == "http" and is_loopback(url.hostname))):
                 raise ValueError(
                     f"issuer {self.issuer}: jwks_url must be https (http only on loopback)"
                 )
@@ -155,7 +146,9 @@ class Verifier:
     Parsed keys are cached per (issuer, kid): local PEM keys are parsed here, JWKS keys on
     fetch, so a verification costs one signature check and no key parsing. The aiohttp
     session for JWKS fetches is made lazily by ``session_factory`` (default: a plain
-    session without cookies) and is owned, and closed by ``close()``, by this verifier.
+    session without cookies, verifying ``https://`` JWKS URLs against ``jwks_ca_file`` when
+    given, else the system trust store) and is owned, and closed by ``close()``, by this
+    verifier.
 
     Raises ``ValueError`` on construction for duplicate issuers, unreadable PEM keys, or a
     local key that none of its issuer's algorithms can use.
@@ -166,6 +159,7 @@ class Verifier:
         issuers: Sequence[IssuerConfig],
         *,
         session_factory: Callable[[], aiohttp.ClientSession] | None = None,
+        jwks_ca_file: Path | None = None,
         max_token_bytes: int = 8192,
         leeway_seconds: int = 30,
         jwks_cache_seconds: int = 300,
@@ -177,7 +171,12 @@ class Verifier:
     ) -> None:
         if not issuers:
             raise ValueError("at least one issuer must be configured")
-        self._session_factory = session_factory or _default_session
+        jwks_ssl = (
+            client_context(cafile=jwks_ca_file, what="JWKS CA file (BROKER_JWKS_CA_FILE)")
+            if jwks_ca_file is not None
+            else True
+        )
+        self._session_factory = session_factory or (lambda: _default_session(jwks_ssl))
         self._session: aiohttp.ClientSession | None = None
         self._max_token_bytes = max_token_bytes
         self._leeway = leeway_seconds
@@ -382,9 +381,11 @@ class Verifier:
         return self._session
 
 
-def _default_session() -> aiohttp.ClientSession:
+def _default_session(tls: ssl.SSLContext | bool) -> aiohttp.ClientSession:
     # No cookie jar: a JWKS endpoint has no business setting state on the broker.
-    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), connector=aiohttp.TCPConnector(ssl=tls)
+    )
 
 
 def _load_pem(config: IssuerConfig, pem: str) -> VerificationKey:

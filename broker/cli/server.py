@@ -36,7 +36,8 @@ def serving_tls(settings: Settings) -> ServingTLS | None:
     Raises ``TLSConfigError`` (a one-line reason) when the pair does not load, or when
     plaintext would be served on a non-loopback host without ``tls_disable``.
     """
-    from broker.tls.serving import ServingTLS, TLSConfigError, plaintext_refusal
+    from broker.errors import TLSConfigError
+    from broker.tls.serving import ServingTLS, plaintext_refusal
 
     tls = settings.tls_cert_file is not None and settings.tls_key_file is not None
     refusal = plaintext_refusal(settings.host, tls=tls, tls_disable=settings.tls_disable)
@@ -94,7 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format or "json", level, replica=settings.replica_id)
     if args.port is not None:
         settings = settings.with_overrides(port=args.port)
-    from broker.tls.serving import TLSConfigError
+    from broker.errors import TLSConfigError
 
     try:
         tls = serving_tls(settings)

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,7 @@ from broker.errors import LedgerTampered, LedgerUnavailable
 
 from .checkpoint import Checkpoint, CheckpointSigner
 from .events import Event, NewEvent
+from .tls import database_tls, tls_failure
 from .writer import LEDGER_LOCK, Appended, LedgerWriter
 
 __all__ = ["GrantRecord", "Ledger", "connect_pool", "row_to_event"]
@@ -33,19 +35,38 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect_pool(
-    dsn: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 5.0
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    timeout: float = 5.0,
+    sslrootcert: Path | None = None,
 ) -> asyncpg.Pool:
-    """Create the pool lazily usable even if Postgres is down now (min_size connects later)."""
-    return await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        timeout=timeout,
-        command_timeout=timeout,
-        init=_init_connection,
-        # Durability of ledger rows is the product: never relax synchronous_commit.
-        server_settings={"synchronous_commit": "on", "application_name": "jit-broker"},
-    )
+    """Create the pool lazily usable even if Postgres is down now (min_size connects later).
+
+    TLS follows ``broker.ledger.tls.database_tls`` (``sslrootcert``: the setting, which
+    the DSN's own ``sslrootcert`` overrides). Raises ``TLSConfigError`` for a DSN that
+    would not verify a non-loopback server, and ``LedgerUnavailable`` (code ``ledger_tls``,
+    naming the server and OpenSSL's reason) when the server's certificate does not verify.
+    """
+    tls = database_tls(dsn, sslrootcert)
+    try:
+        return await asyncpg.create_pool(
+            tls.dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            command_timeout=timeout,
+            init=_init_connection,
+            ssl=tls.ssl,
+            # Durability of ledger rows is the product: never relax synchronous_commit.
+            server_settings={"synchronous_commit": "on", "application_name": "jit-broker"},
+        )
+    except (OSError, asyncpg.PostgresError) as e:
+        failure = tls_failure(tls.where, e)
+        if failure is None:
+            raise
+        raise failure from e
 
 
 def row_to_event(r: Mapping[str, Any]) -> Event:

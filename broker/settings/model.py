@@ -155,6 +155,15 @@ class Settings:
         doc="DSN of the ledger **owner** role; used only by `broker migrate` and by"
         " `broker dev` in external mode",
     )
+    database_sslrootcert: Path | None = setting(
+        None,
+        env="BROKER_DATABASE_SSLROOTCERT",
+        section=_LEDGER,
+        readable_file=True,
+        doc="PEM CA bundle that verifies PostgreSQL's certificate (`sslrootcert` in the DSN"
+        " wins). With it, `sslmode` defaults to `verify-full`; a non-loopback database needs"
+        " `sslmode=verify-full` ([outbound TLS](#outbound-tls))",
+    )
     db_timeout_seconds: float = setting(
         5.0,
         env="BROKER_DB_TIMEOUT",
@@ -188,7 +197,44 @@ class Settings:
         "http://127.0.0.1:8200",
         env="VAULT_ADDR",
         section=_VAULT,
-        doc="Vault/OpenBao address",
+        doc="Vault/OpenBao address. With `https://` the server certificate is always verified"
+        " ([TLS to Vault, PostgreSQL and identity providers](#outbound-tls))",
+    )
+    vault_cacert: Path | None = setting(
+        None,
+        env="VAULT_CACERT",
+        section=_VAULT,
+        readable_file=True,
+        doc="PEM CA bundle that verifies Vault's certificate (instead of the system trust store)",
+    )
+    vault_capath: Path | None = setting(
+        None,
+        env="VAULT_CAPATH",
+        section=_VAULT,
+        doc="directory of PEM CA certificates (OpenSSL `c_rehash` layout) that verify Vault's"
+        " certificate",
+    )
+    vault_client_cert: Path | None = setting(
+        None,
+        env="VAULT_CLIENT_CERT",
+        section=_VAULT,
+        readable_file=True,
+        doc="PEM client certificate (chain) for Vault's TLS client authentication; needs"
+        " `vault_client_key`",
+    )
+    vault_client_key: Path | None = setting(
+        None,
+        env="VAULT_CLIENT_KEY",
+        section=_VAULT,
+        readable_file=True,
+        doc="PEM private key of `vault_client_cert`",
+    )
+    vault_tls_server_name: str | None = setting(
+        None,
+        env="VAULT_TLS_SERVER_NAME",
+        section=_VAULT,
+        doc="name Vault's certificate must carry (and SNI), when it differs from the host in"
+        " `vault_addr`",
     )
     vault_auth_method: str | None = setting(
         None,
@@ -300,6 +346,14 @@ class Settings:
         section=_POLICY,
         doc="trusted JWT issuers: a JSON list in the environment, `[[issuers]]` tables in the"
         " file ([below](#trusted-issuers))",
+    )
+    jwks_ca_file: Path | None = setting(
+        None,
+        env="BROKER_JWKS_CA_FILE",
+        section=_POLICY,
+        readable_file=True,
+        doc="PEM CA bundle that verifies the certificates of `https://` JWKS URLs (instead of"
+        " the system trust store)",
     )
     dev_issuer_key_path: Path | None = setting(
         None,

@@ -6,7 +6,9 @@ mount, secret and lease. Callers re-provision after a restart (``provision_demo`
 
 Invariants:
 
-- Listens on ``127.0.0.1:<port>`` only, plain HTTP. The port is chosen once per object
+- Listens on ``127.0.0.1:<port>`` only, plain HTTP; with ``tls=True`` HTTPS instead
+  (``bao server -dev-tls``: a CA and a certificate it generates in ``<state_dir>/tls``,
+  the CA at ``ca_cert``), verified by our own health probe. The port is chosen once per object
   (bound to port 0 if not given) and reused by ``restart()``, so ``addr`` stays valid.
 - The root token is random per object (``secrets.token_urlsafe``) and reaches ``bao``
   through its environment, not its command line (which ``ps`` shows to every user);
@@ -20,6 +22,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -61,9 +64,11 @@ class DevOpenBao:
         *,
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
+        tls: bool = False,
     ) -> None:
         self._state_dir = state_dir.resolve()
         self._port = port
+        self._tls = tls
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._root_token = secrets.token_urlsafe(24)
@@ -89,8 +94,14 @@ class DevOpenBao:
 
     @property
     def addr(self) -> str:
-        """``http://127.0.0.1:<port>``, the value for ``VAULT_ADDR``/hvac ``url``."""
-        return f"http://{_HOST}:{self.port}"
+        """``http://127.0.0.1:<port>`` (``https://`` with ``tls``), the value for
+        ``VAULT_ADDR``/hvac ``url``."""
+        return f"{'https' if self._tls else 'http'}://{_HOST}:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path | None:
+        """The CA that signed the server's certificate (``tls`` only; exists once started)."""
+        return self._state_dir / "tls" / "vault-ca.pem" if self._tls else None
 
     @property
     def root_token(self) -> str:
@@ -124,6 +135,10 @@ class DevOpenBao:
             "-dev-no-store-token",
             f"-dev-listen-address={_HOST}:{self.port}",
         ]
+        if self._tls:
+            tls_dir = self._state_dir / "tls"
+            tls_dir.mkdir(mode=0o700, exist_ok=True)
+            cmd += ["-dev-tls", f"-dev-tls-cert-dir={tls_dir}"]
         env = {
             "PATH": os.defpath,
             "HOME": str(self._state_dir),
@@ -199,7 +214,7 @@ class DevOpenBao:
                     f"bao exited with code {proc.returncode} during start-up; log tail "
                     f"({self._log_file}):\n{_log_tail(self._log_file)}"
                 )
-            healthy, last_error = _health(url)
+            healthy, last_error = _health(url, self.ca_cert)
             if healthy:
                 return
             if time.monotonic() > deadline:
@@ -216,10 +231,18 @@ class DevOpenBao:
             self._log = None
 
 
-def _health(url: str) -> tuple[bool, str]:
-    """Probe ``sys/health``: (True, "") when initialised and unsealed, else (False, why)."""
+def _health(url: str, ca_cert: Path | None = None) -> tuple[bool, str]:
+    """Probe ``sys/health``: (True, "") when initialised and unsealed, else (False, why).
+
+    An ``https://`` URL is verified against ``ca_cert`` (not written until bao is up)."""
+    context = None
+    if ca_cert is not None:
+        if not ca_cert.exists():
+            return False, f"{ca_cert} not written yet"
+        context = ssl.create_default_context(cafile=str(ca_cert))
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 (http://127.0.0.1 only)
+        # 127.0.0.1 only, http or https (S310 flags any urlopen of a variable URL).
+        with urllib.request.urlopen(url, timeout=1.0, context=context) as resp:  # noqa: S310
             body = json.loads(resp.read())
     except urllib.error.HTTPError as e:
         # 429/472/473/501/503 all mean "up, but not an active, unsealed, initialised node".

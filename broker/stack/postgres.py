@@ -12,6 +12,11 @@ Invariants:
   system user cannot read it back and it survives restarts.
 - The port is chosen once per object (bound to port 0 if not given) and reused by every
   ``start()``/``restart()``, so DSNs handed out stay valid across a restart.
+- With ``tls=(cert, key)`` the server also speaks TLS (``ssl = on``): both files are
+  copied into the data directory as ``server.crt``/``server.key`` (0600, owned by the
+  server's user, as postgres demands) on every start, so a rotated pair is picked up.
+  The wheel's build has no SSL support: pass ``bin_dir`` of a build that has (a system
+  PostgreSQL's ``bin``).
 - ``stop()`` ends the postmaster process we started and waits for it; the postmaster
   waits for its backends, so no server process outlives ``stop()``.
 
@@ -105,8 +110,12 @@ class EmbeddedPostgres:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         initdb_timeout: float = 120.0,
+        tls: tuple[Path, Path] | None = None,
+        bin_dir: Path | None = None,
     ) -> None:
         self._data_dir = data_dir.resolve()
+        self._tls = tls
+        self._bin_dir_override = bin_dir
         self._port = port
         self._system_user = system_user
         self._max_connections = max_connections
@@ -178,7 +187,7 @@ class EmbeddedPostgres:
         or after ``timeout`` seconds.
         """
         cmd = [
-            str(_bin_dir() / "psql"),
+            str(self._bins() / "psql"),
             "--no-psqlrc", "--quiet", "--no-align", "--tuples-only",
             "--set=ON_ERROR_STOP=1",
             "--host", _HOST, "--port", str(self.port),
@@ -222,7 +231,7 @@ class EmbeddedPostgres:
         self._clear_stale_postmaster()
         port = self.port
         cmd = [
-            str(_bin_dir() / "postgres"),
+            str(self._bins() / "postgres"),
             "-D", str(self._data_dir),
             "-c", f"listen_addresses={_HOST}",
             "-c", f"port={port}",
@@ -230,6 +239,15 @@ class EmbeddedPostgres:
             "-c", f"max_connections={self._max_connections}",
             "-c", "fsync=on",
         ]  # fmt: skip
+        if self._tls is not None:
+            cmd += [
+                "-c",
+                "ssl=on",
+                "-c",
+                "ssl_cert_file=server.crt",
+                "-c",
+                "ssl_key_file=server.key",
+            ]
         # 0600: postgres logs a failing statement verbatim, which may carry a password.
         log_fd = os.open(self._log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._log = os.fdopen(log_fd, "ab")
@@ -293,6 +311,9 @@ class EmbeddedPostgres:
         )
 
     # -- internals ------------------------------------------------------------------------
+
+    def _bins(self) -> Path:
+        return self._bin_dir_override or _bin_dir()
 
     def _run_as(self) -> _RunAs:
         if os.geteuid() != 0:
@@ -362,7 +383,7 @@ class EmbeddedPostgres:
 
     def _run_initdb(self, run_as: _RunAs, pw_file: Path) -> None:
         cmd = [
-            str(_bin_dir() / "initdb"),
+            str(self._bins() / "initdb"),
             "-D", str(self._data_dir),
             "-U", _SUPERUSER,
             f"--pwfile={pw_file}",
@@ -394,8 +415,17 @@ class EmbeddedPostgres:
         hba = self._data_dir / "pg_hba.conf"
         hba.write_text(_PG_HBA)
         hba.chmod(0o600)
+        written = [hba]
+        if self._tls is not None:
+            for source, name in zip(self._tls, ("server.crt", "server.key"), strict=True):
+                target = self._data_dir / name
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(source.read_bytes())
+                written.append(target)
         if run_as.uid is not None and run_as.gid is not None:
-            os.chown(hba, run_as.uid, run_as.gid)
+            for path in written:
+                os.chown(path, run_as.uid, run_as.gid)
 
     def _clear_stale_postmaster(self) -> None:
         pid_file = self._data_dir / "postmaster.pid"

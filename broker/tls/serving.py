@@ -20,7 +20,6 @@ Rules this module keeps:
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import os
 import ssl
@@ -31,36 +30,18 @@ from pathlib import Path
 
 from cryptography import x509
 
+from broker.errors import TLSConfigError
+from broker.tls.loopback import is_loopback
+
 __all__ = [
     "ServingCertificate",
     "ServingTLS",
-    "TLSConfigError",
-    "is_loopback",
     "plaintext_refusal",
 ]
 
 _log = logging.getLogger(__name__)
 
 _MAX_PEM_BYTES = 1024 * 1024  # a chain plus key is a few KiB; refuse anything absurd
-
-
-class TLSConfigError(ValueError):
-    """The serving certificate, key or client CA cannot be used; the message says which
-    file and why."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a listen address) only accepts connections from this machine.
-
-    ``localhost`` and loopback IP literals are; every other name, ``0.0.0.0``, ``::`` and
-    the empty string (all interfaces) are not.
-    """
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def plaintext_refusal(host: str, *, tls: bool, tls_disable: bool) -> str | None:

@@ -6,6 +6,8 @@ lease renew/revoke, health): hvac is synchronous and costs ~1.5 ms CPU a call, t
 Vault's JSON. Errors are translated at this boundary:
 
 - connection failure / timeout / 5xx / sealed  -> VaultUnavailable (503, fail closed)
+- a certificate that does not verify            -> VaultUnavailable code ``vault_tls``
+                                                   (names the address and the reason)
 - 403 / 404 / 400 from Vault                   -> VaultError (502: our config is wrong)
 """
 
@@ -21,8 +23,9 @@ from urllib.parse import quote
 import aiohttp
 
 from broker.errors import VaultError, VaultUnavailable
+from broker.tls.outbound import ClientTLS, describe_tls_failure
 
-__all__ = ["DatabaseCredential", "KVSecret", "PKICertificate", "VaultClient"]
+__all__ = ["DatabaseCredential", "KVSecret", "PKICertificate", "VaultClient", "vault_unreachable"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class VaultClient:
     ``token`` is a callable so AppRole/Kubernetes login can rotate the token underneath;
     on a 403, ``on_token_rejected(token)`` may log in again, and the call is retried once
     if the token changed (an expired or revoked broker token heals without a failed call).
-    ``on_call(endpoint, seconds, ok)`` feeds metrics.
+    ``on_call(endpoint, seconds, ok)`` feeds metrics. ``tls`` (for ``https://``) is the
+    verifying client context; without it the system trust store verifies.
     """
 
     def __init__(
@@ -67,8 +71,10 @@ class VaultClient:
         max_connections: int = 64,
         on_call: Callable[[str, float, bool], None] | None = None,
         on_token_rejected: Callable[[str], Awaitable[bool]] | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
         self._addr = addr.rstrip("/")
+        self._tls = tls
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_connections = max_connections
@@ -80,7 +86,10 @@ class VaultClient:
     async def start(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections,
+                    ssl=self._tls.context if self._tls else True,
+                ),
                 timeout=self._timeout,
             )
 
@@ -131,6 +140,7 @@ class VaultClient:
                 f"{self._addr}/v1/{path}",
                 json=json,
                 headers={"X-Vault-Token": token, "X-Vault-Request": "true"},
+                server_hostname=self._tls.server_hostname if self._tls else None,
             ) as resp:
                 status = resp.status
                 body: dict[str, Any] = {}
@@ -138,7 +148,7 @@ class VaultClient:
                     parsed = await resp.json(content_type=None)
                     body = parsed if isinstance(parsed, dict) else {}
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-            raise VaultUnavailable(f"vault is unreachable ({endpoint})") from e
+            raise vault_unreachable(self._addr, endpoint, e) from e
         finally:
             if self._on_call is not None:
                 self._on_call(endpoint, time.perf_counter() - started, 0 < status < 500)
@@ -187,9 +197,7 @@ class VaultClient:
 
     async def read_kv2_metadata(self, mount: str, path: str) -> dict[str, Any]:
         """A KV v2 secret's metadata (versions, times; never values), as Vault returns it."""
-        _, body = await self._call(
-            "GET", f"{_seg(mount)}/metadata/{_seg(path)}", "kv2.metadata"
-        )
+        _, body = await self._call("GET", f"{_seg(mount)}/metadata/{_seg(path)}", "kv2.metadata")
         data = body.get("data")
         if not isinstance(data, dict):
             raise VaultError("vault returned no KV metadata")
@@ -267,6 +275,15 @@ class VaultClient:
         )
         if status != 200:
             raise VaultUnavailable(f"vault is not ready (HTTP {status})")
+
+
+def vault_unreachable(addr: str, endpoint: str, error: BaseException) -> VaultUnavailable:
+    """The error for a failed Vault call: a TLS failure names the address and OpenSSL's
+    reason (code ``vault_tls``), anything else is ``vault is unreachable (<endpoint>)``."""
+    reason = describe_tls_failure(error)
+    if reason is not None:
+        return VaultUnavailable(f"Vault at {addr}: {reason}", code="vault_tls")
+    return VaultUnavailable(f"vault is unreachable ({endpoint})")
 
 
 def _seg(path: str) -> str:

@@ -21,6 +21,8 @@ import aiohttp
 
 from broker.errors import VaultError, VaultUnavailable
 from broker.settings import Settings
+from broker.tls.outbound import ClientTLS, client_context
+from broker.vault.client import vault_unreachable
 
 __all__ = [
     "AppRoleCredentials",
@@ -28,6 +30,7 @@ __all__ = [
     "LoginMethod",
     "VaultLogin",
     "vault_login_for",
+    "vault_tls_for",
 ]
 
 _log = logging.getLogger(__name__)
@@ -100,6 +103,7 @@ class VaultLogin:
         approle: AppRoleCredentials | None = None,
         kubernetes: KubernetesCredentials | None = None,
         timeout: float = 5.0,
+        tls: ClientTLS | None = None,
     ) -> None:
         methods = [m for m in (approle, kubernetes) if m is not None]
         if len(methods) + (static_token is not None) != 1:
@@ -110,6 +114,7 @@ class VaultLogin:
         self._method: LoginMethod | None = methods[0] if methods else None
         self._token = static_token or ""
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._tls = tls
         self._renew_at = float("inf")  # monotonic time; static tokens never renew
         self.accessor: str | None = None
         self._lock = asyncio.Lock()
@@ -122,15 +127,22 @@ class VaultLogin:
         headers = {"X-Vault-Request": "true"}
         if token:
             headers["X-Vault-Token"] = token
+        tls = self._tls
+        connector = aiohttp.TCPConnector(ssl=tls.context if tls else True)
         try:
             async with (
-                aiohttp.ClientSession(timeout=self._timeout) as session,
-                session.post(f"{self._addr}/v1/{path}", json=body, headers=headers) as resp,
+                aiohttp.ClientSession(timeout=self._timeout, connector=connector) as session,
+                session.post(
+                    f"{self._addr}/v1/{path}",
+                    json=body,
+                    headers=headers,
+                    server_hostname=tls.server_hostname if tls else None,
+                ) as resp,
             ):
                 payload = await resp.json(content_type=None)
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-            raise VaultUnavailable("vault is unreachable (login)") from e
+            raise vault_unreachable(self._addr, "login", e) from e
         if status >= 500:
             raise VaultUnavailable(f"vault failed login ({status})")
         if status >= 400 or not isinstance(payload, dict) or "auth" not in payload:
@@ -199,9 +211,26 @@ def _seconds(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def vault_login_for(settings: Settings) -> VaultLogin:
+def vault_tls_for(settings: Settings) -> ClientTLS | None:
+    """The verifying client TLS for an ``https://`` ``vault_addr`` (None for ``http://``):
+    ``vault_cacert``/``vault_capath`` (else the system store), the optional client
+    certificate, and ``vault_tls_server_name``. Raises ``TLSConfigError``."""
+    if not settings.vault_addr.lower().startswith("https://"):
+        return None
+    context = client_context(
+        cafile=settings.vault_cacert,
+        capath=settings.vault_capath,
+        certfile=settings.vault_client_cert,
+        keyfile=settings.vault_client_key,
+        what=f"Vault at {settings.vault_addr}",
+    )
+    return ClientTLS(context, settings.vault_tls_server_name)
+
+
+def vault_login_for(settings: Settings, tls: ClientTLS | None = None) -> VaultLogin:
     """The broker's Vault identity from settings: ``vault_auth_method``, or when unset
-    AppRole if ``vault_role_id`` is set, else the static ``vault_token``."""
+    AppRole if ``vault_role_id`` is set, else the static ``vault_token``. Its calls use
+    ``tls`` (see ``vault_tls_for``)."""
     method = settings.vault_auth_method or ("approle" if settings.vault_role_id else "token")
     timeout = settings.vault_timeout_seconds
     if method == "kubernetes":
@@ -212,7 +241,7 @@ def vault_login_for(settings: Settings) -> VaultLogin:
             settings.vault_kubernetes_token_path,
             settings.vault_kubernetes_mount,
         )
-        return VaultLogin(settings.vault_addr, kubernetes=credentials, timeout=timeout)
+        return VaultLogin(settings.vault_addr, kubernetes=credentials, timeout=timeout, tls=tls)
     if method == "approle":
         if not settings.vault_role_id:
             raise ValueError("vault_auth_method approle needs a role id (VAULT_ROLE_ID)")
@@ -222,7 +251,9 @@ def vault_login_for(settings: Settings) -> VaultLogin:
             settings.vault_approle_mount,
             settings.vault_secret_id_file,
         )
-        return VaultLogin(settings.vault_addr, approle=approle, timeout=timeout)
+        return VaultLogin(settings.vault_addr, approle=approle, timeout=timeout, tls=tls)
     if method != "token":
         raise ValueError(f"unknown vault_auth_method {method!r}")
-    return VaultLogin(settings.vault_addr, static_token=settings.vault_token, timeout=timeout)
+    return VaultLogin(
+        settings.vault_addr, static_token=settings.vault_token, timeout=timeout, tls=tls
+    )
