@@ -688,3 +688,264 @@ def test_secret_values_appear_only_in_secrets() -> None:
         for text in _iter_strings(obj):
             for secret in secrets:
                 assert secret not in text, f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+# --- TLS (issue 12) -----------------------------------------------------------------------
+
+
+def test_chart_defaults_refuse_to_render_without_a_certificate() -> None:
+    """Plaintext is a decision: bare defaults fail the render (install, upgrade, template),
+    naming the fix. ``helm lint`` runs templates in lint mode, where ``fail`` only logs, so
+    the bare chart still lints clean (chart repositories lint it with its defaults)."""
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmRenderError) as failed:
+        chart.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert "TLS is on (the default) but has no certificate" in str(failed.value)
+    for hint in ("tls.existingSecret", "tls.certManager.enabled", "tls.disable=true"):
+        assert hint in str(failed.value)
+    report = helm.lint(CHART, {})
+    assert not report["errors"] and all(m["severity"] < 3 for m in report["messages"])
+
+
+@pytest.mark.parametrize(
+    ("tls", "extra", "message"),
+    [
+        (
+            {
+                "existingSecret": TLS_SECRET,
+                "certManager": {"enabled": True, "issuerRef": {"name": "ca"}},
+            },
+            {},
+            "both set",
+        ),
+        ({"disable": True, "existingSecret": TLS_SECRET}, {}, "choose one"),
+        ({"disable": True}, {"ingress": {"enabled": True, "hosts": ["b.example"]}}, "plaintext"),
+        ({"existingSecret": TLS_SECRET}, {"ingress": {"enabled": True}}, "ingress.hosts"),
+    ],
+)
+def test_contradictory_tls_values_fail_the_render(
+    tls: dict[str, Any], extra: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        _render({"tls": tls, **extra})
+
+
+def _volume_files(objects: list[dict[str, Any]], file_path: str) -> tuple[str, str]:
+    """(Secret name, Secret key) behind ``file_path`` in the broker container."""
+    volume = _mount_of(objects, file_path)["secret"]
+    key = next(i["key"] for i in volume["items"] if i["path"] == Path(file_path).name)
+    return volume["secretName"], key
+
+
+def test_serving_certificate_is_a_mounted_secret_the_env_points_at() -> None:
+    objects = _render({})
+    container = _broker_container(objects)
+    env = _env(container)
+    assert _volume_files(objects, env["BROKER_TLS_CERT_FILE"]["value"]) == (TLS_SECRET, "tls.crt")
+    assert _volume_files(objects, env["BROKER_TLS_KEY_FILE"]["value"]) == (TLS_SECRET, "tls.key")
+    assert "BROKER_TLS_DISABLE" not in env and "BROKER_TLS_CLIENT_CA_FILE" not in env
+    assert "BROKER_TLS_RELOAD_INTERVAL" not in env  # the broker's default
+    # Directories, never subPath: the kubelet then updates the files in place on renewal.
+    assert all("subPath" not in m for m in container["volumeMounts"])
+    tls_mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    assert tls_mount["readOnly"] is True
+    # Service ports unchanged; appProtocol says the port speaks TLS.
+    ports = _one(objects, "Service")["spec"]["ports"]
+    assert [(p["name"], p["port"], p["targetPort"], p["appProtocol"]) for p in ports] == [
+        ("http", 8080, "http", "https")
+    ]
+    notes = _notes({})
+    assert f"https://{SERVICE_HOST}:8080" in notes and "WARNING: tls.disable" not in notes
+    reload = _env(
+        _broker_container(_render({"tls": {"existingSecret": "x", "reloadIntervalSeconds": 15}}))
+    )
+    assert reload["BROKER_TLS_RELOAD_INTERVAL"]["value"] == "15"
+
+
+def test_cert_manager_certificate_feeds_the_mounted_secret() -> None:
+    objects = _render(SCENARIOS["everything-on"])
+    certificate = _one(objects, "Certificate")["spec"]
+    env = _env(_broker_container(objects))
+    secret, _ = _volume_files(objects, env["BROKER_TLS_CERT_FILE"]["value"])
+    assert certificate["secretName"] == secret == "jit-broker-tls"
+    assert certificate["issuerRef"] == {
+        "name": "internal-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+    # The Service's names, and the Ingress host the passthrough hands the stream to.
+    assert {SERVICE_HOST, f"{SERVICE_HOST}.cluster.local", "broker.example.com"} <= set(
+        certificate["dnsNames"]
+    )
+    assert certificate["privateKey"]["rotationPolicy"] == "Always"
+    assert "client auth" in certificate["usages"]  # mTLS is on: the probes present it
+    plain = _one(_render(SCENARIOS["tls-cert-manager"]), "Certificate")["spec"]
+    assert "client auth" not in plain["usages"]
+    assert not any(o["kind"] == "Certificate" for o in _render({}))
+
+
+def test_tls_disable_serves_plain_http_and_says_so() -> None:
+    values = SCENARIOS["tls-disabled"]
+    objects = _render(values)
+    container = _broker_container(objects)
+    env = _env(container)
+    assert env["BROKER_TLS_DISABLE"]["value"] == "true"
+    assert not {n for n in env if n.startswith("BROKER_TLS_") and n != "BROKER_TLS_DISABLE"}
+    assert "tls" not in {m["name"] for m in container["volumeMounts"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v1/health", "port": "http"}
+    assert "appProtocol" not in _one(objects, "Service")["spec"]["ports"][0]
+    endpoint = _one(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert "scheme" not in endpoint and "tlsConfig" not in endpoint
+    notes = _notes(values)
+    assert "WARNING: tls.disable is true" in notes and "PLAIN HTTP" in notes
+    assert f"http://{RELEASE}.{NAMESPACE}.svc:8080" in notes
+
+
+def test_mtls_mounts_the_client_ca_and_probes_present_a_certificate() -> None:
+    objects = _render(SCENARIOS["tls-mtls"])
+    container = _broker_container(objects)
+    env = _env(container)
+    assert _volume_files(objects, env["BROKER_TLS_CLIENT_CA_FILE"]["value"]) == (
+        "mesh-ca",
+        "ca.crt",
+    )
+    for probe, path in (
+        ("startupProbe", "/v1/health"),
+        ("readinessProbe", "/v1/health"),
+        ("livenessProbe", "/v1/health/live"),
+    ):
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == ["python", "-c"] and f'{path}" %' in command[2], probe
+        assert "httpGet" not in container[probe]
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_mtls_probe_command_passes_a_real_handshake_and_fails_on_503(tmp_path: Path) -> None:
+    """The exec probe, run as the kubelet would, against a server that requires client certs."""
+    ca = DevCA.load_or_create(tmp_path / "ca")
+    server_cert = ca.issue("server", ["127.0.0.1"])
+    # The broker's certificate must be usable as a client certificate (cert-manager gets the
+    # "client auth" usage); devca issues that as a separate client certificate.
+    client_cert = ca.issue("client", ["jit-broker"], client=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_cert.cert_path, server_cert.key_path)
+    context.load_verify_locations(ca.cert_path)
+    context.verify_mode = ssl.CERT_REQUIRED
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    command = _broker_container(_render(SCENARIOS["tls-mtls"]))["readinessProbe"]["exec"]
+    argv = [sys.executable, *command["command"][1:]]
+
+    def probe(cert: Path, key: Path) -> int:
+        env = dict(
+            os.environ,
+            BROKER_PORT=str(server.server_address[1]),
+            BROKER_TLS_CERT_FILE=str(cert),
+            BROKER_TLS_KEY_FILE=str(key),
+        )
+        return subprocess.run(argv, env=env, capture_output=True, timeout=20).returncode
+
+    try:
+        assert probe(client_cert.cert_path, client_cert.key_path) == 0
+        # A certificate the client CA does not trust for clients is refused in the handshake.
+        assert probe(server_cert.cert_path, server_cert.key_path) != 0
+        _Health.status = 503
+        assert probe(client_cert.cert_path, client_cert.key_path) != 0
+    finally:
+        _Health.status = 200
+        server.shutdown()
+        server.server_close()
+
+
+def test_outbound_cas_are_mounted_files_the_env_points_at() -> None:
+    objects = _render(SCENARIOS["everything-on"])
+    env = _env(_broker_container(objects))
+    expected = {
+        "VAULT_CACERT": ("vault-ca", "ca.crt"),
+        "VAULT_CLIENT_CERT": ("broker-vault-client", "tls.crt"),
+        "VAULT_CLIENT_KEY": ("broker-vault-client", "tls.key"),
+        "BROKER_DATABASE_SSLROOTCERT": ("ledger-ca", "ca.crt"),
+        "BROKER_JWKS_CA_FILE": ("idp-ca", "ca.crt"),
+    }
+    for name, source in expected.items():
+        assert _volume_files(objects, env[name]["value"]) == source, name
+    assert env["VAULT_TLS_SERVER_NAME"]["value"] == "vault.internal"
+    # The migration Job connects to the same database: it verifies it the same way.
+    job = _one(objects, "Job")["spec"]["template"]["spec"]
+    job_env = _env(job["containers"][0])
+    ca_path = job_env["BROKER_DATABASE_SSLROOTCERT"]["value"]
+    assert ca_path == env["BROKER_DATABASE_SSLROOTCERT"]["value"]
+    mount = next(m for m in job["containers"][0]["volumeMounts"] if m["name"] == "database-ca")
+    assert mount["mountPath"] == str(Path(ca_path).parent) and "subPath" not in mount
+    volume = next(v for v in job["volumes"] if v["name"] == "database-ca")
+    assert volume["secret"]["secretName"] == "ledger-ca"
+    # None of them unless asked for.
+    plain = _env(_broker_container(_render({})))
+    assert not set(expected) & set(plain) and "VAULT_TLS_SERVER_NAME" not in plain
+
+
+def test_service_monitor_verifies_the_broker_and_presents_a_client_certificate() -> None:
+    endpoint = _one(_render(SCENARIOS["everything-on"]), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "serverName": SERVICE_HOST,
+        "ca": {"secret": {"name": "jit-broker-tls", "key": "ca.crt"}},
+        "cert": {"secret": {"name": "prometheus-client", "key": "tls.crt"}},
+        "keySecret": {"name": "prometheus-client", "key": "tls.key"},
+    }
+
+
+def test_ingress_passes_tls_through_or_re_encrypts() -> None:
+    passthrough = _one(_render(SCENARIOS["ingress-passthrough"]), "Ingress")
+    assert passthrough["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/ssl-passthrough": "true"
+    }
+    assert passthrough["spec"]["ingressClassName"] == "nginx"
+    assert "tls" not in passthrough["spec"]  # the broker's own certificate reaches the client
+    rule = passthrough["spec"]["rules"][0]
+    assert rule["host"] == "broker.example.com"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {
+        "name": "jit-broker",
+        "port": {"name": "http"},
+    }
+
+    reencrypt = _one(_render(SCENARIOS["ingress-reencrypt"]), "Ingress")
+    assert reencrypt["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/backend-protocol": "HTTPS",
+        "nginx.ingress.kubernetes.io/proxy-ssl-verify": "on",
+        "nginx.ingress.kubernetes.io/proxy-ssl-secret": f"{NAMESPACE}/{TLS_SECRET}",
+        "nginx.ingress.kubernetes.io/proxy-ssl-name": SERVICE_HOST,
+        "nginx.ingress.kubernetes.io/proxy-ssl-server-name": "on",
+    }
+    assert reencrypt["spec"]["tls"] == [{"secretName": "edge-tls", "hosts": ["vault.example.com"]}]
+    backend = reencrypt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["port"] == {"name": "vault-api"}
+
+    # Your annotations win (another controller, or a different backend CA).
+    custom = _one(
+        _render(
+            {
+                "ingress": {
+                    "enabled": True,
+                    "mode": "reencrypt",
+                    "hosts": ["b.example"],
+                    "reencrypt": {"backendCASecret": "broker-ca"},
+                    "annotations": {"nginx.ingress.kubernetes.io/proxy-ssl-verify": "off"},
+                }
+            }
+        ),
+        "Ingress",
+    )["metadata"]["annotations"]
+    assert custom["nginx.ingress.kubernetes.io/proxy-ssl-verify"] == "off"
+    assert custom["nginx.ingress.kubernetes.io/proxy-ssl-secret"] == f"{NAMESPACE}/broker-ca"
