@@ -3,8 +3,13 @@
 Rendering and lint use Helm itself as a library (the ``helm-python-sdk`` wheel bundles
 Helm v4's Go SDK; no cluster, no ``helm`` binary). Every rendered object is validated
 against the Kubernetes JSON schemas for ``KUBE_VERSION`` from the ``kubernetes-validate``
-wheel, in strict mode (unknown fields are errors). ServiceMonitor and PrometheusRule are
-Prometheus Operator CRDs, not in those schemas: they get a structural check instead.
+wheel, in strict mode (unknown fields are errors). ServiceMonitor and PrometheusRule
+(Prometheus Operator) and Certificate (cert-manager) are CRDs, not in those schemas: they
+get a structural check instead.
+
+TLS is on by default and the chart refuses to render without a certificate source, so
+``_render`` names a TLS Secret unless the values say something about ``tls`` themselves;
+``test_chart_defaults_refuse_to_render_without_a_certificate`` covers the bare defaults.
 
 Beyond schema validity, the rendered wiring is checked against the broker itself: every
 environment variable is one ``broker.settings`` declares, the TOML config file is accepted by
@@ -15,7 +20,13 @@ the broker's own loader, the policy ConfigMap loads to the same policy version a
 from __future__ import annotations
 
 import copy
+import http.server
+import os
 import re
+import ssl
+import subprocess
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +39,7 @@ import yaml
 
 from broker.policy import load_policy_dir
 from broker.settings import CONFIG_ENV, SETTINGS, settings_from_file
+from broker.tls.devca import DevCA
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "jit-broker"
@@ -37,7 +49,35 @@ NAMESPACE = "secrets"
 CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("cert-manager.io/v1", "Certificate"),
 }
+TLS_SECRET = "jit-broker-tls"
+SERVICE_HOST = f"jit-broker.{NAMESPACE}.svc"
+# Settings of issue 12 the chart sets before the broker declares them (the serving and the
+# outbound TLS work land on main separately). A group is tolerated only while *none* of
+# its names is declared, so the check tightens by itself when the settings arrive.
+# TODO(after merge of tls-serve and tls-outbound): delete _PENDING_TLS_SETTINGS.
+_PENDING_TLS_SETTINGS = (
+    frozenset(
+        {
+            "BROKER_TLS_CERT_FILE",
+            "BROKER_TLS_KEY_FILE",
+            "BROKER_TLS_CLIENT_CA_FILE",
+            "BROKER_TLS_DISABLE",
+            "BROKER_TLS_RELOAD_INTERVAL",
+        }
+    ),
+    frozenset(
+        {
+            "VAULT_CACERT",
+            "VAULT_CLIENT_CERT",
+            "VAULT_CLIENT_KEY",
+            "VAULT_TLS_SERVER_NAME",
+            "BROKER_DATABASE_SSLROOTCERT",
+            "BROKER_JWKS_CA_FILE",
+        }
+    ),
+)
 VERIFIER_KEY = "old-key+0a1b2c3d+AVGjyLzLbXcgVVLK4J1RDsNsmMwUrQtiKSJwwrf8kIAx"
 
 
@@ -59,15 +99,27 @@ def _everything_on() -> dict[str, Any]:
                     "jwks_url": "https://login.example.com/.well-known/jwks.json",
                 }
             ],
+            "jwksCaSecret": "idp-ca",
             "extraEnv": [{"name": "BROKER_MAX_BODY_BYTES", "value": "32768"}],
         },
         "config": {"policy_reload_interval_seconds": 3, "ledger_max_queue": 20000},
         "vaultApi": {"enabled": True, "port": 8200},
-        "database": {
-            "url": "postgresql://ledger_writer:pw@db:5432/broker",
-            "adminUrl": "postgresql://ledger_owner:pw@db:5432/broker",
+        "tls": {
+            "certManager": {"enabled": True, "issuerRef": {"name": "internal-ca"}},
+            "clientCA": {"existingSecret": "mesh-ca"},
+            "reloadIntervalSeconds": 30,
         },
-        "vault": {"approle": {"roleId": "role-123", "secretId": "secret-456"}},
+        "database": {
+            "url": "postgresql://ledger_writer:pw@db:5432/broker?sslmode=verify-full",
+            "adminUrl": "postgresql://ledger_owner:pw@db:5432/broker?sslmode=verify-full",
+            "caSecret": "ledger-ca",
+        },
+        "vault": {
+            "approle": {"roleId": "role-123", "secretId": "secret-456"},
+            "caSecret": "vault-ca",
+            "tlsServerName": "vault.internal",
+            "clientCertSecret": "broker-vault-client",
+        },
         "checkpoint": {
             "privateKey": "-----BEGIN PRIVATE KEY-----\nMC4C\n-----END PRIVATE KEY-----\n",
             "verifierKeys": [VERIFIER_KEY],
@@ -88,7 +140,16 @@ def _everything_on() -> dict[str, Any]:
                 ],
             },
         },
-        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "serviceMonitor": {
+            "enabled": True,
+            "labels": {"release": "prometheus"},
+            "tls": {"clientCertSecret": "prometheus-client"},
+        },
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "hosts": ["broker.example.com"],
+        },
         "prometheusRule": {
             "enabled": True,
             "labels": {"release": "prometheus"},
@@ -103,13 +164,50 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "three-replicas": {"replicaCount": 3},
     "kubernetes-auth": {"vault": {"authMethod": "kubernetes"}},
     "token-auth": {"vault": {"authMethod": "token", "token": {"value": "s.dev-token"}}},
+    "tls-cert-manager": {
+        "tls": {"certManager": {"enabled": True, "issuerRef": {"name": "internal-ca"}}},
+        "serviceMonitor": {"enabled": True},
+    },
+    "tls-mtls": {"tls": {"existingSecret": TLS_SECRET, "clientCA": {"existingSecret": "mesh-ca"}}},
+    "tls-disabled": {"tls": {"disable": True}, "serviceMonitor": {"enabled": True}},
+    "ingress-passthrough": {
+        "ingress": {"enabled": True, "className": "nginx", "hosts": ["broker.example.com"]}
+    },
+    "ingress-reencrypt": {
+        "vaultApi": {"enabled": True},
+        "ingress": {
+            "enabled": True,
+            "mode": "reencrypt",
+            "servicePort": "vault-api",
+            "hosts": ["vault.example.com"],
+            "tls": [{"secretName": "edge-tls", "hosts": ["vault.example.com"]}],
+        },
+    },
 }
+
+
+def _with_tls_source(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` plus a TLS Secret, unless they decide about ``tls`` themselves."""
+    if "tls" in values:
+        return values
+    return {**values, "tls": {"existingSecret": TLS_SECRET}}
+
+
+def _render_all(values: dict[str, Any]) -> dict[str, str]:
+    with helm.Chart.load(CHART) as chart:
+        manifests: dict[str, str] = chart.render(
+            _with_tls_source(values), name=RELEASE, namespace=NAMESPACE, is_install=True
+        )
+    return manifests
+
+
+def _notes(values: dict[str, Any]) -> str:
+    return next(t for p, t in _render_all(values).items() if p.endswith("NOTES.txt"))
 
 
 def _render(values: dict[str, Any]) -> list[dict[str, Any]]:
     """Render the chart as an install; every non-empty object, NOTES.txt left out."""
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    manifests = _render_all(values)
     objects = []
     for path, text in sorted(manifests.items()):
         if path.endswith("NOTES.txt"):
@@ -145,8 +243,13 @@ def _mount_of(objects: list[dict[str, Any]], file_path: str) -> dict[str, Any]:
 
 
 def _broker_env_names() -> set[str]:
-    """Every BROKER_*/VAULT_* variable the broker reads: the declared ones, and the file's."""
-    return {d.env for d in SETTINGS} | {CONFIG_ENV}
+    """Every BROKER_*/VAULT_* variable the broker reads: the declared ones, and the file's
+    (plus a group of _PENDING_TLS_SETTINGS while the broker declares none of it)."""
+    declared = {d.env for d in SETTINGS} | {CONFIG_ENV}
+    for group in _PENDING_TLS_SETTINGS:
+        if not group & declared:
+            declared |= group
+    return declared
 
 
 def _validate_crd(obj: dict[str, Any]) -> None:
@@ -159,7 +262,34 @@ def _validate_crd(obj: dict[str, Any]) -> None:
         assert spec["selector"]["matchLabels"]
         for endpoint in spec["endpoints"]:
             assert endpoint["port"] and endpoint["path"].startswith("/")
-            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+            assert set(endpoint) <= {
+                "port",
+                "path",
+                "interval",
+                "scrapeTimeout",
+                "scheme",
+                "tlsConfig",
+            }
+            if "tlsConfig" in endpoint:
+                assert endpoint["scheme"] == "https"
+                assert set(endpoint["tlsConfig"]) <= {"serverName", "ca", "cert", "keySecret"}
+                assert endpoint["tlsConfig"]["ca"]["secret"].keys() == {"name", "key"}
+    elif obj["kind"] == "Certificate":
+        assert set(spec) <= {
+            "secretName",
+            "secretTemplate",
+            "commonName",
+            "dnsNames",
+            "duration",
+            "renewBefore",
+            "privateKey",
+            "usages",
+            "issuerRef",
+        }, set(spec)
+        assert spec["secretName"] and spec["dnsNames"] and spec["issuerRef"]["name"]
+        assert spec["issuerRef"]["kind"] in ("Issuer", "ClusterIssuer")
+        assert re.fullmatch(r"([0-9]+h)+", spec["duration"])
+        assert "server auth" in spec["usages"]
     else:
         assert set(spec) == {"groups"}
         for group in spec["groups"]:
@@ -186,7 +316,8 @@ def _validate(objects: list[dict[str, Any]]) -> list[str]:
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_helm_lint_has_no_errors(scenario: str) -> None:
-    report = helm.lint(CHART, SCENARIOS[scenario], kube_version=f"v{KUBE_VERSION}.0")
+    values = _with_tls_source(SCENARIOS[scenario])
+    report = helm.lint(CHART, values, kube_version=f"v{KUBE_VERSION}.0")
     errors = [m for m in report["messages"] if m["severity"] >= 3] + report["errors"]
     assert not errors, errors
     # Warnings are reported (in pytest's warnings summary), not fatal. None exist today.
@@ -213,6 +344,14 @@ def test_values_schema_rejects_a_bad_value() -> None:
         ({"policies": {"files": {"roles.json": "{}"}}}, "roles.json"),
         ({"checkpoint": {"verifierKeys": ["not a key"]}}, "verifierKeys"),
         ({"replicaCount": 2, "replicas": 3}, "replicas"),
+        ({"tls": {"enabled": True}}, "enabled"),  # the switch is tls.disable
+        ({"tls": {"certManager": {"enabled": True}}}, "issuerRef"),
+        ({"tls": {"certManager": {"issuerRef": {"kind": "CA"}}}}, "kind"),
+        ({"tls": {"existingSecret": "Not_A_Name"}}, "existingSecret"),
+        ({"tls": {"reloadIntervalSeconds": 0}}, "reloadIntervalSeconds"),
+        ({"ingress": {"mode": "terminate"}}, "mode"),
+        ({"ingress": {"hosts": ["https://broker.example.com"]}}, "hosts"),
+        ({"vault": {"addr": "https://v", "authMethod": "token", "caKey": ""}}, "caKey"),
     ],
 )
 def test_values_schema_rejects_other_mistakes(values: dict[str, Any], where: str) -> None:
@@ -246,10 +385,12 @@ def test_everything_on_renders_every_template() -> None:
     kinds = sorted(o["kind"] for o in _render(SCENARIOS["everything-on"]))
     assert kinds == sorted(
         [
+            "Certificate",  # cert-manager: the serving certificate
             "ConfigMap",  # policies
             "ConfigMap",  # broker.toml
             "Deployment",
             "HorizontalPodAutoscaler",
+            "Ingress",
             "Job",
             "NetworkPolicy",
             "PodDisruptionBudget",
@@ -307,10 +448,18 @@ def test_pod_is_locked_down() -> None:
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert _mount_of(objects, "/tmp/x")["emptyDir"]  # the writable /tmp
     for probe in ("startupProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/v1/health", "port": "http"}
+        assert container[probe]["httpGet"] == {
+            "path": "/v1/health",
+            "port": "http",
+            "scheme": "HTTPS",
+        }
     # Liveness asks only whether the process answers: a dependency outage takes replicas
     # out of the Service (readiness) but must not restart them all.
-    assert container["livenessProbe"]["httpGet"] == {"path": "/v1/health/live", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/v1/health/live",
+        "port": "http",
+        "scheme": "HTTPS",
+    }
     live, ready = container["livenessProbe"], container["readinessProbe"]
     assert live["periodSeconds"] * live["failureThreshold"] > 3 * (
         ready["periodSeconds"] * ready["failureThreshold"]
@@ -487,7 +636,17 @@ def test_service_monitor_scrapes_metrics_on_the_api_port() -> None:
     objects = _render({"serviceMonitor": {"enabled": True}})
     monitor = _one(objects, "ServiceMonitor")
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        {
+            "port": "http",
+            "path": "/metrics",
+            "interval": "30s",
+            "scrapeTimeout": "10s",
+            "scheme": "https",
+            "tlsConfig": {
+                "serverName": SERVICE_HOST,
+                "ca": {"secret": {"name": TLS_SECRET, "key": "ca.crt"}},
+            },
+        }
     ]
     service = _one(objects, "Service")
     assert (
@@ -529,3 +688,264 @@ def test_secret_values_appear_only_in_secrets() -> None:
         for text in _iter_strings(obj):
             for secret in secrets:
                 assert secret not in text, f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+# --- TLS (issue 12) -----------------------------------------------------------------------
+
+
+def test_chart_defaults_refuse_to_render_without_a_certificate() -> None:
+    """Plaintext is a decision: bare defaults fail the render (install, upgrade, template),
+    naming the fix. ``helm lint`` runs templates in lint mode, where ``fail`` only logs, so
+    the bare chart still lints clean (chart repositories lint it with its defaults)."""
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmRenderError) as failed:
+        chart.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert "TLS is on (the default) but has no certificate" in str(failed.value)
+    for hint in ("tls.existingSecret", "tls.certManager.enabled", "tls.disable=true"):
+        assert hint in str(failed.value)
+    report = helm.lint(CHART, {})
+    assert not report["errors"] and all(m["severity"] < 3 for m in report["messages"])
+
+
+@pytest.mark.parametrize(
+    ("tls", "extra", "message"),
+    [
+        (
+            {
+                "existingSecret": TLS_SECRET,
+                "certManager": {"enabled": True, "issuerRef": {"name": "ca"}},
+            },
+            {},
+            "both set",
+        ),
+        ({"disable": True, "existingSecret": TLS_SECRET}, {}, "choose one"),
+        ({"disable": True}, {"ingress": {"enabled": True, "hosts": ["b.example"]}}, "plaintext"),
+        ({"existingSecret": TLS_SECRET}, {"ingress": {"enabled": True}}, "ingress.hosts"),
+    ],
+)
+def test_contradictory_tls_values_fail_the_render(
+    tls: dict[str, Any], extra: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        _render({"tls": tls, **extra})
+
+
+def _volume_files(objects: list[dict[str, Any]], file_path: str) -> tuple[str, str]:
+    """(Secret name, Secret key) behind ``file_path`` in the broker container."""
+    volume = _mount_of(objects, file_path)["secret"]
+    key = next(i["key"] for i in volume["items"] if i["path"] == Path(file_path).name)
+    return volume["secretName"], key
+
+
+def test_serving_certificate_is_a_mounted_secret_the_env_points_at() -> None:
+    objects = _render({})
+    container = _broker_container(objects)
+    env = _env(container)
+    assert _volume_files(objects, env["BROKER_TLS_CERT_FILE"]["value"]) == (TLS_SECRET, "tls.crt")
+    assert _volume_files(objects, env["BROKER_TLS_KEY_FILE"]["value"]) == (TLS_SECRET, "tls.key")
+    assert "BROKER_TLS_DISABLE" not in env and "BROKER_TLS_CLIENT_CA_FILE" not in env
+    assert "BROKER_TLS_RELOAD_INTERVAL" not in env  # the broker's default
+    # Directories, never subPath: the kubelet then updates the files in place on renewal.
+    assert all("subPath" not in m for m in container["volumeMounts"])
+    tls_mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    assert tls_mount["readOnly"] is True
+    # Service ports unchanged; appProtocol says the port speaks TLS.
+    ports = _one(objects, "Service")["spec"]["ports"]
+    assert [(p["name"], p["port"], p["targetPort"], p["appProtocol"]) for p in ports] == [
+        ("http", 8080, "http", "https")
+    ]
+    notes = _notes({})
+    assert f"https://{SERVICE_HOST}:8080" in notes and "WARNING: tls.disable" not in notes
+    reload = _env(
+        _broker_container(_render({"tls": {"existingSecret": "x", "reloadIntervalSeconds": 15}}))
+    )
+    assert reload["BROKER_TLS_RELOAD_INTERVAL"]["value"] == "15"
+
+
+def test_cert_manager_certificate_feeds_the_mounted_secret() -> None:
+    objects = _render(SCENARIOS["everything-on"])
+    certificate = _one(objects, "Certificate")["spec"]
+    env = _env(_broker_container(objects))
+    secret, _ = _volume_files(objects, env["BROKER_TLS_CERT_FILE"]["value"])
+    assert certificate["secretName"] == secret == "jit-broker-tls"
+    assert certificate["issuerRef"] == {
+        "name": "internal-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+    # The Service's names, and the Ingress host the passthrough hands the stream to.
+    assert {SERVICE_HOST, f"{SERVICE_HOST}.cluster.local", "broker.example.com"} <= set(
+        certificate["dnsNames"]
+    )
+    assert certificate["privateKey"]["rotationPolicy"] == "Always"
+    assert "client auth" in certificate["usages"]  # mTLS is on: the probes present it
+    plain = _one(_render(SCENARIOS["tls-cert-manager"]), "Certificate")["spec"]
+    assert "client auth" not in plain["usages"]
+    assert not any(o["kind"] == "Certificate" for o in _render({}))
+
+
+def test_tls_disable_serves_plain_http_and_says_so() -> None:
+    values = SCENARIOS["tls-disabled"]
+    objects = _render(values)
+    container = _broker_container(objects)
+    env = _env(container)
+    assert env["BROKER_TLS_DISABLE"]["value"] == "true"
+    assert not {n for n in env if n.startswith("BROKER_TLS_") and n != "BROKER_TLS_DISABLE"}
+    assert "tls" not in {m["name"] for m in container["volumeMounts"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v1/health", "port": "http"}
+    assert "appProtocol" not in _one(objects, "Service")["spec"]["ports"][0]
+    endpoint = _one(objects, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert "scheme" not in endpoint and "tlsConfig" not in endpoint
+    notes = _notes(values)
+    assert "WARNING: tls.disable is true" in notes and "PLAIN HTTP" in notes
+    assert f"http://{RELEASE}.{NAMESPACE}.svc:8080" in notes
+
+
+def test_mtls_mounts_the_client_ca_and_probes_present_a_certificate() -> None:
+    objects = _render(SCENARIOS["tls-mtls"])
+    container = _broker_container(objects)
+    env = _env(container)
+    assert _volume_files(objects, env["BROKER_TLS_CLIENT_CA_FILE"]["value"]) == (
+        "mesh-ca",
+        "ca.crt",
+    )
+    for probe, path in (
+        ("startupProbe", "/v1/health"),
+        ("readinessProbe", "/v1/health"),
+        ("livenessProbe", "/v1/health/live"),
+    ):
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == ["python", "-c"] and f'{path}" %' in command[2], probe
+        assert "httpGet" not in container[probe]
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_mtls_probe_command_passes_a_real_handshake_and_fails_on_503(tmp_path: Path) -> None:
+    """The exec probe, run as the kubelet would, against a server that requires client certs."""
+    ca = DevCA.load_or_create(tmp_path / "ca")
+    server_cert = ca.issue("server", ["127.0.0.1"])
+    # The broker's certificate must be usable as a client certificate (cert-manager gets the
+    # "client auth" usage); devca issues that as a separate client certificate.
+    client_cert = ca.issue("client", ["jit-broker"], client=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_cert.cert_path, server_cert.key_path)
+    context.load_verify_locations(ca.cert_path)
+    context.verify_mode = ssl.CERT_REQUIRED
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    command = _broker_container(_render(SCENARIOS["tls-mtls"]))["readinessProbe"]["exec"]
+    argv = [sys.executable, *command["command"][1:]]
+
+    def probe(cert: Path, key: Path) -> int:
+        env = dict(
+            os.environ,
+            BROKER_PORT=str(server.server_address[1]),
+            BROKER_TLS_CERT_FILE=str(cert),
+            BROKER_TLS_KEY_FILE=str(key),
+        )
+        return subprocess.run(argv, env=env, capture_output=True, timeout=20).returncode
+
+    try:
+        assert probe(client_cert.cert_path, client_cert.key_path) == 0
+        # A certificate the client CA does not trust for clients is refused in the handshake.
+        assert probe(server_cert.cert_path, server_cert.key_path) != 0
+        _Health.status = 503
+        assert probe(client_cert.cert_path, client_cert.key_path) != 0
+    finally:
+        _Health.status = 200
+        server.shutdown()
+        server.server_close()
+
+
+def test_outbound_cas_are_mounted_files_the_env_points_at() -> None:
+    objects = _render(SCENARIOS["everything-on"])
+    env = _env(_broker_container(objects))
+    expected = {
+        "VAULT_CACERT": ("vault-ca", "ca.crt"),
+        "VAULT_CLIENT_CERT": ("broker-vault-client", "tls.crt"),
+        "VAULT_CLIENT_KEY": ("broker-vault-client", "tls.key"),
+        "BROKER_DATABASE_SSLROOTCERT": ("ledger-ca", "ca.crt"),
+        "BROKER_JWKS_CA_FILE": ("idp-ca", "ca.crt"),
+    }
+    for name, source in expected.items():
+        assert _volume_files(objects, env[name]["value"]) == source, name
+    assert env["VAULT_TLS_SERVER_NAME"]["value"] == "vault.internal"
+    # The migration Job connects to the same database: it verifies it the same way.
+    job = _one(objects, "Job")["spec"]["template"]["spec"]
+    job_env = _env(job["containers"][0])
+    ca_path = job_env["BROKER_DATABASE_SSLROOTCERT"]["value"]
+    assert ca_path == env["BROKER_DATABASE_SSLROOTCERT"]["value"]
+    mount = next(m for m in job["containers"][0]["volumeMounts"] if m["name"] == "database-ca")
+    assert mount["mountPath"] == str(Path(ca_path).parent) and "subPath" not in mount
+    volume = next(v for v in job["volumes"] if v["name"] == "database-ca")
+    assert volume["secret"]["secretName"] == "ledger-ca"
+    # None of them unless asked for.
+    plain = _env(_broker_container(_render({})))
+    assert not set(expected) & set(plain) and "VAULT_TLS_SERVER_NAME" not in plain
+
+
+def test_service_monitor_verifies_the_broker_and_presents_a_client_certificate() -> None:
+    endpoint = _one(_render(SCENARIOS["everything-on"]), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "serverName": SERVICE_HOST,
+        "ca": {"secret": {"name": "jit-broker-tls", "key": "ca.crt"}},
+        "cert": {"secret": {"name": "prometheus-client", "key": "tls.crt"}},
+        "keySecret": {"name": "prometheus-client", "key": "tls.key"},
+    }
+
+
+def test_ingress_passes_tls_through_or_re_encrypts() -> None:
+    passthrough = _one(_render(SCENARIOS["ingress-passthrough"]), "Ingress")
+    assert passthrough["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/ssl-passthrough": "true"
+    }
+    assert passthrough["spec"]["ingressClassName"] == "nginx"
+    assert "tls" not in passthrough["spec"]  # the broker's own certificate reaches the client
+    rule = passthrough["spec"]["rules"][0]
+    assert rule["host"] == "broker.example.com"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {
+        "name": "jit-broker",
+        "port": {"name": "http"},
+    }
+
+    reencrypt = _one(_render(SCENARIOS["ingress-reencrypt"]), "Ingress")
+    assert reencrypt["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/backend-protocol": "HTTPS",
+        "nginx.ingress.kubernetes.io/proxy-ssl-verify": "on",
+        "nginx.ingress.kubernetes.io/proxy-ssl-secret": f"{NAMESPACE}/{TLS_SECRET}",
+        "nginx.ingress.kubernetes.io/proxy-ssl-name": SERVICE_HOST,
+        "nginx.ingress.kubernetes.io/proxy-ssl-server-name": "on",
+    }
+    assert reencrypt["spec"]["tls"] == [{"secretName": "edge-tls", "hosts": ["vault.example.com"]}]
+    backend = reencrypt["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["port"] == {"name": "vault-api"}
+
+    # Your annotations win (another controller, or a different backend CA).
+    custom = _one(
+        _render(
+            {
+                "ingress": {
+                    "enabled": True,
+                    "mode": "reencrypt",
+                    "hosts": ["b.example"],
+                    "reencrypt": {"backendCASecret": "broker-ca"},
+                    "annotations": {"nginx.ingress.kubernetes.io/proxy-ssl-verify": "off"},
+                }
+            }
+        ),
+        "Ingress",
+    )["metadata"]["annotations"]
+    assert custom["nginx.ingress.kubernetes.io/proxy-ssl-verify"] == "off"
+    assert custom["nginx.ingress.kubernetes.io/proxy-ssl-secret"] == f"{NAMESPACE}/broker-ca"

@@ -116,3 +116,112 @@ setting. Whole numbers are written as integers (a float setting accepts them too
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Transport security (docs/operations.md#tls). TLS is on unless `tls.disable` is set, and
+then the certificate comes from exactly one source: a Secret you manage
+(`tls.existingSecret`) or the cert-manager Certificate the chart creates. Anything else
+fails the render, so a release never starts pods the broker would refuse to run.
+*/}}
+{{- define "jit-broker.tlsOn" -}}
+{{- if not .Values.tls.disable }}true{{ end }}
+{{- end }}
+
+{{- define "jit-broker.tlsSecret" -}}
+{{- $tls := .Values.tls -}}
+{{- if $tls.disable }}
+{{- if or $tls.existingSecret $tls.certManager.enabled $tls.clientCA.existingSecret }}
+{{- fail "tls.disable is true but a certificate source (tls.existingSecret, tls.certManager.enabled or tls.clientCA.existingSecret) is set: choose one" }}
+{{- end }}
+{{- else if and $tls.existingSecret $tls.certManager.enabled }}
+{{- fail "tls.existingSecret and tls.certManager.enabled are both set: choose one certificate source" }}
+{{- else if $tls.existingSecret }}
+{{- $tls.existingSecret }}
+{{- else if $tls.certManager.enabled }}
+{{- if not $tls.certManager.issuerRef.name }}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name (the cert-manager Issuer or ClusterIssuer that signs the broker's certificate)" }}
+{{- end }}
+{{- printf "%s-tls" (include "jit-broker.fullname" .) }}
+{{- else }}
+{{- fail "TLS is on (the default) but has no certificate: set tls.existingSecret (a kubernetes.io/tls Secret with tls.crt and tls.key) or tls.certManager.enabled with tls.certManager.issuerRef; to serve plain HTTP instead, set tls.disable=true (not for production)" }}
+{{- end }}
+{{- end }}
+
+{{/* The in-cluster name clients (and the ServiceMonitor) verify the certificate against. */}}
+{{- define "jit-broker.serviceHost" -}}
+{{- printf "%s.%s.svc" (include "jit-broker.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/*
+One probe handler (dict "root" . "path" "/v1/...").
+- TLS off: httpGet. TLS on: httpGet with scheme HTTPS (the kubelet does not verify the
+  certificate; it asks the pod it started).
+- mTLS: the kubelet cannot present a client certificate, so the probe runs in the
+  container and presents the broker's own certificate to 127.0.0.1 (the client CA bundle
+  must trust its issuer; the cert-manager Certificate gets the "client auth" usage). An
+  HTTP error status (503 from /v1/health) makes urlopen raise: a non-zero exit.
+*/}}
+{{- define "jit-broker.probeHandler" -}}
+{{- $root := .root -}}
+{{- if and (include "jit-broker.tlsOn" $root) $root.Values.tls.clientCA.existingSecret }}
+exec:
+  command:
+    - python
+    - -c
+    - >-
+      import os, ssl, urllib.request;
+      c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT);
+      c.check_hostname = False;
+      c.verify_mode = ssl.CERT_NONE;
+      c.load_cert_chain(os.environ["BROKER_TLS_CERT_FILE"], os.environ["BROKER_TLS_KEY_FILE"]);
+      urllib.request.urlopen("https://127.0.0.1:%s{{ .path }}" % os.environ["BROKER_PORT"], context=c, timeout=3)
+{{- else }}
+httpGet:
+  path: {{ .path }}
+  port: http
+  {{- if include "jit-broker.tlsOn" $root }}
+  scheme: HTTPS
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+File paths of the mounted certificates. Every one is a Secret volume mounted as a
+directory, never with subPath: the kubelet swaps the files in place when the Secret
+changes (cert-manager renewal, a rotated CA bundle), and the broker re-reads them.
+*/}}
+{{- define "jit-broker.tlsDir" -}}/var/run/secrets/jit-broker/tls{{- end }}
+{{- define "jit-broker.clientCADir" -}}/var/run/secrets/jit-broker/tls-client-ca{{- end }}
+{{- define "jit-broker.vaultCADir" -}}/var/run/secrets/jit-broker/vault-ca{{- end }}
+{{- define "jit-broker.vaultClientDir" -}}/var/run/secrets/jit-broker/vault-client{{- end }}
+{{- define "jit-broker.databaseCADir" -}}/var/run/secrets/jit-broker/database-ca{{- end }}
+{{- define "jit-broker.jwksCADir" -}}/var/run/secrets/jit-broker/jwks-ca{{- end }}
+
+{{/* The ledger database CA (BROKER_DATABASE_SSLROOTCERT): env, mount and volume, shared by
+the broker and the migration Job (both connect with sslmode=verify-full). */}}
+{{- define "jit-broker.databaseCAEnv" -}}
+{{- if .Values.database.caSecret }}
+- name: BROKER_DATABASE_SSLROOTCERT
+  value: {{ include "jit-broker.databaseCADir" . }}/ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "jit-broker.databaseCAMount" -}}
+{{- if .Values.database.caSecret }}
+- name: database-ca
+  mountPath: {{ include "jit-broker.databaseCADir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "jit-broker.databaseCAVolume" -}}
+{{- if .Values.database.caSecret }}
+- name: database-ca
+  secret:
+    secretName: {{ .Values.database.caSecret }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.database.caKey }}
+        path: ca.crt
+{{- end }}
+{{- end }}
