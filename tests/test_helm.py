@@ -53,31 +53,6 @@ CRDS = {
 }
 TLS_SECRET = "jit-broker-tls"
 SERVICE_HOST = f"jit-broker.{NAMESPACE}.svc"
-# Settings of issue 12 the chart sets before the broker declares them (the serving and the
-# outbound TLS work land on main separately). A group is tolerated only while *none* of
-# its names is declared, so the check tightens by itself when the settings arrive.
-# TODO(after merge of tls-serve and tls-outbound): delete _PENDING_TLS_SETTINGS.
-_PENDING_TLS_SETTINGS = (
-    frozenset(
-        {
-            "BROKER_TLS_CERT_FILE",
-            "BROKER_TLS_KEY_FILE",
-            "BROKER_TLS_CLIENT_CA_FILE",
-            "BROKER_TLS_DISABLE",
-            "BROKER_TLS_RELOAD_INTERVAL",
-        }
-    ),
-    frozenset(
-        {
-            "VAULT_CACERT",
-            "VAULT_CLIENT_CERT",
-            "VAULT_CLIENT_KEY",
-            "VAULT_TLS_SERVER_NAME",
-            "BROKER_DATABASE_SSLROOTCERT",
-            "BROKER_JWKS_CA_FILE",
-        }
-    ),
-)
 VERIFIER_KEY = "old-key+0a1b2c3d+AVGjyLzLbXcgVVLK4J1RDsNsmMwUrQtiKSJwwrf8kIAx"
 
 
@@ -243,13 +218,8 @@ def _mount_of(objects: list[dict[str, Any]], file_path: str) -> dict[str, Any]:
 
 
 def _broker_env_names() -> set[str]:
-    """Every BROKER_*/VAULT_* variable the broker reads: the declared ones, and the file's
-    (plus a group of _PENDING_TLS_SETTINGS while the broker declares none of it)."""
-    declared = {d.env for d in SETTINGS} | {CONFIG_ENV}
-    for group in _PENDING_TLS_SETTINGS:
-        if not group & declared:
-            declared |= group
-    return declared
+    """Every BROKER_*/VAULT_* variable the broker reads: the declared ones, and the file's."""
+    return {d.env for d in SETTINGS} | {CONFIG_ENV}
 
 
 def _validate_crd(obj: dict[str, Any]) -> None:
