@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tests.support.http import issue
 from tests.support.ledger_db import fresh_ledger_db
 from tests.support.paths import BROKER_BIN
 from tests.support.processes import serve_env
+from tests.support.ssl_postgres import ssl_postgres_bin
 
 # --- Vault / OpenBao over https --------------------------------------------------------------
 
@@ -190,30 +190,13 @@ def pg_ca(tmp_path_factory: pytest.TempPathFactory) -> DevCA:
     return DevCA.load_or_create(tmp_path_factory.mktemp("pg-ca"))
 
 
-def _ssl_capable_postgres() -> Path | None:
-    """``bin`` of a PostgreSQL built with OpenSSL: the embedded wheel's is not, so a
-    system install (Debian's /usr/lib/postgresql/<v>/bin) serves this test."""
-    for bin_dir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        pg_config = bin_dir / "pg_config"
-        if not ((bin_dir / "initdb").is_file() and pg_config.is_file()):
-            continue
-        configure = subprocess.run(
-            [str(pg_config), "--configure"], capture_output=True, text=True, check=False
-        ).stdout
-        if "--with-openssl" in configure or "--with-ssl=openssl" in configure:
-            return bin_dir
-    return None
-
-
 @pytest.fixture(scope="module")
 def tls_postgres(
     tmp_path_factory: pytest.TempPathFactory, pg_ca: DevCA
 ) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL of its own (data dir, port) with ``ssl = on`` and a certificate that
     names only ``localhost``."""
-    bin_dir = _ssl_capable_postgres()
-    if bin_dir is None:
-        pytest.skip("no PostgreSQL built with OpenSSL (the embedded wheel's is not)")
+    bin_dir = ssl_postgres_bin()
     issued = pg_ca.issue("pg-server", ["localhost"])
     base = tmp_path_factory.mktemp("tls-pg")
     tls = (issued.cert_path, issued.key_path)

