@@ -20,13 +20,14 @@ from broker.app import create_app
 from broker.auth import IssuerConfig, Verifier
 from broker.auth.dev_issuer import DevIssuer
 from broker.errors import AuthError, LedgerUnavailable, TLSConfigError, VaultUnavailable
-from broker.ledger import connect_pool
+from broker.ledger import connect_pool, load_or_create_signing_key
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.stack.openbao import DevOpenBao
 from broker.stack.postgres import EmbeddedPostgres
 from broker.tls.devca import DevCA
 from tests.support.brokers import running_broker
+from tests.support.commands import run_broker, subprocess_env
 from tests.support.http import issue
 from tests.support.ledger_db import fresh_ledger_db
 from tests.support.paths import BROKER_BIN
@@ -256,6 +257,38 @@ async def test_postgres_wrong_ca_is_refused(
     reason = "certificate verify failed: self-signed certificate in certificate chain"
     with pytest.raises(LedgerUnavailable, match=f"^PostgreSQL at localhost:\\d+: {reason}$"):
         await connect_pool(dsn, min_size=1, max_size=1)
+
+
+async def test_cli_database_commands_follow_the_same_rule(
+    tls_postgres: EmbeddedPostgres, pg_ca: DevCA, wrong_ca: DevCA, tmp_path: Path
+) -> None:
+    """``broker migrate`` and ``broker verify`` connect like the server does: verified
+    with BROKER_DATABASE_SSLROOTCERT, refused in one line with a CA that does not match."""
+    admin = _dsn(tls_postgres, "localhost")
+    writer = f"postgresql://tls_cli_writer:pw@localhost:{tls_postgres.port}/postgres"
+    key = tmp_path / "checkpoint.key"
+    load_or_create_signing_key(key, create=True)
+    env = subprocess_env(
+        BROKER_ADMIN_DATABASE_URL=admin,
+        BROKER_DATABASE_URL=writer,
+        BROKER_CHECKPOINT_KEY=str(key),
+        BROKER_DATABASE_SSLROOTCERT=str(pg_ca.cert_path),
+    )
+    migrated = await run_broker("migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.json()["writer_role"] == "tls_cli_writer"
+    verified = await run_broker("verify", env={**env, "BROKER_DATABASE_URL": admin})
+    assert verified.returncode == 0, verified.stderr
+    assert verified.json()["ok"] is True
+
+    refused_env = {**env, "BROKER_DATABASE_SSLROOTCERT": str(wrong_ca.cert_path)}
+    for command in ("migrate", "verify"):
+        refused = await run_broker(command, env=refused_env)
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert refused.stderr.strip().splitlines() == [
+            f"cannot start: PostgreSQL at localhost:{tls_postgres.port}: certificate verify"
+            " failed: self-signed certificate in certificate chain"
+        ], command
 
 
 @pytest.mark.parametrize("mode", ["disable", "allow", "prefer", "require", "verify-ca", None])

@@ -201,6 +201,7 @@ def _dev_holding(args: argparse.Namespace, state: Path, *, external: bool) -> in
                 settings.admin_database_url or settings.database_url,
                 writer_role=writer.username or "",
                 writer_password=None,
+                sslrootcert=settings.database_sslrootcert,
             )
         )
         print(f"using external PostgreSQL and Vault at {settings.vault_addr}", flush=True)

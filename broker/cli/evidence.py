@@ -82,21 +82,18 @@ async def _export(
     wait: float,
     quiet: bool,
 ) -> Any:
-    import asyncpg
-
     from broker.evidence.package import ExportOptions, NotYetSigned, export_package
-    from broker.ledger import CheckpointVerifier
+    from broker.ledger import CheckpointVerifier, connect_one
 
     signer, keys = _keys(settings)
     options = ExportOptions(
         heartbeat_seconds=settings.heartbeat_seconds,
         offboarding_sla_seconds=settings.offboarding_sla_seconds,
     )
-    conn = await asyncpg.connect(dsn, timeout=settings.db_timeout_seconds)
+    conn = await connect_one(
+        dsn, timeout=settings.db_timeout_seconds, sslrootcert=settings.database_sslrootcert
+    )
     try:
-        await conn.set_type_codec(
-            "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
         deadline = time.monotonic() + wait
         said_waiting = False
         while True:

@@ -19,11 +19,10 @@ __all__ = ["register"]
 
 
 def _verify(args: argparse.Namespace) -> int:
-    import asyncpg
-
     from broker.ledger import (
         CheckpointSigner,
         CheckpointVerifier,
+        connect_one,
         load_or_create_signing_key,
         verify_ledger,
     )
@@ -46,11 +45,8 @@ def _verify(args: argparse.Namespace) -> int:
     trusted = [Path(f).read_text() for f in args.trusted_checkpoint]
 
     async def run() -> dict[str, Any]:
-        conn = await asyncpg.connect(dsn, timeout=10)
+        conn = await connect_one(dsn, sslrootcert=settings.database_sslrootcert)
         try:
-            await conn.set_type_codec(
-                "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-            )
             report = await verify_ledger(
                 conn,
                 verifier=CheckpointVerifier(keys),

@@ -127,7 +127,12 @@ def _migrate(args: argparse.Namespace) -> int:
         return 2
     writer = urlsplit(settings.database_url)
     applied = asyncio.run(
-        apply_migrations(admin, writer_role=writer.username or "", writer_password=writer.password)
+        apply_migrations(
+            admin,
+            writer_role=writer.username or "",
+            writer_password=writer.password,
+            sslrootcert=settings.database_sslrootcert,
+        )
     )
     print(json.dumps({"applied": applied, "writer_role": writer.username}))
     return 0

@@ -9,7 +9,7 @@ from .checkpoint import (
 )
 from .events import EVENT_TYPES, Event, NewEvent, session_revoked_key
 from .migrate import apply_migrations
-from .store import GrantRecord, Ledger, connect_pool
+from .store import GrantRecord, Ledger, connect_one, connect_pool
 from .verify import VerifyReport, verify_ledger
 from .writer import Appended, LedgerWriter
 
@@ -27,6 +27,7 @@ __all__ = [
     "NewEvent",
     "VerifyReport",
     "apply_migrations",
+    "connect_one",
     "connect_pool",
     "load_or_create_signing_key",
     "session_revoked_key",

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from pathlib import Path
 
-import asyncpg
+from broker.ledger.store import connect_one
 
 __all__ = ["apply_migrations", "migration_names"]
 
@@ -25,7 +26,11 @@ def migration_names() -> list[str]:
 
 
 async def apply_migrations(
-    admin_dsn: str, *, writer_role: str, writer_password: str | None = None
+    admin_dsn: str,
+    *,
+    writer_role: str,
+    writer_password: str | None = None,
+    sslrootcert: Path | None = None,
 ) -> list[str]:
     """Apply pending migrations and (re)grant the writer role; return the names applied.
 
@@ -34,7 +39,7 @@ async def apply_migrations(
     """
     if not _ROLE_NAME.match(writer_role):
         raise ValueError(f"invalid writer role name {writer_role!r}")
-    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    conn = await connect_one(admin_dsn, sslrootcert=sslrootcert)
     try:
         await conn.execute(
             "CREATE SCHEMA IF NOT EXISTS ledger;"

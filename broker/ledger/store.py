@@ -25,7 +25,7 @@ from .events import Event, NewEvent
 from .tls import database_tls, tls_failure
 from .writer import LEDGER_LOCK, Appended, LedgerWriter
 
-__all__ = ["GrantRecord", "Ledger", "connect_pool", "row_to_event"]
+__all__ = ["GrantRecord", "Ledger", "connect_one", "connect_pool", "row_to_event"]
 
 _TERMINAL = ("grant.revoked", "grant.expired")
 
@@ -67,6 +67,23 @@ async def connect_pool(
         if failure is None:
             raise
         raise failure from e
+
+
+async def connect_one(
+    dsn: str, *, timeout: float = 10.0, sslrootcert: Path | None = None
+) -> asyncpg.Connection:
+    """One connection (migrate, verify, evidence export) under the same TLS rule and
+    codecs as ``connect_pool``, with the same errors."""
+    tls = database_tls(dsn, sslrootcert)
+    try:
+        conn = await asyncpg.connect(tls.dsn, timeout=timeout, ssl=tls.ssl)
+    except (OSError, asyncpg.PostgresError) as e:
+        failure = tls_failure(tls.where, e)
+        if failure is None:
+            raise
+        raise failure from e
+    await _init_connection(conn)
+    return conn
 
 
 def row_to_event(r: Mapping[str, Any]) -> Event:
