@@ -183,6 +183,18 @@ def test_vault_client_cert_and_key_go_together(tmp_path: Path, wrong_ca: DevCA) 
     assert vault_tls_for(Settings(vault_addr="http://127.0.0.1:8200")) is None
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+def test_plaintext_vault_only_on_loopback(host: str) -> None:
+    from broker.vault.login import vault_tls_for
+
+    assert vault_tls_for(Settings(vault_addr=f"http://{host}:8200")) is None
+    with pytest.raises(TLSConfigError) as caught:
+        vault_tls_for(Settings(vault_addr="http://vault.vault.svc:8200"))
+    assert caught.value.message.startswith(
+        "Vault at http://vault.vault.svc:8200: plaintext to a host other than loopback"
+    )
+
+
 # --- PostgreSQL with ssl = on -----------------------------------------------------------------
 
 

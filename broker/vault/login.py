@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from broker.errors import VaultError, VaultUnavailable
+from broker.errors import TLSConfigError, VaultError, VaultUnavailable
 from broker.settings import Settings
+from broker.tls.loopback import is_loopback
 from broker.tls.outbound import ClientTLS, client_context
 from broker.vault.client import vault_unreachable
 
@@ -212,11 +214,19 @@ def _seconds(value: object) -> int:
 
 
 def vault_tls_for(settings: Settings) -> ClientTLS | None:
-    """The verifying client TLS for an ``https://`` ``vault_addr`` (None for ``http://``):
-    ``vault_cacert``/``vault_capath`` (else the system store), the optional client
-    certificate, and ``vault_tls_server_name``. Raises ``TLSConfigError``."""
-    if not settings.vault_addr.lower().startswith("https://"):
-        return None
+    """The verifying client TLS for an ``https://`` ``vault_addr`` (None for ``http://``
+    to a loopback host, as the dev stack runs): ``vault_cacert``/``vault_capath`` (else the
+    system store), the optional client certificate, and ``vault_tls_server_name``. Raises
+    ``TLSConfigError``, also for ``http://`` to any other host: like the ledger's database
+    and JWKS, Vault is reached in plaintext only on this machine."""
+    address = urlsplit(settings.vault_addr)
+    if address.scheme.lower() != "https":
+        if is_loopback(address.hostname):
+            return None
+        raise TLSConfigError(
+            f"Vault at {settings.vault_addr}: plaintext to a host other than loopback; use"
+            " https:// (VAULT_CACERT for a private CA), or a mesh sidecar on 127.0.0.1"
+        )
     context = client_context(
         cafile=settings.vault_cacert,
         capath=settings.vault_capath,
