@@ -86,6 +86,8 @@ def issuer_configs(settings: Settings) -> list[IssuerConfig]:
             jwks_url=i.jwks_url,
             public_keys=i.public_keys,
             groups_claim=i.groups_claim,
+            subject_claim=i.subject_claim,
+            groups_prefix=i.groups_prefix,
         )
         for i in settings.issuers
     ]

@@ -22,6 +22,7 @@ from broker.settings import (
     SETTINGS,
     Declared,
     IssuerSettings,
+    OIDCProviderSettings,
     Settings,
     SettingsError,
     from_env,
@@ -84,6 +85,11 @@ def _env_sample(d: Declared, tmp_path: Path) -> tuple[str, Any]:
     if hint == tuple[IssuerSettings, ...]:
         item = {"issuer": "https://a", "audience": "b", "algorithms": ["EdDSA"]}
         return json.dumps([item]), (IssuerSettings("https://a", "b", ("EdDSA",)),)
+    if hint == tuple[OIDCProviderSettings, ...]:
+        provider = {"name": "sso", "issuer": "https://idp", "client_id": "c", "client_secret": "s"}
+        return json.dumps([provider]), (
+            OIDCProviderSettings("sso", "https://idp", "c", client_secret="s"),
+        )
     raise AssertionError(f"no sample for {d.name}: {hint}")
 
 

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 from jwt.types import Options
 
+from broker.auth.claims import MAX_SUBJECT_CHARS, ClaimMapping
 from broker.auth.jwks import (
     SUPPORTED_ALGORITHMS,
     JwksCache,
@@ -55,8 +56,6 @@ from broker.tls.outbound import client_context
 
 __all__ = ["MAX_SUBJECT_CHARS", "REQUIRED_CLAIMS", "IssuerConfig", "Verifier"]
 
-MAX_SUBJECT_CHARS = 256
-"""Longest ``sub`` accepted; Kubernetes SA subjects stay far below it."""
 
 REQUIRED_CLAIMS = ("exp", "sub", "iss", "aud")
 
@@ -84,6 +83,8 @@ class IssuerConfig:
     public_keys: tuple[str, ...] = ()
     groups_claim: str = "groups"
     service_account_prefix: str = "system:serviceaccount:"
+    subject_claim: str = "sub"
+    groups_prefix: str = ""
 
     def __post_init__(self) -> None:
         # Accept any sequence from callers but store tuples, so the config stays hashable.
@@ -113,8 +114,13 @@ class IssuerConfig:
                 raise ValueError(
                     f"issuer {self.issuer}: jwks_url must be https (http only on loopback)"
                 )
-        if not self.groups_claim:
-            raise ValueError(f"issuer {self.issuer}: groups_claim must be non-empty")
+        try:
+            self.claim_mapping()
+        except ValueError as e:
+            raise ValueError(f"issuer {self.issuer}: {e}") from None
+
+    def claim_mapping(self) -> ClaimMapping:
+        return ClaimMapping(self.subject_claim, self.groups_claim, self.groups_prefix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,23 +353,9 @@ class Verifier:
         return claims
 
     def _principal(self, claims: Mapping[str, Any], config: IssuerConfig) -> Principal:
-        subject = claims.get("sub")
-        if (
-            not isinstance(subject, str)
-            or not subject
-            or len(subject) > MAX_SUBJECT_CHARS
-            or not is_safe_text(subject)
-        ):
-            _fail(
-                "missing_claim",
-                f"token 'sub' must be a non-empty printable string of at most"
-                f" {MAX_SUBJECT_CHARS} chars",
-            )
-        raw_groups = claims.get(config.groups_claim, [])
-        if not isinstance(raw_groups, list) or not all(
-            isinstance(g, str) and is_safe_text(g) for g in raw_groups
-        ):
-            _fail("missing_claim", f"token {config.groups_claim!r} must be a list of strings")
+        mapping = config.claim_mapping()
+        subject = mapping.subject(claims)
+        groups = mapping.groups(claims)
         prefix = config.service_account_prefix
         kind: PrincipalKind = "service" if prefix and subject.startswith(prefix) else "human"
         token_id = claims.get("jti")
@@ -371,7 +363,7 @@ class Verifier:
             subject=subject,
             kind=kind,
             issuer=config.issuer,
-            groups=frozenset(raw_groups),
+            groups=groups,
             token_id=token_id if isinstance(token_id, str) and is_safe_text(token_id) else None,
         )
 

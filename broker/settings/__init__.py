@@ -12,7 +12,7 @@ the environment outside ``from_env``/``load``; nothing read at import.
 """
 
 from broker.settings.load import CONFIG_ENV, from_env, load, settings_from_file, validate
-from broker.settings.model import SETTINGS, IssuerSettings, Settings
+from broker.settings.model import SETTINGS, IssuerSettings, OIDCProviderSettings, Settings
 from broker.settings.spec import Declared, SettingsError
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "SETTINGS",
     "Declared",
     "IssuerSettings",
+    "OIDCProviderSettings",
     "Settings",
     "SettingsError",
     "from_env",

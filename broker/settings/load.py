@@ -339,6 +339,12 @@ def _convert_table(
         if key not in fields:
             problems.append(_unknown_key(where, key, fields))
             continue
+        if base_dir is not None and fields[key].metadata.get("secret"):  # from the file
+            problems.append(
+                f"{_Label(where, key)} is a secret and is not read from the file;"
+                f" use {key}_file or the environment"
+            )
+            continue
         try:
             values[key] = _convert(
                 hints[key], value, _Label(where, key), duration=False, base_dir=base_dir

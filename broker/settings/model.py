@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from broker.settings.spec import Declared, declarations, setting
 
-__all__ = ["SETTINGS", "IssuerSettings", "Settings"]
+__all__ = ["SETTINGS", "IssuerSettings", "OIDCProviderSettings", "Settings"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,32 @@ class IssuerSettings:
     jwks_url: str | None = None
     public_keys: tuple[str, ...] = ()
     groups_claim: str = "groups"
+    subject_claim: str = "sub"
+    groups_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class OIDCProviderSettings:
+    """A company identity provider people sign in with; the broker is its relying party.
+
+    ``client_secret`` is a secret: only in ``BROKER_OIDC_PROVIDERS`` (the environment),
+    refused in a ``[[oidc_providers]]`` table; ``client_secret_file`` works in both.
+    """
+
+    name: str
+    issuer: str
+    client_id: str
+    display_name: str = ""
+    client_secret: str | None = field(default=None, repr=False, metadata={"secret": True})
+    client_secret_file: Path | None = None
+    native_client_id: str | None = None
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "groups", "offline_access")
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    subject_claim: str = "sub"
+    groups_claim: str = "groups"
+    groups_prefix: str = ""
+    userinfo_groups: bool = False
+    enabled: bool = True
 
 
 def _replica_id() -> str:
@@ -346,6 +372,13 @@ class Settings:
         section=_POLICY,
         doc="trusted JWT issuers: a JSON list in the environment, `[[issuers]]` tables in the"
         " file ([below](#trusted-issuers))",
+    )
+    oidc_providers: tuple[OIDCProviderSettings, ...] = setting(
+        (),
+        env="BROKER_OIDC_PROVIDERS",
+        section=_POLICY,
+        doc="identity providers people sign in with: a JSON list in the environment,"
+        " `[[oidc_providers]]` tables in the file ([docs/sign-in.md](sign-in.md))",
     )
     jwks_ca_file: Path | None = setting(
         None,

