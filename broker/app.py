@@ -42,6 +42,7 @@ from broker.offboarding import OffboardingService, SubjectBlocklist
 from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
 from broker.reviews import ReviewService
+from broker.sessions import SessionStore
 from broker.settings import Settings
 from broker.tls.loopback import is_loopback
 from broker.tls.outbound import ClientTLS
@@ -62,6 +63,7 @@ from broker.web.keys import (
     OPENAPI,
     POLICY,
     REVIEWS,
+    SESSIONS,
     SETTINGS,
     VAULT,
     VERIFIER,
@@ -298,6 +300,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         clock=app[CLOCK],
     )
     app[REVIEWS] = ReviewService(ledger=ledger, policy=active, clock=app[CLOCK])
+    app[SESSIONS] = SessionStore(
+        ledger,
+        ttl_seconds=settings.vault_api_session_ttl_seconds,
+        max_ttl_seconds=settings.vault_api_session_max_ttl_seconds,
+        recheck_seconds=settings.vault_api_session_recheck_seconds,
+        clock=app[CLOCK],
+        ended=app[OFFBOARDING],  # offboarding ends every session of its subject
+    )
+    app[AUTHN].attach_sessions(app[SESSIONS])
     await blocklist.refresh()
     yield
 

@@ -431,7 +431,7 @@ async def test_offboarding_ends_every_session_for_good(
     from broker.auth import Principal
     from broker.errors import AuthError
     from broker.offboarding import SubjectBlocklist
-    from broker.vaultapi.sessions import SessionStore
+    from broker.sessions import SessionStore
     from broker.web.keys import CLOCK, LEDGER, METRICS, OFFBOARDING
 
     jwt = fresh_engineer(broker, "leaver")
@@ -518,7 +518,7 @@ async def test_sessions_expire_renew_to_max_and_revoke_across_replicas(
 
     from broker.auth import Principal
     from broker.errors import AuthError
-    from broker.vaultapi.sessions import SessionStore
+    from broker.sessions import SessionStore
     from broker.web.keys import LEDGER, OFFBOARDING
 
     now = [datetime.now(UTC)]

@@ -15,14 +15,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from broker.web.access import per_operation
-from broker.web.keys import CLOCK, LEDGER, OFFBOARDING, SETTINGS
+from broker.web.keys import SETTINGS
 from broker.web.middleware import FrontEnd, request_context
 from broker.web.route import Route, install
 
 from .handlers import OPERATION, client_info, handle
-from .keys import BROKER_APP, INDEX, SESSIONS, IndexCache
+from .keys import BROKER_APP, INDEX, IndexCache
 from .responses import vault_error, vault_status
-from .sessions import SessionStore
 
 __all__ = ["create_vault_api", "start_vault_api"]
 
@@ -48,19 +47,6 @@ _VAULT_API = FrontEnd(
 )
 
 
-async def _sessions(app: web.Application) -> None:
-    broker = app[BROKER_APP]
-    settings = broker[SETTINGS]
-    app[SESSIONS] = SessionStore(
-        broker[LEDGER],
-        ttl_seconds=settings.vault_api_session_ttl_seconds,
-        max_ttl_seconds=settings.vault_api_session_max_ttl_seconds,
-        recheck_seconds=settings.vault_api_session_recheck_seconds,
-        clock=broker[CLOCK],
-        ended=broker[OFFBOARDING],  # offboarding ends every session of its subject
-    )
-
-
 def create_vault_api(broker: web.Application) -> web.Application:
     """The front door over ``broker``'s services (which must be started before this app)."""
     settings = broker[SETTINGS]
@@ -70,7 +56,6 @@ def create_vault_api(broker: web.Application) -> web.Application:
     app[BROKER_APP] = broker
     app[SETTINGS] = settings
     app[INDEX] = IndexCache()
-    app.on_startup.append(_sessions)
     install(
         app,
         [

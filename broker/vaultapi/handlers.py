@@ -23,15 +23,25 @@ from broker.grants.service import common_name_for
 from broker.ledger import NewEvent
 from broker.policy.decide import decide, roles_for
 from broker.policy.model import CatalogEntry
+from broker.sessions import Session
 from broker.text import safe_text
 from broker.web.authn import PRINCIPAL
-from broker.web.keys import AUTHN, ELEVATIONS, GRANTS, LEDGER, METRICS, POLICY, VAULT, VERIFIER
+from broker.web.keys import (
+    AUTHN,
+    ELEVATIONS,
+    GRANTS,
+    LEDGER,
+    METRICS,
+    POLICY,
+    SESSIONS,
+    VAULT,
+    VERIFIER,
+)
 from broker.web.middleware import REQUEST_ID
 
-from .keys import BROKER_APP, INDEX, SESSIONS
+from .keys import BROKER_APP, INDEX
 from .paths import OPERATION_ACCESS, CatalogIndex, Operation, catalog_index, mount_of, resolve
 from .responses import vault_json
-from .sessions import Session
 
 __all__ = ["OPERATION", "client_info", "handle"]
 
@@ -128,7 +138,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     broker = app[BROKER_APP]
     token = _token(request)
     try:
-        session = await app[SESSIONS].authenticate(token)
+        session = await broker[SESSIONS].authenticate(token)
     except AuthError as e:
         broker[AUTHN].count_failure(e.code)
         raise
@@ -140,12 +150,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return _lookup_self(request, token or "", session)
         case "token_renew":
             body = await _body(request)
-            renewed = await app[SESSIONS].renew(
+            renewed = await broker[SESSIONS].renew(
                 session, _seconds(body.get("increment"), "increment"), request_id=_rid(request)
             )
             return vault_json(auth=_auth_block(app, token or "", renewed))
         case "token_revoke":
-            await app[SESSIONS].revoke(session, request_id=_rid(request))
+            await broker[SESSIONS].revoke(session, request_id=_rid(request))
             return web.Response(status=204)
         case "mounts":
             return _mounts(request, principal)
@@ -225,7 +235,7 @@ async def _login(request: web.Request, op: Operation) -> web.Response:
         raise BadRequest(f"error validating token: {e.message}", code=e.code) from None
     request[PRINCIPAL] = principal
     broker[AUTHN].refuse_if_offboarded(principal)
-    token, session = await app[SESSIONS].create(
+    token, session = await broker[SESSIONS].create(
         principal,
         mount=op.detail,
         login_role=safe_text(role, 64) if role else None,

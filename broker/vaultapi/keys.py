@@ -5,13 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from .paths import CatalogIndex
-from .sessions import SessionStore
 
-__all__ = ["BROKER_APP", "INDEX", "SESSIONS", "IndexCache"]
+__all__ = ["BROKER_APP", "INDEX", "IndexCache"]
 
 # The broker app whose services (policy, grants, elevations, ledger) the front door uses.
 BROKER_APP = web.AppKey("broker_app", web.Application)
-SESSIONS = web.AppKey("sessions", SessionStore)
 
 
 class IndexCache:

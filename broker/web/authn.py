@@ -1,5 +1,9 @@
 """Request authentication, with failures counted and aggregated for the ledger.
 
+A bearer credential is either a JWT (services; verified by ``Verifier``) or a broker
+session token (``hvb.``: people signed in through their identity provider, and Vault-API
+logins), looked up in the ledger-backed ``SessionStore``.
+
 Each failed attempt increments a metric and a per-reason counter; ``drain()`` hands the
 counts to a periodic task that writes one ``auth.failed`` row per interval. An
 unauthenticated flood therefore costs at most one ledger row per interval per replica.
@@ -17,11 +21,14 @@ from broker.auth import Principal, Verifier
 from broker.errors import AuthError
 from broker.metrics import Metrics
 from broker.offboarding.blocklist import SubjectBlocklist
+from broker.sessions import Session, SessionStore, is_session_token
 
-__all__ = ["PRINCIPAL", "Authenticator", "principal_of"]
+__all__ = ["PRINCIPAL", "SESSION", "Authenticator", "principal_of", "session_of"]
 
 # The authenticated caller, for the middleware that ledgers rejected requests.
 PRINCIPAL = web.RequestKey("principal", Principal)
+# The broker session the caller presented, when it presented one instead of a JWT.
+SESSION = web.RequestKey("session", Session)
 
 _log = logging.getLogger(__name__)
 
@@ -35,6 +42,11 @@ class Authenticator:
         self._blocklist = blocklist  # offboarded subjects: refused even with a valid token
         self._failures: Counter[str] = Counter()
         self._since = datetime.now(UTC)
+        self._sessions: SessionStore | None = None
+
+    def attach_sessions(self, sessions: SessionStore) -> None:
+        """Accept session tokens too (the store needs services built after this)."""
+        self._sessions = sessions
 
     async def authenticate(self, request: web.Request) -> Principal:
         """Return the caller's Principal or raise AuthError (401, code = reason).
@@ -42,8 +54,14 @@ class Authenticator:
         An offboarded subject is refused after verification: Forbidden (403,
         ``subject_offboarded``).
         """
+        header = request.headers.get("Authorization")
         try:
-            principal = await self._verifier.verify(request.headers.get("Authorization"))
+            session = await self._session(header)
+            if session is not None:
+                request[SESSION] = session
+                principal = session.principal
+            else:
+                principal = await self._verifier.verify(header)
         except AuthError as e:
             self._metrics.auth_failures.labels(e.code).inc()
             self._failures[e.code] += 1
@@ -59,6 +77,15 @@ class Authenticator:
         if self._blocklist is not None:
             self._blocklist.refuse_if_blocked(principal)  # 403 subject_offboarded
         return principal
+
+    async def _session(self, header: str | None) -> Session | None:
+        scheme, _, token = (header or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not is_session_token(token):
+            return None
+        if self._sessions is None:
+            raise AuthError("session tokens are not accepted here", code="invalid_session")
+        return await self._sessions.authenticate(token)
 
     def count_failure(self, code: str) -> None:
         """Count a failure seen by another front end (a bad Vault-API login or session)."""
@@ -86,3 +113,8 @@ class Authenticator:
 def principal_of(request: web.Request) -> Principal:
     """The caller, authenticated by the route middleware (non-public routes only)."""
     return request[PRINCIPAL]
+
+
+def session_of(request: web.Request) -> Session | None:
+    """The session the caller signed in with, or None for a JWT."""
+    return request.get(SESSION)

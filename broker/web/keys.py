@@ -16,6 +16,7 @@ from broker.metrics import Metrics
 from broker.offboarding import OffboardingService
 from broker.policy.active import ActivePolicy
 from broker.reviews import ReviewService
+from broker.sessions import SessionStore
 from broker.settings import Settings
 from broker.vault import VaultClient
 
@@ -34,5 +35,6 @@ AUDIT_ACCESS = web.AppKey("audit_access", AccessAudit)
 ELEVATIONS = web.AppKey("elevations", ElevationService)
 OFFBOARDING = web.AppKey("offboarding", OffboardingService)
 REVIEWS = web.AppKey("reviews", ReviewService)
+SESSIONS = web.AppKey("sessions", SessionStore)
 OPENAPI = web.AppKey("openapi", bytes)  # the generated document, encoded once
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

@@ -1,12 +1,14 @@
-"""Broker session tokens for Vault-API clients: opaque, short-lived, renewable to a max.
+"""Broker session tokens: opaque, short-lived, renewable to a max.
 
-A client logs in with a JWT (verified exactly like the native API) and gets
-``hvb.<accessor>.<secret>``. The token itself is never stored: the ledger's
-``session.created`` row holds the accessor, the SHA-256 of the token and the principal the
-JWT proved; ``session.renewed`` / ``session.revoked`` follow it. Sessions are therefore
-shared by every replica (one indexed lookup by accessor on first sight) and are evidence
-themselves. Each replica caches what it has read for ``recheck_seconds``, so a revocation
-on another replica takes effect here within that bound (at once on the replica that did it).
+People who sign in through their identity provider (``broker.oidc``: the CLI, the ``bao``
+CLI, the console) and Vault-API clients that log in with a JWT get
+``hvb.<accessor>.<secret>``; the native API and the front door both accept it. The token
+itself is never stored: the ledger's ``session.created`` row holds the accessor, the
+SHA-256 of the token and the principal the login proved; ``session.renewed`` /
+``session.revoked`` follow it. Sessions are therefore shared by every replica (one indexed
+lookup by accessor on first sight) and are evidence themselves. Each replica caches what it
+has read for ``recheck_seconds``, so a revocation on another replica takes effect here
+within that bound (at once on the replica that did it).
 
 Offboarding ends every session of its subject for good: ``authenticate`` refuses a session
 the ``EndedSessions`` it was given says ended (created before the subject's latest
@@ -32,11 +34,22 @@ from broker.auth import Principal
 from broker.errors import AuthError, BadRequest
 from broker.ledger import Event, Ledger, NewEvent, session_revoked_key
 
-__all__ = ["EndedSessions", "Session", "SessionStore"]
+__all__ = ["EndedSessions", "Session", "SessionStore", "is_session_token", "token_secret"]
 
 _PREFIX = "hvb."
 _MAX_TOKEN_CHARS = 128
 _CACHE_SIZE = 10_000
+
+
+def is_session_token(token: str) -> bool:
+    """Whether ``token`` has a session token's shape (not whether it is valid)."""
+    return token.startswith(_PREFIX)
+
+
+def token_secret(token: str) -> bytes:
+    """The secret part of a session token: what only its holder knows (a key derives
+    from it for what the server keeps for that holder alone)."""
+    return token.rpartition(".")[2].encode()
 
 
 def _digest(token: str) -> str:
@@ -62,6 +75,7 @@ class Session:
     login_role: str | None
     token_sha256: str
     revoked: bool = False
+    provider: str | None = None  # the identity provider signed in with, if any
 
     def remaining(self, now: datetime) -> int:
         return max(0, int((self.expires_at - now).total_seconds()))
@@ -90,10 +104,14 @@ def _fold(events: list[Event]) -> Session | None:
                 login_mount=str(b.get("mount", "")),
                 login_role=b.get("login_role"),
                 token_sha256=str(b["token_sha256"]),
+                provider=b.get("provider"),
             )
         elif session is not None and e.event == "session.renewed":
             renewed = datetime.fromisoformat(str(b["expires_at"]))
             session = replace(session, expires_at=max(session.expires_at, renewed))
+            if "groups" in b:  # re-read from the identity provider at this renewal
+                groups = frozenset(str(g) for g in b["groups"] or ())
+                session = replace(session, principal=replace(session.principal, groups=groups))
         elif session is not None and e.event == "session.revoked":
             session = replace(session, revoked=True)
     return session
@@ -135,6 +153,7 @@ class SessionStore:
         login_role: str | None,
         request_id: str,
         client: Mapping[str, str],
+        provider: str | None = None,
     ) -> tuple[str, Session]:
         """Record a new session for ``principal``; return (token, session).
 
@@ -165,6 +184,7 @@ class SessionStore:
                     "expires_at": expires_at.isoformat(),
                     "max_expires_at": max_expires_at.isoformat(),
                     "client": dict(client),
+                    **({"provider": provider} if provider else {}),
                 },
             )
         )
@@ -180,6 +200,7 @@ class SessionStore:
             login_mount=mount,
             login_role=login_role,
             token_sha256=_digest(token),
+            provider=provider,
         )
         self._remember(session)
         return token, session
@@ -222,9 +243,17 @@ class SessionStore:
         return session
 
     async def renew(
-        self, session: Session, increment: int | None, *, request_id: str
+        self,
+        session: Session,
+        increment: int | None,
+        *,
+        request_id: str,
+        groups: frozenset[str] | None = None,
     ) -> Session:
-        """Extend by ``increment`` seconds (default: the session TTL), never past the max."""
+        """Extend by ``increment`` seconds (default: the session TTL), never past the max.
+
+        ``groups``: what the identity provider says now (a refresh), recorded and used from
+        here on."""
         if increment is not None and increment < 0:
             raise BadRequest("increment must not be negative", code="invalid_increment")
         now = self._clock()
@@ -238,14 +267,22 @@ class SessionStore:
                 subject_kind=session.principal.kind,
                 expires_at=expires,
                 request_id=request_id,
-                body={"accessor": session.accessor, "expires_at": expires.isoformat()},
+                body={
+                    "accessor": session.accessor,
+                    "expires_at": expires.isoformat(),
+                    **({"groups": sorted(groups)} if groups is not None else {}),
+                },
             )
         )
         renewed = replace(session, expires_at=max(expires, session.expires_at))
+        if groups is not None:
+            renewed = replace(renewed, principal=replace(session.principal, groups=groups))
         self._remember(renewed)
         return renewed
 
-    async def revoke(self, session: Session, *, request_id: str) -> None:
+    async def revoke(
+        self, session: Session, *, request_id: str, reason: str | None = None
+    ) -> None:
         await self._ledger.append(
             NewEvent(
                 event="session.revoked",
@@ -253,7 +290,7 @@ class SessionStore:
                 subject=session.principal.subject,
                 subject_kind=session.principal.kind,
                 request_id=request_id,
-                body={"accessor": session.accessor},
+                body={"accessor": session.accessor, **({"reason": reason} if reason else {})},
                 dedupe_key=session_revoked_key(session.accessor),
             )
         )
