@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
+import aiohttp
 from aiohttp import web
 
 from broker import __version__
@@ -39,13 +40,16 @@ from broker.logs import quiet_parser_errors
 from broker.metrics import Metrics
 from broker.notify import WebhookNotifier
 from broker.offboarding import OffboardingService, SubjectBlocklist
+from broker.oidc.provider import ProviderClient
+from broker.oidc.signin import SignIn
+from broker.oidc.store import SignInStore
 from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
 from broker.reviews import ReviewService
 from broker.sessions import SessionStore
 from broker.settings import Settings
 from broker.tls.loopback import is_loopback
-from broker.tls.outbound import ClientTLS
+from broker.tls.outbound import ClientTLS, client_context
 from broker.tls.serving import ServingCertificate, ServingTLS
 from broker.vault import VaultClient
 from broker.vault.login import VaultLogin, vault_login_for, vault_tls_for
@@ -65,6 +69,7 @@ from broker.web.keys import (
     REVIEWS,
     SESSIONS,
     SETTINGS,
+    SIGNIN,
     VAULT,
     VERIFIER,
 )
@@ -313,6 +318,47 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _signin(app: web.Application) -> AsyncIterator[None]:
+    """People's sign-in through the configured identity providers (discovery on first use)."""
+    settings = app[SETTINGS]
+    tls = (
+        client_context(cafile=settings.jwks_ca_file, what="JWKS CA file (BROKER_JWKS_CA_FILE)")
+        if settings.jwks_ca_file is not None
+        else True
+    )
+    http = aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), connector=aiohttp.TCPConnector(ssl=tls)
+    )
+
+    def verifier(config: IssuerConfig) -> Verifier:
+        return Verifier(
+            [config],
+            jwks_ca_file=settings.jwks_ca_file,
+            max_token_bytes=settings.max_token_bytes,
+            leeway_seconds=settings.jwt_leeway_seconds,
+            verified_cache_size=0,  # ID tokens are used once
+        )
+
+    providers = {
+        p.name: ProviderClient(p, http=lambda: http, verifier_factory=verifier)
+        for p in settings.oidc_providers
+    }
+    try:
+        app[SIGNIN] = SignIn(
+            providers,
+            store=SignInStore(app[LEDGER].pool),
+            sessions=app[SESSIONS],
+            authn=app[AUTHN],
+            metrics=app[METRICS],
+            clock=app[CLOCK],
+        )
+        yield
+    finally:
+        for provider in providers.values():
+            await provider.close()
+        await http.close()
+
+
 async def _running(app: web.Application) -> AsyncIterator[None]:
     """``broker.started`` .. ``broker.stopped``, and every background job in between."""
     settings, ledger, metrics = app[SETTINGS], app[LEDGER], app[METRICS]
@@ -417,6 +463,7 @@ _RESOURCES = (
     _policy,
     _notifier,
     _services,
+    _signin,
     _running,
 )
 

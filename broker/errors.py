@@ -111,6 +111,18 @@ class LedgerTampered(BrokerError):
     code = "ledger_tampered"
 
 
+class ProviderUnavailable(BackendUnavailable):
+    """An identity provider cannot be reached (sign-in refused; existing sessions go on)."""
+
+    code = "provider_unavailable"
+
+
+class SignInRefused(BadRequest):
+    """A sign-in step failed its checks (state, nonce, code, ID token); ``code`` says which."""
+
+    code = "sign_in_refused"
+
+
 class TLSConfigError(BrokerError):
     """A certificate, key or CA bundle (serving or outbound) cannot be used, or plaintext
     was asked for where it is not allowed: a start-up refusal naming the file and why."""

@@ -77,6 +77,13 @@ class Metrics:
             ["dependency"],
             registry=r,
         )
+        self.signins = Counter(
+            "broker_signins_total",
+            "Sign-ins through an identity provider, by provider, flow and outcome"
+            " (ok, or the refusal's reason).",
+            ["provider", "flow", "outcome"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "broker_auth_failures_total",
             "Rejected bearer tokens by reason.",

@@ -237,6 +237,20 @@ class Verifier:
             if now < until and now < exp + self._leeway:
                 return principal
             del self._verified[token]
+        principal, claims = await self._verify_token(token)
+        if self._verified_size > 0:
+            if len(self._verified) >= self._verified_size:
+                self._verified.popitem(last=False)
+            now = time.time()
+            self._verified[token] = (principal, float(claims["exp"]), now + self._verified_seconds)
+        return principal
+
+    async def verify_id_token(self, token: str) -> tuple[Principal, dict[str, Any]]:
+        """An OpenID Connect ID token (the same checks, never cached: it is used once);
+        returns the claims too, for the relying party's own checks (nonce, ``azp``)."""
+        return await self._verify_token(self._extract_token(f"Bearer {token}"))
+
+    async def _verify_token(self, token: str) -> tuple[Principal, dict[str, Any]]:
         header_b64, payload_b64, _ = token.split(".")
         header = _decode_json_object(header_b64, "header")
         alg = header.get("alg")
@@ -266,13 +280,7 @@ class Verifier:
         if alg not in key.algorithms:
             _fail("algorithm_not_allowed", "token signature algorithm does not match its key")
         claims = self._decode(token, key, alg, issuer)
-        principal = self._principal(claims, issuer.config)
-        if self._verified_size > 0:
-            if len(self._verified) >= self._verified_size:
-                self._verified.popitem(last=False)
-            now = time.time()
-            self._verified[token] = (principal, float(claims["exp"]), now + self._verified_seconds)
-        return principal
+        return self._principal(claims, issuer.config), claims
 
     async def close(self) -> None:
         """Stop JWKS refreshes and close the HTTP session, if one was made. Idempotent."""

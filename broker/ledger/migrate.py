@@ -18,6 +18,7 @@ __all__ = ["apply_migrations", "migration_names"]
 
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _LEDGER_TABLES = ("ledger.events", "ledger.checkpoints", "ledger.policy_versions")
+_SIGNIN_TABLES = ("signin.pending", "signin.refresh_tokens")
 
 
 def migration_names() -> list[str]:
@@ -70,6 +71,11 @@ async def apply_migrations(
             await conn.execute(f'REVOKE ALL ON {table} FROM "{writer_role}"')
             await conn.execute(f'GRANT SELECT, INSERT ON {table} TO "{writer_role}"')
         await conn.execute(f'GRANT SELECT ON ledger.schema_migrations TO "{writer_role}"')
+        # Sign-in state is working data, not evidence: the writer may change and delete it.
+        await conn.execute(f'GRANT USAGE ON SCHEMA signin TO "{writer_role}"')
+        for table in _SIGNIN_TABLES:
+            grant = f'GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO "{writer_role}"'
+            await conn.execute(grant)
         await conn.execute("SELECT pg_advisory_unlock(hashtext('jit-broker-migrate'))")
         return applied
     finally:

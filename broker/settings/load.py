@@ -27,6 +27,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit
 from broker.durations import parse_duration
 from broker.settings.model import SETTINGS, Settings
 from broker.settings.spec import Declared, SettingsError, check_value
+from broker.tls.loopback import is_loopback
 
 __all__ = ["CONFIG_ENV", "from_env", "load", "settings_from_file", "validate"]
 
@@ -109,6 +111,7 @@ def validate(settings: Settings) -> Settings:
             if value == choice and not getattr(settings, needed):
                 problems.append(f"{declared.label} {choice!r} needs {_BY_NAME[needed].label}")
     problems += _tls_problems(settings)
+    problems += _oidc_problems(settings)
     if problems:
         raise SettingsError(*problems)
     return settings
@@ -126,6 +129,35 @@ def _tls_problems(settings: Settings) -> list[str]:
         problems.append(f"{ca.label} needs {cert.label} and {key.label} (mTLS is TLS)")
     if settings.tls_disable and settings.tls_cert_file is not None:
         problems.append(f"{off.label} is true but {cert.label} is set: choose one")
+    return problems
+
+
+_PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def _oidc_problems(settings: Settings) -> list[str]:
+    """Each identity provider: a usable name (also its front-door mount), an https issuer
+    (http only on loopback), one source for its client secret."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, p in enumerate(settings.oidc_providers, start=1):
+        where = f"oidc_providers #{i} ({p.name!r})"
+        if not _PROVIDER_NAME.match(p.name):
+            problems.append(f"{where}: name must be 1-32 of a-z 0-9 _ - (it is a URL segment)")
+        if p.name in seen:
+            problems.append(f"{where}: name used twice")
+        seen.add(p.name)
+        issuer = urlsplit(p.issuer)
+        if not (
+            issuer.scheme == "https" or (issuer.scheme == "http" and is_loopback(issuer.hostname))
+        ):
+            problems.append(f"{where}: issuer must be https (http only on loopback)")
+        if p.client_secret is not None and p.client_secret_file is not None:
+            problems.append(f"{where}: set client_secret or client_secret_file, not both")
+        if p.client_secret_file is not None and not os.access(p.client_secret_file, os.R_OK):
+            problems.append(f"{where}: client_secret_file {p.client_secret_file} is not readable")
+        if "openid" not in p.scopes:
+            problems.append(f"{where}: scopes must include 'openid'")
     return problems
 
 

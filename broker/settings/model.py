@@ -48,7 +48,8 @@ class OIDCProviderSettings:
     client_secret: str | None = field(default=None, repr=False, metadata={"secret": True})
     client_secret_file: Path | None = None
     native_client_id: str | None = None
-    scopes: tuple[str, ...] = ("openid", "profile", "email", "groups", "offline_access")
+    # "groups" is not a standard scope: add it for providers that define it (Okta, Dex).
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
     algorithms: tuple[str, ...] = ("RS256", "ES256")
     subject_claim: str = "sub"
     groups_claim: str = "groups"

@@ -14,6 +14,7 @@ from broker.grants import GrantService
 from broker.ledger import CheckpointVerifier, Ledger
 from broker.metrics import Metrics
 from broker.offboarding import OffboardingService
+from broker.oidc.signin import SignIn
 from broker.policy.active import ActivePolicy
 from broker.reviews import ReviewService
 from broker.sessions import SessionStore
@@ -36,5 +37,6 @@ ELEVATIONS = web.AppKey("elevations", ElevationService)
 OFFBOARDING = web.AppKey("offboarding", OffboardingService)
 REVIEWS = web.AppKey("reviews", ReviewService)
 SESSIONS = web.AppKey("sessions", SessionStore)
+SIGNIN = web.AppKey("signin", SignIn)
 OPENAPI = web.AppKey("openapi", bytes)  # the generated document, encoded once
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")

@@ -177,6 +177,62 @@ class _Response(Struct, kw_only=True, omit_defaults=True):
 # --- requests -----------------------------------------------------------------------
 
 
+def _opaque(value: Any, shortest: int, longest: int) -> bool:
+    return (
+        isinstance(value, str)
+        and shortest <= len(value) <= longest
+        and value.isprintable()
+        and " " not in value
+    )
+
+
+# Opaque protocol strings (a state, a code, a nonce, a handle): printable, no spaces, bounded.
+SignInState = Annotated[
+    str,
+    Meta(max_length=512),
+    Rule(message="'state' must be 1..512 printable characters", check=lambda v: _opaque(v, 1, 512)),
+]
+AuthorizationCode = Annotated[
+    str,
+    Meta(max_length=4096),
+    Rule(
+        message="'code' must be 1..4096 printable characters", check=lambda v: _opaque(v, 1, 4096)
+    ),
+]
+ClientNonce = Annotated[
+    str,
+    Meta(min_length=16, max_length=128),
+    Rule(
+        message="'client_nonce' must be 16..128 printable characters",
+        check=lambda v: _opaque(v, 16, 128),
+    ),
+]
+DeviceHandle = Annotated[
+    str,
+    Meta(max_length=128),
+    Rule(
+        message="'handle' must be 1..128 printable characters", check=lambda v: _opaque(v, 1, 128)
+    ),
+]
+RedirectUri = Annotated[
+    str,
+    Meta(max_length=2048, examples=["http://127.0.0.1:53123/callback"]),
+    Rule(
+        message="'redirect_uri' must be 1..2048 printable characters",
+        check=lambda v: _opaque(v, 1, 2048),
+    ),
+]
+ProviderName = Annotated[
+    str,
+    Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$", examples=["oidc"]),
+    Rule(
+        code="unknown_provider",
+        message="'provider' must name a configured identity provider",
+        check=lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", v) is not None,
+    ),
+]
+
+
 class CredentialRequest(_Request):
     secret: SecretName
     reason: Reason | None = None
@@ -190,6 +246,26 @@ class ElevationRequest(_Request):
     ticket: Ticket | None = None
     duration: Ttl | None = None
     break_glass: bool = False
+
+
+class LoginRequest(_Request):
+    provider: ProviderName
+    redirect_uri: RedirectUri
+    client_nonce: ClientNonce
+
+
+class CallbackRequest(_Request):
+    state: SignInState
+    code: AuthorizationCode
+    client_nonce: ClientNonce
+
+
+class DeviceRequest(_Request):
+    provider: ProviderName
+
+
+class DeviceTokenRequest(_Request):
+    handle: DeviceHandle
 
 
 class Comment(_Request):
@@ -516,6 +592,54 @@ class ElevationList(_Response):
     elevations: list[Elevation]
 
 
+class SignInProvider(_Response):
+    name: str
+    display_name: str
+    issuer: str
+    flows: list[Literal["browser", "device"]]
+
+
+class SignInProviders(_Response):
+    providers: list[SignInProvider]
+
+
+class LoginStarted(_Response):
+    auth_url: str
+    state: str
+    expires_in: int
+
+
+class DeviceStarted(_Response):
+    handle: str
+    user_code: str
+    verification_uri: str
+    interval: int
+    expires_in: int
+    verification_uri_complete: str | None = None
+
+
+class SessionInfo(_Response):
+    subject: str
+    groups: list[str]
+    expires_at: Timestamp
+    max_expires_at: Timestamp
+    provider: str | None = None
+
+
+class SignedIn(_Response):
+    token: str
+    subject: str
+    groups: list[str]
+    expires_at: Timestamp
+    max_expires_at: Timestamp
+    provider: str | None = None
+
+
+class LoggedOut(_Response):
+    revoked: bool
+    end_session_url: str | None = None
+
+
 class Me(_Response):
     subject: str
     kind: str
@@ -525,6 +649,7 @@ class Me(_Response):
     capabilities: list[str]
     requestable: list[dict[str, Any]]
     policy_version: str
+    session: SessionInfo | None = None
 
 
 class Health(_Response):

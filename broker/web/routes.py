@@ -8,12 +8,26 @@ and an app with a route missing from it refuses to start (``web.route.install``)
 from __future__ import annotations
 
 from .access import authenticated, capability, public, resource
-from .handlers import audit, continuity, elevations, evidence, grants, offboarding, reviews, system
+from .handlers import (
+    audit,
+    continuity,
+    elevations,
+    evidence,
+    grants,
+    offboarding,
+    reviews,
+    signin,
+    system,
+)
 from .models import (
     AccessPage,
     AccessParams,
+    CallbackRequest,
     Comment,
     CredentialRequest,
+    DeviceRequest,
+    DeviceStarted,
+    DeviceTokenRequest,
     Elevation,
     ElevationList,
     ElevationListQuery,
@@ -31,6 +45,9 @@ from .models import (
     GrantSummary,
     Health,
     Liveness,
+    LoggedOut,
+    LoginRequest,
+    LoginStarted,
     Me,
     OffboardingList,
     OffboardingListQuery,
@@ -44,6 +61,9 @@ from .models import (
     ReviewListQuery,
     ReviewOpen,
     RevokeQuery,
+    SessionInfo,
+    SignedIn,
+    SignInProviders,
     TtlRequest,
     Verification,
 )
@@ -77,6 +97,100 @@ def _decision(verb: str, operation: str, summary: str, forbidden: str, conflict:
         },
     )
 
+
+_SIGN_IN_REFUSED = (
+    "`sign_in_refused` and its reason: `invalid_state`, `client_nonce_mismatch`,"
+    " `code_rejected`, `nonce_mismatch`, `azp_mismatch`, `wrong_audience`, `token_expired`,"
+    " `untrusted_issuer`, `algorithm_not_allowed`, `provider_disabled`, `unknown_provider`"
+)
+_PROVIDER_DOWN = "`provider_unavailable`: the identity provider cannot be reached"
+
+# People sign in through their identity provider; the broker is the relying party.
+_SIGN_IN_ROUTES = [
+    Route(
+        "GET",
+        "/v1/auth/providers",
+        signin.get_providers,
+        public,
+        "listSignInProviders",
+        "The identity providers people sign in with, and the flows each offers",
+        responses={200: SignInProviders},
+    ),
+    Route(
+        "POST",
+        "/v1/auth/login",
+        signin.post_login,
+        public,
+        "startSignIn",
+        "Start a browser sign-in: the provider's authorization URL (PKCE, state, nonce)",
+        body=LoginRequest,
+        responses={200: LoginStarted},
+        errors={400: _SIGN_IN_REFUSED + ", `invalid_redirect_uri`", 503: _PROVIDER_DOWN},
+    ),
+    Route(
+        "POST",
+        "/v1/auth/callback",
+        signin.post_callback,
+        public,
+        "finishSignIn",
+        "Finish a browser sign-in with the provider's code: a broker session token",
+        body=CallbackRequest,
+        responses={200: SignedIn},
+        response_descriptions={200: "Signed in; session.created committed in the ledger"},
+        errors={400: _SIGN_IN_REFUSED, 403: "`subject_offboarded`", 503: _PROVIDER_DOWN},
+    ),
+    Route(
+        "POST",
+        "/v1/auth/device",
+        signin.post_device,
+        public,
+        "startDeviceSignIn",
+        "Start a device sign-in (RFC 8628): a user code and the URL to enter it at",
+        body=DeviceRequest,
+        responses={200: DeviceStarted},
+        errors={400: _SIGN_IN_REFUSED + ", `device_not_supported`", 503: _PROVIDER_DOWN},
+    ),
+    Route(
+        "POST",
+        "/v1/auth/device/token",
+        signin.post_device_token,
+        public,
+        "pollDeviceSignIn",
+        "Poll a device sign-in: a session token once the user has approved",
+        body=DeviceTokenRequest,
+        responses={200: SignedIn},
+        errors={
+            400: "`authorization_pending` or `slow_down` (poll again), `access_denied`,"
+            " `expired_token`, or " + _SIGN_IN_REFUSED,
+            403: "`subject_offboarded`",
+            503: _PROVIDER_DOWN,
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/auth/session/renew",
+        signin.post_renew,
+        authenticated,
+        "renewSession",
+        "Renew a signed-in session: refreshed at the provider, groups re-read",
+        responses={200: SessionInfo},
+        errors={
+            400: "`not_a_session`: called with a JWT",
+            401: "`reauthentication_required` (no refresh token), `session_revoked`",
+            503: _PROVIDER_DOWN + " (the session stays valid until it expires)",
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/auth/logout",
+        signin.post_logout,
+        authenticated,
+        "signOut",
+        "End the session here and at the provider; the provider's logout URL if it has one",
+        responses={200: LoggedOut},
+        errors={400: "`not_a_session`: called with a JWT"},
+    ),
+]
 
 ROUTES: list[Route] = [
     Route(
@@ -455,4 +569,5 @@ ROUTES: list[Route] = [
         responses={200: None},
         media="text/plain",
     ),
+    *_SIGN_IN_ROUTES,
 ]

@@ -9,12 +9,13 @@ from aiohttp import web
 from broker.grants import IssueRequest
 from broker.policy.decide import capabilities, requestable, roles_for
 
-from ..authn import principal_of
+from ..authn import principal_of, session_of
 from ..keys import GRANTS, POLICY
 from ..middleware import REQUEST_ID
 from ..models import CredentialRequest, GrantListQuery, RevokeQuery
 from ..route import body_of, query_of
 from . import json_reply, path_uuid
+from .signin import session_info
 
 __all__ = ["get_grants", "get_me", "post_credentials", "revoke_grant"]
 
@@ -29,7 +30,7 @@ async def post_credentials(request: web.Request) -> web.Response:
 
 
 async def get_me(request: web.Request) -> web.Response:
-    principal = principal_of(request)
+    principal, session = principal_of(request), session_of(request)
     policy = request.app[POLICY].current
     return json_reply(
         {
@@ -41,6 +42,7 @@ async def get_me(request: web.Request) -> web.Response:
             "capabilities": sorted(capabilities(policy, principal)),
             "requestable": requestable(policy, principal),
             "policy_version": policy.version,
+            "session": session_info(session) if session is not None else None,
         }
     )
 
