@@ -24,6 +24,7 @@ import pytest
 
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
+from tests.support.commands import run_broker
 from tests.support.paths import REPO
 from tests.support.processes import interrupt
 
@@ -226,6 +227,18 @@ async def test_broker_dev_tls_serves_the_demo_over_https_with_its_ca(
                 ssl=client,
             ) as r:
                 assert r.status == 201, await r.text()
+            # The CLI trusts the dev CA that dev.json names, with no flag.
+            cli = await run_broker(
+                "credentials",
+                "get",
+                "stripe/test",
+                "--as",
+                "alice",
+                "--dev-json",
+                str(state / "dev.json"),
+                env=_env(),
+            )
+            assert cli.returncode == 0, cli.stderr
             # Plain http to the same port is not served.
             plain = info["url"].replace("https://", "http://")
             with pytest.raises(aiohttp.ClientError):

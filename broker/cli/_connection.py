@@ -49,6 +49,12 @@ def _connection_options() -> argparse.ArgumentParser:
     who.add_argument("--token", help="bearer token (default: $BROKER_TOKEN; prefer the env)")
     who.add_argument("--as", dest="as_name", metavar="NAME", help="dev: tokens[NAME] of dev.json")
     conn.add_argument("--dev-json", metavar="PATH", help="default: .broker/dev.json")
+    conn.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="CA that verifies an https broker (default: $BROKER_CACERT, else dev.json's"
+        " ca_cert, else the system's)",
+    )
     conn.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     conn.add_argument("--json", action="store_true", help="print the broker's JSON")
     return conn
@@ -101,8 +107,11 @@ def _connect(args: argparse.Namespace) -> BrokerClient:
         )
     if not token:
         raise ClientUsage("no token: pass --token, set BROKER_TOKEN, or use --as NAME (dev)")
+    cafile = args.cacert or os.environ.get("BROKER_CACERT") or (dev or {}).get("ca_cert")
     try:
-        return BrokerClient(url, token, timeout=args.timeout)
+        return BrokerClient(
+            url, token, timeout=args.timeout, cafile=Path(cafile) if cafile else None
+        )
     except ValueError as e:
         raise ClientUsage(str(e)) from None
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 __all__ = ["BrokerClient", "BrokerHTTPError", "BrokerUnreachable", "ClientError"]
@@ -59,7 +61,9 @@ def _error_from(status: int, raw: bytes) -> BrokerHTTPError:
 class BrokerClient:
     """Talks to one broker at ``url`` as the holder of ``token``."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout: float = 30.0, cafile: Path | None = None
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"broker URL must be http(s)://host[:port], got {url!r}")
@@ -68,6 +72,8 @@ class BrokerClient:
         self.url = url.rstrip("/")
         self._token = token
         self.timeout = timeout
+        # https: always verified; cafile (a private or the dev CA) instead of the system's.
+        self._tls = ssl.create_default_context(cafile=str(cafile) if cafile else None)
 
     def __repr__(self) -> str:  # never show the token
         return f"BrokerClient(url={self.url!r})"
@@ -91,7 +97,7 @@ class BrokerClient:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310 - scheme checked in __init__
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as resp:  # noqa: S310
                 raw: bytes = resp.read()
                 status: int = resp.status
         except urllib.error.HTTPError as e:
