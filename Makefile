@@ -19,12 +19,27 @@ $(NODE_STAMP): tests/package.json tests/package-lock.json
 	npm ci --prefix tests --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+# A real browser for the OIDC sign-in tests (tests/support/browser.py drives it through
+# Playwright): Debian's chromium, never Playwright's own download. Tried once (the stamp);
+# without root or apt-get, one line says what to install and those tests skip (fail under CI).
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_STAMP := $(VENV)/.chromium
+$(CHROMIUM_STAMP): | $(STAMP)
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt-get) for the browser tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	fi; \
+	[ -x $(CHROMIUM) ] || echo "no $(CHROMIUM): install Debian's chromium package for the browser tests (they skip without it)"
+	touch $(CHROMIUM_STAMP)
+
 install: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/broker dev
 
-test: $(STAMP) $(NODE_STAMP)
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 	$(BIN)/ruff check broker tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
