@@ -1,7 +1,8 @@
 """Shared fixtures: one real Postgres + OpenBao stack per test session.
 
 Tests that use the ``stack`` fixture are marked ``stack`` automatically, so
-``pytest -m "not stack"`` runs everything that needs no servers. Fixtures only: the helpers
+``pytest -m "not stack"`` runs everything that needs no servers; those that use ``browser``
+are marked ``browser`` (``-m "not browser"`` leaves Chromium out). Fixtures only: the helpers
 are in ``tests/support/``.
 """
 
@@ -20,6 +21,8 @@ from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vaultapi import start_vault_api
 from tests.support.brokers import RunningBroker, running_broker, start_broker
+from tests.support.browser import Browser
+from tests.support.oidc_provider import OIDCProvider
 from tests.support.paths import REPO
 from tests.support.policies import elevation_variant_policies
 from tests.support.vault_proxy import VaultProxy, broker_behind_proxy
@@ -53,8 +56,11 @@ def stack(stack_state_dir: Path) -> Iterator[DevStack]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "stack" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "stack" in fixtures:
             item.add_marker(pytest.mark.stack)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
 
 
 # --- the session broker, in-process, on a free loopback port ------------------------------
@@ -127,6 +133,33 @@ async def elevation_variants(broker_settings: Settings) -> AsyncIterator[Running
             replica_id="elev-variants",
             elevation_sweep_seconds=0.5,
         ) as running:
+            yield running
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- the OpenID Provider and a browser, for the sign-in tests -----------------------------
+
+
+@pytest.fixture
+async def oidc_provider() -> AsyncIterator[OIDCProvider]:
+    """A provider of the test's own (it starts in under a second), so ``set_groups`` and
+    the sessions it keeps never leak into another test; in ``mkdtemp`` as ``stack_state_dir``
+    says why."""
+    tmp = Path(tempfile.mkdtemp(prefix="oidc-provider-"))
+    try:
+        async with OIDCProvider(tmp) as provider:
+            yield provider
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium with a fresh profile (no cookies from another test)."""
+    tmp = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
+    try:
+        async with Browser(tmp) as running:
             yield running
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
