@@ -255,5 +255,8 @@ server.on('request', (req, res) => {
 for (const signal of ['SIGTERM', 'SIGINT']) {
   process.on(signal, () => { server.close(); process.exit(0); });
 }
+// The test holds our stdin open: if it dies without stopping us (SIGKILL), we go too.
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
 
 process.stdout.write(`${JSON.stringify({ issuer, pid: process.pid })}\n`);

@@ -172,6 +172,9 @@ class OIDCProvider:
                 jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
             else:
                 jwk = ECAlgorithm.to_jwk(key, as_dict=True)
+            # PyJWT writes key_ops ["sign"]; the provider then cannot verify its own ID
+            # tokens (id_token_hint at logout fails with "no applicable key").
+            jwk.pop("key_ops", None)
             keys.append({**jwk, "kid": self.kids[alg], "alg": alg, "use": "sig"})
         return {"keys": keys}
 
@@ -247,6 +250,7 @@ class OIDCProvider:
                 node,
                 str(PROVIDER_SCRIPT),
                 str(config),
+                stdin=asyncio.subprocess.PIPE,  # closed when this process dies: node exits
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
             )
