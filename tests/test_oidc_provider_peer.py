@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -32,12 +32,6 @@ from tests.support.oidc_provider import (
 
 SCOPES = "openid email profile groups offline_access"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def discovery(http: aiohttp.ClientSession, provider: OIDCProvider) -> dict[str, Any]:
@@ -96,6 +90,7 @@ async def sign_in_with_code(
     client: OIDCClient,
     callback: LoopbackCallback,
     screenshot: Path | None = None,
+    prompt: str | None = None,
 ) -> dict[str, Any]:
     """Authorization code + PKCE: the user's part in Chromium, the exchange with aiohttp."""
     verifier, challenge = pkce_pair()
@@ -110,6 +105,7 @@ async def sign_in_with_code(
         "nonce": nonce,
         "code_challenge": challenge,
         "code_challenge_method": "S256",
+        **({"prompt": prompt} if prompt else {}),
     }
     landed = await browser.sign_in(
         f"{doc['authorization_endpoint']}?{urlencode(query)}",
@@ -290,6 +286,43 @@ async def test_a_disabled_user_cannot_refresh(
     refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
     status, refused = await token_request(http, oidc_provider, refresh, client)
     assert (status, refused["error"]) == (400, "invalid_grant")
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+async def test_rp_initiated_logout_ends_the_session_and_only_an_online_refresh_token(
+    http: aiohttp.ClientSession, oidc_provider: OIDCProvider, browser: Browser, offline: bool
+) -> None:
+    client = oidc_provider.native_client
+    # offline_access is granted only with prompt=consent (OpenID Connect Core 11).
+    async with LoopbackCallback() as callback:
+        alice = oidc_provider.user("alice")
+        tokens = await sign_in_with_code(
+            http,
+            oidc_provider,
+            browser,
+            alice,
+            client,
+            callback,
+            prompt="consent" if offline else None,
+        )
+    assert ("offline_access" in tokens["scope"].split()) is offline
+    doc = await discovery(http, oidc_provider)
+    async with LoopbackCallback("/logged-out") as logged_out:
+        query = {
+            "id_token_hint": tokens["id_token"],
+            "post_logout_redirect_uri": logged_out.redirect_uri,
+            "state": "bye",
+        }
+        landed = await browser.sign_out(f"{doc['end_session_endpoint']}?{urlencode(query)}")
+        assert landed.startswith(logged_out.redirect_uri + "?")
+        assert (await logged_out.wait())["state"] == "bye"
+    # Without offline_access the refresh token dies with the provider session.
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    status, body = await token_request(http, oidc_provider, refresh, client)
+    if offline:
+        assert status == 200, body
+    else:
+        assert (status, body["error"]) == (400, "invalid_grant")
 
 
 async def test_web_client_refresh_token_is_revoked_at_the_revocation_endpoint(
