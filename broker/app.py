@@ -95,6 +95,7 @@ def issuer_configs(settings: Settings) -> list[IssuerConfig]:
             groups_claim=i.groups_claim,
             subject_claim=i.subject_claim,
             groups_prefix=i.groups_prefix,
+            service_subjects=i.service_subjects,
         )
         for i in settings.issuers
     ]

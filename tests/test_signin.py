@@ -32,14 +32,14 @@ from broker.errors import SignInRefused
 from broker.oidc.provider import ProviderClient, TokenSet
 from broker.oidc.sealing import seal
 from broker.oidc.store import digest
-from broker.settings import OIDCProviderSettings, Settings
+from broker.settings import IssuerSettings, OIDCProviderSettings, Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import METRICS
 from tests.support.brokers import RunningBroker, running_broker
 from tests.support.browser import Browser
 from tests.support.ledger import ledger_rows, session_ledger_dsn
 from tests.support.loopback_callback import LoopbackCallback
-from tests.support.oidc_provider import OIDCProvider, OIDCUser
+from tests.support.oidc_provider import SERVICE_AUDIENCE, OIDCProvider, OIDCUser
 
 pytestmark = [pytest.mark.stack, pytest.mark.browser]
 
@@ -563,4 +563,47 @@ async def test_a_token_without_a_groups_claim_maps_to_no_groups(
         person.email,
         frozenset(),
         "human",
+    )
+
+
+# --- services: the provider's client-credentials tokens, as any trusted issuer's JWT -------
+
+
+async def test_a_service_presents_the_providers_client_credentials_token(
+    broker_settings: Settings, provider: OIDCProvider, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{provider.issuer}/.well-known/openid-configuration") as r:
+        document = await r.json()
+    client = provider.service_client
+    assert client.secret is not None
+    async with http.post(
+        document["token_endpoint"],
+        data={"grant_type": "client_credentials"},
+        headers={
+            "Authorization": "Basic "
+            + base64.b64encode(f"{client.id}:{client.secret}".encode()).decode()
+        },
+    ) as r:
+        assert r.status == 200, await r.text()
+        access_token = (await r.json())["access_token"]
+    service_issuer = IssuerSettings(
+        issuer=provider.issuer,
+        audience=SERVICE_AUDIENCE,
+        algorithms=("RS256",),
+        jwks_url=document["jwks_uri"],
+        service_subjects=True,
+    )
+    async with (
+        running_broker(
+            broker_settings, issuers=(*broker_settings.issuers, service_issuer)
+        ) as running,
+        http.get(f"{running.url}/v1/me", headers={"Authorization": f"Bearer {access_token}"}) as r,
+    ):
+        me = await r.json()
+        assert r.status == 200, me
+    assert (me["subject"], me["kind"], me["issuer"], me["session"]) == (
+        client.id,
+        "service",
+        provider.issuer,
+        None,
     )

@@ -71,7 +71,8 @@ class IssuerConfig:
     public keys, each addressed by its RFC 7638 thumbprint as ``kid``). ``algorithms`` is the
     allow-list; symmetric (``HS*``) and ``none`` are refused because a verifier holding only
     public keys must never accept a MAC keyed with public material. Subjects starting with
-    ``service_account_prefix`` become principals of kind ``"service"`` (empty: none do).
+    ``service_account_prefix`` become principals of kind ``"service"`` (empty: none do);
+    with ``service_subjects`` every subject does (client-credentials tokens).
 
     Raises ``ValueError`` on construction if any of this does not hold.
     """
@@ -85,6 +86,7 @@ class IssuerConfig:
     service_account_prefix: str = "system:serviceaccount:"
     subject_claim: str = "sub"
     groups_prefix: str = ""
+    service_subjects: bool = False
 
     def __post_init__(self) -> None:
         # Accept any sequence from callers but store tuples, so the config stays hashable.
@@ -365,7 +367,8 @@ class Verifier:
         subject = mapping.subject(claims)
         groups = mapping.groups(claims)
         prefix = config.service_account_prefix
-        kind: PrincipalKind = "service" if prefix and subject.startswith(prefix) else "human"
+        service = config.service_subjects or bool(prefix and subject.startswith(prefix))
+        kind: PrincipalKind = "service" if service else "human"
         token_id = claims.get("jti")
         return Principal(
             subject=subject,

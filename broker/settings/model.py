@@ -31,6 +31,8 @@ class IssuerSettings:
     groups_claim: str = "groups"
     subject_claim: str = "sub"
     groups_prefix: str = ""
+    # Every subject is a workload (a provider's client-credentials tokens), never a person.
+    service_subjects: bool = False
 
 
 @dataclass(frozen=True)
