@@ -607,3 +607,28 @@ async def test_a_service_presents_the_providers_client_credentials_token(
         provider.issuer,
         None,
     )
+
+
+async def test_an_id_token_refused_after_the_exchange_is_counted_and_signs_nobody_in(
+    broker_settings: Settings,
+    provider: OIDCProvider,
+    browser: Browser,
+    person: OIDCUser,
+    http: aiohttp.ClientSession,
+    stack: DevStack,
+) -> None:
+    """The ID-token checks above run inside the same counted step as every refusal: here
+    one of them (the algorithm allow-list: the provider signs RS256, the broker allows
+    only ES256) fails after a real code exchange."""
+    only_es256 = _provider_settings(provider, algorithms=("ES256",))
+    async with running_broker(broker_settings, oidc_providers=(only_es256,)) as running:
+        started, client_nonce, code = await _browser_code(http, running, browser, person)
+        before = _failures(running, "algorithm_not_allowed")
+        status, refused = await _post(
+            http,
+            f"{running.url}/v1/auth/callback",
+            {"state": started["state"], "code": code, "client_nonce": client_nonce},
+        )
+        assert (status, refused["error"]["code"]) == (400, "algorithm_not_allowed")
+        assert _failures(running, "algorithm_not_allowed") == before + 1
+    assert await _sessions_of(stack, person.email) == []
