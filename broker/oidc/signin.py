@@ -153,8 +153,16 @@ class SignIn:
     # --- the browser flow ---------------------------------------------------------------
 
     async def start(
-        self, provider_name: str, *, redirect_uri: str, client_nonce: str, api: Api
+        self,
+        provider_name: str,
+        *,
+        redirect_uri: str,
+        client_nonce: str,
+        api: Api,
+        login_role: str | None = None,
     ) -> LoginStart:
+        """``login_role``: a role the client named (``bao login -method=oidc role=...``),
+        recorded in the session's ``session.created`` row; it grants nothing."""
         async with self._counted(provider_name, "browser"):
             check_loopback_redirect(redirect_uri)
             provider = self._provider(provider_name)
@@ -174,6 +182,7 @@ class SignIn:
                     client_nonce_sha256=digest(client_nonce),
                     sealed=seal((state + client_nonce).encode(), "pkce", verifier),
                     expires_at=self._clock() + timedelta(seconds=_LOGIN_SECONDS),
+                    login_role=login_role,
                 ),
             )
             url = provider.authorization_url(
@@ -300,7 +309,7 @@ class SignIn:
         token, session = await self._sessions.create(
             principal,
             mount=provider.name,
-            login_role=None,
+            login_role=pending.login_role,
             request_id=request_id,
             client={**client, "api": pending.api},
             provider=provider.name,

@@ -31,6 +31,7 @@ class Pending:
     client_nonce_sha256: str | None
     sealed: bytes
     expires_at: datetime
+    login_role: str | None = None  # the role a Vault client named: recorded only
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class StoredRefresh:
 
 
 _PENDING_COLUMNS = (
-    "kind, provider, client_id, api, redirect_uri, nonce, client_nonce_sha256, sealed, expires_at"
+    "kind, provider, client_id, api, redirect_uri, nonce, client_nonce_sha256, sealed, expires_at,"
+    " login_role"
 )
 
 
@@ -60,7 +62,7 @@ class SignInStore:
         await self._pool.execute("DELETE FROM signin.pending WHERE expires_at < now()")
         await self._pool.execute(
             f"INSERT INTO signin.pending (handle_sha256, {_PENDING_COLUMNS})"  # noqa: S608
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             digest(handle),
             pending.kind,
             pending.provider,
@@ -71,6 +73,7 @@ class SignInStore:
             pending.client_nonce_sha256,
             pending.sealed,
             pending.expires_at,
+            pending.login_role,
         )
 
     async def take_pending(self, handle: str, kind: str) -> Pending | None:

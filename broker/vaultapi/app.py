@@ -20,7 +20,7 @@ from broker.web.middleware import FrontEnd, request_context
 from broker.web.route import Route, install
 
 from .handlers import OPERATION, client_info, handle
-from .keys import BROKER_APP, INDEX, IndexCache
+from .keys import BROKER_APP, INDEX, OIDC_MOUNTS, IndexCache
 from .responses import vault_error, vault_status
 
 __all__ = ["create_vault_api", "start_vault_api"]
@@ -56,6 +56,7 @@ def create_vault_api(broker: web.Application) -> web.Application:
     app[BROKER_APP] = broker
     app[SETTINGS] = settings
     app[INDEX] = IndexCache()
+    app[OIDC_MOUNTS] = frozenset(p.name for p in settings.oidc_providers)
     install(
         app,
         [

@@ -4,6 +4,12 @@ Every secret read goes through the same services as the native API (``GrantServi
 ``ElevationService``), so it is decided by the same policy and leaves the same ledger rows,
 with ``client: {"api": "vault", "user_agent": ...}`` added to them. Nothing is forwarded to
 Vault as-is: each supported call is re-made by the broker with its own Vault identity.
+
+People sign in with ``bao login -method=oidc -path=<provider>``: the CLI's two calls
+(``auth/<provider>/oidc/auth_url`` and ``/callback``) are ``SignIn.start`` and
+``SignIn.finish`` (``broker.oidc``), so the session is the broker's own, as for
+``broker login``. Such a session renews through the identity provider (groups re-read) and
+its ``revoke-self`` is a logout.
 """
 
 from __future__ import annotations
@@ -34,12 +40,13 @@ from broker.web.keys import (
     METRICS,
     POLICY,
     SESSIONS,
+    SIGNIN,
     VAULT,
     VERIFIER,
 )
 from broker.web.middleware import REQUEST_ID
 
-from .keys import BROKER_APP, INDEX
+from .keys import BROKER_APP, INDEX, OIDC_MOUNTS
 from .paths import OPERATION_ACCESS, CatalogIndex, Operation, catalog_index, mount_of, resolve
 from .responses import vault_json
 
@@ -98,6 +105,17 @@ def _token(request: web.Request) -> str | None:
     return auth[7:] if auth[:7].lower() == "bearer " else None
 
 
+def _metadata_of(session: Session) -> dict[str, str]:
+    """The token's metadata (Vault's is a string map): who, and where they signed in."""
+    principal = session.principal
+    return {
+        "subject": principal.subject,
+        "issuer": principal.issuer,
+        "role": session.login_role or "",
+        **({"provider": session.provider} if session.provider else {}),
+    }
+
+
 def _auth_block(app: web.Application, token: str, session: Session) -> dict[str, Any]:
     principal = session.principal
     roles = sorted(r.name for r in roles_for(app[BROKER_APP][POLICY].current, principal))
@@ -107,11 +125,7 @@ def _auth_block(app: web.Application, token: str, session: Session) -> dict[str,
         "policies": roles,
         "token_policies": roles,
         "identity_policies": [],
-        "metadata": {
-            "subject": principal.subject,
-            "issuer": principal.issuer,
-            "role": session.login_role or "",
-        },
+        "metadata": _metadata_of(session),
         "lease_duration": session.remaining(datetime.now(UTC)),
         "renewable": True,
         "entity_id": "",
@@ -123,7 +137,7 @@ def _auth_block(app: web.Application, token: str, session: Session) -> dict[str,
 
 async def handle(request: web.Request) -> web.StreamResponse:
     app = request.app
-    op = resolve(request.method, request.match_info["tail"], _index(app))
+    op = resolve(request.method, request.match_info["tail"], _index(app), app[OIDC_MOUNTS])
     request[OPERATION] = op.kind
     access = OPERATION_ACCESS.get(op.kind)
     if access is None:  # deny by default: every kind declares its access in paths
@@ -134,6 +148,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 return await _health(request, always_ok=op.detail == "seal_status")
             case "login":
                 return await _login(request, op)
+            case "oidc_auth_url":
+                return await _oidc_auth_url(request, op)
+            case "oidc_callback":
+                return await _oidc_callback(request, op)
         raise _refusal(Operation("refused", detail="not_supported"))
     broker = app[BROKER_APP]
     token = _token(request)
@@ -150,12 +168,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return _lookup_self(request, token or "", session)
         case "token_renew":
             body = await _body(request)
-            renewed = await broker[SESSIONS].renew(
-                session, _seconds(body.get("increment"), "increment"), request_id=_rid(request)
-            )
+            increment = _seconds(body.get("increment"), "increment")
+            if session.provider is not None:
+                # A sign-in renews at its identity provider, which says the groups anew (and
+                # may refuse: then the session ends), as POST /v1/auth/session/renew does; by
+                # the session TTL, whatever the increment.
+                renewed = await broker[SIGNIN].renew(session, token or "", request_id=_rid(request))
+            else:
+                renewed = await broker[SESSIONS].renew(session, increment, request_id=_rid(request))
             return vault_json(auth=_auth_block(app, token or "", renewed))
         case "token_revoke":
-            await broker[SESSIONS].revoke(session, request_id=_rid(request))
+            if session.provider is not None:  # a logout: the provider's refresh token goes too
+                await broker[SIGNIN].logout(session, token or "", request_id=_rid(request))
+            else:
+                await broker[SESSIONS].revoke(session, request_id=_rid(request))
             return web.Response(status=204)
         case "mounts":
             return _mounts(request, principal)
@@ -245,6 +271,74 @@ async def _login(request: web.Request, op: Operation) -> web.Response:
     return vault_json(auth=_auth_block(app, token, session))
 
 
+# --- bao login -method=oidc --------------------------------------------------------------
+
+
+def _opaque(value: object, name: str, shortest: int, longest: int) -> str:
+    """A protocol string (a nonce, a state, a code, a redirect URI) within the bounds the
+    native sign-in routes use: printable, no spaces."""
+    if value is None or value == "":
+        raise BadRequest(f"missing {name}", code=f"missing_{name}")
+    if not (
+        isinstance(value, str)
+        and shortest <= len(value) <= longest
+        and value.isprintable()
+        and " " not in value
+    ):
+        raise BadRequest(
+            f"{name} must be {shortest}..{longest} printable characters", code=f"invalid_{name}"
+        )
+    return value
+
+
+async def _oidc_auth_url(request: web.Request, op: Operation) -> web.Response:
+    """``auth/<provider>/oidc/auth_url {role, redirect_uri, client_nonce}`` -> the provider's
+    authorization URL, as Vault's OIDC method answers it (``data.auth_url``). No ``state`` or
+    ``poll_interval`` beside it: the CLI would take the login for a direct/device one."""
+    body = await _body(request)
+    redirect_uri = _opaque(body.get("redirect_uri"), "redirect_uri", 1, 2048)
+    client_nonce = _opaque(body.get("client_nonce"), "client_nonce", 16, 128)
+    role = body.get("role")
+    if role is not None and not isinstance(role, str):
+        raise BadRequest("role must be a string", code="invalid_role")
+    started = await request.app[BROKER_APP][SIGNIN].start(
+        op.detail,
+        redirect_uri=redirect_uri,
+        client_nonce=client_nonce,
+        api="vault",
+        login_role=safe_text(role, 64) if role else None,
+    )
+    return vault_json(data={"auth_url": started.auth_url})
+
+
+async def _oidc_callback(request: web.Request, op: Operation) -> web.Response:
+    """``GET auth/<provider>/oidc/callback?state&code&client_nonce`` -> a Vault ``auth``
+    block with a broker session token. The pending login is taken once (a replay is
+    ``invalid_state``) and names its provider; ``op.detail`` is only the mount it came in on."""
+    query = request.query
+    if not query.get("code"):
+        # The provider redirected without a code (``?error=access_denied``): bao passes on
+        # only state and code.
+        request.app[BROKER_APP][AUTHN].count_failure("missing_code")
+        raise BadRequest(
+            "no authorization code in the callback: the sign-in was refused or cancelled at"
+            " the identity provider; start again",
+            code="missing_code",
+        )
+    state = _opaque(query.get("state"), "state", 1, 512)
+    code = _opaque(query.get("code"), "code", 1, 4096)
+    client_nonce = _opaque(query.get("client_nonce"), "client_nonce", 16, 128)
+    signed_in = await request.app[BROKER_APP][SIGNIN].finish(
+        state=state,
+        code=code,
+        client_nonce=client_nonce,
+        request_id=_rid(request),
+        client=client_info(request),
+    )
+    request[PRINCIPAL] = signed_in.session.principal
+    return vault_json(auth=_auth_block(request.app, signed_in.token, signed_in.session))
+
+
 def _lookup_self(request: web.Request, token: str, session: Session) -> web.Response:
     p = session.principal
     roles = sorted(r.name for r in roles_for(request.app[BROKER_APP][POLICY].current, p))
@@ -260,10 +354,14 @@ def _lookup_self(request: web.Request, token: str, session: Session) -> web.Resp
             "explicit_max_ttl": int((session.max_expires_at - session.created_at).total_seconds()),
             "id": token,
             "issue_time": session.created_at.isoformat(),
-            "meta": {"subject": p.subject, "issuer": p.issuer, "role": session.login_role or ""},
+            "meta": _metadata_of(session),
             "num_uses": 0,
             "orphan": True,
-            "path": f"auth/{session.login_mount}/login",
+            "path": (
+                f"auth/{session.login_mount}/oidc/callback"
+                if session.provider
+                else f"auth/{session.login_mount}/login"
+            ),
             "policies": roles,
             "renewable": True,
             "ttl": session.remaining(now),

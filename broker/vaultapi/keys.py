@@ -6,10 +6,14 @@ from aiohttp import web
 
 from .paths import CatalogIndex
 
-__all__ = ["BROKER_APP", "INDEX", "IndexCache"]
+__all__ = ["BROKER_APP", "INDEX", "OIDC_MOUNTS", "IndexCache"]
 
 # The broker app whose services (policy, grants, elevations, ledger) the front door uses.
 BROKER_APP = web.AppKey("broker_app", web.Application)
+
+# The names of the configured identity providers: the auth mounts whose OIDC login
+# (``auth/<name>/oidc/auth_url`` and ``/callback``) the front door serves.
+OIDC_MOUNTS: web.AppKey[frozenset[str]] = web.AppKey("oidc_mounts")
 
 
 class IndexCache:

@@ -3,28 +3,35 @@
 The front door is read/issue-only. ``resolve`` maps (method, path after ``/v1/``) to an
 ``Operation``; everything it does not recognise is a refusal, never a pass-through:
 
-=========================================  ============  =============  ====================
-request                                    kind          access         notes
-=========================================  ============  =============  ====================
-PUT/POST auth/<mount>/login                login         public         {role?, jwt}
-GET auth/token/lookup-self                 token_lookup  session
-PUT/POST auth/token/renew-self             token_renew   session
-PUT/POST auth/token/revoke-self            token_revoke  session
-GET sys/health, GET sys/seal-status        health        public         as in Vault
-GET sys/mounts                             mounts        session        the caller's mounts
-GET sys/internal/ui/mounts/<path>          ui_mount      session        CLIs' KV probe
-PUT/POST sys/leases/renew                  lease_renew   session        {lease_id, increment?}
-PUT/POST sys/leases/renew/<lease id>       lease_renew   session
-PUT/POST sys/leases/revoke                 lease_revoke  session        {lease_id}
-PUT/POST sys/leases/revoke/<lease id>      lease_revoke  session
-GET <kv mount>/data/<path>                 kv_read       session        catalog kv2 entry
-GET <kv mount>/metadata/<path>             kv_metadata   session        no values returned
-GET <db mount>/creds/<role>                db_creds      session        catalog database entry
-PUT/POST <pki mount>/issue/<role>          pki_issue     session        catalog pki entry
-other sys/*                                refused       session        not_supported
-any other write (PUT/POST/PATCH/DELETE)    refused       session        read_only
-any other read                             refused       session        not_in_catalog
-=========================================  ============  =============  ====================
+=========================================  =============  =======  =================================
+request                                    kind           access   notes
+=========================================  =============  =======  =================================
+PUT/POST auth/<mount>/login                login          public   {role?, jwt}
+PUT/POST auth/<idp>/oidc/auth_url          oidc_auth_url  public   redirect_uri, client_nonce, role?
+GET auth/<idp>/oidc/callback               oidc_callback  public   ?state&code&client_nonce
+GET auth/token/lookup-self                 token_lookup   session
+PUT/POST auth/token/renew-self             token_renew    session  via the provider if any
+PUT/POST auth/token/revoke-self            token_revoke   session  a sign-in: logout
+GET sys/health, GET sys/seal-status        health         public   as in Vault
+GET sys/mounts                             mounts         session  the caller's mounts
+GET sys/internal/ui/mounts/<path>          ui_mount       session  CLIs' KV probe
+PUT/POST sys/leases/renew                  lease_renew    session  {lease_id, increment?}
+PUT/POST sys/leases/renew/<lease id>       lease_renew    session
+PUT/POST sys/leases/revoke                 lease_revoke   session  {lease_id}
+PUT/POST sys/leases/revoke/<lease id>      lease_revoke   session
+GET <kv mount>/data/<path>                 kv_read        session  catalog kv2 entry
+GET <kv mount>/metadata/<path>             kv_metadata    session  no values returned
+GET <db mount>/creds/<role>                db_creds       session  catalog database entry
+PUT/POST <pki mount>/issue/<role>          pki_issue      session  catalog pki entry
+other sys/* and auth/*                     refused        session  not_supported
+any other write (PUT/POST/PATCH/DELETE)    refused        session  read_only
+any other read                             refused        session  not_in_catalog
+=========================================  =============  =======  =================================
+
+``<idp>`` is the ``name`` of a configured identity provider (``[[oidc_providers]]``): the
+two calls of ``bao login -method=oidc -path=<idp>``. The same paths under any other mount,
+and every other path of an auth mount (``auth/<idp>/role/…``, ``auth/<idp>/config``,
+``auth/<idp>/oidc/poll``), are ``not_supported``.
 
 ``OPERATION_ACCESS`` is the access column, read by the front door's one handler before it
 does anything else (deny by default: a kind missing from it is refused). ``session`` is a
@@ -55,6 +62,8 @@ __all__ = [
 
 OperationKind = Literal[
     "login",
+    "oidc_auth_url",
+    "oidc_callback",
     "token_lookup",
     "token_renew",
     "token_revoke",
@@ -73,6 +82,8 @@ OperationKind = Literal[
 # The access column of the table above. A session is the front door's ``authenticated``.
 OPERATION_ACCESS: Mapping[OperationKind, Access] = {
     "login": public,
+    "oidc_auth_url": public,
+    "oidc_callback": public,
     "health": public,
     **{
         kind: authenticated
@@ -97,6 +108,7 @@ OPERATION_ACCESS: Mapping[OperationKind, Access] = {
 _READ = frozenset({"GET"})
 _WRITE = frozenset({"PUT", "POST"})
 _LOGIN = re.compile(r"^auth/([A-Za-z0-9._-]{1,64})/login$")
+_OIDC = re.compile(r"^auth/([^/]+)/oidc/(auth_url|callback)$")
 _LEASE = re.compile(r"^sys/leases/(renew|revoke)(?:/(.+))?$")
 
 
@@ -104,8 +116,9 @@ _LEASE = re.compile(r"^sys/leases/(renew|revoke)(?:/(.+))?$")
 class Operation:
     kind: OperationKind
     entry: CatalogEntry | None = None
-    # login: the auth mount; lease_*: a lease id from the path; ui_mount: the probed path;
-    # health: "seal_status" for sys/seal-status (always 200, as Vault answers it);
+    # login: the auth mount; oidc_*: the identity provider's name; lease_*: a lease id from
+    # the path; ui_mount: the probed path; health: "seal_status" for sys/seal-status (always
+    # 200, as Vault answers it);
     # refused: why (not_in_catalog | read_only | not_supported | method_not_allowed).
     detail: str = ""
 
@@ -131,10 +144,22 @@ def catalog_index(catalog: Mapping[str, CatalogEntry]) -> CatalogIndex:
     return out
 
 
-def resolve(method: str, path: str, index: CatalogIndex) -> Operation:
-    """Classify one request. ``path`` is the URL path after ``/v1/``, already decoded."""
+def resolve(
+    method: str, path: str, index: CatalogIndex, providers: frozenset[str] = frozenset()
+) -> Operation:
+    """Classify one request. ``path`` is the URL path after ``/v1/``, already decoded;
+    ``providers`` are the names of the configured identity providers."""
     method = method.upper()
     path = path.strip("/")
+    if (m := _OIDC.match(path)) and m.group(1) in providers:
+        # bao writes auth_url (PUT) and reads the callback (GET, the query carries it).
+        if m.group(2) == "auth_url":
+            if method not in _WRITE:
+                return _not_allowed()
+            return Operation("oidc_auth_url", detail=m.group(1))
+        if method not in _READ:
+            return _not_allowed()
+        return Operation("oidc_callback", detail=m.group(1))
     if m := _LOGIN.match(path):
         if m.group(1) == "token":
             return Operation("refused", detail="not_supported")
