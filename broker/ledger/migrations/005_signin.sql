@@ -11,6 +11,7 @@ CREATE TABLE signin.pending (
     provider text NOT NULL,
     client_id text NOT NULL,
     api text NOT NULL,                     -- cli, vault, console
+    login_role text,                       -- `bao login -method=oidc role=...`: recorded only
     redirect_uri text,
     nonce text,
     client_nonce_sha256 text,
