@@ -12,7 +12,9 @@ Where the connection comes from, first match wins:
 - the token: ``--as NAME`` (``tokens[NAME]`` of dev.json) or ``--token``, then
   ``$BROKER_TOKEN``, then the session ``broker login`` cached for that URL
   (``broker.cli._sessions``). Explicit flags and the environment always win, so
-  automation that sets ``BROKER_TOKEN`` never picks up a person's session.
+  automation that sets ``BROKER_TOKEN`` never picks up a person's session;
+- the CA for an https broker: ``--cacert``, then ``$BROKER_CACERT``, then ``ca_cert`` of
+  dev.json, else the system's.
 
 A cached session is renewed first (``POST /v1/auth/session/renew``, the cache updated)
 when less than a third of its lifetime is left. If the broker refuses the renewal, or
