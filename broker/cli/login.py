@@ -108,9 +108,10 @@ class _Redirect:
 class _Listener(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, finish: Any) -> None:
+    def __init__(self, port: int, finish: Any, got: _Redirect) -> None:
         super().__init__(("127.0.0.1", port), _CallbackHandler)
         self.finish = finish  # (query) -> (status, marker, title, text)
+        self.got = got
 
 
 class _CallbackHandler(http.server.BaseHTTPRequestHandler):
@@ -122,7 +123,18 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
         if url.path != _CALLBACK_PATH:
             self._page(404, "not-found", "Not found", "This is the broker login listener.")
             return
-        self._page(*self.server.finish(dict(parse_qsl(url.query))))
+        got = self.server.got
+        try:
+            page = self.server.finish(dict(parse_qsl(url.query)))
+        except Exception as e:  # a bug here must end the wait, not hang it
+            got.error = got.error or f"the login listener failed: {e!r}"
+            page = (500, "signin-failed", "Sign-in failed", "See the terminal.")
+        try:
+            self._page(*page)
+        finally:
+            # Only now: the main thread exits soon after, and the browser needs the page.
+            if got.answer is not None or got.error is not None:
+                got.done.set()
 
     def _page(self, status: int, marker: str, title: str, text: str) -> None:
         body = _PAGE.format(title=html.escape(title), marker=marker, text=html.escape(text))
@@ -147,7 +159,8 @@ def _browser_login(client: BrokerClient, args: argparse.Namespace, provider: str
 
     def finish(query: dict[str, str]) -> tuple[int, str, str, str]:
         state = started.get("state")
-        if not state or not secrets.compare_digest(query.get("state", ""), str(state)):
+        given = query.get("state", "").encode()
+        if not state or not secrets.compare_digest(given, str(state).encode()):
             _say("warning: refused a redirect that is not this sign-in's (state differs)")
             return (
                 400,
@@ -157,16 +170,14 @@ def _browser_login(client: BrokerClient, args: argparse.Namespace, provider: str
                 " the terminal.",
             )
         with got.lock:
-            if got.done.is_set() or got.answer is not None or got.error is not None:
+            if got.answer is not None or got.error is not None:
                 return 409, "signin-used", "Already done", "This sign-in has finished already."
-            result = _finish(client, query, state, nonce, got)
-        got.done.set()
-        return result
+            return _finish(client, query, state, nonce, got)
 
     if not 0 <= args.port <= 65535:
         raise ClientUsage(f"--port must be 0..65535, got {args.port}")
     try:
-        listener = _Listener(args.port, finish)
+        listener = _Listener(args.port, finish, got)
     except OSError as e:
         raise ClientUsage(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror or e}") from None
     port = listener.server_address[1]
@@ -350,8 +361,8 @@ def _whoami(client: BrokerClient, args: argparse.Namespace) -> int:
         f"subject:  {cell(me.get('subject'))}",
         f"kind:     {cell(me.get('kind'))}",
         f"issuer:   {cell(me.get('issuer'))}",
-        f"groups:   {', '.join(cell(g) for g in me.get('groups') or []) or '-'}",
-        f"roles:    {', '.join(cell(r) for r in me.get('roles') or []) or '-'}",
+        f"groups:   {', '.join(cell(g) for g in me.get('groups') or []) or '(none)'}",
+        f"roles:    {', '.join(cell(r) for r in me.get('roles') or []) or '(none)'}",
     ]
     session = me.get("session")
     if isinstance(session, dict):
