@@ -381,6 +381,23 @@ async def test_silent_renewal_after_two_thirds_of_the_session(
         assert_token_nowhere(world, first["token"])
 
 
+async def test_a_renewal_the_provider_cannot_answer_keeps_the_session(
+    broker_settings: Settings, browser: Browser, tmp_path: Path
+) -> None:
+    async with sign_in_world(broker_settings, tmp_path, vault_api_session_ttl_seconds=TTL) as world:
+        assert (await world.login(browser)).returncode == 0
+        entry = world.cached()
+        assert entry is not None
+        await world.provider.stop()  # the provider is down; the broker is not
+        await sleep_past_two_thirds(entry)
+        run = await world.cli("grants", "list")
+        assert run.returncode == 0, run
+        assert run.stderr.startswith(
+            "warning: could not renew the session (provider_unavailable: "
+        ), run
+        assert world.cached() == entry  # still the same session, to its expiry
+
+
 async def sleep_past_two_thirds(entry: dict[str, Any]) -> None:
     """Until less than a third of the lifetime the cache entry records is left."""
     renewed_at = datetime.fromisoformat(entry["renewed_at"])
