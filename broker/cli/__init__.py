@@ -10,6 +10,8 @@
   offboarding.py  broker offboard, offboardings            } _connection.py (options, exit
   reviews.py      broker reviews                           } codes) and _output.py
   evidence.py     broker evidence export, check    the evidence package, from the database
+  login.py        broker login, logout, whoami     sign in with the identity provider;
+                                                   the session cache is _sessions.py
 
 Each module has ``register(subparsers)``; its commands import what they need when they run,
 so ``broker --help`` loads neither the server nor the embedded stack.
@@ -28,6 +30,7 @@ from broker.cli import (
     elevations,
     evidence,
     ledger,
+    login,
     offboarding,
     policy,
     reviews,
@@ -40,13 +43,25 @@ __all__ = ["build_parser", "main"]
 # `broker --help` shows this, and lists the commands in the order of _GROUPS.
 _DESCRIPTION = """\
 The ``broker`` command: dev, serve, migrate, verify, token, policy check; and, as a
-client of a running broker, elevations, credentials, grants.
+client of a running broker, login, logout, whoami, elevations, credentials, grants.
 
 Exit codes: 0 success, 1 a check failed (verify found tampering, policy invalid) or the
 broker refused a client command, 2 usage or configuration error, 3 broker unreachable.
 """
 
-_GROUPS = (dev, server, ledger, tokens, policy, elevations, audit, offboarding, reviews, evidence)
+_GROUPS = (
+    dev,
+    server,
+    ledger,
+    tokens,
+    policy,
+    login,
+    elevations,
+    audit,
+    offboarding,
+    reviews,
+    evidence,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,21 +59,30 @@ def _error_from(status: int, raw: bytes) -> BrokerHTTPError:
 
 
 class BrokerClient:
-    """Talks to one broker at ``url`` as the holder of ``token``."""
+    """Talks to one broker at ``url`` as the holder of ``token``.
+
+    ``token=None`` is an anonymous client: it can only call the public sign-in endpoints
+    (``providers``, ``start_login`` .. ``poll_device``); ``with_token`` gives the signed-in
+    one."""
 
     def __init__(
-        self, url: str, token: str, *, timeout: float = 30.0, cafile: Path | None = None
+        self, url: str, token: str | None, *, timeout: float = 30.0, cafile: Path | None = None
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"broker URL must be http(s)://host[:port], got {url!r}")
-        if not token:
+        if token is not None and not token:
             raise ValueError("a bearer token is required")
         self.url = url.rstrip("/")
         self._token = token
         self.timeout = timeout
         # https: always verified; cafile (a private or the dev CA) instead of the system's.
+        self._cafile = cafile
         self._tls = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+
+    def with_token(self, token: str) -> BrokerClient:
+        """The same broker, as the holder of ``token``."""
+        return BrokerClient(self.url, token, timeout=self.timeout, cafile=self._cafile)
 
     def __repr__(self) -> str:  # never show the token
         return f"BrokerClient(url={self.url!r})"
@@ -90,7 +99,9 @@ class BrokerClient:
         given = {k: v for k, v in (query or {}).items() if v is not None}
         if given:
             url += "?" + urllib.parse.urlencode(given)
-        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -122,6 +133,40 @@ class BrokerClient:
                 status, "bad_response", "the broker's answer is not a JSON object"
             )
         return result
+
+    # --- signing in (public, except renew and logout: the session token) -------------
+
+    def sign_in_providers(self) -> list[dict[str, Any]]:
+        """The identity providers people sign in with: name, display_name, issuer, flows."""
+        return list(self._call("GET", "/v1/auth/providers").get("providers") or [])
+
+    def start_login(self, provider: str, *, redirect_uri: str, client_nonce: str) -> dict[str, Any]:
+        """A browser sign-in: ``auth_url``, ``state``, ``expires_in``."""
+        body = {"provider": provider, "redirect_uri": redirect_uri, "client_nonce": client_nonce}
+        return self._call("POST", "/v1/auth/login", body=body)
+
+    def finish_login(self, *, state: str, code: str, client_nonce: str) -> dict[str, Any]:
+        """The broker session: ``token``, ``subject``, ``groups``, ``provider``, expiries."""
+        body = {"state": state, "code": code, "client_nonce": client_nonce}
+        return self._call("POST", "/v1/auth/callback", body=body)
+
+    def start_device(self, provider: str) -> dict[str, Any]:
+        """A device sign-in: ``handle``, ``user_code``, ``verification_uri`` (``_complete``),
+        ``interval``, ``expires_in``."""
+        return self._call("POST", "/v1/auth/device", body={"provider": provider})
+
+    def poll_device(self, handle: str) -> dict[str, Any]:
+        """The session once approved; ``BrokerHTTPError`` 400 ``authorization_pending``,
+        ``slow_down``, ``access_denied`` or ``expired_token`` before or instead."""
+        return self._call("POST", "/v1/auth/device/token", body={"handle": handle})
+
+    def renew_session(self) -> dict[str, Any]:
+        """Renew this client's session (refreshed at the provider): the new expiries."""
+        return self._call("POST", "/v1/auth/session/renew")
+
+    def logout(self) -> dict[str, Any]:
+        """End this client's session: ``revoked``, ``end_session_url`` (or null)."""
+        return self._call("POST", "/v1/auth/logout")
 
     # --- identity and plain credentials ---------------------------------------------
 
