@@ -8,6 +8,7 @@ ways: the answer's code, no ``session.created`` row, and the failure counted.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -632,3 +633,15 @@ async def test_an_id_token_refused_after_the_exchange_is_counted_and_signs_nobod
         assert (status, refused["error"]["code"]) == (400, "algorithm_not_allowed")
         assert _failures(running, "algorithm_not_allowed") == before + 1
     assert await _sessions_of(stack, person.email) == []
+
+
+async def test_two_renewals_at_once_both_succeed_with_a_rotating_refresh_token(
+    broker: RunningBroker, browser: Browser, person: OIDCUser, http: aiohttp.ClientSession
+) -> None:
+    """The native client's refresh tokens rotate: without the per-session lock the second
+    renewal would spend a used token, and the provider's refusal would end the session."""
+    token = (await _sign_in(http, broker, browser, person))["token"]
+    answers = await asyncio.gather(
+        *(_post(http, f"{broker.url}/v1/auth/session/renew", token=token) for _ in range(3))
+    )
+    assert [status for status, _ in answers] == [200, 200, 200], answers

@@ -336,7 +336,10 @@ class SignIn:
                 "this session did not come from an identity provider; renew it where it was made",
                 code="not_a_sign_in_session",
             )
-        async with self._counted(session.provider, "refresh"):
+        async with (
+            self._counted(session.provider, "refresh"),
+            self._store.refreshing(session.accessor),
+        ):
             provider = self._provider(session.provider)
             stored = await self._store.get_refresh(session.accessor)
             refresh = (

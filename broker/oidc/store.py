@@ -6,6 +6,8 @@ refresh tokens of signed-in sessions. Working data, not evidence; secrets arrive
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -109,6 +111,22 @@ class SignInStore:
             sealed,
             expires_at,
         )
+
+    @asynccontextmanager
+    async def refreshing(self, accessor: str) -> AsyncIterator[None]:
+        """Hold the session's refresh lock (every replica): providers rotate refresh tokens,
+        so two renewals of one session at once would spend the same token and the second
+        would end the session. The second waits and then reads the rotated token."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "SELECT pg_advisory_lock(hashtext('signin-refresh:' || $1))", accessor
+            )
+            try:
+                yield
+            finally:
+                await conn.execute(
+                    "SELECT pg_advisory_unlock(hashtext('signin-refresh:' || $1))", accessor
+                )
 
     async def get_refresh(self, accessor: str) -> StoredRefresh | None:
         row = await self._pool.fetchrow(
