@@ -5,6 +5,7 @@ and the right one; and an app with an undeclared route refuses to start."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from aiohttp import web
 
 from broker.app import create_app
 from broker.errors import PolicyError
+from broker.settings import OIDCProviderSettings, Settings
 from broker.vaultapi.paths import OPERATION_ACCESS, catalog_index, resolve
 from broker.web.keys import LEDGER, POLICY, VAULT
 from broker.web.route import DECLARATIONS, UndeclaredRoute
-from tests.support.brokers import RunningBroker
+from tests.support.brokers import RunningBroker, running_broker
 from tests.support.http import auth
 from tests.support.tokens import fresh_subject, mint
 
@@ -26,6 +28,15 @@ pytestmark = pytest.mark.stack
 # Groups the demo policy gives each capability (policies/roles.yaml).
 _CAPABILITY_GROUPS = {"audit": ["auditors"], "admin": ["security-admins"]}
 _AUTH_CODES = {"missing_token", "invalid_session", "session_revoked", "session_expired"}
+# An identity provider nobody runs: its two front-door operations are declared only for a
+# configured provider, so the walk needs one (they answer 503: it is down).
+_IDP = OIDCProviderSettings(name="idp", issuer="http://127.0.0.1:9", client_id="walker")
+
+
+@pytest.fixture(scope="module")
+async def broker(broker_settings: Settings) -> AsyncIterator[RunningBroker]:
+    async with running_broker(broker_settings, oidc_providers=(_IDP,)) as running:
+        yield running
 
 
 def _mint(broker: RunningBroker, prefix: str, groups: list[str]) -> str:
@@ -94,6 +105,8 @@ def _front_door_samples(broker: RunningBroker) -> list[tuple[str, str]]:
     kv = by_engine["kv2"]
     return [
         ("POST", "auth/jwt/login"),
+        ("PUT", "auth/idp/oidc/auth_url"),
+        ("GET", "auth/idp/oidc/callback"),
         ("GET", "sys/health"),
         ("GET", "auth/token/lookup-self"),
         ("POST", "auth/token/renew-self"),
@@ -129,10 +142,11 @@ async def test_every_front_door_operation_declares_and_enforces_its_access(
     policy = broker.app[POLICY].current
     index = catalog_index(policy.catalog)
     samples = _front_door_samples(broker)
-    kinds = {resolve(m, p, index).kind for m, p in samples}
+    providers = frozenset({_IDP.name})
+    kinds = {resolve(m, p, index, providers).kind for m, p in samples}
     assert kinds == set(OPERATION_ACCESS), "a sample for every declared operation kind"
     for method, path in samples:
-        op = resolve(method, path, index)
+        op = resolve(method, path, index, providers)
         access = OPERATION_ACCESS[op.kind]
         url = f"{front_door}/v1/{path}"
         where = f"{method} {path} ({op.kind}: {access.kind})"
