@@ -42,7 +42,8 @@ async def get_me(request: web.Request) -> web.Response:
             "capabilities": sorted(capabilities(policy, principal)),
             "requestable": requestable(policy, principal),
             "policy_version": policy.version,
-            "session": session_info(session) if session is not None else None,
+            # Only for a signed-in person: a service's JWT has no session.
+            **({"session": session_info(session)} if session is not None else {}),
         }
     )
 
