@@ -641,3 +641,16 @@ async def test_two_renewals_at_once_both_succeed_with_a_rotating_refresh_token(
         *(_post(http, f"{broker.url}/v1/auth/session/renew", token=token) for _ in range(3))
     )
     assert [status for status, _ in answers] == [200, 200, 200], answers
+
+
+async def test_groups_from_userinfo_when_the_provider_keeps_them_out_of_the_id_token(
+    broker_settings: Settings,
+    provider: OIDCProvider,
+    browser: Browser,
+    person: OIDCUser,
+    http: aiohttp.ClientSession,
+) -> None:
+    from_userinfo = _provider_settings(provider, userinfo_groups=True, groups_prefix="corp:")
+    async with running_broker(broker_settings, oidc_providers=(from_userinfo,)) as running:
+        signed_in = await _sign_in(http, running, browser, person)
+    assert signed_in["groups"] == ["corp:engineering"]
