@@ -156,6 +156,17 @@ def _failures(broker: RunningBroker, reason: str) -> float:
     return value or 0.0
 
 
+async def _refused_callback(
+    http: aiohttp.ClientSession, broker: RunningBroker, body: dict[str, str], code: str
+) -> str:
+    """POST the callback; assert it is refused with ``code`` and counted; the message."""
+    before = _failures(broker, code)
+    status, refused = await _post(http, f"{broker.url}/v1/auth/callback", body)
+    assert (status, refused["error"]["code"]) == (400, code), refused
+    assert _failures(broker, code) == before + 1
+    return str(refused["error"]["message"])
+
+
 # --- the browser flow ---------------------------------------------------------------------
 
 
@@ -207,10 +218,7 @@ async def test_a_replayed_state_is_refused_and_counted(
     body = {"state": started["state"], "code": code, "client_nonce": client_nonce}
     status, _ = await _post(http, f"{broker.url}/v1/auth/callback", body)
     assert status == 200
-    before = _failures(broker, "invalid_state")
-    status, refused = await _post(http, f"{broker.url}/v1/auth/callback", body)
-    assert (status, refused["error"]["code"]) == (400, "invalid_state")
-    assert _failures(broker, "invalid_state") == before + 1
+    await _refused_callback(http, broker, body, "invalid_state")
     assert len(await _sessions_of(stack, person.email)) == 1
 
 
@@ -222,14 +230,8 @@ async def test_a_wrong_client_nonce_finishes_nothing(
     stack: DevStack,
 ) -> None:
     started, _, code = await _browser_code(http, broker, browser, person)
-    before = _failures(broker, "client_nonce_mismatch")
-    status, refused = await _post(
-        http,
-        f"{broker.url}/v1/auth/callback",
-        {"state": started["state"], "code": code, "client_nonce": secrets.token_urlsafe(24)},
-    )
-    assert (status, refused["error"]["code"]) == (400, "client_nonce_mismatch")
-    assert _failures(broker, "client_nonce_mismatch") == before + 1
+    body = {"state": started["state"], "code": code, "client_nonce": secrets.token_urlsafe(24)}
+    await _refused_callback(http, broker, body, "client_nonce_mismatch")
     assert await _sessions_of(stack, person.email) == []
 
 
@@ -250,15 +252,8 @@ async def test_a_code_used_twice_is_refused_by_the_provider(
     # A second sign-in of the same client that smuggles in the spent code.
     async with LoopbackCallback() as callback:
         again, again_nonce = await _start(http, broker, callback.redirect_uri)
-    before = _failures(broker, "code_rejected")
-    status, refused = await _post(
-        http,
-        f"{broker.url}/v1/auth/callback",
-        {"state": again["state"], "code": code, "client_nonce": again_nonce},
-    )
-    assert (status, refused["error"]["code"]) == (400, "code_rejected")
-    assert "invalid_grant" in refused["error"]["message"]
-    assert _failures(broker, "code_rejected") == before + 1
+    body = {"state": again["state"], "code": code, "client_nonce": again_nonce}
+    assert "invalid_grant" in await _refused_callback(http, broker, body, "code_rejected")
     assert len(await _sessions_of(stack, person.email)) == 1
 
 
@@ -305,14 +300,8 @@ async def test_an_id_token_for_another_login_fails_the_nonce_check(
 ) -> None:
     started, client_nonce, code = await _browser_code(http, broker, browser, person)
     await _tamper_pending(stack, started["state"], "nonce", secrets.token_urlsafe(32))
-    before = _failures(broker, "nonce_mismatch")
-    status, refused = await _post(
-        http,
-        f"{broker.url}/v1/auth/callback",
-        {"state": started["state"], "code": code, "client_nonce": client_nonce},
-    )
-    assert (status, refused["error"]["code"]) == (400, "nonce_mismatch")
-    assert _failures(broker, "nonce_mismatch") == before + 1
+    body = {"state": started["state"], "code": code, "client_nonce": client_nonce}
+    await _refused_callback(http, broker, body, "nonce_mismatch")
     assert await _sessions_of(stack, person.email) == []
 
 
@@ -620,14 +609,8 @@ async def test_an_id_token_refused_after_the_exchange_is_counted_and_signs_nobod
     only_es256 = _provider_settings(provider, algorithms=("ES256",))
     async with running_broker(broker_settings, oidc_providers=(only_es256,)) as running:
         started, client_nonce, code = await _browser_code(http, running, browser, person)
-        before = _failures(running, "algorithm_not_allowed")
-        status, refused = await _post(
-            http,
-            f"{running.url}/v1/auth/callback",
-            {"state": started["state"], "code": code, "client_nonce": client_nonce},
-        )
-        assert (status, refused["error"]["code"]) == (400, "algorithm_not_allowed")
-        assert _failures(running, "algorithm_not_allowed") == before + 1
+        body = {"state": started["state"], "code": code, "client_nonce": client_nonce}
+        await _refused_callback(http, running, body, "algorithm_not_allowed")
     assert await _sessions_of(stack, person.email) == []
 
 
