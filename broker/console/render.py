@@ -59,7 +59,7 @@ def redirect(request: web.Request, location: str, *, status: int = 303) -> web.R
 
 def error_page(request: web.Request, status: int, code: str, message: str) -> web.Response:
     """A refusal as a page (401: back to the sign-in page, then here again)."""
-    if status == 401 and request.method == "GET":
+    if status == 401 and request.method in ("GET", "HEAD"):
         return redirect(request, "/console/login?next=" + _local(request.path_qs))
     return page(request, "error.html", status=status, code=code, message=message)
 
