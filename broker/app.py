@@ -371,6 +371,10 @@ def _console(settings: Settings) -> Console:
         if settings.dev_issuer_key_path is None:
             raise ValueError("console_dev_sign_in needs dev_issuer_key_path (the dev issuer)")
         dev_issuer = DevIssuer.load_or_create(settings.dev_issuer_key_path)
+        _log.warning(
+            "console_dev_sign_in is on: anyone who reaches /console/login can sign in as a"
+            " demo identity. Development only: never on a broker people rely on"
+        )
     secure = (settings.public_url or "").startswith("https://") or (
         settings.tls_cert_file is not None
     )
