@@ -23,6 +23,9 @@ from broker.background import (
     flush_auth_failures,
     probe_dependencies,
 )
+from broker.console.cookies import ConsoleCookies, load_console_key
+from broker.console.keys import CONSOLE, Console
+from broker.console.routes import CONSOLE_ROUTES
 from broker.elevation import ElevationService
 from broker.errors import VaultUnavailable
 from broker.evidence.continuity import append_heartbeat, gap_threshold
@@ -352,12 +355,34 @@ async def _signin(app: web.Application) -> AsyncIterator[None]:
             authn=app[AUTHN],
             metrics=app[METRICS],
             clock=app[CLOCK],
+            console_redirect=app[CONSOLE].callback_url,
         )
         yield
     finally:
         for provider in providers.values():
             await provider.close()
         await http.close()
+
+
+def _console(settings: Settings) -> Console:
+    """The console's cookie key and sign-in options (no I/O beyond the key file)."""
+    dev_issuer = None
+    if settings.console_dev_sign_in:
+        if settings.dev_issuer_key_path is None:
+            raise ValueError("console_dev_sign_in needs dev_issuer_key_path (the dev issuer)")
+        dev_issuer = DevIssuer.load_or_create(settings.dev_issuer_key_path)
+        _log.warning(
+            "console_dev_sign_in is on: anyone who reaches /console/login can sign in as a"
+            " demo identity. Development only: never on a broker people rely on"
+        )
+    secure = (settings.public_url or "").startswith("https://") or (
+        settings.tls_cert_file is not None
+    )
+    return Console(
+        cookies=ConsoleCookies(load_console_key(settings.console_key_path), secure=secure),
+        public_url=settings.public_url,
+        dev_issuer=dev_issuer,
+    )
 
 
 async def _running(app: web.Application) -> AsyncIterator[None]:
@@ -499,5 +524,6 @@ def create_app(
     app[OPENAPI] = json.dumps(openapi_document(ROUTES, settings)).encode()
     app.cleanup_ctx.extend(_RESOURCES)
     app.cleanup_ctx.append(_serving_tls(tls))
-    install(app, ROUTES)
+    app[CONSOLE] = _console(settings)
+    install(app, [*ROUTES, *CONSOLE_ROUTES])
     return app

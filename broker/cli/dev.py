@@ -121,6 +121,11 @@ def _serve_dev(
     assert issuer_key is not None
     if settings.vault_api_port is None:  # the demo always serves the front door too
         settings = settings.with_overrides(vault_api_port=0)
+    # The console offers the demo identities; its cookie key survives restarts.
+    settings = settings.with_overrides(
+        console_dev_sign_in=True,
+        console_key_path=settings.console_key_path or state / "console.key",
+    )
     log_format = settings.log_format or "text"
     configure_logging(log_format, settings.log_level, replica=settings.replica_id)
     ca_cert: Path | None = None
@@ -132,6 +137,7 @@ def _serve_dev(
     def ready(ports: list[int]) -> None:
         info = {
             "url": f"{scheme}://127.0.0.1:{ports[0]}",
+            "console_url": f"{scheme}://127.0.0.1:{ports[0]}/console/",
             # Point VAULT_ADDR / BAO_ADDR here: unmodified Vault clients, through policy.
             "vault_api_url": f"{scheme}://127.0.0.1:{ports[1]}",
             **({"ca_cert": str(ca_cert)} if ca_cert is not None else {}),
@@ -143,7 +149,7 @@ def _serve_dev(
         out = state / "dev.json"
         out.write_text(json.dumps(info, indent=2))
         out.chmod(0o600)
-        shown = ("url", "vault_api_url", "ca_cert", "vault_addr", "database_url")
+        shown = ("url", "console_url", "vault_api_url", "ca_cert", "vault_addr", "database_url")
         print(json.dumps({k: info[k] for k in shown if k in info}, indent=2))
         if ca_cert is not None:
             print(

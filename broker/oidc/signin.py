@@ -109,8 +109,11 @@ class SignIn:
         authn: Authenticator,
         metrics: Metrics,
         clock: Callable[[], datetime],
+        console_redirect: str | None = None,
     ) -> None:
         self._providers = providers
+        # The console's callback (from public_url): the one redirect off loopback allowed.
+        self._console_redirect = console_redirect
         self._store = store
         self._sessions = sessions
         self._authn = authn
@@ -164,7 +167,9 @@ class SignIn:
         """``login_role``: a role the client named (``bao login -method=oidc role=...``),
         recorded in the session's ``session.created`` row; it grants nothing."""
         async with self._counted(provider_name, "browser"):
-            check_loopback_redirect(redirect_uri)
+            # Off loopback, only the console's own callback (from public_url).
+            if redirect_uri != self._console_redirect:
+                check_loopback_redirect(redirect_uri)
             provider = self._provider(provider_name)
             metadata = await provider.metadata()
             client_id = provider.client_for(redirect_uri)

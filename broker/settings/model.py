@@ -91,6 +91,13 @@ class Settings:
         le=65535,
         doc="listen port (`broker serve --port` overrides; `0` picks a free port)",
     )
+    public_url: str | None = setting(
+        None,
+        env="BROKER_PUBLIC_URL",
+        section=_LISTEN,
+        doc="the broker's address as people's browsers reach it (`https://broker.example.com`):"
+        " the console's sign-in redirect and the links in notifications use it",
+    )
     log_format: str | None = setting(
         None,
         env="BROKER_LOG_FORMAT",
@@ -390,6 +397,21 @@ class Settings:
         readable_file=True,
         doc="PEM CA bundle that verifies the certificates of `https://` JWKS URLs (instead of"
         " the system trust store)",
+    )
+    console_key_path: Path | None = setting(
+        None,
+        env="BROKER_CONSOLE_KEY",
+        section=_POLICY,
+        doc="file of 32 random bytes that seals the console's cookies, the same on every"
+        " replica (created if missing). Unset: a key per process, so console sign-ins do not"
+        " survive a restart or move between replicas",
+    )
+    console_dev_sign_in: bool = setting(
+        False,
+        env="BROKER_CONSOLE_DEV_SIGN_IN",
+        section=_POLICY,
+        doc="offer the dev identities on the console's sign-in page (needs"
+        " `dev_issuer_key_path`). `broker dev` turns it on; `broker serve` logs a warning",
     )
     dev_issuer_key_path: Path | None = setting(
         None,

@@ -54,7 +54,9 @@ class Authenticator:
         An offboarded subject is refused after verification: Forbidden (403,
         ``subject_offboarded``).
         """
-        header = request.headers.get("Authorization")
+        return await self._authenticate(request, request.headers.get("Authorization"))
+
+    async def _authenticate(self, request: web.Request, header: str | None) -> Principal:
         try:
             session = await self._session(header)
             if session is not None:
@@ -77,6 +79,11 @@ class Authenticator:
         if self._blocklist is not None:
             self._blocklist.refuse_if_blocked(principal)  # 403 subject_offboarded
         return principal
+
+    async def authenticate_token(self, request: web.Request, token: str) -> Principal:
+        """The console's way in: the session token its cookie holds, checked and counted
+        exactly as a ``Bearer`` one."""
+        return await self._authenticate(request, f"Bearer {token}")
 
     async def _session(self, header: str | None) -> Session | None:
         scheme, _, token = (header or "").partition(" ")

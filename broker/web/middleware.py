@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from broker.console import guard as console_guard
+from broker.console.render import error_page
 from broker.errors import BrokerError, Forbidden, PayloadTooLarge
 from broker.ledger import Ledger, NewEvent
 from broker.logs import REQUEST_ID_VAR, log_access
@@ -81,6 +83,17 @@ class FrontEnd:
     route_label: Callable[[web.Request], str]
     broker_app: Callable[[web.Application], web.Application]  # where the ledger lives
     client: Callable[[web.Request], Mapping[str, str] | None] = lambda _: None
+    # Errors of console routes as pages (the API's own listener only).
+    page: Callable[[web.Request, int, str, str], web.StreamResponse] | None = None
+
+    def reply(
+        self, request: web.Request, status: int, code: str, message: str, request_id: str
+    ) -> web.StreamResponse:
+        route = declaration_of(request)
+        console = route.front == "console" if route else request.path.startswith("/console/")
+        if self.page is not None and console:
+            return self.page(request, status, code, message)
+        return self.answer(status, code, message, request_id)
 
 
 def request_context(front: FrontEnd) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -111,15 +124,15 @@ def request_context(front: FrontEnd) -> Callable[..., Awaitable[web.StreamRespon
                 except BrokerError as ledger_error:
                     answer = ledger_error
             status = front.status_of(answer)
-            return front.answer(status, answer.code, answer.message, request_id)
+            return front.reply(request, status, answer.code, answer.message, request_id)
         except web.HTTPException as e:
             status = e.status
             if e.status < 400:
                 raise
-            return front.answer(e.status, front.http_code(e.status), e.reason, request_id)
+            return front.reply(request, e.status, front.http_code(e.status), e.reason, request_id)
         except Exception:
             _log.exception("unhandled error in the %s (request %s)", front.name, request_id)
-            return front.answer(500, "internal", "internal error", request_id)
+            return front.reply(request, 500, "internal", "internal error", request_id)
         finally:
             # Clients choose the method string: bound the label to the ones HTTP defines.
             method = request.method if request.method in _METHODS else "OTHER"
@@ -151,6 +164,7 @@ _NATIVE = FrontEnd(
     http_code=lambda status: _HTTP_CODES.get(status, "http_error"),
     route_label=_route_template,
     broker_app=lambda app: app,
+    page=error_page,
 )
 
 
@@ -194,7 +208,9 @@ async def _declared(request: web.Request, handler: _Handler) -> web.StreamRespon
         _log.error("refused a request to an undeclared route %s", request.path[:200])
         raise Forbidden("this endpoint is not declared", code="forbidden")
     principal = None
-    if route.access.needs_token:
+    if route.front == "console":
+        principal = await console_guard.authenticate(request, route)
+    elif route.access.needs_token:
         principal = await request.app[AUTHN].authenticate(request)
     authorize(route.access, request.app[POLICY].current, principal)
     settings = request.app[SETTINGS]
@@ -202,7 +218,10 @@ async def _declared(request: web.Request, handler: _Handler) -> web.StreamRespon
     body = None
     if route.body is not None:
         try:
-            raw = await request.read()  # bounded by the app's client_max_size
+            # bounded by the app's client_max_size
+            raw = await (
+                console_guard.form_body(request) if route.front == "console" else request.read()
+            )
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(
                 f"request body is larger than {settings.max_body_bytes} bytes"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -56,6 +56,9 @@ class Route:
     response_descriptions: Mapping[int, str] = field(default_factory=dict)
     media: str = "application/json"
     errors: Mapping[int, str] = field(default_factory=dict)
+    # "console": a page of the web console (cookie session, CSRF-checked forms, HTML
+    # answers; not in the OpenAPI document). Same access rules, same enforcement.
+    front: Literal["api", "console"] = "api"
 
 
 class UndeclaredRoute(RuntimeError):

@@ -130,6 +130,20 @@ class Browser:
         finally:
             await page.close()
 
+    async def new_page(self) -> Page:
+        """A page of this browser's context (the caller closes it)."""
+        return await self._new_page()
+
+    async def through_provider(self, page: Page, user: OIDCUser) -> None:
+        """``page`` is at the provider (a site sent it there): sign in as ``user`` and
+        allow, until the provider sends the page back to another origin."""
+        provider = _origin(page.url)
+        for _ in range(_MAX_STEPS):
+            if _origin(page.url) != provider:
+                return
+            await self._step(page, user, None)
+        raise AssertionError(f"sign-in did not leave the provider: at {page.url}")
+
     async def approve_device(
         self, verification_url: str, user: OIDCUser, user_code: str | None = None
     ) -> None:

@@ -132,8 +132,13 @@ class OIDCProvider:
             "jit-broker-cli",
             None,
             # Native clients match loopback redirects on any port (RFC 8252 7.3); `bao`
-            # listens on http://localhost:<port>/oidc/callback.
-            ("http://127.0.0.1/callback", "http://localhost/oidc/callback"),
+            # listens on http://localhost:<port>/oidc/callback; a console on a loopback
+            # address without public_url uses its own /console/callback.
+            (
+                "http://127.0.0.1/callback",
+                "http://localhost/oidc/callback",
+                "http://127.0.0.1/console/callback",
+            ),
         )
         self.web_client = OIDCClient("jit-broker", uuid.uuid4().hex, tuple(self.web_redirect_uris))
         self.service_client = OIDCClient("orders-api", uuid.uuid4().hex, ())

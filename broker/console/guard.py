@@ -1,0 +1,51 @@
+"""The console half of ``_declared``: who is signed in (the session cookie, checked by
+the same ``Authenticator`` as a bearer token), that a form comes from the console, and
+the form decoded into the route's declared model by the same rules as a JSON body."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from broker.auth import Principal
+from broker.errors import AuthError
+from broker.web.keys import AUTHN
+from broker.web.route import Route
+
+from .keys import CONSOLE
+from .security import CSRF_FIELD, check_csrf, check_same_origin, own_origin
+
+__all__ = ["authenticate", "form_body"]
+
+_SAFE = ("GET", "HEAD")
+
+
+async def authenticate(request: web.Request, route: Route) -> Principal | None:
+    """The signed-in principal (None on a public route); the caller first, so a forged
+    form from a known person is ledgered under them."""
+    console = request.app[CONSOLE]
+    unsafe = request.method not in _SAFE
+    principal = None
+    cookie = console.cookies.session(request)
+    if route.access.needs_token:
+        if cookie is None:
+            raise AuthError("sign in to use the console", code="sign_in_required")
+        principal = await request.app[AUTHN].authenticate_token(request, cookie.token)
+    if unsafe:
+        check_same_origin(request, own_origin(request, console.public_url))
+    if unsafe and cookie is not None and principal is not None:
+        form = await request.post()
+        sent = form.get(CSRF_FIELD)
+        check_csrf(sent if isinstance(sent, str) else None, cookie.csrf)
+    return principal
+
+
+async def form_body(request: web.Request) -> bytes:
+    """The form's fields (but the CSRF token) as the JSON object a body would be; empty
+    fields are absent, as a blank text field means "not given"."""
+    form = await request.post()
+    fields = {
+        k: v for k, v in form.items() if k != CSRF_FIELD and isinstance(v, str) and v.strip() != ""
+    }
+    return json.dumps(fields).encode()

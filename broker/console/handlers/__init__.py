@@ -1,0 +1,1 @@
+"""Console handlers: thin, like the API's; the services do the work."""
