@@ -54,6 +54,8 @@ __all__ = ["ElevationService"]
 _PENDING_HORIZON = timedelta(days=8)  # > the longest allowed request_expiry (7 d)
 _STATUSES = frozenset({"pending", "approved", "denied", "cancelled", "expired", "ended"})
 _QUEUE_SCAN = 500  # requests read to find the pending ones (as the sweep reads)
+# A notification's text keeps room for the deep link at its end (webhook cuts at 4000).
+_TEXT_ROOM = 3500
 
 
 def _client_body(client: Mapping[str, str] | None) -> dict[str, Any]:
@@ -85,8 +87,11 @@ class ElevationService:
         metrics: Metrics,
         notifier: WebhookNotifier,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        public_url: str | None = None,
     ) -> None:
         self._clock = clock  # injectable so request expiry can be shown without waiting
+        # Where people's browsers reach the broker: notifications link to the console.
+        self._public_url = public_url.rstrip("/") if public_url else None
         self._ledger = ledger
         self._policy = policy
         self._grants = grants
@@ -697,21 +702,22 @@ class ElevationService:
 
     def _notify(self, kind: str, el: Elevation, text: str) -> None:
         # Identifiers and the stated reason only: never a credential.
-        self._notifier.notify(
-            Notification(
-                kind=kind,
-                text=text,
-                fields={
-                    "elevation_id": str(el.id),
-                    "status": el.status(self._clock()),
-                    "secret": el.secret,
-                    "role": el.role,
-                    "requester": el.requester,
-                    "reason": el.reason,
-                    "ticket": el.ticket,
-                },
-            )
-        )
+        fields: dict[str, str | int | None] = {
+            "elevation_id": str(el.id),
+            "status": el.status(self._clock()),
+            "secret": el.secret,
+            "role": el.role,
+            "requester": el.requester,
+            "reason": el.reason,
+            "ticket": el.ticket,
+        }
+        if self._public_url is not None:
+            # The deep link to the decision page; also at the end of the text, which is
+            # all Slack shows (kept whole: the text before it is cut first).
+            link = f"{self._public_url}/console/elevations/{el.id}"
+            fields["console_url"] = link
+            text = f"{text[:_TEXT_ROOM]}\n{link}"
+        self._notifier.notify(Notification(kind=kind, text=text, fields=fields))
 
 
 def _check_reason(reason: str | None, rule: ElevationRule) -> None:
