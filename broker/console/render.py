@@ -16,6 +16,7 @@ from broker.web.authn import PRINCIPAL, session_of
 from broker.web.route import declaration_of
 
 from .keys import CONSOLE
+from .nav import nav_for
 from .security import CSRF_FIELD, secure_headers
 
 __all__ = ["RefusalPage", "error_page", "page", "redirect", "refusals_shown_by"]
@@ -50,6 +51,7 @@ def page(request: web.Request, template: str, *, status: int = 200, **context: A
         csrf_field=CSRF_FIELD,
         csrf=cookie.csrf if cookie is not None else "",
         path=request.path,
+        nav=nav_for(request),
         **context,
     )
     response = web.Response(text=body, status=status, content_type="text/html")
