@@ -56,6 +56,7 @@ def _person(*groups: str) -> OIDCUser:
 class People:
     requester: OIDCUser  # engineering: eligible for stripe/prod and db/orders-admin
     approver: OIDCUser  # sre-leads (approves both) and engineering (eligible too)
+    reviewer: OIDCUser  # security-admins: reviews break-glass uses of db/orders-admin
 
 
 @dataclass
@@ -68,14 +69,17 @@ class Hook:
 
 @pytest.fixture
 async def people() -> People:
-    return People(_person("engineering"), _person("sre-leads", "engineering"))
+    return People(
+        _person("engineering"), _person("sre-leads", "engineering"), _person("security-admins")
+    )
 
 
 @pytest.fixture
 async def provider(people: People) -> AsyncIterator[OIDCProvider]:
     tmp = Path(tempfile.mkdtemp(prefix="console-requests-provider-"))
     try:
-        async with OIDCProvider(tmp, users=(people.requester, people.approver)) as running:
+        users = (people.requester, people.approver, people.reviewer)
+        async with OIDCProvider(tmp, users=users) as running:
             yield running
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -541,3 +545,47 @@ async def test_queues_history_and_who_approves_come_from_the_service(
     ]
     await service.cancel(alice, uuid.UUID(second["id"]), None, "t5")
     await service.cancel(alice, uuid.UUID(glass["id"]), None, "t6")
+
+
+async def test_a_break_glass_use_is_reviewed_from_the_queue(
+    broker: RunningBroker, browser: Browser, people: People, stack: DevStack
+) -> None:
+    # Break-glass is taken through the API (the console does not offer it); the review
+    # is the console's.
+    token = mint(broker.settings, people.requester.email, ["engineering"])
+    body = {"secret": "db/orders-admin", "reason": f"{REASON} {XSS_IMG}", "break_glass": True}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{broker.url}/v1/elevations", json=body, headers=auth(token)) as r,
+    ):
+        assert r.status == 201, await r.text()
+        eid = (await r.json())["id"]
+    page = await _sign_in(browser, broker, people.reviewer, "/console/approvals")
+    watched = Watched(page)
+    card = page.locator(".card", has_text=people.requester.email)
+    assert f"{REASON} {XSS_IMG}" in await card.inner_text()
+    async with page.expect_navigation():
+        await card.locator("a.button:has-text('Review')").click()
+    assert "break-glass, unreviewed" in await page.inner_text("main")
+    assert await page.locator("button:text-is('Approve')").count() == 0  # nothing to decide
+    await page.fill("#review-comment", "lock cleared, no data changed")
+    async with page.expect_navigation():
+        await page.click("button:text-is('Record the review')")
+    reviewed = await page.inner_text("main")
+    assert f"Reviewed by {people.reviewer.email}" in reviewed
+    assert "lock cleared, no data changed" in reviewed
+    await page.goto(f"{broker.url}/console/approvals")
+    assert people.requester.email not in await page.inner_text("main")
+    await _assert_inert(page)
+    await page.close()
+    assert watched.problems == []
+    (row,) = await ledger_rows(
+        stack, "event = 'elevation.reviewed' AND body->>'elevation_id' = $1", eid
+    )
+    assert row["subject"] == people.reviewer.email and row["body"]["client"] == CONSOLE
+    token = mint(broker.settings, people.requester.email, ["engineering"])
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{broker.url}/v1/elevations/{eid}/cancel", json={}, headers=auth(token)) as r,
+    ):
+        assert r.status == 200

@@ -94,7 +94,10 @@ CONSOLE_ROUTES: list[Route] = [
 
 
 def _as_api(operation_id: str) -> Access:
-    return next(r.access for r in API_ROUTES if r.operation_id == operation_id)
+    for route in API_ROUTES:
+        if route.operation_id == operation_id:
+            return route.access
+    raise LookupError(f"no API route {operation_id!r} to take the access rule from")
 
 
 def _decision(verb: str, operation: str, summary: str) -> Route:
