@@ -296,6 +296,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
         notifier=app[_NOTIFIER],
         clock=app[CLOCK],
+        public_url=settings.public_url,
     )
     app[OFFBOARDING] = OffboardingService(
         ledger=ledger,

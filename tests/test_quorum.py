@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.elevation.quorum import quorum_met
+from broker.elevation.quorum import factors_met, quorum_met
 
 SRE = frozenset({"sre-leads"})
 SEC = frozenset({"security"})
@@ -30,3 +30,13 @@ def test_and_of_factors_needs_distinct_people() -> None:
 
 def test_no_factors_is_never_met() -> None:
     assert not quorum_met([], {"bob": SRE})
+
+
+def test_factors_met_counts_each_approver_once() -> None:
+    both = SRE | SEC
+    assert factors_met([(SRE, 1), (SEC, 1)], {}) == [0, 0]
+    assert factors_met([(SRE, 2)], {"bob": SRE}) == [1]
+    # bob alone meets one factor, never both; with eve the matcher gives each one.
+    assert sum(factors_met([(SRE, 1), (SEC, 1)], {"bob": both})) == 1
+    assert factors_met([(SRE, 1), (SEC, 1)], {"bob": both, "eve": SEC}) == [1, 1]
+    assert factors_met([(SRE, 1)], {"carol": frozenset({"auditors"})}) == [0]

@@ -3,18 +3,25 @@ that reaches a page is text, never markup), with the security headers on every a
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 from aiohttp import web
 
+from broker.errors import BrokerError
 from broker.web.authn import PRINCIPAL, session_of
+from broker.web.route import declaration_of
 
 from .keys import CONSOLE
+from .nav import nav_for
 from .security import CSRF_FIELD, secure_headers
 
-__all__ = ["error_page", "page", "redirect"]
+__all__ = ["RefusalPage", "error_page", "page", "redirect", "refusals_shown_by"]
+
+_log = logging.getLogger(__name__)
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("broker.console", "templates"),
@@ -44,6 +51,7 @@ def page(request: web.Request, template: str, *, status: int = 200, **context: A
         csrf_field=CSRF_FIELD,
         csrf=cookie.csrf if cookie is not None else "",
         path=request.path,
+        nav=nav_for(request),
         **context,
     )
     response = web.Response(text=body, status=status, content_type="text/html")
@@ -57,10 +65,49 @@ def redirect(request: web.Request, location: str, *, status: int = 303) -> web.R
     return response
 
 
-def error_page(request: web.Request, status: int, code: str, message: str) -> web.Response:
+# A form's own page for its refusals: (request, status, code, message) -> the page.
+RefusalPage = Callable[[web.Request, int, str, str], Awaitable[web.Response]]
+_H = TypeVar("_H", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
+_REFUSAL_PAGES: dict[Callable[..., Any], RefusalPage] = {}
+
+
+def refusals_shown_by(shown_by: RefusalPage) -> Callable[[_H], _H]:
+    """Mark a console form's handler: its refusals are shown by ``shown_by`` (the form
+    again, with the server's message and the values sent) instead of the error page.
+
+    Every refusal counts, those of the body's rules in the route middleware as well as the
+    service's; each is still answered with its status and ledgered as any other, since
+    only the page that says it differs.
+    """
+
+    def mark(handler: _H) -> _H:
+        _REFUSAL_PAGES[handler] = shown_by
+        return handler
+
+    return mark
+
+
+async def error_page(
+    request: web.Request, status: int, code: str, message: str
+) -> web.StreamResponse:
     """A refusal as a page (401: back to the sign-in page, then here again)."""
     if status == 401 and request.method in ("GET", "HEAD"):
         return redirect(request, "/console/login?next=" + _local(request.path_qs))
+    route = declaration_of(request)
+    shown_by = _REFUSAL_PAGES.get(route.handler) if route is not None else None
+    # Not a forged form (csrf_failed): its sender gets no page holding a fresh token.
+    if (
+        shown_by is not None
+        and 400 <= status < 500
+        and code != "csrf_failed"
+        and request.get(PRINCIPAL) is not None
+    ):
+        try:
+            return await shown_by(request, status, code, message)
+        except BrokerError:
+            pass  # the form's page cannot be shown (gone meanwhile): the plain one
+        except Exception:
+            _log.exception("the refusal page of %s failed", request.path[:200])
     return page(request, "error.html", status=status, code=code, message=message)
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import functools
 
-from broker.web.access import authenticated, public
-from broker.web.models import CredentialRequest
+from broker.web.access import Access, authenticated, public
+from broker.web.models import Comment, CredentialRequest, ElevationRequest, TtlRequest
 from broker.web.route import Route
+from broker.web.routes import ROUTES as API_ROUTES
 
 from .forms import CallbackQuery, DevSignIn, NextQuery
-from .handlers import home, signin, static
+from .handlers import elevations, home, signin, static
 
 __all__ = ["CONSOLE_ROUTES"]
 
@@ -83,5 +84,90 @@ CONSOLE_ROUTES: list[Route] = [
         authenticated,
         "consoleRevokeGrant",
         "Revoke one of my grants",
+    ),
+]
+
+
+# --- Requesters and approvers: elevations -------------------------------------------------
+# Each page has the access rule of its API counterpart: the same ``Access`` object, looked
+# up by the API's operation id, so the two cannot drift apart.
+
+
+def _as_api(operation_id: str) -> Access:
+    for route in API_ROUTES:
+        if route.operation_id == operation_id:
+            return route.access
+    raise LookupError(f"no API route {operation_id!r} to take the access rule from")
+
+
+def _decision(verb: str, operation: str, summary: str) -> Route:
+    return _page(
+        "POST",
+        f"/console/elevations/{{elevation_id}}/{verb}",
+        getattr(elevations, verb),
+        _as_api(operation),
+        f"console{operation[0].upper()}{operation[1:]}",
+        summary,
+        body=Comment,
+        body_required=False,
+    )
+
+
+CONSOLE_ROUTES += [
+    _page(
+        "GET",
+        "/console/elevations",
+        elevations.my_requests,
+        _as_api("listElevations"),
+        "consoleMyElevations",
+        "My elevation requests and their state",
+    ),
+    _page(  # before /console/elevations/{elevation_id}: the first match wins
+        "GET",
+        "/console/elevations/new",
+        elevations.new_request,
+        _as_api("requestElevation"),
+        "consoleNewElevation",
+        "The form to ask for elevation",
+        query=elevations.ElevationFormQuery,
+    ),
+    _page(
+        "POST",
+        "/console/elevations",
+        elevations.post_request,
+        _as_api("requestElevation"),
+        "consoleRequestElevation",
+        "Ask for elevation to a privileged secret",
+        body=ElevationRequest,
+    ),
+    _page(
+        "GET",
+        "/console/elevations/{elevation_id}",
+        elevations.elevation_page,
+        _as_api("getElevation"),
+        "consoleElevation",
+        "One elevation: its state, history and decision (the notification's deep link)",
+    ),
+    _decision("approve", "approveElevation", "Approve (one vote)"),
+    _decision("deny", "denyElevation", "Deny (comment required)"),
+    _decision("cancel", "cancelElevation", "Cancel my request"),
+    _decision("review", "reviewElevation", "Review a break-glass use (comment required)"),
+    _page(
+        "POST",
+        "/console/elevations/{elevation_id}/credentials",
+        elevations.redeem,
+        _as_api("redeemElevation"),
+        "consoleRedeemElevation",
+        "Get the credential under an approved elevation (shown once)",
+        body=TtlRequest,
+        body_required=False,
+    ),
+    _page(
+        "GET",
+        "/console/approvals",
+        elevations.approvals,
+        _as_api("listElevations"),
+        "consoleApprovals",
+        "Requests I may decide, and break-glass uses to review",
     ),
 ]

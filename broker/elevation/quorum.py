@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["Factor", "quorum_met"]
+__all__ = ["Factor", "factors_met", "quorum_met"]
 
 Factor = tuple[frozenset[str], int]  # (approver groups, approvals needed)
 
 
-def quorum_met(factors: Sequence[Factor], approvers: Mapping[str, frozenset[str]]) -> bool:
-    """True iff ``approvers`` (approver -> groups held when they voted) meet every factor."""
+def _matching(
+    factors: Sequence[Factor], approvers: Mapping[str, frozenset[str]]
+) -> tuple[list[int], dict[int, str]]:
+    """The factor of each slot, and a largest assignment of approvers to slots."""
     slots = [i for i, (_, need) in enumerate(factors) for _ in range(need)]
-    if not slots:
-        return False
     holder: dict[int, str] = {}  # slot -> approver
 
     def eligible(approver: str, slot: int) -> bool:
@@ -37,4 +37,20 @@ def quorum_met(factors: Sequence[Factor], approvers: Mapping[str, frozenset[str]
 
     for approver in sorted(approvers):
         assign(approver, set())
-    return len(holder) == len(slots)
+    return slots, holder
+
+
+def quorum_met(factors: Sequence[Factor], approvers: Mapping[str, frozenset[str]]) -> bool:
+    """True iff ``approvers`` (approver -> groups held when they voted) meet every factor."""
+    slots, holder = _matching(factors, approvers)
+    return bool(slots) and len(holder) == len(slots)
+
+
+def factors_met(factors: Sequence[Factor], approvers: Mapping[str, frozenset[str]]) -> list[int]:
+    """How many approvals count toward each factor, by the same rule (one approver, one
+    factor): what an approver sees as "met" and "still missing"."""
+    slots, holder = _matching(factors, approvers)
+    met = [0] * len(factors)
+    for slot in holder:
+        met[slots[slot]] += 1
+    return met

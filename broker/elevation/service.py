@@ -47,12 +47,30 @@ from .model import (
     subject_key,
     vote_key,
 )
-from .quorum import quorum_met
+from .quorum import factors_met, quorum_met
 
 __all__ = ["ElevationService"]
 
 _PENDING_HORIZON = timedelta(days=8)  # > the longest allowed request_expiry (7 d)
 _STATUSES = frozenset({"pending", "approved", "denied", "cancelled", "expired", "ended"})
+_QUEUE_SCAN = 500  # requests read to find the pending ones (as the sweep reads)
+# A notification's text keeps room for the deep link at its end (webhook cuts at 4000).
+_TEXT_ROOM = 3500
+
+
+def _client_body(client: Mapping[str, str] | None) -> dict[str, Any]:
+    """Which front end asked (the console's ``{"api": "console"}``), as grants record it."""
+    return {"client": dict(client)} if client else {}
+
+
+def _progress(el: Elevation) -> list[dict[str, Any]]:
+    """Each factor with the approvals that count toward it (one approver, one factor)."""
+    factors = [(frozenset(f["approver_groups"]), int(f["approvals"])) for f in el.factors]
+    met = factors_met(factors, {v.approver: v.groups for v in el.approvals})
+    return [
+        {"approver_groups": sorted(groups), "approvals": need, "met": got}
+        for (groups, need), got in zip(factors, met, strict=True)
+    ]
 
 
 def _factor_groups(el: Elevation) -> frozenset[str]:
@@ -69,8 +87,11 @@ class ElevationService:
         metrics: Metrics,
         notifier: WebhookNotifier,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        public_url: str | None = None,
     ) -> None:
         self._clock = clock  # injectable so request expiry can be shown without waiting
+        # Where people's browsers reach the broker: notifications link to the console.
+        self._public_url = public_url.rstrip("/") if public_url else None
         self._ledger = ledger
         self._policy = policy
         self._grants = grants
@@ -136,8 +157,12 @@ class ElevationService:
         status: str | None,
         break_glass_unreviewed: bool,
         limit: int,
+        mine: bool = False,
     ) -> list[dict[str, Any]]:
-        """Requesters see their own; approvers what they may decide; admins/auditors all."""
+        """Requesters see their own; approvers what they may decide; admins/auditors all.
+
+        ``mine``: only the caller's own requests (the console's "my requests").
+        """
         if status is not None and status not in _STATUSES:
             raise BadRequest(
                 f"'status' must be one of {', '.join(sorted(_STATUSES))}", code="invalid_status"
@@ -147,14 +172,16 @@ class ElevationService:
         ids = await self._ledger.elevation_ids(
             since=since, requester=principal.subject, limit=limit
         )
-        if principal.groups or capabilities(self._policy.current, principal):
+        if not mine and (principal.groups or capabilities(self._policy.current, principal)):
             ids += await self._ledger.elevation_ids(since=since, requester=None, limit=limit)
-        if break_glass_unreviewed:
+        if break_glass_unreviewed and not mine:
             ids += await self._ledger.break_glass_ids(limit=limit)
         unique = list(dict.fromkeys(ids))
         out = []
         for el in await self._load_many(unique):
             if not self._visible(principal, el):
+                continue
+            if mine and subject_key(el.requester) != subject_key(principal.subject):
                 continue
             view = self._view(principal, el, now)
             if status is not None and view["status"] != status:
@@ -164,6 +191,83 @@ class ElevationService:
             out.append(view)
         out.sort(key=lambda v: v["requested_at"], reverse=True)
         return out[:limit]
+
+    async def _history(
+        self, principal: Principal, el: Elevation, now: datetime, limit: int
+    ) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        ids = await self._ledger.elevation_ids(
+            since=None, requester=el.requester, secret=el.secret, limit=limit + 1
+        )
+        earlier = await self._load_many([i for i in ids if i != el.id][:limit])
+        return [self._view(principal, h, now) for h in earlier if self._visible(principal, h)]
+
+    async def _detailed(
+        self, principal: Principal, el: Elevation, now: datetime, history: int
+    ) -> dict[str, Any]:
+        view = self._view(principal, el, now)
+        caps = capabilities(self._policy.current, principal)
+        view["factors"] = _progress(el)
+        view["can_review"] = (
+            el.break_glass and el.reviewed_by is None and self._may_review(principal, el, caps)
+        )
+        view["history"] = await self._history(principal, el, now, history)
+        return view
+
+    async def detail(
+        self, principal: Principal, elevation_id: uuid.UUID, *, history: int = 5
+    ) -> dict[str, Any]:
+        """``get``, plus what a decision needs: each factor with the approvals counted
+        toward it (``factors``: ``approver_groups``, ``approvals``, ``met``), whether the
+        caller may review it (``can_review``), and the requester's ``history`` (up to
+        ``history`` of their other elevations for the same secret, newest first, those
+        the caller may see). Same visibility as ``get``."""
+        el = await self._visible_one(principal, elevation_id)
+        return await self._detailed(principal, el, self._clock(), history)
+
+    async def approval_queue(
+        self, principal: Principal, *, limit: int, history: int = 3
+    ) -> list[dict[str, Any]]:
+        """The pending requests the caller may decide now (``detail`` of each), the one
+        expiring soonest first."""
+        now = self._clock()
+        ids = await self._ledger.elevation_ids(
+            since=now - _PENDING_HORIZON, requester=None, limit=_QUEUE_SCAN
+        )
+        queue = [
+            el
+            for el in await self._load_many(ids)
+            if el.status(now) == "pending" and self._may_decide(principal, el)
+        ]
+        queue.sort(key=lambda el: el.request_expires_at)
+        return [await self._detailed(principal, el, now, history) for el in queue[:limit]]
+
+    async def review_queue(self, principal: Principal, *, limit: int) -> list[dict[str, Any]]:
+        """Break-glass uses still without a review that the caller may review, newest first."""
+        now = self._clock()
+        caps = capabilities(self._policy.current, principal)
+        return [
+            await self._detailed(principal, el, now, 0)
+            for el in await self._load_many(await self._ledger.break_glass_ids(limit=limit))
+            if el.reviewed_by is None and self._may_review(principal, el, caps)
+        ]
+
+    def may_approve(self, principal: Principal) -> bool:
+        """Whether the policy in force makes the caller someone who decides or reviews
+        elevations: in an approver or break-glass reviewer group of a privileged role, or
+        an admin. Says which pages to offer; each decision is still the service's."""
+        policy = self._policy.current
+        if "admin" in capabilities(policy, principal):
+            return True
+        for role in policy.roles:
+            rule = role.elevation
+            if rule is None:
+                continue
+            groups = {g for f in rule.factors for g in f.approver_groups}
+            if principal.groups & (groups | rule.break_glass_reviewers):
+                return True
+        return False
 
     # --- asking -------------------------------------------------------------------------
 
@@ -182,6 +286,7 @@ class ElevationService:
         duration: int | None,
         break_glass: bool,
         request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         policy = self._policy.current
         decision = decide(policy, principal, secret)
@@ -244,13 +349,16 @@ class ElevationService:
                     "issuer": principal.issuer,
                     # Groups as the token stated them: policy-vs-log checks replay decide() later.
                     "groups": sorted(principal.groups),
+                    **_client_body(client),
                 },
                 **common,
             )
         )
         if break_glass:
             # Issued at once, flagged, and left open for a second person's review.
-            await self._activate(elevation_id, granted, common, approvers=[], break_glass=True)
+            await self._activate(
+                elevation_id, granted, common, approvers=[], break_glass=True, client=client
+            )
             self._metrics.break_glass.inc()
         el = await self._reload(elevation_id)
         kind = "elevation.break_glass" if break_glass else "elevation.requested"
@@ -265,6 +373,7 @@ class ElevationService:
         *,
         approvers: list[str],
         break_glass: bool,
+        client: Mapping[str, str] | None = None,
     ) -> bool:
         window_end = self._clock() + timedelta(seconds=duration)
         appended = await self._ledger.append(
@@ -276,6 +385,7 @@ class ElevationService:
                     "window_ends_at": window_end.isoformat(),
                     "approvers": approvers,
                     "break_glass": break_glass,
+                    **_client_body(client),
                 },
                 dedupe_key=activated_key(elevation_id),
                 requires_absent=(closed_key(elevation_id),),
@@ -310,7 +420,12 @@ class ElevationService:
             )
 
     async def approve(
-        self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
+        self,
+        principal: Principal,
+        elevation_id: uuid.UUID,
+        comment: str | None,
+        request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         el = await self._visible_one(principal, elevation_id)
         now = self._clock()
@@ -327,6 +442,7 @@ class ElevationService:
                     "comment": comment,
                     "approver_groups": groups,
                     "requester": el.requester,
+                    **_client_body(client),
                 },
                 dedupe_key=vote_key(elevation_id, principal.subject),
                 requires_absent=(closed_key(elevation_id), activated_key(elevation_id)),
@@ -343,7 +459,12 @@ class ElevationService:
         if el.activated_at is None and quorum_met(factors, votes):
             common = self._common(principal, el, request_id)
             if await self._activate(
-                elevation_id, el.duration, common, approvers=sorted(votes), break_glass=False
+                elevation_id,
+                el.duration,
+                common,
+                approvers=sorted(votes),
+                break_glass=False,
+                client=client,
             ):
                 self._metrics.elevation_decision_seconds.observe(
                     (self._clock() - el.requested_at).total_seconds()
@@ -355,7 +476,12 @@ class ElevationService:
         return self._view(principal, el, self._clock())
 
     async def deny(
-        self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
+        self,
+        principal: Principal,
+        elevation_id: uuid.UUID,
+        comment: str | None,
+        request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         if not comment:
             raise BadRequest("a denial needs a comment", code="comment_required")
@@ -365,7 +491,11 @@ class ElevationService:
             NewEvent(
                 event="elevation.denied",
                 outcome="denied",
-                body={"elevation_id": str(elevation_id), "comment": comment},
+                body={
+                    "elevation_id": str(elevation_id),
+                    "comment": comment,
+                    **_client_body(client),
+                },
                 dedupe_key=closed_key(elevation_id),
                 requires_absent=(activated_key(elevation_id),),
                 **self._common(principal, el, request_id),
@@ -378,7 +508,12 @@ class ElevationService:
         return self._view(principal, el, self._clock())
 
     async def cancel(
-        self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
+        self,
+        principal: Principal,
+        elevation_id: uuid.UUID,
+        comment: str | None,
+        request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """The requester withdraws (pending or approved); an admin may end one early.
 
@@ -398,7 +533,11 @@ class ElevationService:
             NewEvent(
                 event=event,
                 outcome="ended_early" if event == "elevation.ended" else "cancelled",
-                body={"elevation_id": str(elevation_id), "comment": comment},
+                body={
+                    "elevation_id": str(elevation_id),
+                    "comment": comment,
+                    **_client_body(client),
+                },
                 dedupe_key=closed_key(elevation_id),
                 **self._common(principal, el, request_id),
             )
@@ -417,7 +556,12 @@ class ElevationService:
         return self._view(principal, el, self._clock())
 
     async def review(
-        self, principal: Principal, elevation_id: uuid.UUID, comment: str | None, request_id: str
+        self,
+        principal: Principal,
+        elevation_id: uuid.UUID,
+        comment: str | None,
+        request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         if not comment:
             raise BadRequest("a review needs a comment", code="comment_required")
@@ -432,7 +576,11 @@ class ElevationService:
             NewEvent(
                 event="elevation.reviewed",
                 outcome="reviewed",
-                body={"elevation_id": str(elevation_id), "comment": comment},
+                body={
+                    "elevation_id": str(elevation_id),
+                    "comment": comment,
+                    **_client_body(client),
+                },
                 dedupe_key=reviewed_key(elevation_id),
                 **self._common(principal, el, request_id),
             )
@@ -554,21 +702,22 @@ class ElevationService:
 
     def _notify(self, kind: str, el: Elevation, text: str) -> None:
         # Identifiers and the stated reason only: never a credential.
-        self._notifier.notify(
-            Notification(
-                kind=kind,
-                text=text,
-                fields={
-                    "elevation_id": str(el.id),
-                    "status": el.status(self._clock()),
-                    "secret": el.secret,
-                    "role": el.role,
-                    "requester": el.requester,
-                    "reason": el.reason,
-                    "ticket": el.ticket,
-                },
-            )
-        )
+        fields: dict[str, str | int | None] = {
+            "elevation_id": str(el.id),
+            "status": el.status(self._clock()),
+            "secret": el.secret,
+            "role": el.role,
+            "requester": el.requester,
+            "reason": el.reason,
+            "ticket": el.ticket,
+        }
+        if self._public_url is not None:
+            # The deep link to the decision page; also at the end of the text, which is
+            # all Slack shows (kept whole: the text before it is cut first).
+            link = f"{self._public_url}/console/elevations/{el.id}"
+            fields["console_url"] = link
+            text = f"{text[:_TEXT_ROOM]}\n{link}"
+        self._notifier.notify(Notification(kind=kind, text=text, fields=fields))
 
 
 def _check_reason(reason: str | None, rule: ElevationRule) -> None:

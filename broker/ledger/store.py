@@ -256,18 +256,26 @@ class Ledger:
         return out
 
     async def elevation_ids(
-        self, *, since: datetime | None, requester: str | None, limit: int
+        self,
+        *,
+        since: datetime | None,
+        requester: str | None,
+        limit: int,
+        secret: str | None = None,
     ) -> list[uuid.UUID]:
-        """Ids of elevation requests, newest first, optionally since a time / by requester."""
+        """Ids of elevation requests, newest first, optionally since a time / by requester /
+        for one secret."""
         rows = await self.pool.fetch(
             "SELECT body->>'elevation_id' AS id FROM ledger.events"
             " WHERE event = 'elevation.requested'"
             " AND ($1::timestamptz IS NULL OR recorded_at >= $1)"
             " AND ($2::text IS NULL OR subject = $2)"
+            " AND ($4::text IS NULL OR secret = $4)"
             " ORDER BY seq DESC LIMIT $3",
             since,
             requester,
             limit,
+            secret,
         )
         return [uuid.UUID(r["id"]) for r in rows]
 

@@ -84,15 +84,15 @@ class FrontEnd:
     broker_app: Callable[[web.Application], web.Application]  # where the ledger lives
     client: Callable[[web.Request], Mapping[str, str] | None] = lambda _: None
     # Errors of console routes as pages (the API's own listener only).
-    page: Callable[[web.Request, int, str, str], web.StreamResponse] | None = None
+    page: Callable[[web.Request, int, str, str], Awaitable[web.StreamResponse]] | None = None
 
-    def reply(
+    async def reply(
         self, request: web.Request, status: int, code: str, message: str, request_id: str
     ) -> web.StreamResponse:
         route = declaration_of(request)
         console = route.front == "console" if route else request.path.startswith("/console/")
         if self.page is not None and console:
-            return self.page(request, status, code, message)
+            return await self.page(request, status, code, message)
         return self.answer(status, code, message, request_id)
 
 
@@ -124,15 +124,17 @@ def request_context(front: FrontEnd) -> Callable[..., Awaitable[web.StreamRespon
                 except BrokerError as ledger_error:
                     answer = ledger_error
             status = front.status_of(answer)
-            return front.reply(request, status, answer.code, answer.message, request_id)
+            return await front.reply(request, status, answer.code, answer.message, request_id)
         except web.HTTPException as e:
             status = e.status
             if e.status < 400:
                 raise
-            return front.reply(request, e.status, front.http_code(e.status), e.reason, request_id)
+            return await front.reply(
+                request, e.status, front.http_code(e.status), e.reason, request_id
+            )
         except Exception:
             _log.exception("unhandled error in the %s (request %s)", front.name, request_id)
-            return front.reply(request, 500, "internal", "internal error", request_id)
+            return await front.reply(request, 500, "internal", "internal error", request_id)
         finally:
             # Clients choose the method string: bound the label to the ones HTTP defines.
             method = request.method if request.method in _METHODS else "OTHER"

@@ -11,7 +11,15 @@ function tick() {
     el.textContent = new Date(iso).toLocaleString() + " (" + remaining(iso) + ")";
   });
 }
+// Times in the viewer's time zone; the UTC time stays in the title (shown on hover).
+function localTimes() {
+  document.querySelectorAll("time[data-local]").forEach((el) => {
+    const at = new Date(el.getAttribute("datetime"));
+    if (!Number.isNaN(at.getTime())) { el.textContent = at.toLocaleString(); }
+  });
+}
 document.addEventListener("DOMContentLoaded", () => {
+  localTimes();
   tick();
   setInterval(tick, 1000);
   document.querySelectorAll("[data-copy]").forEach((button) => {

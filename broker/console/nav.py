@@ -1,0 +1,31 @@
+"""Which pages the navigation offers the person signed in.
+
+Only a convenience: a link is shown when the policy in force would let the person use
+the page, as the services decide it (``ElevationService.may_approve``). Hiding a link is
+never the access control; each page's route declares its own access rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from broker.web.authn import PRINCIPAL
+from broker.web.keys import ELEVATIONS
+
+__all__ = ["Nav", "nav_for"]
+
+
+@dataclass(frozen=True)
+class Nav:
+    # Decides or reviews elevations: the approvals queue.
+    approver: bool = False
+
+
+def nav_for(request: web.Request) -> Nav | None:
+    """The signed-in person's links (None before sign-in)."""
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        return None
+    return Nav(approver=request.app[ELEVATIONS].may_approve(principal))
