@@ -550,16 +550,20 @@ async def test_queues_history_and_who_approves_come_from_the_service(
 async def test_a_break_glass_use_is_reviewed_from_the_queue(
     broker: RunningBroker, browser: Browser, people: People, stack: DevStack
 ) -> None:
-    # Break-glass is taken through the API (the console does not offer it); the review
-    # is the console's.
-    token = mint(broker.settings, people.requester.email, ["engineering"])
-    body = {"secret": "db/orders-admin", "reason": f"{REASON} {XSS_IMG}", "break_glass": True}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"{broker.url}/v1/elevations", json=body, headers=auth(token)) as r,
-    ):
-        assert r.status == 201, await r.text()
-        eid = (await r.json())["id"]
+    # The requester breaks the glass from the form (a checkbox); a second person reviews.
+    asking = await _sign_in(browser, broker, people.requester, "/console/elevations/new")
+    await asking.select_option("#secret", "db/orders-admin")
+    await asking.fill("#reason", f"{REASON} {XSS_IMG}")
+    await asking.check("input[name=break_glass]")
+    async with asking.expect_navigation():
+        await asking.click("button:text-is('Send the request')")
+    eid = asking.url.split("?")[0].rstrip("/").rsplit("/", 1)[1]
+    await asking.context.clear_cookies()  # the reviewer signs in next, in this browser
+    await asking.close()
+    (used,) = await ledger_rows(
+        stack, "event = 'elevation.requested' AND body->>'elevation_id' = $1", eid
+    )
+    assert used["outcome"] == "break_glass" and used["body"]["client"] == CONSOLE
     page = await _sign_in(browser, broker, people.reviewer, "/console/approvals")
     watched = Watched(page)
     card = page.locator(".card", has_text=people.requester.email)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 from aiohttp import web
 
 from broker.auth import Principal
@@ -19,6 +20,7 @@ from .security import CSRF_FIELD, check_csrf, check_same_origin, own_origin
 __all__ = ["authenticate", "form_body"]
 
 _SAFE = ("GET", "HEAD")
+_CHECKED = ("on", "true", "1")
 
 
 async def authenticate(request: web.Request, route: Route) -> Principal | None:
@@ -41,11 +43,15 @@ async def authenticate(request: web.Request, route: Route) -> Principal | None:
     return principal
 
 
-async def form_body(request: web.Request) -> bytes:
+async def form_body(request: web.Request, model: type[msgspec.Struct]) -> bytes:
     """The form's fields (but the CSRF token) as the JSON object a body would be; empty
-    fields are absent, as a blank text field means "not given"."""
+    fields are absent, as a blank text field means "not given"; a checkbox (a ``bool``
+    field of ``model``) is true when sent ("on", "true", "1")."""
     form = await request.post()
-    fields = {
+    fields: dict[str, object] = {
         k: v for k, v in form.items() if k != CSRF_FIELD and isinstance(v, str) and v.strip() != ""
     }
+    for field in msgspec.structs.fields(model):
+        if field.type is bool and field.encode_name in fields:
+            fields[field.encode_name] = str(fields[field.encode_name]).lower() in _CHECKED
     return json.dumps(fields).encode()

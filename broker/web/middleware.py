@@ -222,7 +222,9 @@ async def _declared(request: web.Request, handler: _Handler) -> web.StreamRespon
         try:
             # bounded by the app's client_max_size
             raw = await (
-                console_guard.form_body(request) if route.front == "console" else request.read()
+                console_guard.form_body(request, route.body)
+                if route.front == "console"
+                else request.read()
             )
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(
