@@ -157,6 +157,7 @@ async def test_a_form_without_its_csrf_token_or_from_another_site_is_refused_and
         stack, "event = 'request.rejected' AND subject = $1", person.email
     )
     assert [r["outcome"] for r in rejected] == ["csrf_failed"] * 4
+    assert all(r["body"]["client"] == {"api": "console"} for r in rejected)
 
 
 async def test_the_dev_sign_in_offers_the_demo_identities(

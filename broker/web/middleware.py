@@ -158,6 +158,12 @@ def _route_template(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def _native_client(request: web.Request) -> Mapping[str, str] | None:
+    """The console says so in its rows (``client: {"api": "console"}``); the API, nothing."""
+    route = declaration_of(request)
+    return {"api": "console"} if route is not None and route.front == "console" else None
+
+
 _NATIVE = FrontEnd(
     name="API",
     request_id=_incoming_request_id,
@@ -166,6 +172,7 @@ _NATIVE = FrontEnd(
     http_code=lambda status: _HTTP_CODES.get(status, "http_error"),
     route_label=_route_template,
     broker_app=lambda app: app,
+    client=_native_client,
     page=error_page,
 )
 
