@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from broker import __version__
-from broker.audit import AccessAudit
+from broker.audit import AccessAudit, LedgerVerifications
 from broker.auth import DevIssuer, IssuerConfig, Verifier
 from broker.background import (
     Checkpointer,
@@ -74,6 +74,7 @@ from broker.web.keys import (
     SETTINGS,
     SIGNIN,
     VAULT,
+    VERIFICATIONS,
     VERIFIER,
 )
 from broker.web.middleware import middlewares
@@ -521,6 +522,7 @@ def create_app(
     quiet_parser_errors()  # no token fragments from aiohttp's parser refusals in logs
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[VERIFICATIONS] = LedgerVerifications(app[METRICS])
     app[CLOCK] = clock or (lambda: datetime.now(UTC))
     app[OPENAPI] = json.dumps(openapi_document(ROUTES, settings)).encode()
     app.cleanup_ctx.extend(_RESOURCES)

@@ -24,6 +24,7 @@ from .store import _GRANT_SELECT, GrantRecord, Ledger, _grant, row_to_event
 
 __all__ = [
     "OFFBOARDING_EVENTS",
+    "OffboardingAction",
     "OffboardingActions",
     "live_elevation_ids",
     "live_grants",
@@ -31,6 +32,8 @@ __all__ = [
     "offboarding_actions",
     "offboarding_events",
     "offboarding_events_between",
+    "offboarding_events_of",
+    "offboarding_steps",
 ]
 
 OFFBOARDING_EVENTS = ("subject.offboarding_started", "subject.offboarded", "subject.reinstated")
@@ -127,6 +130,18 @@ async def offboarding_events_between(
     return sorted((row_to_event(r) for r in [*started, *later]), key=lambda e: e.seq)
 
 
+async def offboarding_events_of(ledger: Ledger, offboarding_id: uuid.UUID) -> list[Event]:
+    """The ``subject.*`` events of one offboarding, in seq order."""
+    rows = await _fetch(
+        ledger,
+        "SELECT * FROM ledger.events WHERE event = ANY($1::text[])"
+        " AND body->>'offboarding_id' = $2 ORDER BY seq",
+        list(OFFBOARDING_EVENTS),
+        str(offboarding_id),
+    )
+    return [row_to_event(r) for r in rows]
+
+
 @dataclass(frozen=True)
 class OffboardingActions:
     """What one offboarding ended, each list in ledger order."""
@@ -140,9 +155,33 @@ async def offboarding_actions(
     ledger: Ledger, offboarding_id: uuid.UUID, *, after_seq: int
 ) -> OffboardingActions:
     """The grants, elevations and sessions this offboarding ended."""
+    steps = await offboarding_steps(ledger, offboarding_id, after_seq=after_seq)
+    return OffboardingActions(
+        grants=[a.what for a in steps if a.event == "grant.revoked"],
+        elevations=[a.what for a in steps if a.event.startswith("elevation.")],
+        sessions=[a.what for a in steps if a.event == "session.revoked"],
+    )
+
+
+@dataclass(frozen=True)
+class OffboardingAction:
+    """One thing an offboarding ended, as its ledger row says: ``what`` is the grant id,
+    elevation id or session accessor."""
+
+    seq: int
+    event: str
+    recorded_at: datetime
+    secret: str | None
+    what: str
+
+
+async def offboarding_steps(
+    ledger: Ledger, offboarding_id: uuid.UUID, *, after_seq: int
+) -> list[OffboardingAction]:
+    """What ``offboarding_actions`` counts, row by row (for watching one as it runs)."""
     rows = await _fetch(
         ledger,
-        "SELECT event, grant_id, body->>'elevation_id' AS elevation_id,"
+        "SELECT seq, event, recorded_at, secret, grant_id, body->>'elevation_id' AS elevation_id,"
         " body->>'accessor' AS accessor FROM ledger.events"
         " WHERE seq > $1 AND ("
         "   (event = 'grant.revoked' AND body->>'reason' = $2)"
@@ -153,8 +192,13 @@ async def offboarding_actions(
         f"offboarding {offboarding_id}",
         str(offboarding_id),
     )
-    return OffboardingActions(
-        grants=[str(r["grant_id"]) for r in rows if r["event"] == "grant.revoked"],
-        elevations=[str(r["elevation_id"]) for r in rows if r["event"].startswith("elevation.")],
-        sessions=[str(r["accessor"]) for r in rows if r["event"] == "session.revoked"],
-    )
+    return [
+        OffboardingAction(
+            seq=r["seq"],
+            event=r["event"],
+            recorded_at=r["recorded_at"],
+            secret=r["secret"],
+            what=str(r["grant_id"] or r["elevation_id"] or r["accessor"] or ""),
+        )
+        for r in rows
+    ]

@@ -189,6 +189,15 @@ class Ledger:
         )
         return (r["seq"], bytes(r["hash"])) if r else (0, None)
 
+    async def latest_checkpoint(self) -> tuple[int, datetime, str] | None:
+        """The newest signed checkpoint as stored: (size, signed_at, key_id), or None.
+
+        As stored, not verified: ``broker verify`` / ``GET /v1/audit/verify`` check it."""
+        r = await self.pool.fetchrow(
+            "SELECT size, signed_at, key_id FROM ledger.checkpoints ORDER BY size DESC LIMIT 1"
+        )
+        return (r["size"], r["signed_at"], r["key_id"]) if r else None
+
     async def grants_for(self, subject: str, *, active_only: bool, limit: int) -> list[GrantRecord]:
         sql = _GRANT_SELECT + " AND i.subject = $1"
         if active_only:

@@ -49,6 +49,8 @@ from broker.ledger.offboarding_queries import (
     offboarding_actions,
     offboarding_events,
     offboarding_events_between,
+    offboarding_events_of,
+    offboarding_steps,
 )
 from broker.policy.active import ActivePolicy
 
@@ -120,8 +122,13 @@ class OffboardingService:
         reason: str,
         terminated_at: datetime | None,
         request_id: str,
+        on_started: Callable[[uuid.UUID], None] | None = None,
     ) -> dict[str, Any]:
-        """Offboard ``subject`` (or resume its interrupted offboarding); return the report."""
+        """Offboard ``subject`` (or resume its interrupted offboarding); return the report.
+
+        ``on_started`` is told the offboarding's id once step 1 stands (the subject is
+        refused from then on), before anything is ended: the console then shows the
+        offboarding as it runs (``watch``) instead of waiting for the report."""
         now = self._clock()
         if terminated_at is not None and terminated_at > now + self._max_skew:
             raise BadRequest("'terminated_at' is in the future", code="invalid_terminated_at")
@@ -129,6 +136,8 @@ class OffboardingService:
             actor, subject, reason, terminated_at or now, now, request_id=request_id
         )
         self._blocklist.block(ob.subject, seq=ob.started_seq)
+        if on_started is not None:
+            on_started(ob.id)
         await self._end_access(actor, ob, request_id=request_id)
         if self._settle_seconds > 0:
             # Other replicas learn of the block within one refresh; catch what they minted.
@@ -341,3 +350,25 @@ class OffboardingService:
         )
         now = self._clock()
         return [o.to_json(now) for o in reversed(fold_offboardings(events))]
+
+    async def watch(self, actor: Principal, offboarding_id: uuid.UUID) -> dict[str, Any]:
+        """One offboarding as listed, with every elevation, session and grant it ended so
+        far (ledger order, with times): what an admin watches while it runs."""
+        found = fold_offboardings(await offboarding_events_of(self._ledger, offboarding_id))
+        if not found:
+            raise NotFound("no such offboarding", code="offboarding_not_found")
+        ob = found[0]
+        steps = await offboarding_steps(self._ledger, ob.id, after_seq=ob.started_seq)
+        return {
+            **ob.to_json(self._clock()),
+            "steps": [
+                {
+                    "seq": a.seq,
+                    "event": a.event,
+                    "at": a.recorded_at.isoformat(),
+                    "secret": a.secret,
+                    "what": a.what,
+                }
+                for a in steps
+            ],
+        }

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from broker.audit import AccessAudit
+from broker.audit import AccessAudit, LedgerVerifications
 from broker.auth import Verifier
 from broker.elevation import ElevationService
 from broker.grants import GrantService
@@ -33,6 +33,7 @@ VERIFIER = web.AppKey("verifier", Verifier)
 AUTHN = web.AppKey("authn", Authenticator)
 CHECKPOINT_VERIFIER = web.AppKey("checkpoint_verifier", CheckpointVerifier)
 AUDIT_ACCESS = web.AppKey("audit_access", AccessAudit)
+VERIFICATIONS = web.AppKey("verifications", LedgerVerifications)
 ELEVATIONS = web.AppKey("elevations", ElevationService)
 OFFBOARDING = web.AppKey("offboarding", OffboardingService)
 REVIEWS = web.AppKey("reviews", ReviewService)

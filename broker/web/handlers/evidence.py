@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from datetime import UTC
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -21,16 +24,32 @@ from ..keys import CHECKPOINT_VERIFIER, LEDGER, SETTINGS
 from ..models import EvidenceQuery
 from ..route import query_of
 
-__all__ = ["get_evidence"]
+__all__ = ["Package", "build_package", "get_evidence", "stream_package"]
 
 _CHUNK = 256 * 1024
 
 
 async def get_evidence(request: web.Request) -> web.StreamResponse:
     query = query_of(request, EvidenceQuery)
-    period_from, period_to = query.from_, query.to
-    settings = request.app[SETTINGS]
-    ledger = request.app[LEDGER]
+    package = await build_package(request.app, query.from_, query.to)
+    return await stream_package(request, package)
+
+
+@dataclass(frozen=True)
+class Package:
+    """A built package: an open handle on an already unlinked file, and its name."""
+
+    handle: BinaryIO
+    name: str
+    size: int
+
+
+async def build_package(
+    app: web.Application, period_from: datetime, period_to: datetime
+) -> Package:
+    """Export the package of rows recorded in [from, to) (the API's and the console's)."""
+    settings = app[SETTINGS]
+    ledger = app[LEDGER]
     key = await asyncio.to_thread(
         load_or_create_signing_key, settings.checkpoint_key_path, create=False
     )
@@ -51,7 +70,7 @@ async def get_evidence(request: web.Request) -> web.StreamResponse:
                         period_to=period_to,
                         signer=signer,
                         origin=ledger.origin,
-                        verifier=request.app[CHECKPOINT_VERIFIER],
+                        verifier=app[CHECKPOINT_VERIFIER],
                         options=options,
                     )
                     break
@@ -63,21 +82,28 @@ async def get_evidence(request: web.Request) -> web.StreamResponse:
                     await ledger.checkpoint(signer)
         handle = out.open("rb")
     # The temp dir (and file name) is gone; the open handle keeps the bytes until closed.
+    start, end = (t.astimezone(UTC) for t in (period_from, period_to))
+    name = f"evidence-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.zip"
+    return Package(handle, name, os.fstat(handle.fileno()).st_size)
+
+
+async def stream_package(
+    request: web.Request, package: Package, *, headers: Mapping[str, str] | None = None
+) -> web.StreamResponse:
+    """Send ``package`` as the zip download (closing its handle whatever happens)."""
     try:
-        size = os.fstat(handle.fileno()).st_size
-        start, end = (t.astimezone(UTC) for t in (period_from, period_to))
-        name = f"evidence-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.zip"
         resp = web.StreamResponse(
             headers={
+                **(headers or {}),
                 "Content-Type": "application/zip",
-                "Content-Disposition": f'attachment; filename="{name}"',
-                "Content-Length": str(size),
+                "Content-Disposition": f'attachment; filename="{package.name}"',
+                "Content-Length": str(package.size),
             }
         )
         await resp.prepare(request)
-        while chunk := await asyncio.to_thread(handle.read, _CHUNK):
+        while chunk := await asyncio.to_thread(package.handle.read, _CHUNK):
             await resp.write(chunk)
         await resp.write_eof()
         return resp
     finally:
-        handle.close()
+        package.handle.close()

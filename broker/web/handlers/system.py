@@ -5,9 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.background import probe_dependencies
-from broker.ledger import verify_ledger
 
-from ..keys import CHECKPOINT_VERIFIER, LEDGER, METRICS, OPENAPI, POLICY, SETTINGS, VAULT
+from ..authn import principal_of
+from ..keys import (
+    CHECKPOINT_VERIFIER,
+    LEDGER,
+    METRICS,
+    OPENAPI,
+    POLICY,
+    SETTINGS,
+    VAULT,
+    VERIFICATIONS,
+)
 from . import json_reply
 
 __all__ = ["get_health", "get_liveness", "get_metrics", "get_openapi", "get_verify"]
@@ -38,13 +47,12 @@ async def get_health(request: web.Request) -> web.Response:
 
 
 async def get_verify(request: web.Request) -> web.Response:
-    ledger = request.app[LEDGER]
-    async with ledger.pool.acquire() as conn:
-        report = await verify_ledger(
-            conn, verifier=request.app[CHECKPOINT_VERIFIER], origin=ledger.origin
-        )
-    request.app[METRICS].ledger_verifications.labels("ok" if report.ok else "failed").inc()
-    return json_reply(report.to_json())
+    done = await request.app[VERIFICATIONS].run(
+        request.app[LEDGER],
+        request.app[CHECKPOINT_VERIFIER],
+        requested_by=principal_of(request).subject,
+    )
+    return json_reply(done.report.to_json())
 
 
 async def get_metrics(request: web.Request) -> web.Response:
