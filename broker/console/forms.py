@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 from msgspec import Meta, Struct
 
 from broker.web.fields import Rule
 
-__all__ = ["CallbackQuery", "DevSignIn", "NextQuery"]
+__all__ = ["CallbackQuery", "DevSignIn", "GapPrefill", "NextQuery"]
 
 _NEXT = Annotated[
     str,
@@ -34,3 +35,10 @@ class CallbackQuery(Struct, kw_only=True):
 class DevSignIn(Struct, forbid_unknown_fields=True, kw_only=True):
     identity: Annotated[str, Meta(max_length=64)]
     next: _NEXT | None = None
+
+
+class GapPrefill(Struct, kw_only=True):
+    """The gap annotation form, filled from a gap's row (the POST decodes the real thing)."""
+
+    from_: Annotated[str, Meta(max_length=64)] | None = msgspec.field(default=None, name="from")
+    to: Annotated[str, Meta(max_length=64)] | None = None

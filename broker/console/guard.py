@@ -5,6 +5,7 @@ the form decoded into the route's declared model by the same rules as a JSON bod
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import msgspec
 from aiohttp import web
@@ -17,7 +18,7 @@ from broker.web.route import Route
 from .keys import CONSOLE
 from .security import CSRF_FIELD, check_csrf, check_same_origin, own_origin
 
-__all__ = ["authenticate", "form_body"]
+__all__ = ["authenticate", "form_body", "form_query"]
 
 _SAFE = ("GET", "HEAD")
 _CHECKED = ("on", "true", "1")
@@ -55,3 +56,9 @@ async def form_body(request: web.Request, model: type[msgspec.Struct]) -> bytes:
         if field.type is bool and field.encode_name in fields:
             fields[field.encode_name] = str(fields[field.encode_name]).lower() in _CHECKED
     return json.dumps(fields).encode()
+
+
+def form_query(request: web.Request) -> Mapping[str, str]:
+    """A GET form's fields as the query string the route's model decodes; empty fields
+    are absent, as in ``form_body`` (a search form sends every field it has)."""
+    return {k: v for k, v in request.query.items() if v.strip() != ""}

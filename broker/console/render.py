@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
@@ -108,7 +109,25 @@ async def error_page(
             pass  # the form's page cannot be shown (gone meanwhile): the plain one
         except Exception:
             _log.exception("the refusal page of %s failed", request.path[:200])
-    return page(request, "error.html", status=status, code=code, message=message)
+    return page(
+        request,
+        "error.html",
+        status=status,
+        code=code,
+        message=message,
+        back=_back(request),
+        sign_in_again=status == 401,
+    )
+
+
+def _back(request: web.Request) -> str | None:
+    """The console page the refused form was on (its ``Referer``; same-origin only, by
+    the Referrer-Policy), to go back and change it."""
+    referer = urlsplit(request.headers.get("Referer", ""))
+    if referer.netloc != request.url.raw_authority or not referer.path.startswith("/console/"):
+        return None
+    back = referer.path + (f"?{referer.query}" if referer.query else "")
+    return back if back != request.path_qs and "//" not in back else None
 
 
 def _local(path: str) -> str:

@@ -7,12 +7,27 @@ from __future__ import annotations
 import functools
 
 from broker.web.access import Access, authenticated, public
-from broker.web.models import Comment, CredentialRequest, ElevationRequest, TtlRequest
+from broker.web.models import (
+    AccessParams,
+    Comment,
+    CredentialRequest,
+    ElevationRequest,
+    EventParams,
+    EvidenceQuery,
+    GapAnnotationRequest,
+    GapQuery,
+    OffboardingListQuery,
+    OffboardRequest,
+    ReviewDecision,
+    ReviewListQuery,
+    ReviewOpen,
+    TtlRequest,
+)
 from broker.web.route import Route
 from broker.web.routes import ROUTES as API_ROUTES
 
-from .forms import CallbackQuery, DevSignIn, NextQuery
-from .handlers import elevations, home, signin, static
+from .forms import CallbackQuery, DevSignIn, GapPrefill, NextQuery
+from .handlers import admin, audit, elevations, home, reviews, signin, static
 
 __all__ = ["CONSOLE_ROUTES"]
 
@@ -169,5 +184,193 @@ CONSOLE_ROUTES += [
         _as_api("listElevations"),
         "consoleApprovals",
         "Requests I may decide, and break-glass uses to review",
+    ),
+]
+
+
+# --- Auditors and admins: why, events, ledger, findings, evidence, gaps, offboarding, reviews
+# Same rule as above: each page takes the ``Access`` of the API route whose service it calls.
+
+CONSOLE_ROUTES += [
+    _page(
+        "GET",
+        "/console/audit/why",
+        audit.why_form,
+        _as_api("auditAccess"),
+        "consoleWhyForm",
+        "Why did someone have access: the question",
+    ),
+    _page(
+        "GET",
+        "/console/audit/access",
+        audit.why,
+        _as_api("auditAccess"),
+        "consoleWhy",
+        "Why did someone have access: every access window",
+        query=AccessParams,
+    ),
+    _page(
+        "GET",
+        "/console/audit/events",
+        audit.events,
+        _as_api("auditEvents"),
+        "consoleEvents",
+        "The event browser",
+        query=EventParams,
+    ),
+    _page(
+        "GET",
+        "/console/audit/ledger",
+        audit.ledger_status,
+        _as_api("verifyLedger"),
+        "consoleLedger",
+        "Ledger status and the last verification",
+    ),
+    _page(
+        "POST",
+        "/console/audit/verify",
+        audit.verify_ledger_now,
+        _as_api("verifyLedger"),
+        "consoleVerifyLedger",
+        "Verify the whole ledger now",
+    ),
+    _page(
+        "GET",
+        "/console/audit/findings",
+        audit.findings_form,
+        _as_api("exportEvidence"),
+        "consoleFindingsForm",
+        "Findings: the period",
+    ),
+    _page(
+        "GET",
+        "/console/audit/findings/report",
+        audit.findings,
+        _as_api("exportEvidence"),
+        "consoleFindings",
+        "Findings of the evidence package of a period",
+        query=EvidenceQuery,
+    ),
+    _page(
+        "GET",
+        "/console/audit/evidence",
+        audit.evidence_form,
+        _as_api("exportEvidence"),
+        "consoleEvidenceForm",
+        "Evidence package: the period",
+    ),
+    _page(
+        "GET",
+        "/console/audit/evidence.zip",
+        audit.evidence_download,
+        _as_api("exportEvidence"),
+        "consoleEvidence",
+        "Download the evidence package (zip)",
+        query=EvidenceQuery,
+        media="application/zip",
+    ),
+    _page(
+        "GET",
+        "/console/audit/gaps",
+        audit.gaps_recent,
+        _as_api("listGaps"),
+        "consoleGapsRecent",
+        "Continuity gaps of the last seven days",
+    ),
+    _page(
+        "GET",
+        "/console/audit/gaps/search",
+        audit.gaps,
+        _as_api("listGaps"),
+        "consoleGaps",
+        "Continuity gaps of a period",
+        query=GapQuery,
+    ),
+    _page(
+        "GET",
+        "/console/admin/gaps/annotate",
+        admin.annotate_gap_form,
+        _as_api("annotateGap"),
+        "consoleAnnotateGapForm",
+        "Annotate a logging gap: the form",
+        query=GapPrefill,
+    ),
+    _page(
+        "POST",
+        "/console/admin/gaps/annotate",
+        admin.annotate_gap,
+        _as_api("annotateGap"),
+        "consoleAnnotateGap",
+        "Annotate a logging gap",
+        body=GapAnnotationRequest,
+    ),
+    _page(
+        "GET",
+        "/console/offboardings",
+        admin.offboardings,
+        _as_api("listOffboardings"),
+        "consoleOffboardings",
+        "Offboardings and their SLA",
+        query=OffboardingListQuery,
+    ),
+    _page(
+        "POST",
+        "/console/offboardings",
+        admin.offboard,
+        _as_api("offboardSubject"),
+        "consoleOffboard",
+        "Offboard a person (then watch it run)",
+        body=OffboardRequest,
+    ),
+    _page(
+        "GET",
+        "/console/offboardings/{offboarding_id}",
+        admin.offboarding,
+        _as_api("listOffboardings"),
+        "consoleOffboarding",
+        "One offboarding: each revocation as it happens, the SLA",
+    ),
+    _page(
+        "GET",
+        "/console/reviews",
+        reviews.reviews,
+        _as_api("listReviews"),
+        "consoleReviews",
+        "Access reviews I may see",
+        query=ReviewListQuery,
+    ),
+    _page(
+        "POST",
+        "/console/reviews",
+        reviews.open_review,
+        _as_api("openReview"),
+        "consoleOpenReview",
+        "Open an access review",
+        body=ReviewOpen,
+    ),
+    _page(
+        "GET",
+        "/console/reviews/{review_id}",
+        reviews.review,
+        _as_api("getReview"),
+        "consoleReview",
+        "One access review: entitlements to keep or revoke",
+    ),
+    _page(
+        "POST",
+        "/console/reviews/{review_id}/decisions",
+        reviews.decide_review,
+        _as_api("decideReview"),
+        "consoleDecideReview",
+        "Keep or revoke one entitlement",
+        body=ReviewDecision,
+    ),
+    _page(
+        "POST",
+        "/console/reviews/{review_id}/complete",
+        reviews.complete_review,
+        _as_api("completeReview"),
+        "consoleCompleteReview",
+        "Complete a review",
     ),
 ]

@@ -223,7 +223,12 @@ async def _declared(request: web.Request, handler: _Handler) -> web.StreamRespon
         principal = await request.app[AUTHN].authenticate(request)
     authorize(route.access, request.app[POLICY].current, principal)
     settings = request.app[SETTINGS]
-    query = decode_query(route.query, request.query, settings) if route.query else None
+    query = None
+    if route.query is not None:
+        raw_query = (
+            console_guard.form_query(request) if route.front == "console" else request.query
+        )
+        query = decode_query(route.query, raw_query, settings)
     body = None
     if route.body is not None:
         try:

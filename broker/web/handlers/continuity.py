@@ -5,12 +5,14 @@ The gap definition lives in ``broker.evidence.continuity``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
+from broker.auth import Principal
 from broker.evidence.continuity import GapAnnotation, gaps_in
-from broker.ledger import NewEvent
+from broker.ledger import Ledger, NewEvent
 from broker.periods import MAX_QUERY_PERIOD, check_period
 
 from ..authn import principal_of
@@ -20,26 +22,32 @@ from ..models import GapAnnotationRequest, GapQuery
 from ..route import body_of, query_of
 from . import json_reply
 
-__all__ = ["annotate_gap", "get_gaps"]
+__all__ = ["annotate_gap", "gap_report", "get_gaps", "record_annotation"]
 
 
 async def get_gaps(request: web.Request) -> web.Response:
     """Gaps overlapping ``[from, to)`` (``to`` defaults to now and is never past it)."""
     query = query_of(request, GapQuery)
-    now = request.app[CLOCK]()
-    start = query.from_
-    end = query.to or now
+    return json_reply(await gap_report(request.app, query.from_, query.to, limit=query.limit))
+
+
+async def gap_report(
+    app: web.Application, start: datetime, end: datetime | None, *, limit: int
+) -> dict[str, Any]:
+    """The answer of ``GET /v1/audit/gaps`` (the API's and the console's)."""
+    now = app[CLOCK]()
+    end = end or now
     check_period(start, end, maximum=MAX_QUERY_PERIOD)
     end = min(end, now)
-    settings = request.app[SETTINGS]
+    settings = app[SETTINGS]
     found: list[dict[str, Any]] = []
     if start < end:
         for gap, notes in await gaps_in(
-            request.app[LEDGER],
+            app[LEDGER],
             period_from=start,
             period_to=end,
             heartbeat_seconds=settings.heartbeat_seconds,
-            limit=query.limit,
+            limit=limit,
         ):
             covering = [n for n in notes if n.covers(gap)]
             found.append(
@@ -50,28 +58,35 @@ async def get_gaps(request: web.Request) -> web.Response:
                     "annotations": [n.to_json() for n in notes],
                 }
             )
-    return json_reply(
-        {
-            "from": start.isoformat(),
-            "to": end.isoformat(),
-            "heartbeat_seconds": settings.heartbeat_seconds,
-            "threshold_seconds": 2 * settings.heartbeat_seconds,
-            "gaps": found,
-        }
-    )
+    return {
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "heartbeat_seconds": settings.heartbeat_seconds,
+        "threshold_seconds": 2 * settings.heartbeat_seconds,
+        "gaps": found,
+    }
 
 
 async def annotate_gap(request: web.Request) -> web.Response:
     """Record a ``gap.annotated`` row: a remediation note for a stretch without heartbeats."""
-    principal = principal_of(request)
     body = body_of(request, GapAnnotationRequest)
-    appended = await request.app[LEDGER].append(
+    note = await record_annotation(
+        request.app[LEDGER], principal_of(request), body, request_id=request[REQUEST_ID]
+    )
+    return json_reply({"annotation": note.to_json()}, status=201)
+
+
+async def record_annotation(
+    ledger: Ledger, principal: Principal, body: GapAnnotationRequest, *, request_id: str
+) -> GapAnnotation:
+    """Ledger the ``gap.annotated`` row (the API's and the console's)."""
+    appended = await ledger.append(
         NewEvent(
             event="gap.annotated",
             outcome="annotated",
             subject=principal.subject,
             subject_kind=principal.kind,
-            request_id=request[REQUEST_ID],
+            request_id=request_id,
             body={
                 "from": body.from_.isoformat(),
                 "to": body.to.isoformat(),
@@ -81,7 +96,7 @@ async def annotate_gap(request: web.Request) -> web.Response:
     )
     # No dedupe key, so the row is always written and carries its seq and time.
     assert appended.seq is not None and appended.recorded_at is not None
-    note = GapAnnotation(
+    return GapAnnotation(
         appended.seq,
         appended.recorded_at,
         principal.subject,
@@ -89,4 +104,3 @@ async def annotate_gap(request: web.Request) -> web.Response:
         body.to,
         body.remediation,
     )
-    return json_reply({"annotation": note.to_json()}, status=201)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,18 +88,23 @@ async def build_package(
 
 
 async def stream_package(
-    request: web.Request, package: Package, *, headers: Mapping[str, str] | None = None
+    request: web.Request,
+    package: Package,
+    *,
+    decorate: Callable[[web.StreamResponse], None] | None = None,
 ) -> web.StreamResponse:
-    """Send ``package`` as the zip download (closing its handle whatever happens)."""
+    """Send ``package`` as the zip download (closing its handle whatever happens);
+    ``decorate`` adds a front end's own headers before it starts."""
     try:
         resp = web.StreamResponse(
             headers={
-                **(headers or {}),
                 "Content-Type": "application/zip",
                 "Content-Disposition": f'attachment; filename="{package.name}"',
                 "Content-Length": str(package.size),
             }
         )
+        if decorate is not None:
+            decorate(resp)
         await resp.prepare(request)
         while chunk := await asyncio.to_thread(package.handle.read, _CHUNK):
             await resp.write(chunk)
