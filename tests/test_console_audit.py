@@ -23,9 +23,11 @@ import aiohttp
 import pytest
 from playwright.async_api import Page
 
+from broker.console.routes import CONSOLE_ROUTES
 from broker.settings import OIDCProviderSettings, Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import POLICY
+from broker.web.routes import ROUTES
 from tests.support.axe import assert_accessible
 from tests.support.brokers import RunningBroker, running_broker
 from tests.support.browser import Browser
@@ -401,11 +403,9 @@ async def test_offboarding_shows_each_revocation_and_the_sla_and_ends_the_consol
     # Her open tab is refused on its next action.
     async with alice.expect_navigation():
         await alice.locator("tr", has_text="stripe/test").locator("text=Get credential").click()
-    refused = await alice.inner_text("body")
-    assert "/console/login" in alice.url or "offboarded" in refused or "revoked" in refused, (
-        alice.url,
-        refused,
-    )
+    refused = await alice.inner_text("main")
+    assert "session_revoked" in refused or "subject_offboarded" in refused, refused
+    assert await alice.locator("text=Sign in again").count() == 1
     await alice.goto(f"{broker.url}/console/")
     assert "/console/login" in alice.url or "subject_offboarded" in await alice.inner_text("main")
     await alice.close()
@@ -509,6 +509,19 @@ async def test_pages_follow_the_api_access_rules(
     assert {r["body"]["route"] for r in rejected} >= {"/console/audit/why"}
 
 
+def test_each_page_is_allowed_exactly_as_its_api_route() -> None:
+    """The auditor's and admin's pages carry their API route's own ``Access`` object."""
+    api = {route.access for route in ROUTES}
+    ours = [r for r in CONSOLE_ROUTES if r.path.startswith(_OURS)]
+    assert len(ours) >= 20
+    for route in ours:
+        assert route.access in api and route.access.kind != "authenticated", route.path
+        assert any(route.access is r.access for r in ROUTES), route.path
+
+
+_OURS = ("/console/audit/", "/console/admin/", "/console/offboardings", "/console/reviews")
+
+
 async def test_keyboard_reaches_the_why_form(
     broker: RunningBroker, browser: Browser, people: People
 ) -> None:
@@ -526,6 +539,25 @@ async def test_keyboard_reaches_the_why_form(
     assert {"f-subject", "f-secret", "f-from", "f-to", "Ask"} <= set(reached), reached
     await page.keyboard.press("Enter")
     await page.wait_for_url("**/console/audit/access?**")
+    await page.close()
+
+
+async def test_the_sign_in_and_requester_pages_pass_the_accessibility_scan(
+    broker: RunningBroker, browser: Browser, people: People
+) -> None:
+    """The foundation's pages too: sign-in, home, a credential shown once, an error."""
+    page = await browser.new_page()
+    await page.goto(f"{broker.url}/console/login")
+    await _checked(page)
+    await page.close()
+    page = await _signed_in(browser, broker, people.engineer)
+    await _checked(page)
+    async with page.expect_navigation():
+        await page.locator("tr", has_text="stripe/test").locator("text=Get credential").click()
+    assert "Shown once" in await page.inner_text("main")
+    await _checked(page)
+    await page.goto(f"{broker.url}/console/no-such-page")
+    await _checked(page)
     await page.close()
 
 

@@ -45,7 +45,7 @@ def _mint(broker: RunningBroker, prefix: str, groups: list[str]) -> str:
 
 def _concrete(path: str) -> str:
     """A declared path with its parameters filled (ids nobody holds, a made-up subject)."""
-    for name in ("grant_id", "elevation_id", "review_id"):
+    for name in ("grant_id", "elevation_id", "review_id", "offboarding_id"):
         path = path.replace(f"{{{name}}}", str(uuid.uuid4()))
     return path.replace("{subject}", f"nobody-{uuid.uuid4().hex[:6]}")
 
