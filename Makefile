@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck bench clean install docs reliability-report
+.PHONY: dev test lint typecheck bench clean install docs reliability-report console-screenshots
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -62,6 +62,12 @@ reliability-report: $(STAMP)
 	missing="$$($(BIN)/python -m tests.support.reliability_report --missing)"; \
 	if [ -n "$$missing" ]; then $(BIN)/pytest -q $$missing; fi
 	$(BIN)/python -m tests.support.reliability_report
+
+# PNGs of the console's main pages for the README, into docs/console/ (fixed names): the
+# tests marked `screenshots` write there when CONSOLE_SCREENSHOTS_DIR is set. `make test`
+# runs the same tests into a temporary directory, leaving the tree as it was.
+console-screenshots: $(STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
+	CONSOLE_SCREENSHOTS_DIR=$(CURDIR)/docs/console $(BIN)/pytest -q -m screenshots
 
 bench: $(STAMP)
 	$(BIN)/python bench/issuance.py
