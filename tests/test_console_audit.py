@@ -32,7 +32,7 @@ from tests.support.axe import assert_accessible
 from tests.support.brokers import RunningBroker, running_broker
 from tests.support.browser import Browser
 from tests.support.elevation import ElevationApi
-from tests.support.http import issue
+from tests.support.http import JsonApi, auth, issue
 from tests.support.layout import assert_fits
 from tests.support.ledger import ledger_rows
 from tests.support.oidc_provider import OIDCProvider, OIDCUser
@@ -507,6 +507,44 @@ async def test_pages_follow_the_api_access_rules(
         stack, "event = 'request.rejected' AND subject = $1", people.engineer.email
     )
     assert {r["body"]["route"] for r in rejected} >= {"/console/audit/why"}
+
+
+async def test_the_api_routes_sharing_code_with_the_pages_answer_as_before(
+    broker: RunningBroker, browser: Browser, people: People, http: aiohttp.ClientSession
+) -> None:
+    """Verify, gaps, annotate, evidence and offboarding over the API (their handlers now
+    share code with the pages); the console shows the API's verification as the last."""
+    api = JsonApi(http, broker.url)
+    auditor_subject = fresh_subject("api-auditor")
+    auditor = mint(broker.settings, auditor_subject, ["auditors"])
+    admin = mint(broker.settings, fresh_subject("api-admin"), ["security-admins"])
+    start, end = _today()
+
+    verified = await api.ok("GET", "/v1/audit/verify", auditor)
+    assert set(verified) >= {"ok", "rows", "head_seq", "latest_checkpoint", "problems"}
+    gaps = await api.ok("GET", f"/v1/audit/gaps?from={start}", auditor)
+    assert set(gaps) == {"from", "to", "heartbeat_seconds", "threshold_seconds", "gaps"}
+    note = await api.ok(
+        "POST",
+        "/v1/audit/gaps/annotate",
+        admin,
+        {"from": f"{start}T01:00:00Z", "to": f"{start}T01:05:00Z", "remediation": "api note"},
+    )
+    assert note["annotation"]["remediation"] == "api note" and note["annotation"]["seq"]
+    async with http.get(
+        f"{broker.url}/v1/audit/evidence?from={start}&to={end}", headers=auth(auditor)
+    ) as r:
+        assert r.status == 200 and r.content_type == "application/zip"
+        assert zipfile.is_zipfile(io.BytesIO(await r.read()))
+    report = await api.ok(
+        "POST", "/v1/offboarding", admin, {"subject": fresh_subject("api-gone"), "reason": "x"}
+    )
+    assert report["sla_met"] is True and report["grants_revoked"] == []
+
+    page = await _signed_in(browser, broker, people.auditor, "/console/audit/ledger")
+    text = await page.inner_text("main")
+    assert auditor_subject in text and ("Passed" in text or "FAILED" in text)
+    await page.close()
 
 
 def test_each_page_is_allowed_exactly_as_its_api_route() -> None:
