@@ -44,10 +44,18 @@ PAGES: list[tuple[str, str]] = [
     ("alice", "/console/"),
     ("alice", "/console/login"),
     ("bob", "/console/approvals"),
-    ("carol", "/console/audit/why?subject=user-007&secret=stripe%2Ftest&from={start}&to={end}"),
+    ("carol", "/console/audit/why"),
+    ("carol", "/console/audit/access?subject=user-007&secret=stripe%2Ftest&from={start}&to={end}"),
+    ("carol", "/console/audit/access?secret=stripe%2Ftest&from={start}&to={end}"),
     ("carol", "/console/audit/events?subject=user-007"),
+    ("carol", "/console/audit/events?type=grant.revoked&from={start}"),
     ("carol", "/console/audit/ledger"),
-    ("erin", "/console/admin/offboarding"),
+    ("carol", "/console/audit/findings"),
+    ("carol", "/console/audit/evidence"),
+    ("carol", "/console/audit/gaps"),
+    ("carol", "/console/reviews"),
+    ("erin", "/console/offboardings"),
+    ("erin", "/console/admin/gaps/annotate"),
 ]
 
 
@@ -81,7 +89,7 @@ async def _measure(url: str, requests: int, start: str, end: str) -> list[dict[s
             times.sort()
             results.append(
                 {
-                    "page": path.split("?")[0],
+                    "page": path.split("&from")[0][:40],
                     "as": who,
                     "status": status,
                     "p50_ms": round(statistics.median(times), 1),
@@ -165,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     m = out["machine"]
     print(f"machine: {m['cores']} cores, python {m['python']}; {out['events']:,} events")
-    print(f"{'page':34} {'as':6} {'status':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    print(f"{'page':40} {'as':6} {'status':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
     for p in out["pages"]:
         print(
-            f"{p['page']:34} {p['as']:6} {p['status']:>6} {p['p50_ms']:>8} {p['p95_ms']:>8}"
+            f"{p['page']:40} {p['as']:6} {p['status']:>6} {p['p50_ms']:>8} {p['p95_ms']:>8}"
             f" {p['max_ms']:>8}"
         )
     return 0

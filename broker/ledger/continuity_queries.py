@@ -37,27 +37,42 @@ class AnnotationRow:
     body: Mapping[str, Any]
 
 
+# One subquery per event type, each naming its event as a literal: the planner then knows
+# how rare ``broker.started``/``broker.stopped`` are and probes (event, recorded_at) for
+# them. With the event as a parameter it assumes an average frequency and walks the
+# (recorded_at, seq) index instead, filtering, through every row before (or after) the
+# instant when the event is absent: 0.6 s at 1 M rows. Spelled out for LIVENESS_EVENTS.
+_BEFORE = (
+    "SELECT max(at) FROM ("
+    "(SELECT recorded_at AS at FROM ledger.events WHERE event = 'broker.heartbeat'"
+    " AND recorded_at < $1 ORDER BY recorded_at DESC LIMIT 1)"
+    " UNION ALL (SELECT recorded_at FROM ledger.events WHERE event = 'broker.started'"
+    " AND recorded_at < $1 ORDER BY recorded_at DESC LIMIT 1)"
+    " UNION ALL (SELECT recorded_at FROM ledger.events WHERE event = 'broker.stopped'"
+    " AND recorded_at < $1 ORDER BY recorded_at DESC LIMIT 1)) p"
+)
+_AT_OR_AFTER = (
+    "SELECT min(at) FROM ("
+    "(SELECT recorded_at AS at FROM ledger.events WHERE event = 'broker.heartbeat'"
+    " AND recorded_at >= $1 ORDER BY recorded_at LIMIT 1)"
+    " UNION ALL (SELECT recorded_at FROM ledger.events WHERE event = 'broker.started'"
+    " AND recorded_at >= $1 ORDER BY recorded_at LIMIT 1)"
+    " UNION ALL (SELECT recorded_at FROM ledger.events WHERE event = 'broker.stopped'"
+    " AND recorded_at >= $1 ORDER BY recorded_at LIMIT 1)) p"
+)
+if not all(f"'{name}'" in _BEFORE and f"'{name}'" in _AT_OR_AFTER for name in LIVENESS_EVENTS):
+    raise RuntimeError("_BEFORE and _AT_OR_AFTER must name every one of LIVENESS_EVENTS")
+
+
 async def liveness_before(conn: Any, at: datetime) -> datetime | None:
     """The newest liveness point strictly before ``at`` (one index probe per event type)."""
-    value: datetime | None = await conn.fetchval(
-        "SELECT max(p.at) FROM unnest($1::text[]) AS k(name)"
-        " CROSS JOIN LATERAL (SELECT recorded_at AS at FROM ledger.events"
-        "  WHERE event = k.name AND recorded_at < $2 ORDER BY recorded_at DESC LIMIT 1) p",
-        list(LIVENESS_EVENTS),
-        at,
-    )
+    value: datetime | None = await conn.fetchval(_BEFORE, at)
     return value
 
 
 async def liveness_at_or_after(conn: Any, at: datetime) -> datetime | None:
     """The oldest liveness point at or after ``at``."""
-    value: datetime | None = await conn.fetchval(
-        "SELECT min(p.at) FROM unnest($1::text[]) AS k(name)"
-        " CROSS JOIN LATERAL (SELECT recorded_at AS at FROM ledger.events"
-        "  WHERE event = k.name AND recorded_at >= $2 ORDER BY recorded_at LIMIT 1) p",
-        list(LIVENESS_EVENTS),
-        at,
-    )
+    value: datetime | None = await conn.fetchval(_AT_OR_AFTER, at)
     return value
 
 
