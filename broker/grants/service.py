@@ -556,7 +556,7 @@ class GrantService:
         *,
         request_id: str,
         reason: str,
-        cause: dict[str, str] | None = None,
+        cause: Mapping[str, Any] | None = None,
     ) -> list[str]:
         """Revoke each still-active grant (the caller has the authority); return those ended.
 
@@ -582,7 +582,7 @@ class GrantService:
         *,
         request_id: str,
         reason: str | None,
-        cause: dict[str, str] | None = None,
+        cause: Mapping[str, Any] | None = None,
     ) -> datetime | None:
         """Vault first, then the ``grant.revoked`` row; None if another path ended it first."""
         await self._end_in_vault(record)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -123,27 +123,30 @@ class OffboardingService:
         terminated_at: datetime | None,
         request_id: str,
         on_started: Callable[[uuid.UUID], None] | None = None,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Offboard ``subject`` (or resume its interrupted offboarding); return the report.
 
         ``on_started`` is told the offboarding's id once step 1 stands (the subject is
         refused from then on), before anything is ended: the console then shows the
-        offboarding as it runs (``watch``) instead of waiting for the report."""
+        offboarding as it runs (``watch``) instead of waiting for the report. ``client``
+        (the console's ``{"api": "console"}``) goes into the body of every row written."""
+        extra = {"client": dict(client)} if client else {}
         now = self._clock()
         if terminated_at is not None and terminated_at > now + self._max_skew:
             raise BadRequest("'terminated_at' is in the future", code="invalid_terminated_at")
         ob = await self._start(
-            actor, subject, reason, terminated_at or now, now, request_id=request_id
+            actor, subject, reason, terminated_at or now, now, request_id=request_id, extra=extra
         )
         self._blocklist.block(ob.subject, seq=ob.started_seq)
         if on_started is not None:
             on_started(ob.id)
-        await self._end_access(actor, ob, request_id=request_id)
+        await self._end_access(actor, ob, request_id=request_id, extra=extra)
         if self._settle_seconds > 0:
             # Other replicas learn of the block within one refresh; catch what they minted.
             await asyncio.sleep(self._settle_seconds)
-            await self._end_access(actor, ob, request_id=request_id)
-        return await self._complete(actor, ob, request_id=request_id)
+            await self._end_access(actor, ob, request_id=request_id, extra=extra)
+        return await self._complete(actor, ob, request_id=request_id, extra=extra)
 
     async def _start(
         self,
@@ -154,6 +157,7 @@ class OffboardingService:
         now: datetime,
         *,
         request_id: str,
+        extra: Mapping[str, Any],
     ) -> Offboarding:
         """The offboarding to work on: a new one, or the subject's interrupted one."""
         history = await self._all()
@@ -179,6 +183,7 @@ class OffboardingService:
                     "terminated_at": terminated_at.isoformat(),
                     "sla_seconds": self._sla_seconds,
                     "sla_deadline": deadline.isoformat(),
+                    **extra,
                 },
                 dedupe_key=_started_key(subject, reinstatements_of(history, subject)),
             )
@@ -190,7 +195,9 @@ class OffboardingService:
             raise Conflict(f"{ob.subject!r} is already offboarded", code="already_offboarded")
         return ob
 
-    async def _end_access(self, actor: Principal, ob: Offboarding, *, request_id: str) -> None:
+    async def _end_access(
+        self, actor: Principal, ob: Offboarding, *, request_id: str, extra: Mapping[str, Any]
+    ) -> None:
         """Close the subject's open elevations, revoke their sessions, then their grants."""
         since = self._clock() - _ELEVATION_HORIZON
         ids = await live_elevation_ids(self._ledger, ob.subject, since=since, key=subject_key)
@@ -218,21 +225,24 @@ class OffboardingService:
                         "elevation_id": str(eid),
                         "comment": f"offboarding {ob.id}",
                         "offboarding_id": str(ob.id),
+                        **extra,
                     },
                     dedupe_key=closed_key(eid),
                 )
             )
-        await self._end_sessions(actor, ob, request_id=request_id)
+        await self._end_sessions(actor, ob, request_id=request_id, extra=extra)
         grants = await live_grants(self._ledger, ob.subject, key=subject_key)
         await self._grants.revoke_grants(
             [str(g.grant_id) for g in grants],
             actor,
             request_id=request_id,
             reason=f"offboarding {ob.id}",
-            cause={"offboarding_id": str(ob.id)},
+            cause={"offboarding_id": str(ob.id), **extra},
         )
 
-    async def _end_sessions(self, actor: Principal, ob: Offboarding, *, request_id: str) -> None:
+    async def _end_sessions(
+        self, actor: Principal, ob: Offboarding, *, request_id: str, extra: Mapping[str, Any]
+    ) -> None:
         since = self._clock() - self._session_horizon
         for accessor in await live_sessions(self._ledger, ob.subject, since=since, key=subject_key):
             await self._ledger.append(
@@ -248,13 +258,14 @@ class OffboardingService:
                         "session_subject": ob.subject,
                         "reason": f"offboarding {ob.id}",
                         "offboarding_id": str(ob.id),
+                        **extra,
                     },
                     dedupe_key=session_revoked_key(accessor),
                 )
             )
 
     async def _complete(
-        self, actor: Principal, ob: Offboarding, *, request_id: str
+        self, actor: Principal, ob: Offboarding, *, request_id: str, extra: Mapping[str, Any]
     ) -> dict[str, Any]:
         ended = await offboarding_actions(self._ledger, ob.id, after_seq=ob.started_seq)
         completed_at = self._clock()
@@ -279,14 +290,14 @@ class OffboardingService:
                 subject_kind=actor.kind,
                 policy_version=self._policy.current.version,
                 request_id=request_id,
-                body=report,
+                body={**report, **extra},
                 dedupe_key=_completed_key(ob.id),
             )
         )
         if appended.duplicate:  # a racing retry completed it first: report what it recorded
             done = next((o for o in await self._all() if o.id == ob.id), None)
             if done is not None and done.completed is not None:
-                report = dict(done.completed)
+                report = {k: v for k, v in done.completed.items() if k != "client"}
         _log.info(
             "offboarded %s: %d grants revoked, %d elevations closed, %d sessions revoked, SLA %s",
             ob.id,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -84,6 +84,11 @@ class _Item(NamedTuple):
     member: str
     baseline: str  # the review's snapshot policy version
 
+
+
+def _client_body(client: Mapping[str, str] | None) -> dict[str, Any]:
+    """``client`` (the console's ``{"api": "console"}``) for a row's body, if given."""
+    return {"client": dict(client)} if client else {}
 
 class ReviewService:
     def __init__(
@@ -156,7 +161,13 @@ class ReviewService:
     # --- opening ------------------------------------------------------------------------
 
     async def open(
-        self, principal: Principal, *, period: str, reviewer_group: str, request_id: str
+        self,
+        principal: Principal,
+        *,
+        period: str,
+        reviewer_group: str,
+        request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         policy = self._policy.current
         if not valid_period(period):
@@ -185,15 +196,18 @@ class ReviewService:
                 subject_kind=principal.kind,
                 policy_version=policy.version,
                 request_id=request_id,
-                body=snapshot_body(
-                    review_id,
-                    period,
-                    group,
-                    policy,
-                    usage,
-                    usage_truncated=truncated,
-                    max_entitlements=self._max_entitlements,
-                ),
+                body={
+                    **snapshot_body(
+                        review_id,
+                        period,
+                        group,
+                        policy,
+                        usage,
+                        usage_truncated=truncated,
+                        max_entitlements=self._max_entitlements,
+                    ),
+                    **_client_body(client),
+                },
             )
         )
         review = await self._reload(review_id)
@@ -224,6 +238,7 @@ class ReviewService:
         decision: str,
         comment: str | None,
         request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         review = await self._visible_one(principal, review_id)
         self._check_reviewer(principal, review)
@@ -263,6 +278,7 @@ class ReviewService:
                     "snapshot_policy_version": review.policy_version,
                     # The token's groups: membership of reviewer_group at the time.
                     "groups": sorted(principal.groups),
+                    **_client_body(client),
                 },
                 dedupe_key=decision_key(review_id, entitlement_id),
                 requires_absent=(completed_key(review_id),),
@@ -279,7 +295,11 @@ class ReviewService:
         return self._view(principal, review, full=True)
 
     async def complete(
-        self, principal: Principal, review_id: uuid.UUID, request_id: str
+        self,
+        principal: Principal,
+        review_id: uuid.UUID,
+        request_id: str,
+        client: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         review = await self._visible_one(principal, review_id)
         self._check_reviewer(principal, review)
@@ -307,6 +327,7 @@ class ReviewService:
                     "keep": len(review.decisions) - revoked,
                     "revoke": revoked,
                     "groups": sorted(principal.groups),
+                    **_client_body(client),
                 },
                 dedupe_key=completed_key(review_id),
             )

@@ -5,6 +5,7 @@ The gap definition lives in ``broker.evidence.continuity``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -77,9 +78,14 @@ async def annotate_gap(request: web.Request) -> web.Response:
 
 
 async def record_annotation(
-    ledger: Ledger, principal: Principal, body: GapAnnotationRequest, *, request_id: str
+    ledger: Ledger,
+    principal: Principal,
+    body: GapAnnotationRequest,
+    *,
+    request_id: str,
+    client: Mapping[str, str] | None = None,
 ) -> GapAnnotation:
-    """Ledger the ``gap.annotated`` row (the API's and the console's)."""
+    """Ledger the ``gap.annotated`` row (the API's, and the console's with its ``client``)."""
     appended = await ledger.append(
         NewEvent(
             event="gap.annotated",
@@ -91,6 +97,7 @@ async def record_annotation(
                 "from": body.from_.isoformat(),
                 "to": body.to.isoformat(),
                 "remediation": body.remediation,
+                **({"client": dict(client)} if client else {}),
             },
         )
     )
