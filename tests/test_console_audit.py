@@ -340,8 +340,8 @@ async def test_a_reviewer_keeps_and_revokes_with_comments_then_completes(
     first = forms.first
     await first.locator("input[value=revoke]").check()
     await _submit(page, "form.decide >> nth=0 >> button")
-    assert "comment_required" in await page.inner_text("main")
-    await page.goto(f"{broker.url}/console/reviews/{review_id}")
+    assert "comment_required" in await page.inner_text("#form-error")
+    await _checked(page)
     await page.locator("form.decide").first.locator("input[value=revoke]").check()
     await page.locator("form.decide").first.locator("input[name=comment]").fill(f"gone {XSS}")
     await _submit(page, "form.decide >> nth=0 >> button")
@@ -361,11 +361,13 @@ async def test_a_reviewer_keeps_and_revokes_with_comments_then_completes(
     )
     assert len(decisions) == total
     assert {r["subject"] for r in decisions} == {people.auditor.email}
+    assert {r["body"]["client"]["api"] for r in decisions} == {"console"}
     assert [r["outcome"] for r in decisions].count("revoke") == 1
     (completed,) = await ledger_rows(
         stack, "event = 'review.completed' AND body->>'review_id' = $1", review_id
     )
     assert completed["subject"] == people.auditor.email
+    assert completed["body"]["client"] == {"api": "console"}
 
 
 # --- the admin ----------------------------------------------------------------------------
@@ -416,6 +418,11 @@ async def test_offboarding_shows_each_revocation_and_the_sla_and_ends_the_consol
     )
     assert done["subject"] == people.admin.email and done["outcome"] == "met"
     assert done["body"]["grants_revoked"] and done["body"]["sessions_revoked"]
+    # Every row the offboarding wrote says it came from the console.
+    rows = await ledger_rows(stack, "request_id = $1", done["request_id"])
+    assert rows[0]["event"] == "subject.offboarding_started"
+    assert {"grant.revoked", "session.revoked", "subject.offboarded"} <= {r["event"] for r in rows}
+    assert all(r["body"]["client"] == {"api": "console"} for r in rows), rows
     issued = await ledger_rows(
         stack, "event = 'grant.issued' AND subject = $1", people.engineer.email
     )
@@ -446,7 +453,9 @@ async def test_an_offboarding_past_its_sla_is_reported_missed(
     await page.fill("#f-subject", subject)
     await page.fill("#f-reason", "again")
     await _submit(page, "button:text-is('Offboard')")
-    assert "already_offboarded" in await page.inner_text("main")
+    assert "already_offboarded" in await page.inner_text("#form-error")
+    assert await page.input_value("#f-reason") == "again"  # the form again, values kept
+    await _checked(page)
     await page.close()
 
 
@@ -470,6 +479,7 @@ async def test_an_admin_annotates_a_gap(
     )
     assert row["subject"] == people.admin.email
     assert row["body"]["from"] == start.isoformat()
+    assert row["body"]["client"] == {"api": "console"}
 
 
 async def test_pages_follow_the_api_access_rules(
@@ -510,7 +520,11 @@ async def test_pages_follow_the_api_access_rules(
 
 
 async def test_the_api_routes_sharing_code_with_the_pages_answer_as_before(
-    broker: RunningBroker, browser: Browser, people: People, http: aiohttp.ClientSession
+    broker: RunningBroker,
+    browser: Browser,
+    people: People,
+    http: aiohttp.ClientSession,
+    stack: DevStack,
 ) -> None:
     """Verify, gaps, annotate, evidence and offboarding over the API (their handlers now
     share code with the pages); the console shows the API's verification as the last."""
@@ -531,6 +545,8 @@ async def test_the_api_routes_sharing_code_with_the_pages_answer_as_before(
         {"from": f"{start}T01:00:00Z", "to": f"{start}T01:05:00Z", "remediation": "api note"},
     )
     assert note["annotation"]["remediation"] == "api note" and note["annotation"]["seq"]
+    (row,) = await ledger_rows(stack, "seq = $1", note["annotation"]["seq"])
+    assert "client" not in row["body"]  # the API's rows are as they were
     async with http.get(
         f"{broker.url}/v1/audit/evidence?from={start}&to={end}", headers=auth(auditor)
     ) as r:

@@ -21,13 +21,22 @@ from broker.web.models import GapAnnotationRequest, OffboardingListQuery, Offboa
 from broker.web.route import body_of, query_of
 
 from ..forms import GapPrefill
-from ..render import page, redirect
+from ..render import page, redirect, refusals_shown_by
 
 __all__ = ["annotate_gap", "annotate_gap_form", "offboard", "offboarding", "offboardings"]
 
 _log = logging.getLogger(__name__)
+_CLIENT = {"api": "console"}
 # Offboardings that outlive the request that started them (the page watches them run).
 _RUNNING: set[asyncio.Future[Any]] = set()
+
+
+async def _sent(request: web.Request, status: int, fields: tuple[str, ...]) -> dict[str, str]:
+    """A refused form's values as sent, to show them again (none for a body too large)."""
+    if status == 413:
+        return {}
+    form = await request.post()
+    return {k: v for k in fields if isinstance(v := form.get(k), str)}
 
 
 async def offboardings(request: web.Request) -> web.Response:
@@ -39,6 +48,23 @@ async def offboardings(request: web.Request) -> web.Response:
     return page(request, "offboardings.html", offboardings=items)
 
 
+async def _offboard_refused(
+    request: web.Request, status: int, code: str, message: str
+) -> web.Response:
+    items = await request.app[OFFBOARDING].list_offboardings(
+        principal_of(request), since=None, until=None, limit=100
+    )
+    return page(
+        request,
+        "offboardings.html",
+        status=status,
+        offboardings=items,
+        sent=await _sent(request, status, ("subject", "reason", "terminated_at")),
+        error=(code, message),
+    )
+
+
+@refusals_shown_by(_offboard_refused)
 async def offboard(request: web.Request) -> web.Response:
     """``POST /v1/offboarding``, watched: once step 1 stands (the person is refused
     everywhere) the admin is sent to the offboarding's page, which shows each revocation
@@ -61,6 +87,7 @@ async def offboard(request: web.Request) -> web.Response:
             terminated_at=body.terminated_at,
             request_id=request[REQUEST_ID],
             on_started=on_started,
+            client=_CLIENT,
         )
     )
     _RUNNING.add(task)
@@ -93,11 +120,29 @@ async def annotate_gap_form(request: web.Request) -> web.Response:
     return page(request, "annotate.html", form={"from": q.from_ or "", "to": q.to or ""}, note=None)
 
 
+async def _annotate_refused(
+    request: web.Request, status: int, code: str, message: str
+) -> web.Response:
+    return page(
+        request,
+        "annotate.html",
+        status=status,
+        form=await _sent(request, status, ("from", "to", "remediation")),
+        note=None,
+        error=(code, message),
+    )
+
+
+@refusals_shown_by(_annotate_refused)
 async def annotate_gap(request: web.Request) -> web.Response:
     """``POST /v1/audit/gaps/annotate``: a ``gap.annotated`` row explaining a stretch."""
     body = body_of(request, GapAnnotationRequest)
     note = await record_annotation(
-        request.app[LEDGER], principal_of(request), body, request_id=request[REQUEST_ID]
+        request.app[LEDGER],
+        principal_of(request),
+        body,
+        request_id=request[REQUEST_ID],
+        client=_CLIENT,
     )
     return page(
         request,

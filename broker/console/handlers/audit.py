@@ -31,7 +31,7 @@ from broker.web.models import AccessParams, EventParams, EvidenceQuery, GapQuery
 from broker.web.route import query_of
 
 from ..keys import CONSOLE
-from ..render import page
+from ..render import page, refusals_shown_by
 from ..security import secure_headers
 
 __all__ = [
@@ -85,6 +85,20 @@ async def why_form(request: web.Request) -> web.Response:
     )
 
 
+async def _why_refused(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    return page(
+        request,
+        "why.html",
+        status=status,
+        form=_form(request, "subject", "secret", "from", "to"),
+        result=None,
+        next_page=None,
+        secrets=sorted(_catalog(request)),
+        error=(code, message),
+    )
+
+
+@refusals_shown_by(_why_refused)
 async def why(request: web.Request) -> web.Response:
     q = query_of(request, AccessParams)
     result = await request.app[AUDIT_ACCESS].access(
@@ -114,6 +128,24 @@ def _catalog(request: web.Request) -> list[str]:
 # --- the event browser --------------------------------------------------------------------
 
 
+async def _events_refused(
+    request: web.Request, status: int, code: str, message: str
+) -> web.Response:
+    return page(
+        request,
+        "events.html",
+        status=status,
+        form=_form(request, "subject", "secret", "type", "from", "to"),
+        events=[],
+        filtered=True,
+        next_page=None,
+        event_types=_EVENT_TYPES,
+        secrets=sorted(_catalog(request)),
+        error=(code, message),
+    )
+
+
+@refusals_shown_by(_events_refused)
 async def events(request: web.Request) -> web.Response:
     q = query_of(request, EventParams)
     result = await request.app[AUDIT_ACCESS].events(
@@ -225,6 +257,20 @@ def _read_findings(package: Package) -> dict[str, Any]:
     }
 
 
+async def _findings_refused(
+    request: web.Request, status: int, code: str, message: str
+) -> web.Response:
+    return page(
+        request,
+        "findings.html",
+        status=status,
+        form=_form(request, "from", "to"),
+        result=None,
+        error=(code, message),
+    )
+
+
+@refusals_shown_by(_findings_refused)
 async def findings(request: web.Request) -> web.Response:
     """The findings of the evidence package for the period: the same export as the
     download (so exactly what an auditor checking that package sees), read and shown."""
@@ -245,6 +291,19 @@ async def evidence_form(request: web.Request) -> web.Response:
     return page(request, "evidence.html", form={"from": start, "to": end})
 
 
+async def _evidence_refused(
+    request: web.Request, status: int, code: str, message: str
+) -> web.Response:
+    return page(
+        request,
+        "evidence.html",
+        status=status,
+        form=_form(request, "from", "to"),
+        error=(code, message),
+    )
+
+
+@refusals_shown_by(_evidence_refused)
 async def evidence_download(request: web.Request) -> web.StreamResponse:
     """``GET /v1/audit/evidence``'s package, streamed, with the console's headers
     (``no-store``: the package holds every ledger row of the period)."""
@@ -273,6 +332,20 @@ async def gaps_recent(request: web.Request) -> web.Response:
     )
 
 
+async def _gaps_refused(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    start = request.app[CLOCK]() - _RECENT_GAPS
+    report = await gap_report(request.app, start, None, limit=PAGE)
+    return page(
+        request,
+        "gaps.html",
+        status=status,
+        form=_form(request, "from", "to"),
+        report=report,
+        error=(code, message),
+    )
+
+
+@refusals_shown_by(_gaps_refused)
 async def gaps(request: web.Request) -> web.Response:
     """``GET /v1/audit/gaps``: stretches without a replica heartbeat, with their notes."""
     q = query_of(request, GapQuery)
