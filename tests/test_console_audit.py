@@ -59,10 +59,11 @@ class People:
         self.auditor = _person("carol", "auditors", self.review_group)
         self.admin = _person("erin", "security-admins")
         self.engineer = _person("alice", "engineering")
+        self.approver = _person("bob", "sre-leads")
         self.nobody = _person("dave")  # no group: no role, no capability
 
     def all(self) -> tuple[OIDCUser, ...]:
-        return (self.auditor, self.admin, self.engineer, self.nobody)
+        return (self.auditor, self.admin, self.engineer, self.approver, self.nobody)
 
 
 @pytest.fixture
@@ -613,6 +614,33 @@ async def test_the_sign_in_and_requester_pages_pass_the_accessibility_scan(
     await page.goto(f"{broker.url}/console/no-such-page")
     await _checked(page)
     await page.close()
+
+
+async def test_the_elevation_pages_pass_the_accessibility_scan(
+    broker: RunningBroker,
+    browser: Browser,
+    second_browser: Browser,
+    people: People,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The requester's and approver's elevation pages: the form, my requests, one
+    request, the approvals queue (tests/test_console_requests.py drives them)."""
+    token = mint(broker.settings, people.engineer.email, ["engineering"])
+    elevation = await ElevationApi(http, broker.url).requested(
+        token, secret="stripe/prod", reason="refund the double charges", ticket="INC-7"
+    )
+    page = await _signed_in(browser, broker, people.engineer, "/console/elevations")
+    await _checked(page)
+    for path in ("/console/elevations/new", f"/console/elevations/{elevation['id']}"):
+        await page.goto(f"{broker.url}{path}")
+        await _checked(page)
+    await page.close()
+    approver = await _signed_in(second_browser, broker, people.approver, "/console/approvals")
+    assert "refund the double charges" in await approver.inner_text("main")
+    await _checked(approver)
+    await approver.goto(f"{broker.url}/console/elevations/{elevation['id']}")
+    await _checked(approver)
+    await approver.close()
 
 
 # --- screenshots for the README -------------------------------------------------------
