@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from broker.errors import BrokerError
 from broker.web.authn import principal_of
 from broker.web.handlers import path_uuid
 from broker.web.handlers.continuity import record_annotation
@@ -102,9 +103,12 @@ async def offboard(request: web.Request) -> web.Response:
 
 def _finished(task: asyncio.Future[Any]) -> None:
     _RUNNING.discard(task)
-    if not task.cancelled() and task.exception() is not None:
+    error = None if task.cancelled() else task.exception()
+    if isinstance(error, BrokerError) and error.status < 500:
+        return  # a refusal: the request that started it answered it
+    if error is not None:
         # The page shows it still in progress; offboarding again resumes it.
-        _log.warning("an offboarding started from the console stopped: %s", task.exception())
+        _log.warning("an offboarding started from the console stopped: %s", error)
 
 
 async def offboarding(request: web.Request) -> web.Response:
