@@ -163,3 +163,14 @@ async def browser() -> AsyncIterator[Browser]:
             yield running
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+async def second_browser() -> AsyncIterator[Browser]:
+    """Another person's browser: its own profile, cookies and sign-in."""
+    tmp = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
+    try:
+        async with Browser(tmp) as running:
+            yield running
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

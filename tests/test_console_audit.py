@@ -104,17 +104,6 @@ async def broker(
         yield running
 
 
-@pytest.fixture
-async def second_browser() -> AsyncIterator[Browser]:
-    """Another person's browser (cookies are per browser; the provider's too)."""
-    tmp = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
-    try:
-        async with Browser(tmp) as running:
-            yield running
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 async def _signed_in(
     browser: Browser, broker: RunningBroker, person: OIDCUser, path: str = "/console/"
 ) -> Page:

@@ -12,28 +12,34 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from playwright.async_api import ConsoleMessage, Dialog, Page
+from playwright.async_api import Page
 
-from broker.app import create_app
 from broker.auth import Principal
 from broker.settings import OIDCProviderSettings, Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import ELEVATIONS
 from tests.support.brokers import RunningBroker
 from tests.support.browser import Browser
+from tests.support.console import (
+    Hook,
+    Watched,
+    ask,
+    broker_at_its_public_url,
+    elevation_id,
+    sign_in,
+    webhook_receiver,
+)
 from tests.support.http import auth
+from tests.support.layout import assert_fits
 from tests.support.ledger import ledger_rows
 from tests.support.oidc_provider import OIDCProvider, OIDCUser
 from tests.support.polling import poll
@@ -59,14 +65,6 @@ class People:
     reviewer: OIDCUser  # security-admins: reviews break-glass uses of db/orders-admin
 
 
-@dataclass
-class Hook:
-    """A local webhook receiver: every notification's JSON body."""
-
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
-
-
 @pytest.fixture
 async def people() -> People:
     return People(
@@ -87,42 +85,8 @@ async def provider(people: People) -> AsyncIterator[OIDCProvider]:
 
 @pytest.fixture
 async def hook() -> AsyncIterator[Hook]:
-    received = Hook()
-
-    async def handler(request: web.Request) -> web.Response:
-        received.bodies.append(await request.json())
-        return web.Response()
-
-    app = web.Application()
-    app.router.add_post("/hook/T0SECRET", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    received.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook/T0SECRET"
-    try:
+    async with webhook_receiver() as received:
         yield received
-    finally:
-        await runner.cleanup()
-
-
-@asynccontextmanager
-async def _broker_at_its_public_url(
-    settings: Settings, **overrides: Any
-) -> AsyncIterator[RunningBroker]:
-    """A broker whose ``public_url`` is the address it listens on (the socket is bound
-    first, so the URL is known before the app is made)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = settings.with_overrides(port=0, public_url=url, **overrides)
-    runner = web.AppRunner(create_app(settings), access_log=None)
-    try:
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-        yield RunningBroker(url, runner.app, settings, runner)
-    finally:
-        await runner.cleanup()
-        sock.close()
 
 
 @pytest.fixture
@@ -139,91 +103,13 @@ async def broker(
         scopes=("openid", "profile", "email", "groups", "offline_access"),
         subject_claim="email",
     )
-    async with _broker_at_its_public_url(
+    async with broker_at_its_public_url(
         broker_settings,
         oidc_providers=(corp,),
         console_key_path=tmp_path / "console.key",
         webhook_urls=(hook.url,),
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def second_browser() -> AsyncIterator[Browser]:
-    """Another person's browser: its own profile, cookies and sign-in."""
-    tmp = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
-    try:
-        async with Browser(tmp) as running:
-            yield running
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-class Watched:
-    """A page's dialogs, script errors and console errors: an XSS that ran, or a script
-    the CSP had to block, shows up in one of them."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.problems: list[str] = []
-        page.on("dialog", self._dialog)
-        page.on("pageerror", lambda error: self.problems.append(f"pageerror: {error}"))
-        page.on("console", self._console)
-
-    async def _dialog(self, dialog: Dialog) -> None:
-        self.problems.append(f"dialog: {dialog.message}")
-        await dialog.dismiss()
-
-    def _console(self, message: ConsoleMessage) -> None:
-        # A refusal page answers 4xx: Chromium notes the document's status, no script ran.
-        if message.type == "error" and "Failed to load resource" not in message.text:
-            self.problems.append(f"console: {message.text}")
-
-
-async def _sign_in(browser: Browser, broker: RunningBroker, person: OIDCUser, path: str) -> Page:
-    """A page of ``browser`` signed in as ``person`` through the provider, at ``path``."""
-    page = await browser.new_page()
-    await page.goto(f"{broker.url}{path}")
-    assert "/console/login" in page.url  # not signed in: the sign-in page, then back here
-    async with page.expect_navigation():
-        await page.click("text=Sign in with Corp SSO")
-    await browser.through_provider(page, person)
-    await page.wait_for_url(f"{broker.url}{path}")
-    return page
-
-
-async def _ask(page: Page, secret: str, reason: str, ticket: str = "", duration: str = "") -> None:
-    """Fill the request form (at /console/elevations/new) and send it."""
-    await page.select_option("#secret", secret)
-    await page.fill("#reason", reason)
-    await page.fill("#ticket", ticket)
-    await page.fill("#duration", duration)
-    async with page.expect_navigation():
-        await page.click("button:text-is('Send the request')")
-
-
-def _elevation_id(page: Page) -> str:
-    return page.url.rsplit("/", 1)[1]
-
-
-async def _no_horizontal_scroll(page: Page) -> None:
-    width = await page.evaluate("document.documentElement.scrollWidth")
-    viewport = await page.evaluate("window.innerWidth")
-    wider = await page.evaluate(
-        """(viewport) => [...document.querySelectorAll("body *")]
-            .flatMap((e) => [e, ...[...e.childNodes].filter((n) => n.nodeType === 3)])
-            .map((e) => {
-                const range = document.createRange();
-                range.selectNodeContents(e);
-                const rect = e.nodeType === 3 ? range.getBoundingClientRect()
-                    : e.getBoundingClientRect();
-                return [e.nodeType === 3 ? "text:" + e.textContent.slice(0, 40)
-                    : e.tagName + "." + e.className, rect.right];
-            })
-            .filter(([, right]) => right > viewport)""",
-        viewport,
-    )
-    assert width <= viewport, (page.url, width, viewport, wider)
 
 
 async def test_ask_approve_from_the_deep_link_and_redeem_once(
@@ -236,14 +122,14 @@ async def test_ask_approve_from_the_deep_link_and_redeem_once(
 ) -> None:
     requester, approver = people.requester.email, people.approver.email
     # The requester asks from the home page's link, the secret preselected.
-    asking = await _sign_in(browser, broker, people.requester, "/console/")
+    asking = await sign_in(browser, broker, people.requester, "/console/")
     await asking.set_viewport_size({"width": 1280, "height": 900})
     async with asking.expect_navigation():
         await asking.locator("tr", has_text="stripe/prod").locator("text=Ask for approval").click()
     assert await asking.input_value("#secret") == "stripe/prod"
-    await _no_horizontal_scroll(asking)
-    await _ask(asking, "stripe/prod", REASON, "INC-4242", "30m")
-    eid = _elevation_id(asking)
+    await assert_fits(asking, (1280,))
+    await ask(asking, "stripe/prod", REASON, "INC-4242", "30m")
+    eid = elevation_id(asking)
     text = await asking.inner_text("main")
     assert "pending" in text and REASON in text and "INC-4242" in text and "30 min" in text
     assert "0 of 1 from sre-leads: 1 still missing" in text
@@ -271,7 +157,7 @@ async def test_ask_approve_from_the_deep_link_and_redeem_once(
     page_text = await deciding.inner_text("main")
     assert REASON in page_text and "INC-4242" in page_text and requester in page_text
     assert "No earlier requests for this secret." in page_text
-    await _no_horizontal_scroll(deciding)
+    await assert_fits(deciding, (390,))
     # Keyboard: the comment box and the Approve button are reachable with Tab.
     focused = []
     for _ in range(30):
@@ -287,7 +173,7 @@ async def test_ask_approve_from_the_deep_link_and_redeem_once(
     queue = await deciding.inner_text("main")
     assert f"{requester} asks for stripe/prod" in queue and REASON in queue
     assert "1 still missing" in queue
-    await _no_horizontal_scroll(deciding)
+    await assert_fits(deciding, (390,))
     async with deciding.expect_navigation():
         await deciding.click("a.button:has-text('Decide')")
     await deciding.fill("#comment", "INC-4242 checked")
@@ -338,7 +224,7 @@ async def test_ask_approve_from_the_deep_link_and_redeem_once(
 async def test_a_refused_request_shows_the_servers_message_and_keeps_the_values(
     broker: RunningBroker, browser: Browser, people: People, stack: DevStack
 ) -> None:
-    page = await _sign_in(browser, broker, people.requester, "/console/elevations/new")
+    page = await sign_in(browser, broker, people.requester, "/console/elevations/new")
     token = mint(broker.settings, people.requester.email, ["engineering"])
     too_long = "a reason far too long " * 30  # > max_reason_chars (500)
     cases = [
@@ -395,25 +281,25 @@ async def test_reasons_comments_and_tickets_render_as_text_everywhere(
     stack: DevStack,
 ) -> None:
     hostile = f"{XSS_IMG} {XSS_SCRIPT} please"
-    asking = await _sign_in(browser, broker, people.requester, "/console/elevations/new")
+    asking = await sign_in(browser, broker, people.requester, "/console/elevations/new")
     watched = [Watched(asking)]
     # A ticket the API refuses comes back in the form, as text.
-    await _ask(asking, "stripe/prod", hostile, XSS_SCRIPT)
+    await ask(asking, "stripe/prod", hostile, XSS_SCRIPT)
     assert "invalid_ticket" in await asking.inner_text("#form-error")
     assert await asking.input_value("#reason") == hostile
     assert await asking.input_value("#ticket") == XSS_SCRIPT
     await _assert_inert(asking)
     # Two requests with the hostile reason: one to deny, one to approve.
     await asking.goto(f"{broker.url}/console/elevations/new")
-    await _ask(asking, "db/orders-admin", hostile)
-    first = _elevation_id(asking)
+    await ask(asking, "db/orders-admin", hostile)
+    first = elevation_id(asking)
     await asking.goto(f"{broker.url}/console/elevations/new")
-    await _ask(asking, "db/orders-admin", hostile, "INC-77")
-    second = _elevation_id(asking)
+    await ask(asking, "db/orders-admin", hostile, "INC-77")
+    second = elevation_id(asking)
     assert hostile in await asking.inner_text("#reason")
     await _assert_inert(asking)
 
-    deciding = await _sign_in(second_browser, broker, people.approver, "/console/approvals")
+    deciding = await sign_in(second_browser, broker, people.approver, "/console/approvals")
     watched.append(Watched(deciding))
     assert hostile in await deciding.inner_text("main")
     await _assert_inert(deciding)
@@ -455,9 +341,9 @@ async def test_the_page_shows_the_services_refusal_of_a_self_approval(
     broker: RunningBroker, browser: Browser, people: People, stack: DevStack
 ) -> None:
     # The approver is eligible too: they ask, and may not decide their own request.
-    page = await _sign_in(browser, broker, people.approver, "/console/elevations/new")
-    await _ask(page, "stripe/prod", REASON, "INC-9")
-    eid = _elevation_id(page)
+    page = await sign_in(browser, broker, people.approver, "/console/elevations/new")
+    await ask(page, "stripe/prod", REASON, "INC-9")
+    eid = elevation_id(page)
     text = await page.inner_text("main")
     assert "Waiting for an approver: you cannot decide your own request" in text
     assert await page.locator("button:text-is('Approve')").count() == 0
@@ -551,7 +437,7 @@ async def test_a_break_glass_use_is_reviewed_from_the_queue(
     broker: RunningBroker, browser: Browser, people: People, stack: DevStack
 ) -> None:
     # The requester breaks the glass from the form (a checkbox); a second person reviews.
-    asking = await _sign_in(browser, broker, people.requester, "/console/elevations/new")
+    asking = await sign_in(browser, broker, people.requester, "/console/elevations/new")
     await asking.select_option("#secret", "db/orders-admin")
     await asking.fill("#reason", f"{REASON} {XSS_IMG}")
     await asking.check("input[name=break_glass]")
@@ -564,7 +450,7 @@ async def test_a_break_glass_use_is_reviewed_from_the_queue(
         stack, "event = 'elevation.requested' AND body->>'elevation_id' = $1", eid
     )
     assert used["outcome"] == "break_glass" and used["body"]["client"] == CONSOLE
-    page = await _sign_in(browser, broker, people.reviewer, "/console/approvals")
+    page = await sign_in(browser, broker, people.reviewer, "/console/approvals")
     watched = Watched(page)
     card = page.locator(".card", has_text=people.requester.email)
     assert f"{REASON} {XSS_IMG}" in await card.inner_text()
