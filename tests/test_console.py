@@ -8,6 +8,7 @@ rows for them are the test's alone.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import uuid
@@ -189,3 +190,42 @@ async def test_without_the_dev_sign_in_the_page_offers_only_the_provider(
             refused = r.status
     assert "Development sign-in" not in text
     assert refused == 404
+
+
+async def test_a_person_at_work_stays_signed_in_past_the_session_ttl(
+    broker_settings: Settings,
+    provider: OIDCProvider,
+    browser: Browser,
+    person: OIDCUser,
+    stack: DevStack,
+    tmp_path: Path,
+) -> None:
+    """Idle timeout = the session TTL, absolute = its max: a page loaded with a third of
+    the TTL left renews the session (at the provider), so activity keeps it alive."""
+    corp = OIDCProviderSettings(
+        name="corp",
+        display_name="Corp SSO",
+        issuer=provider.issuer,
+        client_id=provider.web_client.id,
+        client_secret=provider.web_client.secret,
+        native_client_id=provider.native_client.id,
+        scopes=("openid", "profile", "email", "groups", "offline_access"),
+        subject_claim="email",
+    )
+    async with running_broker(
+        broker_settings,
+        oidc_providers=(corp,),
+        console_key_path=tmp_path / "console.key",
+        vault_api_session_ttl_seconds=9,
+        vault_api_session_max_ttl_seconds=120,
+    ) as running:
+        page = await _signed_in_page(browser, running, person)
+        await asyncio.sleep(6.5)  # under a third of the TTL left
+        await page.goto(f"{running.url}/console/")
+        await asyncio.sleep(4)  # past the first expiry
+        await page.goto(f"{running.url}/console/")
+        assert page.url == f"{running.url}/console/"
+        assert person.email in await page.inner_text("header")
+        await page.close()
+    renewed = await ledger_rows(stack, "event = 'session.renewed' AND subject = $1", person.email)
+    assert renewed and renewed[0]["body"]["groups"] == ["engineering"]

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import msgspec
 from aiohttp import web
 
 from broker.auth import Principal
-from broker.errors import AuthError
-from broker.web.keys import AUTHN
+from broker.errors import AuthError, ProviderUnavailable
+from broker.web.authn import session_of
+from broker.web.keys import AUTHN, REQUEST_ID, SESSIONS, SIGNIN
 from broker.web.route import Route
 
 from .keys import CONSOLE
@@ -35,6 +37,7 @@ async def authenticate(request: web.Request, route: Route) -> Principal | None:
         if cookie is None:
             raise AuthError("sign in to use the console", code="sign_in_required")
         principal = await request.app[AUTHN].authenticate_token(request, cookie.token)
+        await _keep_alive(request, cookie.token)
     if unsafe:
         check_same_origin(request, own_origin(request, console.public_url))
     if unsafe and cookie is not None and principal is not None:
@@ -42,6 +45,28 @@ async def authenticate(request: web.Request, route: Route) -> Principal | None:
         sent = form.get(CSRF_FIELD)
         check_csrf(sent if isinstance(sent, str) else None, cookie.csrf)
     return principal
+
+
+async def _keep_alive(request: web.Request, token: str) -> None:
+    """The idle timeout is the session's TTL, the absolute one its max: a person at work
+    has the session renewed (at the provider, groups re-read) once a third of the TTL is
+    left. A provider that is down does not sign anyone out; one that refuses does."""
+    session = session_of(request)
+    if session is None:
+        return
+    left = (session.expires_at - datetime.now(UTC)).total_seconds()
+    if left > session.ttl_seconds / 3 or session.expires_at >= session.max_expires_at:
+        return
+    if session.provider is None:
+        await request.app[SESSIONS].renew(session, None, request_id=request[REQUEST_ID])
+        return
+    try:
+        await request.app[SIGNIN].renew(session, token, request_id=request[REQUEST_ID])
+    except ProviderUnavailable:
+        pass  # still signed in until the session expires; the next page tries again
+    except AuthError as e:
+        if e.code != "reauthentication_required":
+            raise  # the provider refused: signed out now
 
 
 async def form_body(request: web.Request, model: type[msgspec.Struct]) -> bytes:

@@ -41,3 +41,5 @@ SESSIONS = web.AppKey("sessions", SessionStore)
 SIGNIN = web.AppKey("signin", SignIn)
 OPENAPI = web.AppKey("openapi", bytes)  # the generated document, encoded once
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
+# Per request: the id every log line and ledger row of the request carries.
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -33,7 +33,7 @@ from broker.text import safe_text
 from .access import authorize
 from .authn import PRINCIPAL
 from .fields import decode_body, decode_query
-from .keys import AUTHN, LEDGER, METRICS, POLICY, SETTINGS
+from .keys import AUTHN, LEDGER, METRICS, POLICY, REQUEST_ID, SETTINGS
 from .route import declaration_of, set_decoded
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-REQUEST_ID = web.RequestKey("request_id", str)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _HTTP_CODES = {
