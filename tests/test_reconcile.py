@@ -65,3 +65,36 @@ async def test_ledgered_lease_is_not_an_orphan(
         grant["lease_id"],
     )
     assert row == 0
+
+
+async def test_an_orphan_whose_role_is_gone_is_dropped_and_the_sweep_goes_on(
+    broker: RunningBroker, stack: DevStack
+) -> None:
+    """Two revocations at once (or a role dropped by hand) leave Vault a lease it cannot
+    revoke: "role ... does not exist". Vault would keep it forever and every sweep would
+    stop at it; the broker drops it (revoke-force: nothing is left to revoke) and goes on
+    with the other orphans."""
+    client = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
+    broken = client.secrets.database.generate_credentials("orders-ro", mount_point="database")
+    healthy = client.secrets.database.generate_credentials("orders-ro", mount_point="database")
+    admin = await asyncpg.connect(stack.superuser_dsn("orders"))
+    try:
+        await admin.execute(f'DROP ROLE "{broken["data"]["username"]}"')
+    finally:
+        await admin.close()
+    grants = broker.app[GRANTS]
+    await grants.reconcile_orphan_leases()  # first sighting
+    await grants.reconcile_orphan_leases()
+    for minted in (broken, healthy):
+        with pytest.raises(hvac.exceptions.InvalidRequest):
+            client.sys.read_lease(minted["lease_id"])
+    rows = {
+        r["lease_id"]: r["body"]
+        for r in await broker.app[LEDGER].pool.fetch(
+            "SELECT lease_id, body FROM ledger.events WHERE event = 'lease.orphan_revoked'"
+            " AND lease_id = ANY($1::text[])",
+            [broken["lease_id"], healthy["lease_id"]],
+        )
+    }
+    assert "forced" in rows[broken["lease_id"]]
+    assert "forced" not in rows[healthy["lease_id"]]

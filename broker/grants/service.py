@@ -31,6 +31,7 @@ from broker.errors import (
     Forbidden,
     LedgerUnavailable,
     NotFound,
+    VaultError,
 )
 from broker.ledger import GrantRecord, Ledger, NewEvent
 from broker.metrics import Metrics
@@ -654,6 +655,19 @@ class GrantService:
                 self._metrics.revocations.labels("expired").inc()
         return done
 
+    async def _revoke_orphan(self, lease_id: str) -> bool:
+        """Revoke; True when Vault could only drop the lease because the database role
+        behind it no longer exists (revoked twice at once, or dropped by hand): Vault keeps
+        such a lease forever otherwise, and every sweep would stop at it."""
+        try:
+            await self._vault.revoke_lease(lease_id)
+        except VaultError as e:
+            if "does not exist" not in e.message:
+                raise
+            await self._vault.revoke_lease_force(lease_id)
+            return True
+        return False
+
     async def reconcile_orphan_leases(self) -> int:
         """Revoke database leases Vault holds that no ``grant.issued`` row accounts for.
 
@@ -677,14 +691,23 @@ class GrantService:
         self._orphan_suspects = unknown - confirmed
         revoked = 0
         for lease_id in sorted(confirmed):
-            await self._vault.revoke_lease(lease_id)
+            try:
+                forced = await self._revoke_orphan(lease_id)
+            except BackendUnavailable:
+                raise
+            except BrokerError as e:  # one bad lease must not stop the sweep for the rest
+                _log.warning("orphan lease %s not revoked: %s", lease_id, e.message)
+                continue
             await self._ledger.append(
                 NewEvent(
                     event="lease.orphan_revoked",
                     outcome="revoked",
                     lease_id=lease_id,
                     policy_version=self._policy.current.version,
-                    body={"why": "lease has no committed grant.issued row"},
+                    body={
+                        "why": "lease has no committed grant.issued row",
+                        **({"forced": "its database role was already gone"} if forced else {}),
+                    },
                     dedupe_key=f"lease:{lease_id}:orphan",
                 )
             )

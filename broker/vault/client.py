@@ -257,6 +257,12 @@ class VaultClient:
         """Revoke a lease now. Revoking an unknown or already-expired lease is not an error."""
         await self._call("PUT", "sys/leases/revoke", "lease.revoke", json={"lease_id": lease_id})
 
+    async def revoke_lease_force(self, lease_id: str) -> None:
+        """Drop a lease whose backend object is already gone (Vault's ``revoke-force``:
+        needs ``sudo``). Only for a lease whose revocation failed because the credential
+        no longer exists: it never leaves a working credential behind."""
+        await self._call("PUT", f"sys/leases/revoke-force/{_seg(lease_id)}", "lease.revoke_force")
+
     async def list_leases(self, prefix: str) -> list[str]:
         """Lease ids under ``prefix`` (e.g. ``database/creds/orders-ro/``), full ids."""
         status, body = await self._call(
