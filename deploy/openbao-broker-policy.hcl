@@ -33,6 +33,11 @@ path "sys/leases/lookup/database/creds/*" {
   capabilities = ["list", "sudo"]
 }
 
+# An orphan lease whose database role is already gone can only be dropped (needs sudo)
+path "sys/leases/revoke-force/database/creds/*" {
+  capabilities = ["update", "sudo"]
+}
+
 # The broker's own token
 path "auth/token/renew-self" {
   capabilities = ["update"]
