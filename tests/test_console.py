@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker.settings import OIDCProviderSettings, Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.support.brokers import RunningBroker, running_broker
 from tests.support.browser import Browser
@@ -61,16 +61,7 @@ async def provider(person: OIDCUser) -> AsyncIterator[OIDCProvider]:
 async def broker(
     broker_settings: Settings, provider: OIDCProvider, tmp_path: Path
 ) -> AsyncIterator[RunningBroker]:
-    corp = OIDCProviderSettings(
-        name="corp",
-        display_name="Corp SSO",
-        issuer=provider.issuer,
-        client_id=provider.web_client.id,
-        client_secret=provider.web_client.secret,
-        native_client_id=provider.native_client.id,
-        scopes=("openid", "profile", "email", "groups", "offline_access"),
-        subject_claim="email",
-    )
+    corp = provider.broker_settings()
     async with running_broker(
         broker_settings,
         oidc_providers=(corp,),
@@ -151,12 +142,8 @@ async def test_a_form_without_its_csrf_token_or_from_another_site_is_refused_and
             ) as r:
                 assert r.status == 403, (headers, await r.text())
                 assert "csrf_failed" in await r.text()
-    assert await ledger_rows(
-        stack, "event = 'grant.issued' AND subject = $1", person.email
-    ) == []
-    rejected = await ledger_rows(
-        stack, "event = 'request.rejected' AND subject = $1", person.email
-    )
+    assert await ledger_rows(stack, "event = 'grant.issued' AND subject = $1", person.email) == []
+    rejected = await ledger_rows(stack, "event = 'request.rejected' AND subject = $1", person.email)
     assert [r["outcome"] for r in rejected] == ["csrf_failed"] * 4
     assert all(r["body"]["client"] == {"api": "console"} for r in rejected)
 
@@ -182,11 +169,14 @@ async def test_without_the_dev_sign_in_the_page_offers_only_the_provider(
         await page.goto(f"{running.url}/console/login")
         text = await page.inner_text("main")
         await page.close()
-        async with aiohttp.ClientSession() as http, http.post(
-            f"{running.url}/console/login/dev",
-            data={"identity": "erin"},
-            headers={"Origin": running.url},
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{running.url}/console/login/dev",
+                data={"identity": "erin"},
+                headers={"Origin": running.url},
+            ) as r,
+        ):
             refused = r.status
     assert "Development sign-in" not in text
     assert refused == 404
@@ -202,16 +192,7 @@ async def test_a_person_at_work_stays_signed_in_past_the_session_ttl(
 ) -> None:
     """Idle timeout = the session TTL, absolute = its max: a page loaded with a third of
     the TTL left renews the session (at the provider), so activity keeps it alive."""
-    corp = OIDCProviderSettings(
-        name="corp",
-        display_name="Corp SSO",
-        issuer=provider.issuer,
-        client_id=provider.web_client.id,
-        client_secret=provider.web_client.secret,
-        native_client_id=provider.native_client.id,
-        scopes=("openid", "profile", "email", "groups", "offline_access"),
-        subject_claim="email",
-    )
+    corp = provider.broker_settings()
     async with running_broker(
         broker_settings,
         oidc_providers=(corp,),

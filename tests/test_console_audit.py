@@ -24,7 +24,7 @@ import pytest
 from playwright.async_api import Page
 
 from broker.console.routes import CONSOLE_ROUTES
-from broker.settings import OIDCProviderSettings, Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import POLICY
 from broker.web.routes import ROUTES
@@ -85,16 +85,7 @@ async def provider(people: People) -> AsyncIterator[OIDCProvider]:
 async def broker(
     broker_settings: Settings, provider: OIDCProvider, tmp_path: Path
 ) -> AsyncIterator[RunningBroker]:
-    corp = OIDCProviderSettings(
-        name="corp",
-        display_name="Corp SSO",
-        issuer=provider.issuer,
-        client_id=provider.web_client.id,
-        client_secret=provider.web_client.secret,
-        native_client_id=provider.native_client.id,
-        scopes=("openid", "profile", "email", "groups", "offline_access"),
-        subject_claim="email",
-    )
+    corp = provider.broker_settings()
     async with running_broker(
         broker_settings,
         oidc_providers=(corp,),
@@ -224,9 +215,10 @@ async def test_events_filter_and_page(
     await _submit(page, "button:text-is('Filter')")
     rows = page.locator("table.data tbody tr")
     assert await rows.count() == 3
-    assert await page.locator("table.data tbody td[data-label=Event]").all_inner_texts() == [
-        "grant.issued"
-    ] * 3
+    assert (
+        await page.locator("table.data tbody td[data-label=Event]").all_inner_texts()
+        == ["grant.issued"] * 3
+    )
     await _checked(page)
 
     # Paging: one event a page, the cursor carried in the next link with the filters.
@@ -464,9 +456,7 @@ async def test_an_admin_annotates_a_gap(
     assert note in await page.inner_text("main")
     await _checked(page)
     await page.close()
-    (row,) = await ledger_rows(
-        stack, "event = 'gap.annotated' AND body->>'remediation' = $1", note
-    )
+    (row,) = await ledger_rows(stack, "event = 'gap.annotated' AND body->>'remediation' = $1", note)
     assert row["subject"] == people.admin.email
     assert row["body"]["from"] == start.isoformat()
     assert row["body"]["client"] == {"api": "console"}
@@ -497,11 +487,14 @@ async def test_pages_follow_the_api_access_rules(
     cookies = {c["name"]: c["value"] for c in await page.context.cookies(broker.url)}
     await page.close()
     # A forged offboarding form with a valid session but no admin capability.
-    async with aiohttp.ClientSession(cookies=cookies) as http, http.post(
-        f"{broker.url}/console/offboardings",
-        data={"subject": "someone", "reason": "x"},
-        headers={"Origin": broker.url},
-    ) as r:
+    async with (
+        aiohttp.ClientSession(cookies=cookies) as http,
+        http.post(
+            f"{broker.url}/console/offboardings",
+            data={"subject": "someone", "reason": "x"},
+            headers={"Origin": broker.url},
+        ) as r,
+    ):
         assert r.status == 403
     rejected = await ledger_rows(
         stack, "event = 'request.rejected' AND subject = $1", people.engineer.email

@@ -24,7 +24,7 @@ import pytest
 from playwright.async_api import Page
 
 from broker.auth import Principal
-from broker.settings import OIDCProviderSettings, Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import ELEVATIONS
 from tests.support.brokers import RunningBroker
@@ -93,16 +93,7 @@ async def hook() -> AsyncIterator[Hook]:
 async def broker(
     broker_settings: Settings, provider: OIDCProvider, hook: Hook, tmp_path: Path
 ) -> AsyncIterator[RunningBroker]:
-    corp = OIDCProviderSettings(
-        name="corp",
-        display_name="Corp SSO",
-        issuer=provider.issuer,
-        client_id=provider.web_client.id,
-        client_secret=provider.web_client.secret,
-        native_client_id=provider.native_client.id,
-        scopes=("openid", "profile", "email", "groups", "offline_access"),
-        subject_claim="email",
-    )
+    corp = provider.broker_settings()
     async with broker_at_its_public_url(
         broker_settings,
         oidc_providers=(corp,),
@@ -184,6 +175,7 @@ async def test_ask_approve_from_the_deep_link_and_redeem_once(
     decided = await deciding.inner_text("main")
     assert "approved" in decided and "1 of 1 from sre-leads: met" in decided
     assert "INC-4242 checked" in decided
+
     # Decided: it leaves the queue (others' requests may wait there: the ledger is shared).
     async def queue_text() -> str:
         await deciding.goto(f"{broker.url}/console/approvals")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.settings import OIDCProviderSettings, Settings
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.support.browser import Browser
 from tests.support.console import (
@@ -76,16 +76,7 @@ async def test_the_demo_story_in_the_browser(
     stack: DevStack,
     tmp_path: Path,
 ) -> None:
-    corp = OIDCProviderSettings(
-        name="corp",
-        display_name="Corp SSO",
-        issuer=provider.issuer,
-        client_id=provider.web_client.id,
-        client_secret=provider.web_client.secret,
-        native_client_id=provider.native_client.id,
-        scopes=("openid", "profile", "email", "groups", "offline_access"),
-        subject_claim="email",
-    )
+    corp = provider.broker_settings()
     async with broker_at_its_public_url(
         broker_settings,
         oidc_providers=(corp,),

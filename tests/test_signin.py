@@ -33,7 +33,7 @@ from broker.errors import SignInRefused
 from broker.oidc.provider import ProviderClient, TokenSet
 from broker.oidc.sealing import seal
 from broker.oidc.store import digest
-from broker.settings import IssuerSettings, OIDCProviderSettings, Settings
+from broker.settings import IssuerSettings, Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import METRICS
 from tests.support.brokers import RunningBroker, running_broker
@@ -43,8 +43,6 @@ from tests.support.loopback_callback import LoopbackCallback
 from tests.support.oidc_provider import SERVICE_AUDIENCE, OIDCProvider, OIDCUser
 
 pytestmark = [pytest.mark.stack, pytest.mark.browser]
-
-SCOPES = ("openid", "profile", "email", "groups", "offline_access")
 
 
 def _person(*groups: str) -> OIDCUser:
@@ -67,27 +65,13 @@ async def provider(person: OIDCUser) -> AsyncIterator[OIDCProvider]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _provider_settings(p: OIDCProvider, **overrides: Any) -> OIDCProviderSettings:
-    fields: dict[str, Any] = {
-        "name": "corp",
-        "issuer": p.issuer,
-        "client_id": p.web_client.id,
-        "client_secret": p.web_client.secret,
-        "native_client_id": p.native_client.id,
-        "scopes": SCOPES,
-        "subject_claim": "email",
-        **overrides,
-    }
-    return OIDCProviderSettings(**fields)
-
-
 @pytest.fixture
 async def broker(broker_settings: Settings, provider: OIDCProvider) -> AsyncIterator[RunningBroker]:
     async with running_broker(
         broker_settings,
         oidc_providers=(
-            _provider_settings(provider),
-            _provider_settings(provider, name="retired", enabled=False),
+            provider.broker_settings(),
+            provider.broker_settings(name="retired", enabled=False),
         ),
     ) as running:
         yield running
@@ -458,7 +442,7 @@ async def test_a_provider_that_is_down_refuses_sign_in_but_sessions_go_on(
 
 @pytest.fixture
 async def client(provider: OIDCProvider) -> AsyncIterator[ProviderClient]:
-    settings = _provider_settings(provider)
+    settings = provider.broker_settings()
     async with aiohttp.ClientSession() as http:
 
         def verifier(config: IssuerConfig) -> Verifier:
@@ -606,7 +590,7 @@ async def test_an_id_token_refused_after_the_exchange_is_counted_and_signs_nobod
     """The ID-token checks above run inside the same counted step as every refusal: here
     one of them (the algorithm allow-list: the provider signs RS256, the broker allows
     only ES256) fails after a real code exchange."""
-    only_es256 = _provider_settings(provider, algorithms=("ES256",))
+    only_es256 = provider.broker_settings(algorithms=("ES256",))
     async with running_broker(broker_settings, oidc_providers=(only_es256,)) as running:
         started, client_nonce, code = await _browser_code(http, running, browser, person)
         body = {"state": started["state"], "code": code, "client_nonce": client_nonce}
@@ -633,7 +617,7 @@ async def test_groups_from_userinfo_when_the_provider_keeps_them_out_of_the_id_t
     person: OIDCUser,
     http: aiohttp.ClientSession,
 ) -> None:
-    from_userinfo = _provider_settings(provider, userinfo_groups=True, groups_prefix="corp:")
+    from_userinfo = provider.broker_settings(userinfo_groups=True, groups_prefix="corp:")
     async with running_broker(broker_settings, oidc_providers=(from_userinfo,)) as running:
         signed_in = await _sign_in(http, running, browser, person)
     assert signed_in["groups"] == ["corp:engineering"]

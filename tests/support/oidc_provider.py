@@ -38,6 +38,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from broker.settings import OIDCProviderSettings
 from tests.support.paths import REPO
 
 __all__ = [
@@ -301,6 +302,22 @@ class OIDCProvider:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    def broker_settings(self, **overrides: Any) -> OIDCProviderSettings:
+        """This provider as a broker's ``[[oidc_providers]]`` entry "corp" (both clients,
+        groups asked for, the email as subject); ``overrides`` change any key."""
+        fields: dict[str, Any] = {
+            "name": "corp",
+            "display_name": "Corp SSO",
+            "issuer": self.issuer,
+            "client_id": self.web_client.id,
+            "client_secret": self.web_client.secret,
+            "native_client_id": self.native_client.id,
+            "scopes": ("openid", "profile", "email", "groups", "offline_access"),
+            "subject_claim": "email",
+            **overrides,
+        }
+        return OIDCProviderSettings(**fields)
 
     async def set_groups(self, user_id: str, groups: Sequence[str]) -> None:
         """Replace ``user_id``'s groups at the provider (next login or refresh sees them)."""
