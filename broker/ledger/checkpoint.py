@@ -1,7 +1,10 @@
 """Signed checkpoints of the chain head, in the C2SP signed-note / checkpoint format.
 
-A checkpoint body is three lines — origin, tree size, base64 head hash — and is signed
-with an Ed25519 key that lives outside the database (a file or a Kubernetes Secret), so a
+A checkpoint body is the C2SP tlog checkpoint — origin, tree size, base64 Merkle root
+(``broker.ledger.merkle``) — plus one extension line ``chain <base64 chain head>`` that
+signs the hash chain's head at the same size. Checkpoints signed before the Merkle tree
+existed have three lines, the third being the chain head, and no extension line: they keep
+verifying against the chain. The note is signed with an Ed25519 key that lives outside the database (a file or a Kubernetes Secret), so a
 database superuser who rewrites the chain cannot produce matching checkpoints. Pure
 functions; the key is loaded once by the caller.
 
@@ -38,14 +41,25 @@ class CheckpointError(ValueError):
     """A checkpoint note is malformed or its signature does not verify."""
 
 
+_CHAIN_EXTENSION = "chain "
+
+
 @dataclass(frozen=True)
 class Checkpoint:
+    """A signed head: ``head_hash`` is the chain's hash of row ``size``; ``root`` the Merkle
+    root of the first ``size`` rows (None only on checkpoints from before the tree)."""
+
     origin: str
     size: int
     head_hash: bytes
+    root: bytes | None = None
 
     def body(self) -> str:
-        return f"{self.origin}\n{self.size}\n{base64.b64encode(self.head_hash).decode()}\n"
+        head = base64.b64encode(self.head_hash).decode()
+        if self.root is None:
+            return f"{self.origin}\n{self.size}\n{head}\n"
+        root = base64.b64encode(self.root).decode()
+        return f"{self.origin}\n{self.size}\n{root}\n{_CHAIN_EXTENSION}{head}\n"
 
 
 def _key_hash(name: str, public_raw: bytes) -> bytes:
@@ -126,12 +140,27 @@ class CheckpointVerifier:
         lines = body.split("\n")
         if len(lines) < 4 or lines[0] != origin:
             raise CheckpointError("checkpoint origin does not match")
+        extensions = lines[3:-1]
         try:
             size = int(lines[1])
-            head = base64.b64decode(lines[2], validate=True)
+            third = base64.b64decode(lines[2], validate=True)
+            if not extensions:  # before the Merkle tree: the third line is the chain head
+                head, root = third, None
+            elif len(extensions) == 1 and extensions[0].startswith(_CHAIN_EXTENSION):
+                head = base64.b64decode(extensions[0][len(_CHAIN_EXTENSION) :], validate=True)
+                root = third
+            else:
+                raise CheckpointError("checkpoint has unknown extension lines")
+        except CheckpointError:
+            raise
         except ValueError as e:
             raise CheckpointError("checkpoint size or hash is malformed") from e
-        if size <= 0 or len(head) != 32 or str(size) != lines[1]:
+        if (
+            size <= 0
+            or len(head) != 32
+            or (root is not None and len(root) != 32)
+            or str(size) != lines[1]
+        ):
             raise CheckpointError("checkpoint size or hash is malformed")
         for line in sigs.splitlines():
             if not line.startswith(_SIG_PREFIX):
@@ -147,7 +176,7 @@ class CheckpointVerifier:
                         key.key.verify(raw[4:], body.encode())
                     except InvalidSignature:
                         continue
-                    return Checkpoint(origin, size, head)
+                    return Checkpoint(origin, size, head, root)
         raise CheckpointError("no trusted signature on checkpoint")
 
 

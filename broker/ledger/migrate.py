@@ -17,7 +17,13 @@ from broker.ledger.store import connect_one
 __all__ = ["apply_migrations", "migration_names"]
 
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_LEDGER_TABLES = ("ledger.events", "ledger.checkpoints", "ledger.policy_versions")
+_LEDGER_TABLES = (
+    "ledger.events",
+    "ledger.checkpoints",
+    "ledger.policy_versions",
+    "ledger.tree_nodes",
+    "ledger.verified_heads",
+)
 _SIGNIN_TABLES = ("signin.pending", "signin.refresh_tokens")
 
 
@@ -71,6 +77,11 @@ async def apply_migrations(
             await conn.execute(f'REVOKE ALL ON {table} FROM "{writer_role}"')
             await conn.execute(f'GRANT SELECT, INSERT ON {table} TO "{writer_role}"')
         await conn.execute(f'GRANT SELECT ON ledger.schema_migrations TO "{writer_role}"')
+        # Partitions ahead of time: the one DDL the writer may cause, through a fixed function.
+        await conn.execute(
+            "GRANT EXECUTE ON FUNCTION ledger.create_partitions(timestamptz, timestamptz)"
+            f' TO "{writer_role}"'
+        )
         # Sign-in state is working data, not evidence: the writer may change and delete it.
         await conn.execute(f'GRANT USAGE ON SCHEMA signin TO "{writer_role}"')
         for table in _SIGNIN_TABLES:

@@ -185,7 +185,7 @@ class Ledger:
 
     async def head(self) -> tuple[int, bytes | None]:
         r = await self.pool.fetchrow(
-            "SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1"
+            "SELECT seq, hash FROM ledger.events ORDER BY recorded_at DESC, seq DESC LIMIT 1"
         )
         return (r["seq"], bytes(r["hash"])) if r else (0, None)
 
@@ -322,7 +322,7 @@ class Ledger:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
             head = await conn.fetchrow(
-                "SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1"
+                "SELECT seq, hash FROM ledger.events ORDER BY recorded_at DESC, seq DESC LIMIT 1"
             )
             last = await conn.fetchrow(
                 "SELECT size, head_hash FROM ledger.checkpoints ORDER BY size DESC LIMIT 1"

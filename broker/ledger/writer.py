@@ -58,6 +58,10 @@ FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
 ORDER BY ord
 """
 
+# The newest row: recorded_at never runs backwards (check_chain), so the primary key
+# (recorded_at, seq) finds it in the newest partition.
+_HEAD = "SELECT seq, hash, recorded_at FROM ledger.events ORDER BY recorded_at DESC, seq DESC LIMIT 1"
+
 # After a conflict with another replica, take the lock path for at least this long.
 _MIN_CONTENDED_SECONDS = 1.0
 # Dedupe keys this writer committed, remembered for fast-path guard checks.
@@ -236,10 +240,10 @@ class LedgerWriter:
     ) -> list[Appended]:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
-            head = await conn.fetchrow(
-                "SELECT seq, hash FROM ledger.events ORDER BY seq DESC LIMIT 1"
-            )
+            head = await conn.fetchrow(_HEAD)
             start = (head["seq"], bytes(head["hash"])) if head else (0, GENESIS)
+            if head is not None:  # never record a row before its predecessor (check_chain)
+                self._last_time = max(self._last_time, head["recorded_at"])
             keys = {k for ev in events for k in (ev.dedupe_key, *ev.requires_absent) if k}
             taken: set[str] = set()
             if keys:
