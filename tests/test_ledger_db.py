@@ -37,7 +37,13 @@ from tests.support.ledger_db import (
     signer_for,
 )
 
-_TABLES = ("ledger.events", "ledger.checkpoints", "ledger.policy_versions")
+_TABLES = (
+    "ledger.events",
+    "ledger.checkpoints",
+    "ledger.policy_versions",
+    "ledger.tree_nodes",
+    "ledger.verified_heads",
+)
 _TRIGGERS = {
     "events_chain",
     "events_no_update_delete",
@@ -46,6 +52,10 @@ _TRIGGERS = {
     "checkpoints_no_truncate",
     "policy_versions_no_update_delete",
     "policy_versions_no_truncate",
+    "tree_nodes_no_update_delete",
+    "tree_nodes_no_truncate",
+    "verified_heads_no_update_delete",
+    "verified_heads_no_truncate",
 }
 
 # The tamper scenarios: 25 rows, signed checkpoints at 10 and 20, 5 rows unsigned.
@@ -223,7 +233,11 @@ async def test_writer_cannot_insert_rows_that_do_not_extend_the_chain(
             # The rule is the trigger's, not only the primary key's: a gap is refused too.
             with pytest.raises(asyncpg.RaiseError, match="does not extend"):
                 await conn.execute(_INSERT, *forged(4, rows[0]["hash"]))
+            # Time never runs backwards: each month is then one contiguous run of seq.
+            with pytest.raises(asyncpg.RaiseError, match="recorded before its predecessor"):
+                await conn.execute(_INSERT, *forged(4, head["hash"]))
             # A correct extension is accepted (the writer's one permitted act).
+            rows[0]["recorded_at"] = head["recorded_at"]
             await conn.execute(_INSERT, *forged(4, head["hash"]))
             assert await conn.fetchval("SELECT max(seq) FROM ledger.events") == 4
         finally:

@@ -4,9 +4,10 @@ A checkpoint body is the C2SP tlog checkpoint — origin, tree size, base64 Merk
 (``broker.ledger.merkle``) — plus one extension line ``chain <base64 chain head>`` that
 signs the hash chain's head at the same size. Checkpoints signed before the Merkle tree
 existed have three lines, the third being the chain head, and no extension line: they keep
-verifying against the chain. The note is signed with an Ed25519 key that lives outside the database (a file or a Kubernetes Secret), so a
-database superuser who rewrites the chain cannot produce matching checkpoints. Pure
-functions; the key is loaded once by the caller.
+verifying against the chain. The note is signed with an Ed25519 key that lives outside
+the database (a file or a Kubernetes Secret), so a database superuser who rewrites the
+chain cannot produce matching checkpoints. Pure functions; the key is loaded once by the
+caller.
 
 Note format (https://c2sp.org/signed-note): ``body + "\\n" + "— <name> <base64(keyhash||sig)>\\n"``
 where keyhash is the first 4 bytes of SHA-256(name || 0x0A || 0x01 || public key).

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["EVENT_TYPES", "Event", "NewEvent", "session_revoked_key"]
+__all__ = ["EVENT_TYPES", "Event", "NewEvent", "row_to_event", "session_revoked_key"]
 
 EVENT_TYPES = frozenset(
     {
@@ -194,3 +194,26 @@ class Event:
             "body": dict(self.body),
             "hash": self.hash.hex(),
         }
+
+
+def row_to_event(r: Mapping[str, Any]) -> Event:
+    return Event(
+        seq=r["seq"],
+        recorded_at=r["recorded_at"],
+        event=r["event"],
+        replica=r["replica"],
+        subject=r["subject"],
+        subject_kind=r["subject_kind"],
+        secret=r["secret"],
+        role=r["role"],
+        policy_version=r["policy_version"],
+        grant_id=r["grant_id"],
+        lease_id=r["lease_id"],
+        expires_at=r["expires_at"],
+        outcome=r["outcome"],
+        request_id=r["request_id"],
+        body=r["body"],
+        dedupe_key=r["dedupe_key"],
+        prev_hash=bytes(r["prev_hash"]),
+        hash=bytes(r["hash"]),
+    )

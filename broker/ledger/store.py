@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from broker.errors import LedgerTampered, LedgerUnavailable
 
 from .checkpoint import Checkpoint, CheckpointSigner
-from .events import Event, NewEvent
+from .events import Event, NewEvent, row_to_event
 from .tls import database_tls, tls_failure
+from .tree import extend_tree, tree_root
 from .writer import LEDGER_LOCK, Appended, LedgerWriter
 
 __all__ = ["GrantRecord", "Ledger", "connect_one", "connect_pool", "row_to_event"]
@@ -30,8 +32,17 @@ __all__ = ["GrantRecord", "Ledger", "connect_one", "connect_pool", "row_to_event
 _TERMINAL = ("grant.revoked", "grant.expired")
 
 
+def _json_loads(text: str | bytes) -> Any:
+    # msgspec decodes to the same values as json.loads (big ints included), faster; a
+    # document it refuses (json.loads accepts NaN, for one) takes json.
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=_json_loads, schema="pg_catalog")
 
 
 async def connect_pool(
@@ -84,29 +95,6 @@ async def connect_one(
         raise failure from e
     await _init_connection(conn)
     return conn
-
-
-def row_to_event(r: Mapping[str, Any]) -> Event:
-    return Event(
-        seq=r["seq"],
-        recorded_at=r["recorded_at"],
-        event=r["event"],
-        replica=r["replica"],
-        subject=r["subject"],
-        subject_kind=r["subject_kind"],
-        secret=r["secret"],
-        role=r["role"],
-        policy_version=r["policy_version"],
-        grant_id=r["grant_id"],
-        lease_id=r["lease_id"],
-        expires_at=r["expires_at"],
-        outcome=r["outcome"],
-        request_id=r["request_id"],
-        body=r["body"],
-        dedupe_key=r["dedupe_key"],
-        prev_hash=bytes(r["prev_hash"]),
-        hash=bytes(r["hash"]),
-    )
 
 
 @dataclass(frozen=True)
@@ -312,6 +300,10 @@ class Ledger:
     ) -> Checkpoint | None:
         """Sign the current head if it moved since the last checkpoint; return it or None.
 
+        The checkpoint signs the Merkle root of the first ``size`` rows and the chain's
+        hash of row ``size``. The tree is extended first, outside the ledger lock (rows
+        never change, so appends are not held up while a large backlog is hashed).
+
         Never signs a chain that no longer contains what was signed before: each anchor
         (size, head hash) this signer vouched for earlier — kept outside the database by
         the caller — and the newest checkpoint row must still match the row at that size,
@@ -319,34 +311,47 @@ class Ledger:
         chain and deletes the checkpoints must not get the rewrite signed by the broker.)
         The signed row is committed, so appends racing this call cannot invalidate it.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
-            head = await conn.fetchrow(
-                "SELECT seq, hash FROM ledger.events ORDER BY recorded_at DESC, seq DESC LIMIT 1"
+        async with self.pool.acquire() as conn:
+            head_seq = await conn.fetchval(
+                "SELECT seq FROM ledger.events ORDER BY recorded_at DESC, seq DESC LIMIT 1"
             )
-            last = await conn.fetchrow(
-                "SELECT size, head_hash FROM ledger.checkpoints ORDER BY size DESC LIMIT 1"
-            )
-            checks = list(anchors)
-            if last is not None:
-                checks.append((last["size"], bytes(last["head_hash"])))
-            for size, expected in checks:
-                found = await conn.fetchval("SELECT hash FROM ledger.events WHERE seq = $1", size)
-                if found is None or bytes(found) != expected:
-                    raise LedgerTampered(
-                        f"ledger row {size} no longer matches a signed checkpoint:"
-                        " refusing to sign (run `broker verify`)"
-                    )
-            if head is None or (last is not None and last["size"] >= head["seq"]):
+            if head_seq is None:
                 return None
-            cp = Checkpoint(self.origin, head["seq"], bytes(head["hash"]))
-            await conn.execute(
-                "INSERT INTO ledger.checkpoints (size, head_hash, signed_at, key_id, note)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                cp.size,
-                cp.head_hash,
-                datetime.now(UTC),
-                signer.key_id,
-                signer.sign(cp),
-            )
-            return cp
+            await extend_tree(conn, head_seq)
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
+                last = await conn.fetchrow(
+                    "SELECT size, head_hash FROM ledger.checkpoints ORDER BY size DESC LIMIT 1"
+                )
+                checks = list(anchors)
+                if last is not None:
+                    checks.append((last["size"], bytes(last["head_hash"])))
+                for size, expected in checks:
+                    found = await conn.fetchval(
+                        "SELECT hash FROM ledger.events WHERE seq = $1", size
+                    )
+                    if found is None or bytes(found) != expected:
+                        raise LedgerTampered(
+                            f"ledger row {size} no longer matches a signed checkpoint:"
+                            " refusing to sign (run `broker verify`)"
+                        )
+                if last is not None and last["size"] >= head_seq:
+                    return None
+                head_hash = await conn.fetchval(
+                    "SELECT hash FROM ledger.events WHERE seq = $1", head_seq
+                )
+                cp = Checkpoint(
+                    self.origin, head_seq, bytes(head_hash), await tree_root(conn, head_seq)
+                )
+                await conn.execute(
+                    "INSERT INTO ledger.checkpoints"
+                    " (size, head_hash, root_hash, signed_at, key_id, note)"
+                    " VALUES ($1, $2, $3, $4, $5, $6)",
+                    cp.size,
+                    cp.head_hash,
+                    cp.root,
+                    datetime.now(UTC),
+                    signer.key_id,
+                    signer.sign(cp),
+                )
+                return cp

@@ -1,54 +1,109 @@
-"""Whole-ledger verification: chain, sequence and signed checkpoints.
+"""Ledger verification: every row's content, the chain, the Merkle tree, the signed
+checkpoints and the append-only triggers — in full, or from a verified head.
 
 What each check catches:
-- seq not gapless from 1            -> a deleted or inserted row (first bad seq named)
-- prev_hash != predecessor's hash   -> a deleted, inserted or reordered row
-- recomputed hash != stored hash    -> a row whose content was edited
-- checkpoint signature invalid      -> a forged or altered checkpoint
-- checkpoint head != chain at size  -> the chain was rewritten (even with recomputed
-                                       hashes); the first bad seq is reported as the first
-                                       row after the last checkpoint that still matches
-- checkpoint size > rows            -> the chain was truncated
-- unsigned rows older than the limit -> checkpoints deleted (a superuser covering a rewrite)
-                                       or checkpointing broken
-- a trusted checkpoint (kept by the auditor outside the database) the chain does not
+- seq not gapless                    -> a deleted or inserted row (first bad seq named)
+- prev_hash != predecessor's hash    -> a deleted, inserted or reordered row
+- recomputed hash != stored hash     -> a row whose content was edited
+- checkpoint signature invalid       -> a forged or altered checkpoint
+- checkpoint head or root != the rows at its size -> the chain was rewritten (even with
+                                        recomputed hashes); the first bad seq is the first
+                                        row after the last checkpoint that still matches
+- checkpoint size > rows             -> the chain was truncated
+- unsigned rows older than the limit -> checkpoints deleted, or checkpointing broken
+- a trusted checkpoint (kept by the auditor outside the database) the ledger does not
   reproduce                          -> rewrite or truncation, even with checkpoints deleted
-- an append-only trigger missing or not ENABLE ALWAYS -> protection switched off
-Rows after the newest checkpoint are hash-chained but not yet signed (``unsigned_tail``).
+- rows missing at the start with no ``ledger.archived`` event covering them -> a partition
+                                        dropped without its archive (first missing seq)
+- an append-only trigger missing or not ENABLE ALWAYS, on the table or any partition
 
-``first_bad_seq`` is the first row with direct evidence of tampering; where only a
-checkpoint betrays a rewrite, it is the first row after the last checkpoint that matched
-(the first row no longer proven authentic).
+Modes (``VerifyStart``): ``full`` scans every row still in the database (rows archived by
+``broker ledger archive`` are proven by their segment's head, carried in the archive
+event); ``incremental`` starts at the newest *verified head* — a note the broker signed
+after an earlier verification, naming (size, Merkle root, chain head) — and scans only
+the rows after it; ``from_checkpoint`` starts at a checkpoint the auditor kept, after
+proving the database's newest checkpoint consistent with it (RFC 6962). A start is
+trusted only after the stored tree nodes at its size fold to its signed root.
+
+Rows are scanned in runs (``broker.ledger.scan``), in worker processes when ``workers`` is
+set — each with its own connection to the coordinator's exported snapshot — and joined
+here: the seams of the chain, and the Merkle nodes of the runs into one tree.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
 
 import asyncpg
 
-from .chain import GENESIS, canonical_event, chain_hash
-from .checkpoint import CheckpointError, CheckpointVerifier
-from .store import row_to_event
+from .chain import GENESIS
+from .checkpoint import Checkpoint, CheckpointError, CheckpointSigner, CheckpointVerifier
+from .merkle import CompactRange, ProofError, root_from_nodes, verify_consistency
+from .scan import RunResult, join_runs, scan_run, scan_run_in_process
+from .tree import TreeError, compact_hashes, consistency_proof
 
-__all__ = ["VerifyReport", "verify_ledger"]
+__all__ = [
+    "PROTECTED_TRIGGERS",
+    "VerifyReport",
+    "record_verified_head",
+    "verified_origin",
+    "verify_ledger",
+]
 
 _MAX_PROBLEMS = 50
+_RUNS_PER_WORKER = 4
+
+# (table, trigger) pairs that must exist and be ENABLE ALWAYS; events_* also on every
+# monthly partition of ledger.events.
+PROTECTED_TRIGGERS = {
+    ("events", "events_chain"),
+    ("events", "events_no_update_delete"),
+    ("events", "events_no_truncate"),
+    ("checkpoints", "checkpoints_no_update_delete"),
+    ("checkpoints", "checkpoints_no_truncate"),
+    ("policy_versions", "policy_versions_no_update_delete"),
+    ("policy_versions", "policy_versions_no_truncate"),
+    ("tree_nodes", "tree_nodes_no_update_delete"),
+    ("tree_nodes", "tree_nodes_no_truncate"),
+    ("verified_heads", "verified_heads_no_update_delete"),
+    ("verified_heads", "verified_heads_no_truncate"),
+}
+_EVENT_TRIGGERS = sorted(t for table, t in PROTECTED_TRIGGERS if table == "events")
+
+Mode = Literal["full", "incremental", "from_checkpoint"]
+
+
+def verified_origin(origin: str) -> str:
+    """Origin of verified-head notes: never valid as a checkpoint of the ledger itself."""
+    return f"{origin}/verified"
 
 
 @dataclass
 class VerifyReport:
     ok: bool = True
+    mode: str = "full"
+    verified_from: int = 0
     rows: int = 0
     head_seq: int = 0
     head_hash: str | None = None
+    root: str | None = None
     checkpoints: int = 0
     latest_checkpoint: int | None = None
     unsigned_tail: int = 0
+    archived_rows: int = 0
+    partitions: int = 0
     first_bad_seq: int | None = None
     problems: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
     def fail(self, seq: int | None, problem: str) -> None:
         self.ok = False
@@ -60,26 +115,217 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "mode": self.mode,
+            "verified_from": self.verified_from,
             "rows": self.rows,
             "head_seq": self.head_seq,
             "head_hash": self.head_hash,
+            "root": self.root,
             "checkpoints": self.checkpoints,
             "latest_checkpoint": self.latest_checkpoint,
             "unsigned_tail": self.unsigned_tail,
+            "archived_rows": self.archived_rows,
+            "partitions": self.partitions,
             "first_bad_seq": self.first_bad_seq,
             "problems": self.problems,
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
         }
 
 
-_TRIGGERS = {
-    ("events", "events_chain"),
-    ("events", "events_no_update_delete"),
-    ("events", "events_no_truncate"),
-    ("checkpoints", "checkpoints_no_update_delete"),
-    ("checkpoints", "checkpoints_no_truncate"),
-    ("policy_versions", "policy_versions_no_update_delete"),
-    ("policy_versions", "policy_versions_no_truncate"),
-}
+@dataclass(frozen=True)
+class _Start:
+    """Where a scan begins: everything up to ``size`` is proven by ``chain_head``/``nodes``."""
+
+    size: int
+    chain_head: bytes
+    nodes: list[bytes]
+    what: str
+
+
+@dataclass
+class _Signed:
+    size: int
+    head: bytes
+    root: bytes | None
+    key_id: str
+
+
+def _b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode() if data is not None else None
+
+
+async def _check_triggers(conn: asyncpg.Connection, report: VerifyReport) -> None:
+    rows = await conn.fetch(
+        "SELECT c.relname, t.tgname, t.tgenabled::text AS tgenabled FROM pg_trigger t"
+        " JOIN pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'ledger' AND NOT t.tgisinternal"
+    )
+    enabled = {(r["relname"], r["tgname"]): r["tgenabled"] for r in rows}
+    partitions = [
+        r["relname"]
+        for r in await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'ledger.events'::regclass ORDER BY c.relname"
+        )
+    ]
+    report.partitions = len(partitions)
+    wanted = sorted(PROTECTED_TRIGGERS | {(p, t) for p in partitions for t in _EVENT_TRIGGERS})
+    for table, trigger in wanted:
+        state = enabled.get((table, trigger))
+        if state != "A":
+            report.fail(
+                None,
+                f"trigger {trigger} on ledger.{table} is "
+                + ("missing" if state is None else f"not ENABLE ALWAYS ({state})"),
+            )
+
+
+async def _signed_checkpoints(
+    conn: asyncpg.Connection,
+    verifier: CheckpointVerifier,
+    origin: str,
+    trusted: Sequence[str],
+    above: int,
+    report: VerifyReport,
+) -> dict[int, list[_Signed]]:
+    """Size -> checkpoints whose signature verifies, for sizes above ``above``."""
+    wanted: dict[int, list[_Signed]] = {}
+    rows = await conn.fetch(
+        "SELECT size, head_hash, root_hash, key_id, note FROM ledger.checkpoints"
+        " WHERE size > $1 ORDER BY size",
+        above,
+    )
+    report.checkpoints += len(rows)
+    for cp in rows:
+        try:
+            signed = verifier.verify(cp["note"], origin=origin)
+        except CheckpointError as e:
+            report.fail(None, f"checkpoint at size {cp['size']}: {e}")
+            continue
+        stored_root = bytes(cp["root_hash"]) if cp["root_hash"] is not None else None
+        if (
+            signed.size != cp["size"]
+            or signed.head_hash != bytes(cp["head_hash"])
+            or signed.root != stored_root
+        ):
+            report.fail(None, f"checkpoint at size {cp['size']}: row disagrees with its note")
+            continue
+        wanted.setdefault(signed.size, []).append(
+            _Signed(signed.size, signed.head_hash, signed.root, cp["key_id"])
+        )
+    for note in trusted:
+        try:
+            signed = verifier.verify(note, origin=origin)
+        except CheckpointError as e:
+            report.fail(None, f"trusted checkpoint: {e}")
+            continue
+        if signed.size > above:
+            wanted.setdefault(signed.size, []).append(
+                _Signed(signed.size, signed.head_hash, signed.root, "trusted")
+            )
+    return wanted
+
+
+async def _archived_start(
+    conn: asyncpg.Connection, first_seq: int, report: VerifyReport
+) -> _Start | None:
+    """The start after archived rows ``1..first_seq - 1``, from their archive events.
+
+    None (and a failure naming the first missing seq) when the events do not cover them.
+    """
+    covered = 0
+    last: dict[str, Any] | None = None
+    for r in await conn.fetch(
+        "SELECT body FROM ledger.events WHERE event = 'ledger.archived' ORDER BY seq"
+    ):
+        body = r["body"]
+        try:
+            lo, hi = int(body["first_seq"]), int(body["last_seq"])
+        except (KeyError, TypeError, ValueError):
+            report.fail(None, "a ledger.archived event is malformed")
+            continue
+        if lo == covered + 1 and hi < first_seq:
+            covered, last = hi, body
+    if covered != first_seq - 1 or last is None:
+        report.fail(
+            covered + 1,
+            f"rows {covered + 1}..{first_seq - 1} are gone and no ledger.archived event"
+            " covers them (a partition dropped without its archive)",
+        )
+        return None
+    try:
+        nodes = [base64.b64decode(h, validate=True) for h in last["compact"]]
+        head = base64.b64decode(last["chain_head"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        report.fail(covered, "the last ledger.archived event is malformed")
+        return None
+    report.archived_rows = covered
+    report.notes.append(
+        f"rows 1..{covered} are archived (segments named by their ledger.archived events);"
+        " check the segment files with `broker ledger check-segment`"
+    )
+    return _Start(covered, head, nodes, "archive")
+
+
+async def _verified_start(
+    conn: asyncpg.Connection,
+    verifier: CheckpointVerifier,
+    origin: str,
+    note: str,
+    what: str,
+    floor: int,
+) -> _Start:
+    """A start from a signed (size, root, chain head): the stored tree must fold to it.
+
+    Raises CheckpointError/TreeError/ProofError when the note or the tree disagrees."""
+    signed = verifier.verify(note, origin=origin)
+    if signed.root is None:
+        raise CheckpointError("the note predates the Merkle tree (no root): verify in full")
+    if signed.size < floor:
+        raise CheckpointError(f"size {signed.size} is archived; verify from a later one")
+    nodes = await compact_hashes(conn, signed.size)
+    if root_from_nodes(nodes) != signed.root:
+        raise ProofError(f"the ledger's tree at size {signed.size} does not match the signed root")
+    stored = await conn.fetchval("SELECT hash FROM ledger.events WHERE seq = $1", signed.size)
+    if stored is not None and bytes(stored) != signed.head_hash:
+        raise ProofError(f"ledger row {signed.size} no longer matches the signed chain head")
+    return _Start(signed.size, signed.head_hash, nodes, what)
+
+
+async def _scan(
+    conn: asyncpg.Connection,
+    start: int,
+    head: int,
+    wanted: frozenset[int],
+    unsigned_from: int,
+    *,
+    workers: int,
+    dsn: str | None,
+    sslrootcert: Path | None,
+    batch_rows: int,
+) -> RunResult:
+    if head <= start:
+        return RunResult(start, head)
+    if workers <= 1 or dsn is None or head - start < 4 * batch_rows:
+        return await scan_run(conn, start, head, wanted, unsigned_from, batch_rows)
+    snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+    parts = workers * _RUNS_PER_WORKER
+    step = -(-(head - start) // parts)
+    bounds = [(lo, min(head, lo + step)) for lo in range(start, head, step)]
+    args = [
+        (dsn, str(sslrootcert) if sslrootcert else None, snapshot, lo, hi, wanted,
+         unsigned_from, batch_rows)
+        for lo, hi in bounds
+    ]  # fmt: skip
+    loop = asyncio.get_running_loop()
+    # spawn: a forked child would inherit this process's event loop and connections.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = await asyncio.gather(
+            *(loop.run_in_executor(pool, scan_run_in_process, a) for a in args)
+        )
+    return join_runs(start, head, list(runs))
 
 
 async def verify_ledger(
@@ -87,126 +333,204 @@ async def verify_ledger(
     *,
     verifier: CheckpointVerifier,
     origin: str,
-    batch_rows: int = 5000,
+    batch_rows: int = 20_000,
     max_unsigned_seconds: float | None = 600.0,
     trusted_checkpoints: Sequence[str] = (),
+    mode: Mode = "full",
+    from_checkpoint: str | None = None,
+    workers: int = 0,
+    dsn: str | None = None,
+    sslrootcert: Path | None = None,
 ) -> VerifyReport:
-    """Verify the whole ledger in one snapshot, streaming rows (memory bounded).
+    """Verify the ledger in one snapshot (memory bounded); never raises for a bad ledger.
 
     ``max_unsigned_seconds``: rows older than this must be covered by a signed checkpoint
-    (None disables the check, e.g. for a ledger whose broker never ran checkpoints).
-    ``trusted_checkpoints``: signed notes the auditor kept outside the database; the
-    chain must reproduce each. Never raises for a bad ledger: every finding is reported.
+    (None disables the check). ``trusted_checkpoints``: signed notes the auditor kept; the
+    ledger must reproduce each. ``mode``/``from_checkpoint``: see the module docstring
+    (an incremental start that does not check out falls back to a full scan, noted).
+    ``workers`` > 1 with ``dsn``: scan in that many processes.
     """
-    report = VerifyReport()
+    started = datetime.now(UTC)
+    report = VerifyReport(mode=mode)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         db_now = await conn.fetchval("SELECT now()")
-        enabled = {
-            (r["relname"], r["tgname"]): r["tgenabled"]
-            for r in await conn.fetch(
-                "SELECT c.relname, t.tgname, t.tgenabled::text AS tgenabled FROM pg_trigger t"
-                " JOIN pg_class c ON c.oid = t.tgrelid"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = 'ledger' AND NOT t.tgisinternal"
-            )
-        }
-        for table, trigger in sorted(_TRIGGERS):
-            state = enabled.get((table, trigger))
-            if state != "A":
-                report.fail(
-                    None,
-                    f"trigger {trigger} on ledger.{table} is "
-                    + ("missing" if state is None else f"not ENABLE ALWAYS ({state})"),
-                )
-        checkpoints = await conn.fetch(
-            "SELECT size, head_hash, key_id, note FROM ledger.checkpoints ORDER BY size"
+        await _check_triggers(conn, report)
+        head_row = await conn.fetchrow(
+            "SELECT seq, hash FROM ledger.events ORDER BY recorded_at DESC, seq DESC LIMIT 1"
         )
-        wanted: dict[int, list[tuple[bytes, str]]] = {}
-        for cp in checkpoints:
-            report.checkpoints += 1
-            try:
-                signed = verifier.verify(cp["note"], origin=origin)
-            except CheckpointError as e:
-                report.fail(None, f"checkpoint at size {cp['size']}: {e}")
-                continue
-            if signed.size != cp["size"] or signed.head_hash != bytes(cp["head_hash"]):
-                report.fail(None, f"checkpoint at size {cp['size']}: row disagrees with its note")
-                continue
-            wanted.setdefault(signed.size, []).append((signed.head_hash, cp["key_id"]))
-        for note in trusted_checkpoints:
-            try:
-                signed = verifier.verify(note, origin=origin)
-            except CheckpointError as e:
-                report.fail(None, f"trusted checkpoint: {e}")
-                continue
-            wanted.setdefault(signed.size, []).append((signed.head_hash, "trusted"))
-        latest_signed = max(wanted, default=0)
-        first_unsigned_at = None
-        row_bad: list[int] = []
-        # Hash of our recomputed chain at each checkpoint size.
-        computed_at: dict[int, bytes] = {}
-        expected_seq = 1
-        prev_stored = GENESIS
-        prev_computed = GENESIS
-        async for r in conn.cursor("SELECT * FROM ledger.events ORDER BY seq", prefetch=batch_rows):
-            ev = row_to_event(r)
-            report.rows += 1
-            if ev.seq == latest_signed + 1:
-                first_unsigned_at = ev.recorded_at
-            if ev.seq != expected_seq:
-                report.fail(expected_seq, f"sequence gap: expected {expected_seq}, found {ev.seq}")
-                row_bad.append(expected_seq)
-                expected_seq = ev.seq
-            if ev.prev_hash != prev_stored:
-                report.fail(ev.seq, "prev_hash does not match the previous row's hash")
-                row_bad.append(ev.seq)
-            payload = canonical_event(ev)
-            recomputed = chain_hash(ev.prev_hash, payload)
-            if recomputed != ev.hash:
-                report.fail(ev.seq, "row content does not match its hash (edited)")
-                row_bad.append(ev.seq)
-            # The independent chain: our own hashes from genesis, never trusting stored ones.
-            prev_computed = chain_hash(prev_computed, payload)
-            if ev.seq in wanted:
-                computed_at[ev.seq] = prev_computed
-            prev_stored = ev.hash
-            expected_seq += 1
-            report.head_seq = ev.seq
-        report.head_hash = prev_stored.hex() if report.rows else None
-
-    last_good = 0
-    for size in sorted(wanted):
-        # Judge every checkpoint of this size against the last good one *before* it: two
-        # notes for the same size that disagree are a fork, whichever matches the chain.
-        prior = last_good
-        for head_hash, key_id in wanted[size]:
-            if size > report.head_seq:
-                report.fail(
-                    report.head_seq + 1,
-                    f"checkpoint at size {size} ({key_id}) but the ledger has only "
-                    f"{report.head_seq} rows (truncated)",
+        first_seq = await conn.fetchval(
+            "SELECT seq FROM ledger.events ORDER BY recorded_at, seq LIMIT 1"
+        )
+        head = head_row["seq"] if head_row else 0
+        start = _Start(0, GENESIS, [], "genesis")
+        if first_seq is not None and first_seq > 1:
+            archived = await _archived_start(conn, first_seq, report)
+            # Without its archive the start is unproven: rows are still checked one by one.
+            start = archived or _Start(first_seq - 1, GENESIS, [], "missing")
+        if mode != "full":
+            note = from_checkpoint
+            if mode == "incremental":
+                note = await conn.fetchval(
+                    "SELECT note FROM ledger.verified_heads WHERE size <= $1"
+                    " ORDER BY size DESC LIMIT 1",
+                    head,
                 )
-            elif computed_at.get(size) != head_hash:
-                direct = [b for b in row_bad if prior < b <= size]
-                report.fail(
-                    min(direct, default=prior + 1),
-                    f"checkpoint at size {size} ({key_id}) does not match the chain: rows "
-                    f"{prior + 1}..{size} were rewritten",
-                )
-            else:
-                last_good = max(last_good, size)
+            try:
+                if note is None:
+                    raise CheckpointError("no verified head yet")
+                resume_origin = verified_origin(origin) if mode == "incremental" else origin
+                start = await _verified_start(conn, verifier, resume_origin, note, mode, start.size)
+            except (CheckpointError, TreeError, ProofError) as e:
+                if mode == "from_checkpoint":
+                    report.fail(None, f"kept checkpoint: {e}")
+                    report.seconds = (datetime.now(UTC) - started).total_seconds()
+                    return report
+                report.mode = "full"
+                report.notes.append(f"incremental start unusable ({e}): verified in full")
+        report.verified_from = start.size
+        wanted = await _signed_checkpoints(
+            conn, verifier, origin, trusted_checkpoints, start.size, report
+        )
+        if mode == "from_checkpoint" and report.ok:
+            await _prove_consistent(conn, start, wanted, report)
+        latest_signed = max(wanted, default=start.size)
+        run = await _scan(
+            conn,
+            start.size,
+            head,
+            frozenset(wanted),
+            latest_signed + 1,
+            workers=workers,
+            dsn=dsn,
+            sslrootcert=sslrootcert,
+            batch_rows=batch_rows,
+        )
+    _judge(report, start, run, wanted, head)
+    report.head_seq = head
+    report.head_hash = head_row["hash"].hex() if head_row else None
     if wanted:
         report.latest_checkpoint = max(wanted)
-    report.unsigned_tail = max(0, report.head_seq - (report.latest_checkpoint or 0))
+    report.unsigned_tail = max(0, head - (report.latest_checkpoint or start.size))
     if (
         max_unsigned_seconds is not None
-        and first_unsigned_at is not None
-        and (db_now - first_unsigned_at).total_seconds() > max_unsigned_seconds
+        and run.first_unsigned_at is not None
+        and (db_now - run.first_unsigned_at).total_seconds() > max_unsigned_seconds
     ):
+        first = latest_signed + 1
         report.fail(
-            (report.latest_checkpoint or 0) + 1,
-            f"rows from {(report.latest_checkpoint or 0) + 1} are older than"
-            f" {max_unsigned_seconds:.0f}s but no signed checkpoint covers them"
-            " (checkpoints deleted, or checkpointing stopped)",
+            first,
+            f"rows from {first} are older than {max_unsigned_seconds:.0f}s but no signed"
+            " checkpoint covers them (checkpoints deleted, or checkpointing stopped)",
         )
+    report.seconds = (datetime.now(UTC) - started).total_seconds()
     return report
+
+
+async def _prove_consistent(
+    conn: asyncpg.Connection, start: _Start, wanted: dict[int, list[_Signed]], report: VerifyReport
+) -> None:
+    """The database's newest signed root must extend the kept checkpoint (RFC 6962)."""
+    newest = max((s for s, cps in wanted.items() if any(c.root for c in cps)), default=None)
+    if newest is None:
+        report.notes.append("no newer signed checkpoint to prove consistent with yet")
+        return
+    new_root = next(c.root for c in wanted[newest] if c.root)
+    assert new_root is not None
+    try:
+        proof = await consistency_proof(conn, start.size, newest)
+        verify_consistency(start.size, newest, root_from_nodes(start.nodes), new_root, proof)
+    except (ProofError, TreeError) as e:
+        report.fail(start.size + 1, f"checkpoint at size {newest} is not consistent: {e}")
+        return
+    report.notes.append(
+        f"checkpoint at size {newest} is consistent with the kept checkpoint at"
+        f" size {start.size} ({len(proof)}-hash proof)"
+    )
+
+
+def _judge(
+    report: VerifyReport, start: _Start, run: RunResult, wanted: dict[int, list[_Signed]], head: int
+) -> None:
+    """Fold the scan into the report: seams, rows, and every checkpoint above the start."""
+    report.rows = run.rows
+    for seq, problem in run.problems:
+        report.fail(seq, problem)
+    if run.bad:  # rows beyond the listed problems still count for first_bad_seq
+        report.ok = False
+        first = min(run.bad)
+        if report.first_bad_seq is None or first < report.first_bad_seq:
+            report.first_bad_seq = first
+    if run.rows and run.first_prev != start.chain_head and start.what != "missing":
+        report.fail(start.size + 1, f"prev_hash does not continue the {start.what} at {start.size}")
+    prefix = (
+        CompactRange.from_hashes(0, start.size, start.nodes) if start.what != "missing" else None
+    )
+    roots: dict[int, bytes] = {}
+    if prefix is not None:
+        for size, nodes in run.partial_at.items():
+            tree = prefix.copy()
+            for node in nodes:
+                tree.push_node(*node)
+            roots[size] = tree.root()
+        full = prefix.copy()
+        for node in run.end_nodes:
+            full.push_node(*node)
+        if full.end == head and head > 0:
+            report.root = full.root().hex()
+    last_good = start.size
+    for size in sorted(wanted):
+        prior = last_good
+        for cp in wanted[size]:
+            if size > head:
+                report.fail(
+                    head + 1,
+                    f"checkpoint at size {size} ({cp.key_id}) but the ledger has only"
+                    f" {head} rows (truncated)",
+                )
+                continue
+            direct = [b for b in run.bad if b <= size]
+            matches = (
+                not direct
+                and run.hash_at.get(size) == cp.head
+                and (cp.root is None or roots.get(size) == cp.root)
+            )
+            if matches:
+                last_good = max(last_good, size)
+                continue
+            in_range = [b for b in direct if b > prior]
+            report.fail(
+                min(in_range, default=prior + 1),
+                f"checkpoint at size {size} ({cp.key_id}) does not match the ledger: rows "
+                f"{prior + 1}..{size} were rewritten",
+            )
+
+
+async def record_verified_head(
+    conn: asyncpg.Connection,
+    report: VerifyReport,
+    signer: CheckpointSigner,
+    origin: str,
+) -> int | None:
+    """After a clean verification, sign and store its newest verified checkpoint as the
+    next verification's start; return its size (None when there is nothing to record)."""
+    if not report.ok or report.latest_checkpoint is None:
+        return None
+    row = await conn.fetchrow(
+        "SELECT size, head_hash, root_hash FROM ledger.checkpoints"
+        " WHERE root_hash IS NOT NULL AND size <= $1 ORDER BY size DESC LIMIT 1",
+        report.latest_checkpoint,
+    )
+    if row is None or row["size"] <= report.verified_from:
+        return None
+    head = Checkpoint(
+        verified_origin(origin), row["size"], bytes(row["head_hash"]), bytes(row["root_hash"])
+    )
+    await conn.execute(
+        "INSERT INTO ledger.verified_heads (size, verified_at, full_scan, note)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (size) DO NOTHING",
+        head.size,
+        datetime.now(UTC),
+        report.mode == "full",
+        signer.sign(head),
+    )
+    return head.size

@@ -60,7 +60,9 @@ ORDER BY ord
 
 # The newest row: recorded_at never runs backwards (check_chain), so the primary key
 # (recorded_at, seq) finds it in the newest partition.
-_HEAD = "SELECT seq, hash, recorded_at FROM ledger.events ORDER BY recorded_at DESC, seq DESC LIMIT 1"
+_HEAD = (
+    "SELECT seq, hash, recorded_at FROM ledger.events ORDER BY recorded_at DESC, seq DESC LIMIT 1"
+)
 
 # After a conflict with another replica, take the lock path for at least this long.
 _MIN_CONTENDED_SECONDS = 1.0

@@ -15,7 +15,14 @@ import asyncpg
 from broker.ledger.chain import GENESIS, canonical_row, chain_hash
 from tests.support.ledger_db import LedgerDb
 
-__all__ = ["ENABLE_TRIGGERS", "as_superuser", "payload", "rechain", "replace_all_rows"]
+__all__ = [
+    "DISABLE_TRIGGERS",
+    "ENABLE_TRIGGERS",
+    "as_superuser",
+    "payload",
+    "rechain",
+    "replace_all_rows",
+]
 
 
 def payload(row: dict[str, Any]) -> bytes:
@@ -59,12 +66,24 @@ _COLUMNS = (
 )  # fmt: skip
 
 
+# The events table and each monthly partition carry the triggers (a partition's TRUNCATE
+# trigger is its own), so a superuser covering a rewrite switches them off on every one.
 # ENABLE ALWAYS takes one trigger name (there is no ENABLE ALWAYS TRIGGER ALL); a plain
 # ENABLE TRIGGER ALL would quietly downgrade them to fire-on-origin only.
-ENABLE_TRIGGERS = ";".join(
-    f"ALTER TABLE ledger.events ENABLE ALWAYS TRIGGER {t}"
-    for t in ("events_chain", "events_no_update_delete", "events_no_truncate")
+_EVERY_EVENTS_TABLE = (
+    "SELECT 'ledger.events'::regclass AS t UNION ALL"
+    " SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'ledger.events'::regclass"
 )
+DISABLE_TRIGGERS = f"""DO $$ DECLARE r record; BEGIN
+    FOR r IN {_EVERY_EVENTS_TABLE} LOOP
+        EXECUTE format('ALTER TABLE %s DISABLE TRIGGER ALL', r.t);
+    END LOOP; END $$"""
+ENABLE_TRIGGERS = f"""DO $$ DECLARE r record; BEGIN
+    FOR r IN {_EVERY_EVENTS_TABLE} LOOP
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER events_chain', r.t);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER events_no_update_delete', r.t);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER events_no_truncate', r.t);
+    END LOOP; END $$"""
 
 
 async def replace_all_rows(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> None:
@@ -73,7 +92,7 @@ async def replace_all_rows(conn: asyncpg.Connection, rows: list[dict[str, Any]])
     columns = ", ".join(_COLUMNS)
     insert = f"INSERT INTO ledger.events ({columns}) VALUES ({placeholders})"  # noqa: S608
     async with conn.transaction():
-        await conn.execute("ALTER TABLE ledger.events DISABLE TRIGGER ALL")
+        await conn.execute(DISABLE_TRIGGERS)
         await conn.execute("TRUNCATE ledger.events")
         await conn.executemany(
             insert,
@@ -87,7 +106,7 @@ async def as_superuser(db: LedgerDb, script: str, *args: Any) -> None:
     conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
     try:
         async with conn.transaction():
-            await conn.execute("ALTER TABLE ledger.events DISABLE TRIGGER ALL")
+            await conn.execute(DISABLE_TRIGGERS)
             await conn.execute(script, *args)
             await conn.execute(ENABLE_TRIGGERS)
     finally:

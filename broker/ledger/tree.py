@@ -1,0 +1,189 @@
+"""The ledger's Merkle tree in PostgreSQL: stored nodes, roots and proofs.
+
+``ledger.tree_nodes`` keeps every perfect subtree of ``BLOCK`` (256) leaves and up, built
+by ``extend_tree`` from committed rows (which never change). Any node below that level is
+recomputed from its block of at most 256 rows, so a root or a proof costs ``O(log n)``
+stored nodes plus one or two short reads of ``ledger.events`` — never the whole tree.
+
+The stored nodes are derived data and are not trusted by verifiers: a wrong node can only
+make a signed root or a proof fail to verify, never make a changed row pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+
+from .chain import canonical_event
+from .events import row_to_event
+from .merkle import (
+    CompactRange,
+    Node,
+    consistency_ranges,
+    inclusion_ranges,
+    leaf_hash,
+    range_nodes,
+    root_from_nodes,
+)
+
+__all__ = [
+    "BLOCK",
+    "STORED_LEVEL",
+    "TreeError",
+    "built_size",
+    "compact_hashes",
+    "consistency_proof",
+    "extend_tree",
+    "inclusion_proof",
+    "leaf_hashes",
+    "range_proof",
+    "tree_root",
+]
+
+STORED_LEVEL = 8
+BLOCK = 1 << STORED_LEVEL
+_BLOCKS_PER_READ = 64  # 16,384 rows per query while building
+
+
+class TreeError(RuntimeError):
+    """The rows or stored nodes a tree operation needs are missing."""
+
+
+async def leaf_hashes(conn: asyncpg.Connection, begin: int, end: int) -> list[bytes]:
+    """Leaf hashes of leaves ``[begin, end)`` (rows ``seq = begin + 1 .. end``)."""
+    if end <= begin:
+        return []
+    rows = await conn.fetch(
+        "SELECT * FROM ledger.events WHERE seq > $1 AND seq <= $2 ORDER BY seq", begin, end
+    )
+    if len(rows) != end - begin or (rows and rows[0]["seq"] != begin + 1):
+        raise TreeError(f"ledger rows {begin + 1}..{end} are not all present")
+    return [leaf_hash(canonical_event(row_to_event(r))) for r in rows]
+
+
+async def built_size(conn: asyncpg.Connection) -> int:
+    """How many leaves the stored level-8 nodes cover (a multiple of ``BLOCK``)."""
+    top = await conn.fetchval(
+        "SELECT max(idx) FROM ledger.tree_nodes WHERE level = $1", STORED_LEVEL
+    )
+    return 0 if top is None else (top + 1) * BLOCK
+
+
+async def _stored(conn: asyncpg.Connection, nodes: Iterable[Node]) -> dict[Node, bytes]:
+    wanted = sorted(set(nodes))
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        "SELECT t.level, t.idx, t.hash FROM ledger.tree_nodes t"
+        " JOIN unnest($1::smallint[], $2::bigint[]) AS u(level, idx) USING (level, idx)",
+        [lv for lv, _ in wanted],
+        [ix for _, ix in wanted],
+    )
+    return {(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
+
+
+async def extend_tree(conn: asyncpg.Connection, upto: int) -> int:
+    """Store the nodes of every complete block of the first ``upto`` leaves; return the
+    size now covered. Idempotent and safe on several replicas at once (rows never change,
+    so two builders store the same nodes)."""
+    start = await built_size(conn)
+    target = (upto // BLOCK) * BLOCK
+    if target <= start:
+        return start
+    frontier = range_nodes(0, start)
+    have = await _stored(conn, frontier)
+    if len(have) != len(frontier):
+        raise TreeError("stored tree nodes are missing below the built size")
+    made: list[tuple[int, int, bytes]] = []
+    compact = CompactRange.from_hashes(0, start, [have[n] for n in frontier])
+    compact.on_node = lambda lv, ix, h: made.append((lv, ix, h)) if lv > STORED_LEVEL else None
+    pos = start
+    while pos < target:
+        stop = min(target, pos + BLOCK * _BLOCKS_PER_READ)
+        leaves = await leaf_hashes(conn, pos, stop)
+        for b in range(0, len(leaves), BLOCK):
+            block = CompactRange(pos + b, pos + b)
+            block.extend(leaves[b : b + BLOCK])
+            digest = block.nodes[0][2]
+            made.append((STORED_LEVEL, (pos + b) >> STORED_LEVEL, digest))
+            compact.push_node(STORED_LEVEL, (pos + b) >> STORED_LEVEL, digest)
+        pos = stop
+        await conn.execute(
+            "INSERT INTO ledger.tree_nodes (level, idx, hash)"
+            " SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])"
+            " ON CONFLICT DO NOTHING",
+            [m[0] for m in made],
+            [m[1] for m in made],
+            [m[2] for m in made],
+        )
+        made.clear()
+    return target
+
+
+def _block_nodes(begin: int, leaves: Sequence[bytes]) -> dict[Node, bytes]:
+    """Every perfect subtree within one block of leaves starting at ``begin``."""
+    made: dict[Node, bytes] = {(0, begin + i): h for i, h in enumerate(leaves)}
+    rng = CompactRange(begin, begin, on_node=lambda lv, ix, h: made.__setitem__((lv, ix), h))
+    rng.extend(leaves)
+    return made
+
+
+async def _node_hashes(
+    conn: asyncpg.Connection, nodes: Iterable[Node], size: int
+) -> dict[Node, bytes]:
+    """Hashes of perfect subtrees within the first ``size`` leaves: stored ones from
+    ``tree_nodes``, smaller ones recomputed from their block of rows."""
+    wanted = set(nodes)
+    high = {n for n in wanted if n[0] >= STORED_LEVEL}
+    out = await _stored(conn, high)
+    if len(out) != len(high):
+        raise TreeError(f"the tree is not built to size {size} yet (retry after a checkpoint)")
+    blocks: dict[int, set[Node]] = {}
+    for lv, ix in wanted - high:
+        blocks.setdefault(ix >> (STORED_LEVEL - lv), set()).add((lv, ix))
+    for block, need in blocks.items():
+        begin = block * BLOCK
+        made = _block_nodes(begin, await leaf_hashes(conn, begin, min(begin + BLOCK, size)))
+        for node in need:
+            out[node] = made[node]
+    return out
+
+
+async def _range_hashes(
+    conn: asyncpg.Connection, ranges: Sequence[tuple[int, int]], size: int
+) -> list[bytes]:
+    specs = [range_nodes(lo, hi) for lo, hi in ranges]
+    hashes = await _node_hashes(conn, (n for spec in specs for n in spec), size)
+    return [root_from_nodes([hashes[n] for n in spec]) for spec in specs]
+
+
+async def compact_hashes(conn: asyncpg.Connection, size: int) -> list[bytes]:
+    """Hashes of ``range_nodes(0, size)``: what a verifier needs to resume at ``size``."""
+    spec = range_nodes(0, size)
+    hashes = await _node_hashes(conn, spec, size)
+    return [hashes[n] for n in spec]
+
+
+async def tree_root(conn: asyncpg.Connection, size: int) -> bytes:
+    return root_from_nodes(await compact_hashes(conn, size))
+
+
+async def inclusion_proof(conn: asyncpg.Connection, index: int, size: int) -> list[bytes]:
+    """RFC 6962 audit path of leaf ``index`` (row ``index + 1``) in the tree of ``size``."""
+    return await _range_hashes(conn, inclusion_ranges(index, size), size)
+
+
+async def consistency_proof(conn: asyncpg.Connection, old: int, new: int) -> list[bytes]:
+    """RFC 6962 consistency proof from the tree of size ``old`` to size ``new``."""
+    return await _range_hashes(conn, consistency_ranges(old, new), new)
+
+
+async def range_proof(
+    conn: asyncpg.Connection, begin: int, end: int, size: int
+) -> tuple[list[bytes], list[bytes]]:
+    """The nodes left of leaves ``[begin, end)`` and right of them up to ``size``: with the
+    rows themselves they rebuild the root of ``size`` (``merkle.CompactRange``)."""
+    left, right = range_nodes(0, begin), range_nodes(end, size)
+    hashes = await _node_hashes(conn, [*left, *right], size)
+    return [hashes[n] for n in left], [hashes[n] for n in right]
