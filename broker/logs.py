@@ -128,9 +128,7 @@ def configure_logging(log_format: str, level: str, *, replica: str) -> None:
     quiet_parser_errors()
 
 
-def log_access(
-    method: str, route: str, status: int, seconds: float, subject: str | None
-) -> None:
+def log_access(method: str, route: str, status: int, seconds: float, subject: str | None) -> None:
     """One access-log line; ``route`` is the route template, never the raw path.
 
     Built with ``makeRecord`` + ``handle``: the same record ``info()`` would make, without

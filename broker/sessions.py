@@ -280,9 +280,7 @@ class SessionStore:
         self._remember(renewed)
         return renewed
 
-    async def revoke(
-        self, session: Session, *, request_id: str, reason: str | None = None
-    ) -> None:
+    async def revoke(self, session: Session, *, request_id: str, reason: str | None = None) -> None:
         await self._ledger.append(
             NewEvent(
                 event="session.revoked",

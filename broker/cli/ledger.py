@@ -1,9 +1,13 @@
 """``broker verify`` and ``broker checkpoint-key``: the ledger's integrity, from the shell.
 
 ``verify`` reads the ledger database directly (``BROKER_DATABASE_URL`` or
-``--database-url``) and checks the chain and the signed checkpoints with the verifier keys;
-it exits 1 when it finds tampering. ``checkpoint-key`` creates the signing key (never
-overwriting one) or prints its public verifier key.
+``--database-url``) and checks every row, the chain, the Merkle tree and the signed
+checkpoints with the verifier keys, in ``--workers`` processes; it exits 1 when it finds
+tampering. ``--incremental`` starts at the last verified head, ``--from-checkpoint`` at a
+checkpoint the auditor kept (after proving the newest one consistent with it). Where the
+signing key is at hand, a clean run records its head for the next incremental one.
+``checkpoint-key`` creates the signing key (never overwriting one) or prints its public
+verifier key.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,21 +24,27 @@ __all__ = ["register"]
 
 
 def _verify(args: argparse.Namespace) -> int:
+    import asyncpg
+
     from broker.ledger import (
         CheckpointSigner,
         CheckpointVerifier,
         connect_one,
         load_or_create_signing_key,
+        record_verified_head,
         verify_ledger,
     )
+    from broker.ledger.verify import Mode
     from broker.settings import from_env
 
     settings = from_env()
     dsn = args.database_url or settings.database_url
     keys = list(settings.checkpoint_verifier_keys)
+    signer = None
     if settings.checkpoint_key_path.exists():
         key = load_or_create_signing_key(settings.checkpoint_key_path, create=False)
-        keys.append(CheckpointSigner(settings.checkpoint_key_name, key).verifier_key())
+        signer = CheckpointSigner(settings.checkpoint_key_name, key)
+        keys.append(signer.verifier_key())
     if not dsn or not keys:
         print(
             "need BROKER_DATABASE_URL (or --database-url) and a checkpoint key"
@@ -43,6 +54,8 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
 
     trusted = [Path(f).read_text() for f in args.trusted_checkpoint]
+    kept = Path(args.from_checkpoint).read_text() if args.from_checkpoint else None
+    mode: Mode = "from_checkpoint" if kept else "incremental" if args.incremental else "full"
 
     async def run() -> dict[str, Any]:
         conn = await connect_one(dsn, sslrootcert=settings.database_sslrootcert)
@@ -53,7 +66,17 @@ def _verify(args: argparse.Namespace) -> int:
                 origin=settings.ledger_origin,
                 max_unsigned_seconds=args.max_unsigned_age,
                 trusted_checkpoints=trusted,
+                mode=mode,
+                from_checkpoint=kept,
+                workers=args.workers,
+                dsn=dsn,
+                sslrootcert=settings.database_sslrootcert,
             )
+            if signer is not None:
+                try:
+                    await record_verified_head(conn, report, signer, settings.ledger_origin)
+                except asyncpg.InsufficientPrivilegeError:
+                    report.notes.append("verified head not recorded (read-only database role)")
             return report.to_json()
         finally:
             await conn.close()
@@ -100,6 +123,25 @@ def register(sub: Any) -> None:
         default=600.0,
         metavar="SECONDS",
         help="rows older than this must be covered by a signed checkpoint (default 600)",
+    )
+    verify.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes that check rows in parallel (default: one per core)",
+    )
+    start = verify.add_mutually_exclusive_group()
+    start.add_argument(
+        "--incremental",
+        action="store_true",
+        help="check only the rows after the last verified head (full if there is none)",
+    )
+    start.add_argument(
+        "--from-checkpoint",
+        metavar="FILE",
+        help="a signed checkpoint you kept: prove the newest one consistent with it, then"
+        " check only the rows after it",
     )
     verify.set_defaults(func=_verify)
 

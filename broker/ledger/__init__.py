@@ -1,4 +1,4 @@
-"""The ledger: the only package with SQL. Append-only, hash-chained, checkpoint-signed."""
+"""The ledger: the only package with SQL. Append-only, hash-chained, a Merkle tree, signed."""
 
 from .checkpoint import (
     Checkpoint,
@@ -10,7 +10,7 @@ from .checkpoint import (
 from .events import EVENT_TYPES, Event, NewEvent, session_revoked_key
 from .migrate import apply_migrations
 from .store import GrantRecord, Ledger, connect_one, connect_pool
-from .verify import VerifyReport, verify_ledger
+from .verify import VerifyReport, record_verified_head, verify_ledger
 from .writer import Appended, LedgerWriter
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "connect_one",
     "connect_pool",
     "load_or_create_signing_key",
+    "record_verified_head",
     "session_revoked_key",
     "verify_ledger",
 ]

@@ -32,34 +32,49 @@ _PLAIN = (str, int, bool, type(None))
 
 
 def _plain(value: Any) -> bool:
-    kind = type(value)
-    if kind in _PLAIN:
-        return kind is not int or -(2**63) <= value < 2**63
-    if kind is dict:
-        return all(type(k) is str and _plain(v) for k, v in value.items())
-    if kind is list:
-        return all(_plain(v) for v in value)
-    return False
+    """True when msgspec spells ``value`` exactly as json.dumps does (no float anywhere)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        kind = type(v)
+        if kind is str or v is None or kind is bool:
+            continue
+        if kind is int:
+            if not -(2**63) <= v < 2**63:
+                return False
+        elif kind is dict:
+            if not all(type(k) is str for k in v):
+                return False
+            stack.extend(v.values())
+        elif kind is list:
+            stack.extend(v)
+        else:
+            return False
+    return True
 
 
-def _canonical_json(doc: dict[str, Any], body: Mapping[str, Any]) -> bytes:
-    if type(body) is dict and _plain(body):
-        return _FAST.encode(doc)
+def _canonical_json(doc: dict[str, Any], body: Mapping[str, Any], plain: bool | None) -> bytes:
+    if plain or (plain is None and type(body) is dict and _plain(body)):
+        try:
+            return _FAST.encode(doc)
+        except (OverflowError, TypeError, msgspec.EncodeError):
+            pass
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
+def _ts(value: datetime | str | None) -> str | None:
+    if value is None or type(value) is str:  # already spelled canonically (a fast reader)
+        return value
     # Postgres keeps microseconds; a fixed UTC spelling makes the bytes reproducible:
     # YYYY-MM-DDTHH:MM:SS.ffffffZ (isoformat is the fast way to spell it).
+    assert isinstance(value, datetime)
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def canonical_row(
     *,
     seq: int,
-    recorded_at: datetime,
+    recorded_at: datetime | str,
     event: str,
     replica: str,
     subject: str | None,
@@ -67,15 +82,19 @@ def canonical_row(
     secret: str | None,
     role: str | None,
     policy_version: str | None,
-    grant_id: uuid.UUID | None,
+    grant_id: uuid.UUID | str | None,
     lease_id: str | None,
-    expires_at: datetime | None,
+    expires_at: datetime | str | None,
     outcome: str,
     request_id: str | None,
     body: Mapping[str, Any],
     dedupe_key: str | None,
+    body_plain: bool | None = None,
 ) -> bytes:
-    """The exact bytes that are hashed for one row (sorted-key compact JSON, UTF-8)."""
+    """The exact bytes that are hashed for one row (sorted-key compact JSON, UTF-8).
+
+    Times are datetimes, or strings already in the canonical spelling (``_ts``).
+    ``body_plain``: the caller knows whether ``body`` holds a float (a JSON decoder does)."""
     doc = {
         "seq": seq,
         "recorded_at": _ts(recorded_at),
@@ -94,7 +113,7 @@ def canonical_row(
         "body": body,
         "dedupe_key": dedupe_key,
     }
-    return _canonical_json(doc, body)
+    return _canonical_json(doc, body, body_plain)
 
 
 def chain_hash(prev_hash: bytes, row: bytes) -> bytes:

@@ -125,6 +125,7 @@ class CheckpointVerifier:
     """Verifies notes against a set of trusted verifier keys (several during rotation)."""
 
     def __init__(self, verifier_keys: list[str]) -> None:
+        self.verifier_keys = list(verifier_keys)  # as given: what a worker process needs
         self._keys = [parse_verifier_key(k) for k in verifier_keys]
         if not self._keys:
             raise ValueError("at least one checkpoint verifier key is required")

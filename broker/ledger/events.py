@@ -51,6 +51,8 @@ EVENT_TYPES = frozenset(
         "session.revoked",  # its holder revoked it, or an offboarding ended it
         "secret.metadata_read",  # KV metadata read through the Vault API (no values)
         "broker.heartbeat",  # a replica is alive and logging (continuity evidence)
+        "ledger.archived",  # a month's rows written to a signed segment file (its head)
+        "ledger.partition_dropped",  # an archived month's partition removed from the database
         "broker.started",
         "broker.stopped",
     }

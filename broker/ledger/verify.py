@@ -47,7 +47,7 @@ import asyncpg
 from .chain import GENESIS
 from .checkpoint import Checkpoint, CheckpointError, CheckpointSigner, CheckpointVerifier
 from .merkle import CompactRange, ProofError, root_from_nodes, verify_consistency
-from .scan import RunResult, join_runs, scan_run, scan_run_in_process
+from .scan import RunResult, SignedHead, join_runs, scan_run, scan_run_in_process
 from .tree import TreeError, compact_hashes, consistency_proof
 
 __all__ = [
@@ -143,18 +143,6 @@ class _Start:
     what: str
 
 
-@dataclass
-class _Signed:
-    size: int
-    head: bytes
-    root: bytes | None
-    key_id: str
-
-
-def _b64(data: bytes | None) -> str | None:
-    return base64.b64encode(data).decode() if data is not None else None
-
-
 async def _check_triggers(conn: asyncpg.Connection, report: VerifyReport) -> None:
     rows = await conn.fetch(
         "SELECT c.relname, t.tgname, t.tgenabled::text AS tgenabled FROM pg_trigger t"
@@ -182,50 +170,18 @@ async def _check_triggers(conn: asyncpg.Connection, report: VerifyReport) -> Non
             )
 
 
-async def _signed_checkpoints(
-    conn: asyncpg.Connection,
-    verifier: CheckpointVerifier,
-    origin: str,
-    trusted: Sequence[str],
-    above: int,
-    report: VerifyReport,
-) -> dict[int, list[_Signed]]:
-    """Size -> checkpoints whose signature verifies, for sizes above ``above``."""
-    wanted: dict[int, list[_Signed]] = {}
-    rows = await conn.fetch(
-        "SELECT size, head_hash, root_hash, key_id, note FROM ledger.checkpoints"
-        " WHERE size > $1 ORDER BY size",
-        above,
-    )
-    report.checkpoints += len(rows)
-    for cp in rows:
+def _trusted_heads(
+    verifier: CheckpointVerifier, origin: str, notes: Sequence[str], report: VerifyReport
+) -> list[SignedHead]:
+    heads = []
+    for note in notes:
         try:
-            signed = verifier.verify(cp["note"], origin=origin)
-        except CheckpointError as e:
-            report.fail(None, f"checkpoint at size {cp['size']}: {e}")
-            continue
-        stored_root = bytes(cp["root_hash"]) if cp["root_hash"] is not None else None
-        if (
-            signed.size != cp["size"]
-            or signed.head_hash != bytes(cp["head_hash"])
-            or signed.root != stored_root
-        ):
-            report.fail(None, f"checkpoint at size {cp['size']}: row disagrees with its note")
-            continue
-        wanted.setdefault(signed.size, []).append(
-            _Signed(signed.size, signed.head_hash, signed.root, cp["key_id"])
-        )
-    for note in trusted:
-        try:
-            signed = verifier.verify(note, origin=origin)
+            cp = verifier.verify(note, origin=origin)
         except CheckpointError as e:
             report.fail(None, f"trusted checkpoint: {e}")
             continue
-        if signed.size > above:
-            wanted.setdefault(signed.size, []).append(
-                _Signed(signed.size, signed.head_hash, signed.root, "trusted")
-            )
-    return wanted
+        heads.append(SignedHead(cp.size, cp.head_hash, cp.root, "trusted"))
+    return heads
 
 
 async def _archived_start(
@@ -298,9 +254,10 @@ async def _scan(
     conn: asyncpg.Connection,
     start: int,
     head: int,
-    wanted: frozenset[int],
-    unsigned_from: int,
     *,
+    verifier: CheckpointVerifier,
+    origin: str,
+    trusted: list[SignedHead],
     workers: int,
     dsn: str | None,
     sslrootcert: Path | None,
@@ -309,15 +266,16 @@ async def _scan(
     if head <= start:
         return RunResult(start, head)
     if workers <= 1 or dsn is None or head - start < 4 * batch_rows:
-        return await scan_run(conn, start, head, wanted, unsigned_from, batch_rows)
+        return await scan_run(
+            conn, start, head, verifier=verifier, origin=origin, trusted=trusted, batch=batch_rows
+        )
     snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
     parts = workers * _RUNS_PER_WORKER
     step = -(-(head - start) // parts)
-    bounds = [(lo, min(head, lo + step)) for lo in range(start, head, step)]
     args = [
-        (dsn, str(sslrootcert) if sslrootcert else None, snapshot, lo, hi, wanted,
-         unsigned_from, batch_rows)
-        for lo, hi in bounds
+        (dsn, str(sslrootcert) if sslrootcert else None, snapshot, lo, min(head, lo + step),
+         verifier.verifier_keys, origin, trusted, batch_rows)
+        for lo in range(start, head, step)
     ]  # fmt: skip
     loop = asyncio.get_running_loop()
     # spawn: a forked child would inherit this process's event loop and connections.
@@ -353,6 +311,7 @@ async def verify_ledger(
     started = datetime.now(UTC)
     report = VerifyReport(mode=mode)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute("SET LOCAL TIME ZONE 'UTC'")  # the scan reads times as text
         db_now = await conn.fetchval("SELECT now()")
         await _check_triggers(conn, report)
         head_row = await conn.fetchrow(
@@ -388,33 +347,50 @@ async def verify_ledger(
                 report.mode = "full"
                 report.notes.append(f"incremental start unusable ({e}): verified in full")
         report.verified_from = start.size
-        wanted = await _signed_checkpoints(
-            conn, verifier, origin, trusted_checkpoints, start.size, report
+        trusted = _trusted_heads(verifier, origin, trusted_checkpoints, report)
+        latest = await conn.fetchrow(
+            "SELECT size, root_hash, note FROM ledger.checkpoints ORDER BY size DESC LIMIT 1"
         )
         if mode == "from_checkpoint" and report.ok:
-            await _prove_consistent(conn, start, wanted, report)
-        latest_signed = max(wanted, default=start.size)
+            await _prove_consistent(conn, start, verifier, origin, report)
+        for size in await conn.fetch(
+            "SELECT size FROM ledger.checkpoints WHERE size > $1 ORDER BY size", head
+        ):
+            report.fail(
+                head + 1,
+                f"checkpoint at size {size['size']} but the ledger has only {head} rows"
+                " (truncated)",
+            )
+        for cp in trusted:
+            if cp.size > head:
+                report.fail(head + 1, f"trusted checkpoint at size {cp.size} but the ledger"
+                            f" has only {head} rows (truncated)")  # fmt: skip
+        latest_signed = max(latest["size"] if latest else 0, start.size)
+        first_unsigned_at = await conn.fetchval(
+            "SELECT recorded_at FROM ledger.events WHERE seq = $1", latest_signed + 1
+        )
         run = await _scan(
             conn,
             start.size,
             head,
-            frozenset(wanted),
-            latest_signed + 1,
+            verifier=verifier,
+            origin=origin,
+            trusted=[t for t in trusted if start.size < t.size <= head],
             workers=workers,
             dsn=dsn,
             sslrootcert=sslrootcert,
             batch_rows=batch_rows,
         )
-    _judge(report, start, run, wanted, head)
+    _judge(report, start, run, head)
     report.head_seq = head
     report.head_hash = head_row["hash"].hex() if head_row else None
-    if wanted:
-        report.latest_checkpoint = max(wanted)
-    report.unsigned_tail = max(0, head - (report.latest_checkpoint or start.size))
+    report.checkpoints = run.checkpoints
+    report.latest_checkpoint = latest["size"] if latest else None
+    report.unsigned_tail = max(0, head - max(report.latest_checkpoint or 0, start.size))
     if (
         max_unsigned_seconds is not None
-        and run.first_unsigned_at is not None
-        and (db_now - run.first_unsigned_at).total_seconds() > max_unsigned_seconds
+        and first_unsigned_at is not None
+        and (db_now - first_unsigned_at).total_seconds() > max_unsigned_seconds
     ):
         first = latest_signed + 1
         report.fail(
@@ -427,31 +403,38 @@ async def verify_ledger(
 
 
 async def _prove_consistent(
-    conn: asyncpg.Connection, start: _Start, wanted: dict[int, list[_Signed]], report: VerifyReport
+    conn: asyncpg.Connection,
+    start: _Start,
+    verifier: CheckpointVerifier,
+    origin: str,
+    report: VerifyReport,
 ) -> None:
     """The database's newest signed root must extend the kept checkpoint (RFC 6962)."""
-    newest = max((s for s, cps in wanted.items() if any(c.root for c in cps)), default=None)
-    if newest is None:
+    row = await conn.fetchrow(
+        "SELECT size, note FROM ledger.checkpoints WHERE root_hash IS NOT NULL"
+        " ORDER BY size DESC LIMIT 1"
+    )
+    if row is None or row["size"] <= start.size:
         report.notes.append("no newer signed checkpoint to prove consistent with yet")
         return
-    new_root = next(c.root for c in wanted[newest] if c.root)
-    assert new_root is not None
     try:
-        proof = await consistency_proof(conn, start.size, newest)
-        verify_consistency(start.size, newest, root_from_nodes(start.nodes), new_root, proof)
-    except (ProofError, TreeError) as e:
-        report.fail(start.size + 1, f"checkpoint at size {newest} is not consistent: {e}")
+        newest = verifier.verify(row["note"], origin=origin)
+        assert newest.root is not None
+        proof = await consistency_proof(conn, start.size, newest.size)
+        verify_consistency(
+            start.size, newest.size, root_from_nodes(start.nodes), newest.root, proof
+        )
+    except (CheckpointError, ProofError, TreeError) as e:
+        report.fail(start.size + 1, f"checkpoint at size {row['size']} is not consistent: {e}")
         return
     report.notes.append(
-        f"checkpoint at size {newest} is consistent with the kept checkpoint at"
+        f"checkpoint at size {newest.size} is consistent with the kept checkpoint at"
         f" size {start.size} ({len(proof)}-hash proof)"
     )
 
 
-def _judge(
-    report: VerifyReport, start: _Start, run: RunResult, wanted: dict[int, list[_Signed]], head: int
-) -> None:
-    """Fold the scan into the report: seams, rows, and every checkpoint above the start."""
+def _judge(report: VerifyReport, start: _Start, run: RunResult, head: int) -> None:
+    """Fold the scan into the report: rows, seams, checkpoints and sampled roots."""
     report.rows = run.rows
     for seq, problem in run.problems:
         report.fail(seq, problem)
@@ -460,49 +443,34 @@ def _judge(
         first = min(run.bad)
         if report.first_bad_seq is None or first < report.first_bad_seq:
             report.first_bad_seq = first
-    if run.rows and run.first_prev != start.chain_head and start.what != "missing":
+    for size, prior, key_id in run.mismatches:
+        base = start.size if prior is None else prior
+        report.fail(
+            min((b for b in run.bad if base < b <= size), default=base + 1),
+            f"checkpoint at size {size} ({key_id}) does not match the ledger: rows"
+            f" {base + 1}..{size} were rewritten",
+        )
+    if start.what == "missing":  # nothing proves where the remaining rows start
+        return
+    if run.rows and run.first_prev != start.chain_head:
         report.fail(start.size + 1, f"prev_hash does not continue the {start.what} at {start.size}")
-    prefix = (
-        CompactRange.from_hashes(0, start.size, start.nodes) if start.what != "missing" else None
-    )
-    roots: dict[int, bytes] = {}
-    if prefix is not None:
-        for size, nodes in run.partial_at.items():
-            tree = prefix.copy()
-            for node in nodes:
-                tree.push_node(*node)
-            roots[size] = tree.root()
-        full = prefix.copy()
-        for node in run.end_nodes:
-            full.push_node(*node)
-        if full.end == head and head > 0:
-            report.root = full.root().hex()
-    last_good = start.size
-    for size in sorted(wanted):
-        prior = last_good
-        for cp in wanted[size]:
-            if size > head:
+    prefix = CompactRange.from_hashes(0, start.size, start.nodes)
+    for size, nodes in sorted(run.partial_at.items()):
+        tree = prefix.copy()
+        for node in nodes:
+            tree.push_node(*node)
+        computed = tree.root()
+        for root, key_id in run.roots[size]:
+            if root != computed:
                 report.fail(
-                    head + 1,
-                    f"checkpoint at size {size} ({cp.key_id}) but the ledger has only"
-                    f" {head} rows (truncated)",
+                    None,
+                    f"checkpoint at size {size} ({key_id}): its Merkle root does not match"
+                    " the rows",
                 )
-                continue
-            direct = [b for b in run.bad if b <= size]
-            matches = (
-                not direct
-                and run.hash_at.get(size) == cp.head
-                and (cp.root is None or roots.get(size) == cp.root)
-            )
-            if matches:
-                last_good = max(last_good, size)
-                continue
-            in_range = [b for b in direct if b > prior]
-            report.fail(
-                min(in_range, default=prior + 1),
-                f"checkpoint at size {size} ({cp.key_id}) does not match the ledger: rows "
-                f"{prior + 1}..{size} were rewritten",
-            )
+    for node in run.end_nodes:
+        prefix.push_node(*node)
+    if prefix.end == head and head > 0:
+        report.root = prefix.root().hex()
 
 
 async def record_verified_head(

@@ -85,10 +85,10 @@ class _Item(NamedTuple):
     baseline: str  # the review's snapshot policy version
 
 
-
 def _client_body(client: Mapping[str, str] | None) -> dict[str, Any]:
     """``client`` (the console's ``{"api": "console"}``) for a row's body, if given."""
     return {"client": dict(client)} if client else {}
+
 
 class ReviewService:
     def __init__(

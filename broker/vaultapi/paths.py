@@ -188,16 +188,20 @@ def resolve(
         return Operation("refused", detail="not_supported")
     found = index.get(path)
     if found is None:
-        return _refused_write() if method not in _READ else Operation(
-            "refused", detail="not_in_catalog"
+        return (
+            _refused_write()
+            if method not in _READ
+            else Operation("refused", detail="not_in_catalog")
         )
     kind_name, entry = found
     if kind_name == "pki_issue":
         return Operation("pki_issue", entry) if method in _WRITE else _not_allowed()
     if method not in _READ:
         return _refused_write()
-    op_kind: OperationKind = "kv_read" if kind_name == "kv_read" else (
-        "kv_metadata" if kind_name == "kv_metadata" else "db_creds"
+    op_kind: OperationKind = (
+        "kv_read"
+        if kind_name == "kv_read"
+        else ("kv_metadata" if kind_name == "kv_metadata" else "db_creds")
     )
     return Operation(op_kind, entry)
 

@@ -224,9 +224,7 @@ async def _declared(request: web.Request, handler: _Handler) -> web.StreamRespon
     settings = request.app[SETTINGS]
     query = None
     if route.query is not None:
-        raw_query = (
-            console_guard.form_query(request) if route.front == "console" else request.query
-        )
+        raw_query = console_guard.form_query(request) if route.front == "console" else request.query
         query = decode_query(route.query, raw_query, settings)
     body = None
     if route.body is not None:

@@ -33,34 +33,32 @@ CREATE TABLE ledger.events (
     PRIMARY KEY (recorded_at, seq)
 ) PARTITION BY RANGE (recorded_at);
 
--- Creates the monthly partitions from the newest existing one (or the month of `since`)
--- through the month of `through`, each with the append-only triggers ENABLE ALWAYS. The
--- broker calls it ahead of time as the writer role, which may not create tables itself:
--- hence SECURITY DEFINER with a fixed search_path, EXECUTE granted to the writer only.
+-- Creates each missing monthly partition from the month of `since` through the month of
+-- `through`, with the append-only triggers ENABLE ALWAYS. The broker calls it ahead of
+-- time as the writer role, which may not create tables itself: hence SECURITY DEFINER
+-- with a fixed search_path, EXECUTE granted to the writer only. (A month before the
+-- newest row could never receive a row: check_chain refuses time running backwards.)
 CREATE FUNCTION ledger.create_partitions(since timestamptz, through timestamptz)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, ledger AS $$
 DECLARE
-    month   date;
-    last    date;
+    month   date := date_trunc('month', since AT TIME ZONE 'UTC')::date;
     name    text;
     created integer := 0;
 BEGIN
-    SELECT max(to_date(substr(c.relname, 8), 'YYYY_MM')) INTO last
-    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'ledger.events'::regclass;
-    month := COALESCE(last + interval '1 month', date_trunc('month', since AT TIME ZONE 'UTC'))::date;
     WHILE month <= date_trunc('month', through AT TIME ZONE 'UTC')::date LOOP
         name := 'events_' || to_char(month, 'YYYY_MM');
-        EXECUTE format(
-            'CREATE TABLE ledger.%I PARTITION OF ledger.events FOR VALUES FROM (%L) TO (%L)',
-            name, month::timestamp AT TIME ZONE 'UTC',
-            (month + interval '1 month')::timestamp AT TIME ZONE 'UTC');
-        EXECUTE format('CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON ledger.%I'
-            ' FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change()', name);
-        EXECUTE format('ALTER TABLE ledger.%I ENABLE ALWAYS TRIGGER events_chain', name);
-        EXECUTE format('ALTER TABLE ledger.%I ENABLE ALWAYS TRIGGER events_no_update_delete', name);
-        EXECUTE format('ALTER TABLE ledger.%I ENABLE ALWAYS TRIGGER events_no_truncate', name);
-        created := created + 1;
+        IF to_regclass('ledger.' || name) IS NULL THEN
+            EXECUTE format(
+                'CREATE TABLE ledger.%I PARTITION OF ledger.events FOR VALUES FROM (%L) TO (%L)',
+                name, month::timestamp AT TIME ZONE 'UTC',
+                (month + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+            EXECUTE format('CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON ledger.%I'
+                ' FOR EACH STATEMENT EXECUTE FUNCTION ledger.refuse_change()', name);
+            EXECUTE format('ALTER TABLE ledger.%I ENABLE ALWAYS TRIGGER events_chain', name);
+            EXECUTE format('ALTER TABLE ledger.%I ENABLE ALWAYS TRIGGER events_no_update_delete', name);
+            EXECUTE format('ALTER TABLE ledger.%I ENABLE ALWAYS TRIGGER events_no_truncate', name);
+            created := created + 1;
+        END IF;
         month := (month + interval '1 month')::date;
     END LOOP;
     RETURN created;
