@@ -52,6 +52,7 @@ from broker.ledger.evidence_queries import (
     stream_rows,
 )
 from broker.ledger.policy_queries import policy_documents
+from broker.ledger.records import event_record
 from broker.ledger.review_queries import completed_review_periods
 from broker.ledger.verify import verify_ledger
 
@@ -162,38 +163,6 @@ class ExportResult:
 
 
 # --- the package event record ------------------------------------------------------------
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="microseconds") if value is not None else None
-
-
-def event_record(r: Mapping[str, Any]) -> dict[str, Any]:
-    """One ledger row (record or dict of columns) as the package event record."""
-    body = r["body"]
-    if isinstance(body, str):  # a connection without the jsonb codec
-        body = json.loads(body)
-    grant_id = r["grant_id"]
-    return {
-        "seq": r["seq"],
-        "recorded_at": _iso(r["recorded_at"]),
-        "event": r["event"],
-        "replica": r["replica"],
-        "subject": r["subject"],
-        "subject_kind": r["subject_kind"],
-        "secret": r["secret"],
-        "role": r["role"],
-        "policy_version": r["policy_version"],
-        "grant_id": str(grant_id) if grant_id is not None else None,
-        "lease_id": r["lease_id"],
-        "expires_at": _iso(r["expires_at"]),
-        "outcome": r["outcome"],
-        "request_id": r["request_id"],
-        "body": body,
-        "dedupe_key": r["dedupe_key"],
-        "prev_hash": bytes(r["prev_hash"]).hex(),
-        "hash": bytes(r["hash"]).hex(),
-    }
 
 
 def iter_event_records(stream: Iterable[bytes]) -> Iterator[dict[str, Any]]:

@@ -38,6 +38,7 @@ __all__ = [
     "inclusion_proof",
     "leaf_hashes",
     "range_proof",
+    "span_hashes",
     "tree_root",
 ]
 
@@ -121,8 +122,8 @@ async def extend_tree(conn: asyncpg.Connection, upto: int) -> int:
     return target
 
 
-def _block_nodes(begin: int, leaves: Sequence[bytes]) -> dict[Node, bytes]:
-    """Every perfect subtree within one block of leaves starting at ``begin``."""
+def _span_nodes(begin: int, leaves: Sequence[bytes]) -> dict[Node, bytes]:
+    """Every perfect subtree that lies wholly within the leaves starting at ``begin``."""
     made: dict[Node, bytes] = {(0, begin + i): h for i, h in enumerate(leaves)}
     rng = CompactRange(begin, begin, on_node=lambda lv, ix, h: made.__setitem__((lv, ix), h))
     rng.extend(leaves)
@@ -142,9 +143,11 @@ async def _node_hashes(
     blocks: dict[int, set[Node]] = {}
     for lv, ix in wanted - high:
         blocks.setdefault(ix >> (STORED_LEVEL - lv), set()).add((lv, ix))
-    for block, need in blocks.items():
-        begin = block * BLOCK
-        made = _block_nodes(begin, await leaf_hashes(conn, begin, min(begin + BLOCK, size)))
+    for need in blocks.values():
+        # Only the leaves these nodes cover: rows before them may be archived already.
+        begin = min(ix << lv for lv, ix in need)
+        end = max((ix + 1) << lv for lv, ix in need)
+        made = _span_nodes(begin, await leaf_hashes(conn, begin, end))
         for node in need:
             out[node] = made[node]
     return out
@@ -184,6 +187,12 @@ async def range_proof(
 ) -> tuple[list[bytes], list[bytes]]:
     """The nodes left of leaves ``[begin, end)`` and right of them up to ``size``: with the
     rows themselves they rebuild the root of ``size`` (``merkle.CompactRange``)."""
-    left, right = range_nodes(0, begin), range_nodes(end, size)
-    hashes = await _node_hashes(conn, [*left, *right], size)
-    return [hashes[n] for n in left], [hashes[n] for n in right]
+    return await span_hashes(conn, 0, begin, size), await span_hashes(conn, end, size, size)
+
+
+async def span_hashes(conn: asyncpg.Connection, begin: int, end: int, size: int) -> list[bytes]:
+    """Hashes of ``range_nodes(begin, end)`` in the tree of ``size`` (reads no row outside
+    ``[begin, end)``: what an archive needs once earlier rows are gone)."""
+    spec = range_nodes(begin, end)
+    hashes = await _node_hashes(conn, spec, size)
+    return [hashes[n] for n in spec]
