@@ -137,6 +137,7 @@ async def _checkpoint_keys(app: web.Application) -> AsyncIterator[None]:
         load_or_create_signing_key(settings.checkpoint_key_path, create=False),
     )
     app[_SIGNER] = signer
+    app[VERIFICATIONS].signer = signer  # clean verifications record their verified head
     app[CHECKPOINT_VERIFIER] = CheckpointVerifier(
         [signer.verifier_key(), *settings.checkpoint_verifier_keys]
     )
@@ -387,10 +388,16 @@ def _console(settings: Settings) -> Console:
     )
 
 
+# Monthly partitions are created months ahead; checking a few times a day is plenty.
+_PARTITION_CHECK_SECONDS = 6 * 3600.0
+
+
 async def _running(app: web.Application) -> AsyncIterator[None]:
     """``broker.started`` .. ``broker.stopped``, and every background job in between."""
     settings, ledger, metrics = app[SETTINGS], app[LEDGER], app[METRICS]
     gap_threshold(settings.heartbeat_seconds)  # refuses a non-positive interval
+    ahead = settings.ledger_partitions_ahead_months
+    await ledger.create_partitions(ahead)  # before the first row of a new month needs one
     await ledger.append(
         NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
     )
@@ -402,6 +409,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
     every = periodic.every
     every(settings.blocklist_refresh_seconds, "offboarding-blocklist", app[_BLOCKLIST].refresh)
     every(settings.checkpoint_interval_seconds, "checkpoint", checkpointer.run_once)
+    every(_PARTITION_CHECK_SECONDS, "ledger-partitions", lambda: ledger.create_partitions(ahead))
     every(settings.expiry_sweep_interval_seconds, "expiry", app[GRANTS].expire_due)
     every(settings.vault_login_check_seconds, "vault-login", login.maintain)
     every(

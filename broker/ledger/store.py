@@ -171,6 +171,18 @@ class Ledger:
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
             raise LedgerUnavailable("ledger database is unreachable") from e
 
+    async def create_partitions(self, months_ahead: int) -> int:
+        """Create the monthly event partitions through ``months_ahead`` months from now
+        (the owner's SECURITY DEFINER function; the writer creates nothing itself)."""
+        try:
+            created: int = await self.pool.fetchval(
+                "SELECT ledger.create_partitions(now(), now() + make_interval(months => $1))",
+                months_ahead,
+            )
+        except (OSError, asyncpg.PostgresError) as e:
+            raise LedgerUnavailable(f"could not create ledger partitions: {e}") from e
+        return created
+
     async def head(self) -> tuple[int, bytes | None]:
         r = await self.pool.fetchrow(
             "SELECT seq, hash FROM ledger.events ORDER BY recorded_at DESC, seq DESC LIMIT 1"

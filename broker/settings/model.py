@@ -227,6 +227,23 @@ class Settings:
     ledger_max_batch: int = setting(
         512, env="BROKER_LEDGER_MAX_BATCH", section=_LEDGER, ge=1, doc="rows per ledger transaction"
     )
+    ledger_retention_months: int | None = setting(
+        None,
+        env="BROKER_LEDGER_RETENTION_MONTHS",
+        section=_LEDGER,
+        ge=12,
+        default_text="— (keep forever)",
+        doc="months of events kept in the database; older months may be moved to signed"
+        " segment files with `broker ledger archive` (at least 12: a SOC 2 period)",
+    )
+    ledger_partitions_ahead_months: int = setting(
+        3,
+        env="BROKER_LEDGER_PARTITIONS_AHEAD",
+        section=_LEDGER,
+        ge=1,
+        le=24,
+        doc="monthly ledger partitions the broker keeps created ahead of the current month",
+    )
 
     # --- Vault/OpenBao: the broker's own identity and limits ---
     vault_addr: str = setting(

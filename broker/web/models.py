@@ -486,6 +486,19 @@ class GapQuery(Page, kw_only=True):
     ) = None
 
 
+_TreeSize = Annotated[int, Meta(ge=1, description="a ledger size (rows), 1 or more")]
+
+
+class InclusionQuery(_Query, forbid_unknown_fields=True):
+    seq: _TreeSize
+    size: _TreeSize | None = None
+
+
+class ConsistencyQuery(_Query, forbid_unknown_fields=True):
+    old: _TreeSize
+    new: _TreeSize | None = None
+
+
 class EvidenceQuery(_Query):
     from_: From = msgspec.field(name="from")
     to: To
@@ -664,11 +677,44 @@ class Liveness(_Response):
     replica: str
 
 
+class InclusionProof(_Response):
+    """RFC 6962 audit path of ``leaf_hash`` (leaf ``seq - 1``) to ``root`` (base64), and
+    the signed checkpoint note whose root it is."""
+
+    seq: int
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str
+    proof: list[str]
+    root: str
+    checkpoint: str
+    event: dict[str, Any]
+
+
+class ConsistencyProof(_Response):
+    """RFC 6962 consistency proof from the tree of ``old_size`` to ``new_size``."""
+
+    old_size: int
+    new_size: int
+    old_root: str
+    new_root: str
+    proof: list[str]
+    old_checkpoint: str | None
+    new_checkpoint: str
+
+
 class Verification(_Response):
-    """``ok`` is false when tampering is detected; ``first_bad_seq`` names the first bad row."""
+    """``ok`` is false when tampering is detected; ``first_bad_seq`` names the first bad row.
+
+    ``mode`` is ``full`` or ``incremental``; ``verified_from`` the size the scan started
+    after (0, the archived rows, or the verified head); ``rows`` how many it checked."""
 
     ok: bool
+    mode: str
+    verified_from: int
     rows: int
+    head_seq: int
+    root: str | None
     first_bad_seq: int | None
     problems: list[Any]
 

@@ -24,6 +24,8 @@ from .models import (
     AccessParams,
     CallbackRequest,
     Comment,
+    ConsistencyProof,
+    ConsistencyQuery,
     CredentialRequest,
     DeviceRequest,
     DeviceStarted,
@@ -44,6 +46,8 @@ from .models import (
     GrantListQuery,
     GrantSummary,
     Health,
+    InclusionProof,
+    InclusionQuery,
     Liveness,
     LoggedOut,
     LoginRequest,
@@ -467,8 +471,56 @@ ROUTES: list[Route] = [
         system.get_verify,
         capability("audit"),
         "verifyLedger",
-        "Verify the whole ledger chain and its signed checkpoints",
+        "Verify the ledger rows appended since the last verified head",
+        description=(
+            "Incremental: every row after the newest verified head (signed by the broker"
+            " after an earlier clean run) is checked — content, chain, Merkle tree and the"
+            " signed checkpoints — and the tree at the head must fold to its signed root."
+            " With no usable head it verifies in full (`mode` says which). A full"
+            " re-verification is `POST /v1/audit/verify/full`."
+        ),
         responses={200: Verification},
+    ),
+    Route(
+        "POST",
+        "/v1/audit/verify/full",
+        system.post_verify_full,
+        capability("admin"),
+        "verifyLedgerFull",
+        "Re-verify every row of the ledger (one at a time across replicas)",
+        responses={200: Verification},
+        errors={409: "`verification_running`: another full verification holds the lock"},
+    ),
+    Route(
+        "GET",
+        "/v1/audit/proofs/inclusion",
+        audit.get_inclusion_proof,
+        capability("audit"),
+        "inclusionProof",
+        "Prove a ledger row is in a signed checkpoint (RFC 6962 audit path)",
+        description=(
+            "Against the checkpoint at `size` (default: the newest). Check it with the"
+            " ledger's public key alone: the note's signature, then the path from"
+            " `leaf_hash` to the note's root."
+        ),
+        query=InclusionQuery,
+        responses={200: InclusionProof},
+        errors={404: "`checkpoint_not_found`, `row_archived`"},
+    ),
+    Route(
+        "GET",
+        "/v1/audit/proofs/consistency",
+        audit.get_consistency_proof,
+        capability("audit"),
+        "consistencyProof",
+        "Prove an earlier ledger size is a prefix of a signed checkpoint (RFC 6962)",
+        description=(
+            "From the tree of `old` rows to the checkpoint at `new` (default: the newest):"
+            " an auditor who kept an old checkpoint checks the ledger only grew since."
+        ),
+        query=ConsistencyQuery,
+        responses={200: ConsistencyProof},
+        errors={404: "`checkpoint_not_found`, `row_archived`"},
     ),
     Route(
         "GET",

@@ -55,6 +55,15 @@ async def get_verify(request: web.Request) -> web.Response:
     return json_reply(done.report.to_json())
 
 
+async def post_verify_full(request: web.Request) -> web.Response:
+    done = await request.app[VERIFICATIONS].run_full(
+        request.app[LEDGER],
+        request.app[CHECKPOINT_VERIFIER],
+        requested_by=principal_of(request).subject,
+    )
+    return json_reply(done.report.to_json())
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(
         body=request.app[METRICS].render(),
