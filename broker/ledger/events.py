@@ -8,6 +8,7 @@ canonical form is stable through Postgres ``jsonb``.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -214,7 +215,8 @@ def row_to_event(r: Mapping[str, Any]) -> Event:
         expires_at=r["expires_at"],
         outcome=r["outcome"],
         request_id=r["request_id"],
-        body=r["body"],
+        # A connection without the jsonb codec hands the body over as text.
+        body=json.loads(r["body"]) if isinstance(r["body"], str) else r["body"],
         dedupe_key=r["dedupe_key"],
         prev_hash=bytes(r["prev_hash"]),
         hash=bytes(r["hash"]),

@@ -3,14 +3,14 @@ checkpoints that fall in the run, and the run's Merkle nodes. The unit of work o
 ``verify_ledger``, in-process or in worker processes.
 
 Each row's check depends only on the row itself and its stored predecessor hash, so a
-ledger splits into runs verified independently; the caller joins them (a run's first
+ledger splits into runs verified independently; the coordinator joins them (a run's first
 ``prev_hash`` must be the previous run's last hash, and its Merkle nodes continue the
-previous run's ``CompactRange``). A run also checks the checkpoints whose size it covers
-— signature, and the chain head against the row at that size — so their number (one
-every checkpoint interval: millions a year) costs neither the coordinator's memory nor
-its one core. Merkle roots are compared for a sample: the newest checkpoint of each batch
-plus every checkpoint the auditor supplied (a root is a second commitment to rows whose
-content and chain are already checked one by one). Rows are read a batch at a time in one
+previous run's ``CompactRange``). A run also checks every checkpoint whose size it covers
+— signature, chain head and Merkle root — so their number (one every checkpoint interval:
+millions a year) costs neither the coordinator's memory nor its one core. A root needs the
+tree left of the run: a worker takes it from ``ledger.tree_nodes`` as a *hint* and reports
+what it assumed; the coordinator accepts the run's root checks only if the hint equals
+the tree it computed from the rows before. Rows are read a batch at a time in one
 repeatable-read snapshot (the coordinator's, exported to the workers): memory stays flat.
 """
 
@@ -30,13 +30,12 @@ from .chain import canonical_row, chain_hash
 from .checkpoint import CheckpointError, CheckpointVerifier
 from .merkle import CompactRange, leaf_hash
 from .store import connect_one
+from .tree import TreeError, compact_hashes
 
 __all__ = [
     "ROW_COLUMNS",
     "RunResult",
     "SignedHead",
-    "join_runs",
-    "scan_rows",
     "scan_run",
     "scan_run_in_process",
 ]
@@ -48,6 +47,9 @@ ROW_COLUMNS = (
     " policy_version, grant_id::text, lease_id, expires_at::text, outcome, request_id,"
     " body::text, dedupe_key, prev_hash, hash"
 )
+_MAX_PROBLEMS = 50
+
+Node = tuple[int, int, bytes]
 
 
 def _ts(text: str | None) -> str | None:
@@ -81,11 +83,6 @@ def _body(text: str) -> tuple[Any, bool]:
     return value, _floats[0] == before
 
 
-_MAX_PROBLEMS = 50
-
-Node = tuple[int, int, bytes]
-
-
 @dataclass(frozen=True)
 class SignedHead:
     """A checkpoint whose signature verified: what the rows at ``size`` must reproduce."""
@@ -98,10 +95,11 @@ class SignedHead:
 
 @dataclass
 class RunResult:
-    """What one run ``(lo, hi]`` of seq showed."""
+    """What one run ``(lo, hi]`` of seq showed. ``end_nodes`` cover ``[lo, hi)`` only."""
 
     lo: int
     hi: int
+    prefix: list[bytes] | None = None  # the tree left of lo the root checks assumed
     rows: int = 0
     first_prev: bytes | None = None
     last_seq: int = 0
@@ -110,11 +108,8 @@ class RunResult:
     problems: list[tuple[int | None, str]] = field(default_factory=list)
     checkpoints: int = 0
     last_good: int | None = None  # largest checkpoint size in the run that matched
-    # (size, largest good size before it in this run or None, key id) of each mismatch
-    mismatches: list[tuple[int, int | None, str]] = field(default_factory=list)
-    # sampled checkpoints: Merkle nodes of [lo, size) and the signed roots to compare
-    partial_at: dict[int, list[Node]] = field(default_factory=dict)
-    roots: dict[int, list[tuple[bytes, str]]] = field(default_factory=dict)
+    # (size, largest good size before it in this run or None, key id, what differs)
+    mismatches: list[tuple[int, int | None, str, str]] = field(default_factory=list)
     end_nodes: list[Node] = field(default_factory=list)
 
     def fail(self, seq: int | None, problem: str) -> None:
@@ -124,90 +119,96 @@ class RunResult:
             self.problems.append((seq, problem))
 
 
-def scan_rows(
-    rows: Iterable[Any], lo: int, hi: int, heads: Sequence[SignedHead], sampled: frozenset[int]
-) -> RunResult:
-    """Check rows ``seq in (lo, hi]`` (records in ROW_COLUMNS order) and ``heads``, the
-    signed checkpoints with sizes in the run; compare roots at the newest one and at the
-    ``sampled`` sizes."""
-    out = RunResult(lo, hi)
-    tree = CompactRange(lo, lo)
-    by_size: dict[int, list[SignedHead]] = {}
-    for h in heads:
-        by_size.setdefault(h.size, []).append(h)
-    newest_rooted = max((h.size for h in heads if h.root is not None), default=None)
-    expected = lo + 1
-    prev_stored: bytes | None = None
-    for r in rows:
-        seq = r[0]
-        if seq != expected:
-            out.fail(expected, f"sequence gap: expected {expected}, found {seq}")
-            expected = seq
-        prev_hash, stored = r[16], r[17]
-        if out.rows == 0:
-            out.first_prev = prev_hash
-        elif prev_hash != prev_stored:
-            out.fail(seq, "prev_hash does not match the previous row's hash")
-        body, plain = _body(r[14])
-        payload = canonical_row(
-            seq=seq,
-            recorded_at=_ts(r[1]),  # type: ignore[arg-type]
-            event=r[2],
-            replica=r[3],
-            subject=r[4],
-            subject_kind=r[5],
-            secret=r[6],
-            role=r[7],
-            policy_version=r[8],
-            grant_id=r[9],
-            lease_id=r[10],
-            expires_at=_ts(r[11]),
-            outcome=r[12],
-            request_id=r[13],
-            body=body,
-            dedupe_key=r[15],
-            body_plain=plain,
-        )
-        if chain_hash(prev_hash, payload) != stored:
-            out.fail(seq, "row content does not match its hash (edited)")
-        tree.push_leaf(leaf_hash(payload))
-        if seq in by_size:
-            _check_heads(
-                out, tree, by_size.pop(seq), stored, seq == newest_rooted or seq in sampled
+class _Scanner:
+    """Feeds batches of one run through the checks, keeping the run's state."""
+
+    def __init__(self, lo: int, hi: int, prefix: list[bytes] | None) -> None:
+        self.out = RunResult(lo, hi, prefix)
+        self.tree = CompactRange(lo, lo)
+        self.left = CompactRange.from_hashes(0, lo, prefix) if prefix is not None else None
+        self.expected = lo + 1
+        self.prev: bytes | None = None
+
+    def root(self) -> bytes | None:
+        if self.left is None:
+            return None
+        joined = self.left.copy()
+        for level, index, h in self.tree.nodes:
+            joined.push_node(level, index, h)
+        return joined.root()
+
+    def feed(self, rows: Iterable[Any], heads: Sequence[SignedHead]) -> None:
+        out, tree = self.out, self.tree
+        by_size: dict[int, list[SignedHead]] = {}
+        for h in heads:
+            by_size.setdefault(h.size, []).append(h)
+        for r in rows:
+            seq = r[0]
+            if seq != self.expected:
+                out.fail(self.expected, f"sequence gap: expected {self.expected}, found {seq}")
+                self.expected = seq
+            prev_hash, stored = r[16], r[17]
+            if out.rows == 0:
+                out.first_prev = prev_hash
+            elif prev_hash != self.prev:
+                out.fail(seq, "prev_hash does not match the previous row's hash")
+            body, plain = _body(r[14])
+            payload = canonical_row(
+                seq=seq,
+                recorded_at=_ts(r[1]),  # type: ignore[arg-type]
+                event=r[2],
+                replica=r[3],
+                subject=r[4],
+                subject_kind=r[5],
+                secret=r[6],
+                role=r[7],
+                policy_version=r[8],
+                grant_id=r[9],
+                lease_id=r[10],
+                expires_at=_ts(r[11]),
+                outcome=r[12],
+                request_id=r[13],
+                body=body,
+                dedupe_key=r[15],
+                body_plain=plain,
             )
-        prev_stored = stored
-        out.rows += 1
-        out.last_seq = seq
-        expected += 1
-    out.last_hash = prev_stored
-    out.end_nodes = list(tree.nodes)
-    if out.rows and out.last_seq != hi:
-        out.fail(out.last_seq + 1, f"sequence gap: rows after {out.last_seq} are missing")
-    elif not out.rows and hi > lo:
-        out.fail(lo + 1, f"rows {lo + 1}..{hi} are missing")
-    for size, missed in sorted(by_size.items()):  # sizes whose row never came
-        for h in missed:
-            out.mismatches.append((size, out.last_good, h.key_id))
-    return out
+            if chain_hash(prev_hash, payload) != stored:
+                out.fail(seq, "row content does not match its hash (edited)")
+            tree.push_leaf(leaf_hash(payload))
+            if seq in by_size:
+                self._check(by_size.pop(seq), stored)
+            self.prev = stored
+            out.rows += 1
+            out.last_seq = seq
+            self.expected += 1
+        for _, missed in sorted(by_size.items()):  # sizes whose row never came
+            for h in missed:
+                out.mismatches.append((h.size, out.last_good, h.key_id, "no row at its size"))
 
+    def _check(self, heads: list[SignedHead], stored: bytes) -> None:
+        out = self.out
+        prior, good = out.last_good, True
+        root = self.root() if any(h.root is not None for h in heads) else None
+        for h in heads:
+            out.checkpoints += h.key_id != "trusted"
+            if h.head != stored:
+                out.mismatches.append((h.size, prior, h.key_id, "chain head"))
+                good = False
+            elif h.root is not None and root is not None and h.root != root:
+                out.mismatches.append((h.size, prior, h.key_id, "Merkle root"))
+                good = False
+        if good:
+            out.last_good = heads[0].size
 
-def _check_heads(
-    out: RunResult, tree: CompactRange, heads: list[SignedHead], stored: bytes, sample: bool
-) -> None:
-    size = heads[0].size
-    rooted = [h for h in heads if h.root is not None]
-    if sample and rooted:
-        out.partial_at[size] = list(tree.nodes)
-        out.roots[size] = [(h.root, h.key_id) for h in rooted if h.root is not None]
-    prior = out.last_good
-    good = True
-    for h in heads:
-        out.checkpoints += h.key_id != "trusted"
-        if h.head != stored:
-            out.mismatches.append((size, prior, h.key_id))
-            good = False
-    if good:
-        out.last_good = size
+    def finish(self) -> RunResult:
+        out = self.out
+        out.last_hash = self.prev
+        out.end_nodes = list(self.tree.nodes)
+        if out.rows and out.last_seq != out.hi:
+            out.fail(out.last_seq + 1, f"sequence gap: rows after {out.last_seq} are missing")
+        elif not out.rows and out.hi > out.lo:
+            out.fail(out.lo + 1, f"rows {out.lo + 1}..{out.hi} are missing")
+        return out
 
 
 async def _signed_heads(
@@ -257,30 +258,27 @@ async def scan_run(
     *,
     verifier: CheckpointVerifier,
     origin: str,
+    prefix: list[bytes] | None = None,
     trusted: Sequence[SignedHead] = (),
     batch: int = 20_000,
 ) -> RunResult:
     """Scan rows ``(lo, hi]`` and their checkpoints a batch at a time (memory holds one
-    batch), joined here. ``trusted``: auditor-kept heads, always compared in full."""
-    runs = []
+    batch). ``prefix``: the tree left of ``lo`` when the caller knows it; otherwise the
+    stored nodes are the hint. ``trusted``: auditor-kept heads in the run."""
+    if prefix is None:
+        try:
+            prefix = await compact_hashes(conn, lo)
+        except TreeError:
+            prefix = None  # no tree stored that far: the run checks chain heads only
+    scanner = _Scanner(lo, hi, prefix)
     pos = lo
     while pos < hi:
         stop = min(hi, pos + batch)
-        signed = await _signed_heads(
-            conn, pos, stop, verifier, origin, notes := RunResult(pos, stop)
-        )
+        signed = await _signed_heads(conn, pos, stop, verifier, origin, scanner.out)
         kept = [h for h in trusted if pos < h.size <= stop]
-        run = scan_rows(
-            await fetch_run(conn, pos, stop),
-            pos,
-            stop,
-            signed + kept,
-            frozenset(h.size for h in kept),
-        )
-        run.problems[:0] = notes.problems
-        runs.append(run)
+        scanner.feed(await fetch_run(conn, pos, stop), signed + kept)
         pos = stop
-    return join_runs(lo, hi, runs)
+    return scanner.finish()
 
 
 async def _scan_remote(
@@ -289,6 +287,7 @@ async def _scan_remote(
     snapshot: str | None,
     lo: int,
     hi: int,
+    prefix: list[bytes] | None,
     verifier_keys: list[str],
     origin: str,
     trusted: list[SignedHead],
@@ -306,44 +305,12 @@ async def _scan_remote(
                 hi,
                 verifier=CheckpointVerifier(verifier_keys),
                 origin=origin,
+                prefix=prefix,
                 trusted=trusted,
                 batch=batch,
             )
     finally:
         await conn.close()
-
-
-def join_runs(lo: int, hi: int, runs: list[RunResult]) -> RunResult:
-    """One result for consecutive runs (the runs' own seams checked here)."""
-    out = RunResult(lo, hi)
-    tree = CompactRange(lo, lo)
-    for run in runs:
-        if out.rows and run.rows and run.first_prev != out.last_hash:
-            out.fail(run.lo + 1, "prev_hash does not match the previous row's hash")
-        for size, nodes in run.partial_at.items():
-            joined = tree.copy()
-            for node in nodes:
-                joined.push_node(*node)
-            out.partial_at[size] = list(joined.nodes)
-        out.roots.update(run.roots)
-        for node in run.end_nodes:
-            tree.push_node(*node)
-        if out.rows == 0 and run.rows:
-            out.first_prev = run.first_prev
-        if run.rows:
-            out.last_seq, out.last_hash = run.last_seq, run.last_hash
-        out.rows += run.rows
-        out.checkpoints += run.checkpoints
-        out.mismatches.extend(
-            (size, out.last_good if prior is None else prior, key)
-            for size, prior, key in run.mismatches
-        )
-        if run.last_good is not None:
-            out.last_good = run.last_good
-        out.bad.extend(run.bad)
-        out.problems.extend(run.problems[: max(0, _MAX_PROBLEMS - len(out.problems))])
-    out.end_nodes = list(tree.nodes)
-    return out
 
 
 def scan_run_in_process(args: tuple[Any, ...]) -> RunResult:

@@ -47,7 +47,7 @@ import asyncpg
 from .chain import GENESIS
 from .checkpoint import Checkpoint, CheckpointError, CheckpointSigner, CheckpointVerifier
 from .merkle import CompactRange, ProofError, root_from_nodes, verify_consistency
-from .scan import RunResult, SignedHead, join_runs, scan_run, scan_run_in_process
+from .scan import RunResult, SignedHead, scan_run, scan_run_in_process
 from .tree import TreeError, compact_hashes, consistency_proof
 
 __all__ = [
@@ -252,7 +252,7 @@ async def _verified_start(
 
 async def _scan(
     conn: asyncpg.Connection,
-    start: int,
+    start: _Start,
     head: int,
     *,
     verifier: CheckpointVerifier,
@@ -262,20 +262,30 @@ async def _scan(
     dsn: str | None,
     sslrootcert: Path | None,
     batch_rows: int,
-) -> RunResult:
-    if head <= start:
-        return RunResult(start, head)
-    if workers <= 1 or dsn is None or head - start < 4 * batch_rows:
-        return await scan_run(
-            conn, start, head, verifier=verifier, origin=origin, trusted=trusted, batch=batch_rows
+) -> list[RunResult]:
+    known = start.nodes if start.what != "missing" else None
+    if head <= start.size:
+        return []
+    if workers <= 1 or dsn is None or head - start.size < 4 * batch_rows:
+        run = await scan_run(
+            conn,
+            start.size,
+            head,
+            verifier=verifier,
+            origin=origin,
+            prefix=known,
+            trusted=trusted,
+            batch=batch_rows,
         )
+        return [run]
     snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
     parts = workers * _RUNS_PER_WORKER
-    step = -(-(head - start) // parts)
+    step = -(-(head - start.size) // parts)
     args = [
         (dsn, str(sslrootcert) if sslrootcert else None, snapshot, lo, min(head, lo + step),
-         verifier.verifier_keys, origin, trusted, batch_rows)
-        for lo in range(start, head, step)
+         known if lo == start.size else None, verifier.verifier_keys, origin,
+         [t for t in trusted if lo < t.size <= lo + step], batch_rows)
+        for lo in range(start.size, head, step)
     ]  # fmt: skip
     loop = asyncio.get_running_loop()
     # spawn: a forked child would inherit this process's event loop and connections.
@@ -283,7 +293,7 @@ async def _scan(
         runs = await asyncio.gather(
             *(loop.run_in_executor(pool, scan_run_in_process, a) for a in args)
         )
-    return join_runs(start, head, list(runs))
+    return list(runs)
 
 
 async def verify_ledger(
@@ -369,9 +379,9 @@ async def verify_ledger(
         first_unsigned_at = await conn.fetchval(
             "SELECT recorded_at FROM ledger.events WHERE seq = $1", latest_signed + 1
         )
-        run = await _scan(
+        runs = await _scan(
             conn,
-            start.size,
+            start,
             head,
             verifier=verifier,
             origin=origin,
@@ -381,10 +391,9 @@ async def verify_ledger(
             sslrootcert=sslrootcert,
             batch_rows=batch_rows,
         )
-    _judge(report, start, run, head)
+    _judge(report, start, runs, head)
     report.head_seq = head
     report.head_hash = head_row["hash"].hex() if head_row else None
-    report.checkpoints = run.checkpoints
     report.latest_checkpoint = latest["size"] if latest else None
     report.unsigned_tail = max(0, head - max(report.latest_checkpoint or 0, start.size))
     if (
@@ -433,44 +442,46 @@ async def _prove_consistent(
     )
 
 
-def _judge(report: VerifyReport, start: _Start, run: RunResult, head: int) -> None:
-    """Fold the scan into the report: rows, seams, checkpoints and sampled roots."""
-    report.rows = run.rows
-    for seq, problem in run.problems:
-        report.fail(seq, problem)
-    if run.bad:  # rows beyond the listed problems still count for first_bad_seq
+def _judge(report: VerifyReport, start: _Start, runs: list[RunResult], head: int) -> None:
+    """Join the runs into the report: rows, seams, checkpoints, and the tree's root."""
+    bad = sorted(b for run in runs for b in run.bad)
+    if bad:  # rows beyond the listed problems still count for first_bad_seq
         report.ok = False
-        first = min(run.bad)
-        if report.first_bad_seq is None or first < report.first_bad_seq:
-            report.first_bad_seq = first
-    for size, prior, key_id in run.mismatches:
-        base = start.size if prior is None else prior
-        report.fail(
-            min((b for b in run.bad if base < b <= size), default=base + 1),
-            f"checkpoint at size {size} ({key_id}) does not match the ledger: rows"
-            f" {base + 1}..{size} were rewritten",
-        )
-    if start.what == "missing":  # nothing proves where the remaining rows start
-        return
-    if run.rows and run.first_prev != start.chain_head:
-        report.fail(start.size + 1, f"prev_hash does not continue the {start.what} at {start.size}")
-    prefix = CompactRange.from_hashes(0, start.size, start.nodes)
-    for size, nodes in sorted(run.partial_at.items()):
-        tree = prefix.copy()
-        for node in nodes:
-            tree.push_node(*node)
-        computed = tree.root()
-        for root, key_id in run.roots[size]:
-            if root != computed:
-                report.fail(
-                    None,
-                    f"checkpoint at size {size} ({key_id}): its Merkle root does not match"
-                    " the rows",
-                )
-    for node in run.end_nodes:
-        prefix.push_node(*node)
-    if prefix.end == head and head > 0:
-        report.root = prefix.root().hex()
+        report.first_bad_seq = min(bad[0], report.first_bad_seq or bad[0])
+    proven = start.what != "missing"
+    tree = CompactRange.from_hashes(0, start.size, start.nodes) if proven else None
+    prev = start.chain_head if proven else None
+    last_good = start.size
+    for run in runs:
+        report.rows += run.rows
+        report.checkpoints += run.checkpoints
+        for seq, problem in run.problems:
+            report.fail(seq, problem)
+        if run.rows and prev is not None and run.first_prev != prev:
+            where = f"the {start.what} at {start.size}" if run.lo == start.size else "row"
+            report.fail(run.lo + 1, f"prev_hash does not continue {where} {run.lo}")
+        if run.rows:
+            prev = run.last_hash
+        if tree is not None and run.prefix is not None and run.prefix != tree.hashes():
+            report.fail(
+                None,
+                f"the stored Merkle nodes left of row {run.lo + 1} do not match the rows"
+                " (proofs from them would not verify)",
+            )
+        for size, prior, key_id, what in run.mismatches:
+            base = last_good if prior is None else prior
+            report.fail(
+                next((b for b in bad if base < b <= size), base + 1),
+                f"checkpoint at size {size} ({key_id}): its {what} does not match the"
+                f" ledger: rows {base + 1}..{size} were rewritten",
+            )
+        if run.last_good is not None:
+            last_good = run.last_good
+        if tree is not None:
+            for node in run.end_nodes:
+                tree.push_node(*node)
+    if tree is not None and tree.end == head and head > 0:
+        report.root = tree.root().hex()
 
 
 async def record_verified_head(
