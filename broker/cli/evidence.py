@@ -81,6 +81,7 @@ async def _export(
     *,
     wait: float,
     quiet: bool,
+    consistent_with: tuple[int, ...] = (),
 ) -> Any:
     from broker.evidence.package import ExportOptions, NotYetSigned, export_package
     from broker.ledger import CheckpointVerifier, connect_one
@@ -89,6 +90,7 @@ async def _export(
     options = ExportOptions(
         heartbeat_seconds=settings.heartbeat_seconds,
         offboarding_sla_seconds=settings.offboarding_sla_seconds,
+        consistent_with=consistent_with,
     )
     conn = await connect_one(
         dsn, timeout=settings.db_timeout_seconds, sslrootcert=settings.database_sslrootcert
@@ -131,6 +133,14 @@ def _needs(settings: Any, dsn: str | None) -> str | None:
     return None
 
 
+def _kept(settings: Any, path: str) -> Any:
+    """A checkpoint note kept from an earlier package, verified. Raises ValueError/OSError."""
+    from broker.ledger import CheckpointVerifier
+
+    _, keys = _keys(settings)
+    return CheckpointVerifier(keys).verify(Path(path).read_text(), origin=settings.ledger_origin)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from broker.evidence.package import EvidenceError
     from broker.settings import from_env
@@ -143,6 +153,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     try:
+        sizes = tuple(_kept(settings, f).size for f in args.consistent_with)
+    except (OSError, ValueError) as e:
+        print(f"--consistent-with: {e}", file=sys.stderr)
+        return 2
+    try:
         result = asyncio.run(
             _export(
                 settings,
@@ -152,6 +167,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 args.period_to,
                 wait=args.wait,
                 quiet=args.quiet,
+                consistent_with=sizes,
             )
         )
     except EvidenceError as e:
@@ -225,7 +241,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
             if not path.is_file():
                 print(f"{path} not found", file=sys.stderr)
                 return 2
-        report = check_package(path, CheckpointVerifier(keys))
+        try:
+            kept = [Path(f).read_text() for f in args.kept_checkpoint]
+        except OSError as e:
+            print(f"--kept-checkpoint: {e}", file=sys.stderr)
+            return 2
+        report = check_package(path, CheckpointVerifier(keys), kept)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -266,6 +287,14 @@ def register(sub: Any) -> None:
         help="the package to write, e.g. evidence.zip as in the docs (replaced if it exists)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--consistent-with",
+        action="append",
+        default=[],
+        metavar="NOTE",
+        help="a checkpoint note you kept (e.g. from the last package): include the proof"
+        " that this package's checkpoint extends it",
+    )
     p.set_defaults(func=_cmd_export)
 
     c = esub.add_parser(
@@ -283,4 +312,11 @@ def register(sub: Any) -> None:
         help="with --from: the end of the period to export (exclusive)",
     )  # fmt: skip
     c.add_argument("--json", action="store_true", help="one JSON document")
+    c.add_argument(
+        "--kept-checkpoint",
+        action="append",
+        default=[],
+        metavar="NOTE",
+        help="a checkpoint note you kept: the package must prove itself consistent with it",
+    )
     c.set_defaults(func=_cmd_check)

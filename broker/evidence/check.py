@@ -9,7 +9,13 @@ In one pass over ``events.jsonl`` (streamed from the zip, memory bounded):
    (``broker.ledger.chain``) and must reproduce every signed checkpoint in
    ``checkpoints.txt``, the last one at the segment's end — so every row is authenticated
    by a signature, not by the hashes stored next to it;
-4. ``findings.analyze`` runs over the same records with the package's policies.
+4. the Merkle tree nodes in ``proofs.json`` left of the segment, with a leaf per row,
+   must rebuild the root signed at the segment's end; each consistency proof there must
+   show an earlier checkpoint is a prefix of it — including those the auditor kept from
+   earlier packages (``kept``), which must each have one;
+5. ``findings.analyze`` runs over the same records with the package's policies.
+
+Time and memory are proportional to the period, never to the ledger.
 
 Problems of kinds 1 and 2 are *integrity* failures (the package is not what the broker
 signed); a chain that does not reproduce its checkpoints is a ``chain_break`` material
@@ -18,17 +24,19 @@ weakness. ``ok`` is false if there is any of either.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from broker.ledger.chain import canonical_record, chain_hash
-from broker.ledger.checkpoint import CheckpointError, CheckpointVerifier
+from broker.ledger.checkpoint import Checkpoint, CheckpointError, CheckpointVerifier
+from broker.ledger.merkle import CompactRange, ProofError, leaf_hash, verify_consistency
 
 from .findings import Finding, analyze
 from .package import EVIDENCE_FORMAT, iter_event_records, manifest_checkpoint
@@ -71,6 +79,7 @@ class CheckReport:
     manifest: dict[str, Any] = field(default_factory=dict)
     rows: int = 0
     signed_size: int | None = None
+    consistent_with: list[int] = field(default_factory=list)
 
     @property
     def material_weaknesses(self) -> int:
@@ -88,6 +97,7 @@ class CheckReport:
             "origin": self.manifest.get("origin"),
             "rows": self.rows,
             "signed_size": self.signed_size,
+            "consistent_with": self.consistent_with,
             "integrity": {"ok": not self.integrity, "problems": self.integrity},
             "counts": {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES},
             "findings": [f.to_json() for f in self.findings],
@@ -117,8 +127,9 @@ class _HashingReader:
 class _Chain:
     """Recomputes the segment's chain and compares it with the signed checkpoints."""
 
-    def __init__(self, signed: Mapping[int, bytes]) -> None:
+    def __init__(self, signed: Mapping[int, bytes], tree: CompactRange | None) -> None:
         self._signed = signed
+        self.tree = tree  # the Merkle tree left of the segment, grown a leaf per row
         self.computed: bytes | None = None
         self.first_seq: int | None = None
         self.last_seq: int | None = None
@@ -137,8 +148,11 @@ class _Chain:
         except (KeyError, TypeError, ValueError) as e:
             self.problems.append((rec.get("seq"), f"malformed record: {e}"))
             self.computed = b"\0" * 32  # nothing after this can match a signature
+            self.tree = None
             return
         self.computed = chain_hash(self.computed, payload)
+        if self.tree is not None:
+            self.tree.push_leaf(leaf_hash(payload))
         if self.first_divergence is None and self.computed.hex() != rec.get("hash"):
             self.first_divergence = seq
         self.last_seq = seq
@@ -156,9 +170,9 @@ class _Chain:
 
 def _signed_heads(
     notes_text: str, verifier: CheckpointVerifier, origin: str, integrity: list[str]
-) -> dict[int, bytes]:
-    """Size -> head of each note in ``checkpoints.txt`` (notes separated by a blank line)."""
-    heads: dict[int, bytes] = {}
+) -> dict[int, Checkpoint]:
+    """Size -> each note in ``checkpoints.txt`` that verifies (separated by a blank line)."""
+    heads: dict[int, Checkpoint] = {}
     # Each note is "body\n\nsignatures\n"; notes are joined by one more newline.
     parts = [p for p in notes_text.strip("\n").split("\n\n") if p]
     if len(parts) % 2:
@@ -169,12 +183,83 @@ def _signed_heads(
         except CheckpointError as e:
             integrity.append(f"checkpoints.txt: {e}")
             continue
-        heads[cp.size] = cp.head_hash
+        heads[cp.size] = cp
     return heads
 
 
-def check_package(path: Path, verifier: CheckpointVerifier) -> CheckReport:
-    """Audit the package at ``path`` with the trusted checkpoint keys in ``verifier``.
+def _left_tree(
+    proofs: Mapping[str, Any], first_seq: Any, report: CheckReport
+) -> CompactRange | None:
+    """The tree left of the segment from ``proofs.json`` (None: no tree proof)."""
+    if proofs.get("tree_size") is None:
+        return None
+    try:
+        left = [base64.b64decode(h, validate=True) for h in proofs["left"]]
+        return CompactRange.from_hashes(0, int(first_seq) - 1, left)
+    except (KeyError, TypeError, ValueError) as e:
+        report.integrity.append(f"proofs.json is malformed: {e}")
+        return None
+
+
+def _check_tree(
+    chain: _Chain,
+    proofs: Mapping[str, Any],
+    signed: Mapping[int, Checkpoint],
+    end_seq: int,
+    verifier: CheckpointVerifier,
+    kept: list[Checkpoint],
+    report: CheckReport,
+) -> None:
+    """The rebuilt root against the signed one; consistency proofs; the kept notes."""
+    cp = signed.get(end_seq)
+    if chain.tree is None or cp is None or cp.root is None:
+        if kept:
+            report.integrity.append("the package has no Merkle proof to check kept checkpoints")
+        return
+    if chain.tree.end != end_seq or chain.tree.root() != cp.root:
+        chain.problems.append(
+            (
+                chain.first_divergence or chain.first_seq,
+                f"the rows do not rebuild the Merkle root signed at size {end_seq}",
+            )
+        )
+        return
+    proven: dict[int, bytes] = {end_seq: cp.root}
+    for entry in proofs.get("consistency", []):
+        try:
+            size = int(entry["size"])
+            proof = [base64.b64decode(h, validate=True) for h in entry["proof"]]
+            note = entry.get("checkpoint")
+            old = verifier.verify(note, origin=cp.origin) if note else None
+        except (KeyError, TypeError, ValueError, CheckpointError) as e:
+            report.integrity.append(f"proofs.json: a consistency entry is malformed: {e}")
+            continue
+        roots = {k.root for k in kept if k.size == size and k.root}
+        if old is not None and old.root is not None:
+            roots.add(old.root)
+        for root in roots:
+            try:
+                verify_consistency(size, end_seq, root, cp.root, proof)
+            except ProofError as e:
+                chain.problems.append((None, f"checkpoint at size {size}: {e}"))
+                continue
+            proven[size] = root
+    for k in kept:
+        if proven.get(k.size) == k.root:
+            report.consistent_with.append(k.size)
+        else:
+            report.integrity.append(
+                f"your checkpoint at size {k.size} is not proven consistent with size"
+                f" {end_seq} (a wrong history, or export with --consistent-with it)"
+            )
+
+
+def check_package(
+    path: Path, verifier: CheckpointVerifier, kept: Sequence[str] = ()
+) -> CheckReport:
+    """Audit the package at ``path`` with the trusted checkpoint keys in ``verifier``;
+    ``kept``: checkpoint notes the auditor kept (e.g. from last quarter's package), each of
+    which the package must prove itself consistent with.
 
     Never raises for a bad package: every problem is in the report. Raises OSError only if
     the file cannot be read at all.
@@ -186,7 +271,7 @@ def check_package(path: Path, verifier: CheckpointVerifier) -> CheckReport:
         report.integrity.append(f"not a zip archive: {e}")
         return report
     with zf:
-        _check(zf, verifier, report)
+        _check(zf, verifier, kept, report)
     return report
 
 
@@ -200,7 +285,12 @@ def _read(zf: zipfile.ZipFile, name: str, report: CheckReport) -> bytes | None:
     return None
 
 
-def _check(zf: zipfile.ZipFile, verifier: CheckpointVerifier, report: CheckReport) -> None:
+def _check(
+    zf: zipfile.ZipFile,
+    verifier: CheckpointVerifier,
+    kept_notes: Sequence[str],
+    report: CheckReport,
+) -> None:
     manifest_bytes = _read(zf, "manifest.json", report)
     sig = _read(zf, "manifest.sig", report)
     if manifest_bytes is None:
@@ -245,7 +335,7 @@ def _check(zf: zipfile.ZipFile, verifier: CheckpointVerifier, report: CheckRepor
         if name not in present:
             report.integrity.append(f"{name} is listed in the manifest but missing")
             continue
-        keep = name == "checkpoints.txt" or name.startswith("policies/")
+        keep = name in ("checkpoints.txt", "proofs.json") or name.startswith("policies/")
         digest, size, kept = hashlib.sha256(), 0, bytearray()
         try:
             with zf.open(name) as member:
@@ -272,7 +362,21 @@ def _check(zf: zipfile.ZipFile, verifier: CheckpointVerifier, report: CheckRepor
         origin,
         report.integrity,
     )
-    chain = _Chain(signed)
+    kept_checkpoints: list[Checkpoint] = []
+    for note in kept_notes:
+        try:
+            kept_checkpoints.append(verifier.verify(note, origin=origin))
+        except CheckpointError as e:
+            report.integrity.append(f"your kept checkpoint does not verify: {e}")
+    try:
+        proofs = json.loads(small.get("proofs.json", b"{}"))
+    except ValueError as e:
+        report.integrity.append(f"proofs.json is malformed: {e}")
+        proofs = {}
+    chain = _Chain(
+        {size: cp.head_hash for size, cp in signed.items()},
+        _left_tree(proofs, segment.get("first_seq") or 1, report),
+    )
     findings: list[Finding] = []
     if "events.jsonl" not in present:
         report.integrity.append("events.jsonl is missing")
@@ -320,6 +424,7 @@ def _check(zf: zipfile.ZipFile, verifier: CheckpointVerifier, report: CheckRepor
             chain.problems.append(
                 (end_seq, f"no signed checkpoint in checkpoints.txt at the segment end {end_seq}")
             )
+        _check_tree(chain, proofs, signed, end_seq, verifier, kept_checkpoints, report)
     # Row-level breaks are analyze's; these are the ones only signatures reveal.
     seen = {(f.kind, f.seq) for f in findings}
     for seq, problem in chain.problems:

@@ -6,7 +6,14 @@ Contents (each file mapped to the Trust Services Criteria it evidences, see ``TS
                        extended to the first signed checkpoint at or after the period's
                        last row, so the segment ends at a signed head;
 - ``checkpoints.txt``  the signed notes whose size lies in the segment;
-- ``verification.json`` ``verify_ledger`` over the whole ledger at export time;
+- ``proofs.json``      the Merkle tree nodes left of the segment (with its rows they
+                       rebuild the signed root at the segment's end, so the package proves
+                       itself without the rest of the ledger) and RFC 6962 consistency
+                       proofs from earlier checkpoints: the one that covered the row before
+                       the period (the previous period's package ends there) and any the
+                       exporter asked for (``consistent_with``);
+- ``verification.json`` ``verify_ledger`` at export time, incremental from the last
+                       verified head (the first export of a ledger verifies it in full);
 - ``grants.csv/json``, ``privileged.csv``, ``offboarding.csv``, ``reviews.csv``,
   ``gaps.csv``, ``findings.json``, ``policies/<version>/<file>``, ``summary.html``;
 - ``manifest.json``    SHA-256 of every file, the period, origin, TSC mapping;
@@ -23,6 +30,8 @@ over the written ``events.jsonl`` — the very bytes the auditor receives.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -54,7 +63,8 @@ from broker.ledger.evidence_queries import (
 from broker.ledger.policy_queries import policy_documents
 from broker.ledger.records import event_record
 from broker.ledger.review_queries import completed_review_periods
-from broker.ledger.verify import verify_ledger
+from broker.ledger.tree import TreeError, consistency_proof, span_hashes
+from broker.ledger.verify import record_verified_head, verify_ledger
 
 from .findings import Finding, analyze
 
@@ -90,6 +100,7 @@ TSC: dict[str, dict[str, Any]] = {
             "verification.json",
             "events.jsonl",
             "checkpoints.txt",
+            "proofs.json",
             "summary.html",
         ],
     },
@@ -145,6 +156,8 @@ class ExportOptions:
     zip_compresslevel: int = 6
     progress_every_rows: int = 10_000
     verify_max_unsigned_seconds: float | None = 600.0
+    # Earlier checkpoint sizes (an auditor's kept notes) to prove the package consistent with.
+    consistent_with: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -573,6 +586,45 @@ class _Derived:
 # --- the export -----------------------------------------------------------------------------
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def _tree_proofs(
+    conn: asyncpg.Connection, first_seq: int, end_seq: int, options: ExportOptions
+) -> dict[str, Any]:
+    """``proofs.json``: what ties the segment's rows to the signed root at ``end_seq``,
+    and consistency proofs from earlier checkpoints to it."""
+    root = await conn.fetchval("SELECT root_hash FROM ledger.checkpoints WHERE size = $1", end_seq)
+    if root is None:
+        return {"tree_size": None, "note": "the covering checkpoint predates the Merkle tree"}
+    try:
+        left = await span_hashes(conn, 0, first_seq - 1, end_seq)
+        earlier = set(options.consistent_with)
+        if first_seq > 1:
+            previous = await covering_checkpoint(conn, first_seq - 1)
+            if previous is not None and previous < end_seq:
+                earlier.add(previous)
+        consistency = []
+        for size in sorted(s for s in earlier if 0 < s <= end_seq):
+            note = await conn.fetchval(
+                "SELECT note FROM ledger.checkpoints WHERE size = $1 AND root_hash IS NOT NULL",
+                size,
+            )
+            proof = await consistency_proof(conn, size, end_seq)
+            consistency.append(
+                {"size": size, "checkpoint": note, "proof": [_b64(h) for h in proof]}
+            )
+    except TreeError as e:  # rows left of the period archived away
+        return {"tree_size": None, "note": f"no tree proof: {e}"}
+    return {
+        "tree_size": end_seq,
+        "root": _b64(bytes(root)),
+        "left": [_b64(h) for h in left],
+        "consistency": consistency,
+    }
+
+
 def _dump(rec: dict[str, Any]) -> bytes:
     return (json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
@@ -609,7 +661,10 @@ async def export_package(
             verifier=verifier,
             origin=origin,
             max_unsigned_seconds=options.verify_max_unsigned_seconds,
+            mode="incremental",
         )
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):  # a read-only role
+            await record_verified_head(conn, report, signer, origin)
         (work / "verification.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
         derived = _Derived(work, options)
         rows = period_rows = 0
@@ -622,6 +677,7 @@ async def export_package(
                 bounds = await period_bounds(conn, period_from, period_to)
                 notes: list[str] = []
                 versions: set[str] = set()
+                proofs: dict[str, Any] = {"tree_size": None, "note": "the period has no rows"}
                 with (work / "events.jsonl").open("wb") as events:
                     if bounds is not None:
                         end_seq = await covering_checkpoint(conn, bounds.last_seq)
@@ -655,6 +711,7 @@ async def export_package(
                         versions = set(
                             await policy_versions_in_force(conn, bounds.first_seq, bounds.last_seq)
                         )
+                        proofs = await _tree_proofs(conn, first_seq, end_seq, options)
                         period_first, period_last = bounds.first_seq, bounds.last_seq
                 versions |= derived.policy_versions
                 policies = await policy_documents(conn, versions)
@@ -662,6 +719,7 @@ async def export_package(
         finally:
             derived.close()
         (work / "checkpoints.txt").write_text("\n".join(notes))
+        (work / "proofs.json").write_text(json.dumps(proofs, indent=2) + "\n")
         result = await asyncio.to_thread(
             _finish,
             work,
