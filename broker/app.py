@@ -397,7 +397,12 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
     settings, ledger, metrics = app[SETTINGS], app[LEDGER], app[METRICS]
     gap_threshold(settings.heartbeat_seconds)  # refuses a non-positive interval
     ahead = settings.ledger_partitions_ahead_months
-    await ledger.create_partitions(ahead)  # before the first row of a new month needs one
+
+    async def partitions() -> None:
+        until = await ledger.create_partitions(ahead)
+        metrics.ledger_partitions_until.set(until.timestamp())
+
+    await partitions()  # before the first row of a new month needs one
     await ledger.append(
         NewEvent(event="broker.started", outcome="ok", body={"version": __version__})
     )
@@ -409,7 +414,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
     every = periodic.every
     every(settings.blocklist_refresh_seconds, "offboarding-blocklist", app[_BLOCKLIST].refresh)
     every(settings.checkpoint_interval_seconds, "checkpoint", checkpointer.run_once)
-    every(_PARTITION_CHECK_SECONDS, "ledger-partitions", lambda: ledger.create_partitions(ahead))
+    every(_PARTITION_CHECK_SECONDS, "ledger-partitions", partitions)
     every(settings.expiry_sweep_interval_seconds, "expiry", app[GRANTS].expire_due)
     every(settings.vault_login_check_seconds, "vault-login", login.maintain)
     every(

@@ -71,6 +71,11 @@ class Metrics:
         self.ledger_checkpoint_seq = Gauge(
             "broker_ledger_checkpoint_seq", "Size of the newest signed checkpoint.", registry=r
         )
+        self.ledger_partitions_until = Gauge(
+            "broker_ledger_partitions_until_timestamp_seconds",
+            "End of the newest monthly ledger partition (rows after it would be refused).",
+            registry=r,
+        )
         self.dependency_up = Gauge(
             "broker_dependency_up",
             "1 if the dependency answered its last health check.",

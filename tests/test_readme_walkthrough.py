@@ -72,6 +72,7 @@ _VARYING = frozenset(
         "checkpoints",  # signed every 10 s: how many depends on how long the run took
         "latest_checkpoint",
         "unsigned_tail",
+        "partitions",  # monthly partitions: this month and the ones created ahead
         "bytes",  # the evidence zip's size (times and ids inside)
         "seconds",
     }

@@ -171,17 +171,24 @@ class Ledger:
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
             raise LedgerUnavailable("ledger database is unreachable") from e
 
-    async def create_partitions(self, months_ahead: int) -> int:
+    async def create_partitions(self, months_ahead: int) -> datetime:
         """Create the monthly event partitions through ``months_ahead`` months from now
-        (the owner's SECURITY DEFINER function; the writer creates nothing itself)."""
+        (the owner's SECURITY DEFINER function; the writer creates nothing itself); return
+        the end of the newest partition."""
         try:
-            created: int = await self.pool.fetchval(
+            await self.pool.execute(
                 "SELECT ledger.create_partitions(now(), now() + make_interval(months => $1))",
                 months_ahead,
             )
+            until: datetime = await self.pool.fetchval(
+                "SELECT max(to_date(substr(c.relname, 8), 'YYYY_MM'))::timestamp AT TIME ZONE"
+                " 'UTC' + interval '1 month' FROM pg_inherits i"
+                " JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'ledger.events'::regclass"
+            )
         except (OSError, asyncpg.PostgresError) as e:
             raise LedgerUnavailable(f"could not create ledger partitions: {e}") from e
-        return created
+        return until
 
     async def head(self) -> tuple[int, bytes | None]:
         r = await self.pool.fetchrow(

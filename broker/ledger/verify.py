@@ -346,7 +346,7 @@ async def verify_ledger(
                 )
             try:
                 if note is None:
-                    raise CheckpointError("no verified head yet")
+                    raise CheckpointError("no verified head yet: the first run is a full one")
                 resume_origin = verified_origin(origin) if mode == "incremental" else origin
                 start = await _verified_start(conn, verifier, resume_origin, note, mode, start.size)
             except (CheckpointError, TreeError, ProofError) as e:
@@ -355,7 +355,7 @@ async def verify_ledger(
                     report.seconds = (datetime.now(UTC) - started).total_seconds()
                     return report
                 report.mode = "full"
-                report.notes.append(f"incremental start unusable ({e}): verified in full")
+                report.notes.append(f"verified in full: {e}")
         report.verified_from = start.size
         trusted = _trusted_heads(verifier, origin, trusted_checkpoints, report)
         latest = await conn.fetchrow(
