@@ -655,3 +655,68 @@ async def test_period_packages_prove_themselves_and_their_consistency(
         refused = check_package(packages[1], verifier, [forged])
         assert not intact(refused)
         assert any("size 300" in p for p in refused.integrity), refused.to_json()
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+async def test_ledger_commands(stack: DevStack, broker_settings: Settings, tmp_path: Path) -> None:
+    """``broker ledger archive`` (retention enforced), ``check-segment``, ``prove`` and
+    ``broker verify --workers/--incremental/--from-checkpoint``, as an operator runs them."""
+    from tests.support.commands import run_broker, subprocess_env
+
+    signer = signer_for(broker_settings)
+    months = [_months_ago(15), _months_ago(14)]
+    async with fresh_ledger_db(stack, broker_settings, "tree_cli") as db:
+        await _seed_months(db, months, per_month=120)
+        async with running_ledger(db.writer_dsn, broker_settings) as ledger:
+            await ledger.append(sample_event(1))
+            kept = await ledger.checkpoint(signer)
+            assert kept is not None
+        env = subprocess_env(
+            BROKER_DATABASE_URL=db.writer_dsn,
+            BROKER_ADMIN_DATABASE_URL=db.superuser_dsn,
+            BROKER_CHECKPOINT_KEY=str(broker_settings.checkpoint_key_path),
+            BROKER_CHECKPOINT_KEY_NAME=broker_settings.checkpoint_key_name,
+            BROKER_LEDGER_ORIGIN=broker_settings.ledger_origin,
+        )
+        out = tmp_path / "segments"
+        before = f"{months[1]:%Y-%m}"
+        keep_forever = await run_broker(
+            "ledger", "archive", "--before", before, "--out", str(out), env=env
+        )
+        assert keep_forever.returncode == 2 and "keep forever" in keep_forever.stderr
+        env["BROKER_LEDGER_RETENTION_MONTHS"] = "12"
+        too_new = await run_broker(
+            "ledger", "archive", "--before", f"{_months_ago(6):%Y-%m}", "--out", str(out), env=env
+        )
+        assert too_new.returncode == 2 and "retention is 12 months" in too_new.stderr
+        done = await run_broker("ledger", "archive", "--before", before, "--out", str(out), env=env)
+        assert done.returncode == 0, done.stderr
+        [archived] = done.json()["archived"]
+        assert (archived["first_seq"], archived["last_seq"], archived["rows"]) == (1, 120, 120)
+        checked = await run_broker("ledger", "check-segment", archived["segment"], env=env)
+        assert checked.returncode == 0 and checked.json()[0]["ok"], checked.stdout
+
+        async with running_ledger(db.writer_dsn, broker_settings) as ledger:
+            await ledger.checkpoint(signer)
+        full = await run_broker("verify", "--workers", "2", "--max-unsigned-age", "3600", env=env)
+        assert full.returncode == 0, full.stdout
+        report = full.json()
+        assert report["mode"] == "full" and report["archived_rows"] == 120, report
+        inc = await run_broker("verify", "--incremental", "--max-unsigned-age", "3600", env=env)
+        assert inc.returncode == 0 and inc.json()["mode"] == "incremental", inc.stdout
+        note = tmp_path / "kept.note"
+        note.write_text(signer.sign(kept))
+        from_kept = await run_broker(
+            "verify", "--from-checkpoint", str(note), "--max-unsigned-age", "3600", env=env
+        )
+        assert from_kept.returncode == 0, from_kept.stdout
+        assert from_kept.json()["verified_from"] == kept.size
+
+        proof = await run_broker("ledger", "prove", "inclusion", "200", env=env)
+        assert proof.returncode == 0 and proof.json()["verified"], proof.stderr
+        gone = await run_broker("ledger", "prove", "inclusion", "5", env=env)
+        assert gone.returncode == 1 and "row_archived" in gone.stderr
+        consistent = await run_broker("ledger", "prove", "consistency", str(kept.size), env=env)
+        assert consistent.returncode == 0 and consistent.json()["verified"], consistent.stderr

@@ -11,6 +11,8 @@ make a signed root or a proof fail to verify, never make a changed row pass.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable, Sequence
 
 import asyncpg
@@ -147,10 +149,35 @@ async def _node_hashes(
         # Only the leaves these nodes cover: rows before them may be archived already.
         begin = min(ix << lv for lv, ix in need)
         end = max((ix + 1) << lv for lv, ix in need)
-        made = _span_nodes(begin, await leaf_hashes(conn, begin, end))
+        try:
+            made = _span_nodes(begin, await leaf_hashes(conn, begin, end))
+        except TreeError:
+            made = await _across_archive(conn, begin, end)
         for node in need:
             out[node] = made[node]
     return out
+
+
+async def _across_archive(conn: asyncpg.Connection, begin: int, end: int) -> dict[Node, bytes]:
+    """Nodes over leaves ``[begin, end)`` whose first rows were archived: the tree left of
+    the archive's end comes from the newest ``ledger.archived`` event, the rest from rows."""
+    body = await conn.fetchval(
+        "SELECT body FROM ledger.events WHERE event = 'ledger.archived' ORDER BY seq DESC LIMIT 1"
+    )
+    if body is None:
+        raise TreeError(f"ledger rows {begin + 1}..{end} are not all present")
+    if isinstance(body, str):
+        body = json.loads(body)
+    archived = int(body["last_seq"])
+    if not begin < archived < end:
+        raise TreeError(f"ledger rows {begin + 1}..{end} are not all present")
+    made: dict[Node, bytes] = {}
+    tree = CompactRange.from_hashes(0, archived, [base64.b64decode(h) for h in body["compact"]])
+    tree.on_node = lambda lv, ix, h: made.__setitem__((lv, ix), h)
+    for i, leaf in enumerate(await leaf_hashes(conn, archived, end)):
+        made[(0, archived + i)] = leaf
+        tree.push_leaf(leaf)
+    return made
 
 
 async def _range_hashes(
