@@ -137,7 +137,12 @@ async def _checkpoint_keys(app: web.Application) -> AsyncIterator[None]:
         load_or_create_signing_key(settings.checkpoint_key_path, create=False),
     )
     app[_SIGNER] = signer
-    app[VERIFICATIONS].signer = signer  # clean verifications record their verified head
+    verifications = app[VERIFICATIONS]
+    verifications.signer = signer  # clean verifications record their verified head
+    verifications.dsn, verifications.sslrootcert = (
+        settings.database_url,
+        settings.database_sslrootcert,
+    )
     app[CHECKPOINT_VERIFIER] = CheckpointVerifier(
         [signer.verifier_key(), *settings.checkpoint_verifier_keys]
     )

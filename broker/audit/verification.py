@@ -17,8 +17,10 @@ Calls that arrive while an incremental run is going wait for it and share its re
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from broker.errors import Conflict
 from broker.ledger import (
@@ -58,6 +60,9 @@ class LedgerVerifications:
         self._metrics = metrics
         self._running: asyncio.Future[Verification] | None = None
         self.signer: CheckpointSigner | None = None  # set once the key is loaded
+        # Where worker processes connect for long scans (set with the ledger).
+        self.dsn: str | None = None
+        self.sslrootcert: Path | None = None
         self.last: Verification | None = None
 
     async def run(
@@ -96,6 +101,9 @@ class LedgerVerifications:
                     verifier=verifier,
                     origin=ledger.origin,
                     mode="full" if full else "incremental",
+                    workers=os.cpu_count() or 1,
+                    dsn=self.dsn,
+                    sslrootcert=self.sslrootcert,
                 )
                 if self.signer is not None:
                     await record_verified_head(conn, report, self.signer, ledger.origin)

@@ -276,7 +276,9 @@ async def scan_run(
         stop = min(hi, pos + batch)
         signed = await _signed_heads(conn, pos, stop, verifier, origin, scanner.out)
         kept = [h for h in trusted if pos < h.size <= stop]
-        scanner.feed(await fetch_run(conn, pos, stop), signed + kept)
+        rows = await fetch_run(conn, pos, stop)
+        # In a thread: a broker's event loop keeps serving while a batch is hashed.
+        await asyncio.to_thread(scanner.feed, rows, signed + kept)
         pos = stop
     return scanner.finish()
 
