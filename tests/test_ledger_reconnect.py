@@ -29,9 +29,7 @@ async def test_issuance_after_the_writer_connection_was_terminated(
 ) -> None:
     async with fresh_ledger_db(stack, broker_settings, "reconnect") as db:
         running = await start_broker(
-            broker_settings.with_overrides(
-                database_url=db.writer_dsn, checkpoint_witness_path=None
-            )
+            broker_settings.with_overrides(database_url=db.writer_dsn, checkpoint_witness_path=None)
         )
         try:
             body = {"secret": "stripe/test"}

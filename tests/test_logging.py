@@ -88,9 +88,7 @@ async def test_json_logs_carry_request_ids_and_no_secrets(
         )
         assert grant["credential"]["data"]["api_key"] == canary  # the canary did go out
         await call("GET", f"/v1/grants?active=true&token={query_canary}", 200, "/v1/grants")
-        await call(
-            "DELETE", f"/v1/grants/{grant['id']}?reason=done", 200, "/v1/grants/{grant_id}"
-        )
+        await call("DELETE", f"/v1/grants/{grant['id']}?reason=done", 200, "/v1/grants/{grant_id}")
         await call(
             "POST", "/v1/credentials", 403, "/v1/credentials", json={"secret": "stripe/prod"}
         )

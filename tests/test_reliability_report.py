@@ -76,7 +76,5 @@ def test_recorded_rows_land_in_a_git_ignored_directory() -> None:
     if git is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
     probe = ROWS_DIR / "probe--row.json"
-    ignored = subprocess.run(
-        [git, "-C", str(REPO), "check-ignore", "-q", str(probe)], check=False
-    )
+    ignored = subprocess.run([git, "-C", str(REPO), "check-ignore", "-q", str(probe)], check=False)
     assert ignored.returncode == 0, f"{ROWS_DIR} is not ignored by git"

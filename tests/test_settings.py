@@ -72,8 +72,9 @@ def _env_sample(d: Declared, tmp_path: Path) -> tuple[str, Any]:
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
     if hint is bool:
         return "true", True
-    if hint is int:
-        return "7", 7
+    if hint is int:  # 7, or the least value the setting allows
+        value = max(7, int(d.spec.ge)) if d.spec.ge is not None else 7
+        return str(value), value
     if hint is float:
         return "2.5", 2.5
     if hint is str:

@@ -112,6 +112,7 @@ async def test_serve_drains_extra_sites_before_the_main_app_stops() -> None:
 
     main_app = web.Application()
     main_app.cleanup_ctx.append(main_lifecycle)
+
     async def hello(request: web.Request) -> web.Response:
         return web.json_response({"app": "main"})
 

@@ -185,8 +185,11 @@ async def test_three_replicas_under_load_with_policy_change_and_stops(
         start_seq,
     )
     await assert_gapless(broker_settings.database_url)
-    loaded = {r["replica"] for r in rows if r["event"] == "policy.loaded"
-              and r["policy_version"] == new_version}
+    loaded = {
+        r["replica"]
+        for r in rows
+        if r["event"] == "policy.loaded" and r["policy_version"] == new_version
+    }
     assert loaded == set(_REPLICAS), f"policy.loaded for the new version from {loaded}"
     issued: dict[str, list[str]] = {}
     for r in rows:

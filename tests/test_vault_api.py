@@ -182,9 +182,7 @@ async def test_refusals_are_clean_client_errors_and_ledgered(
             who,
         )
         assert rows, f"{code} was not ledgered as {event}"
-    assert "elevations request stripe/prod" in str(
-        await _refusal_text(client, "stripe/prod")
-    )
+    assert "elevations request stripe/prod" in str(await _refusal_text(client, "stripe/prod"))
     # Nothing was written into OpenBao by the refused write.
     assert "k" not in _kv_truth(stack, "stripe/test")
 
@@ -348,7 +346,13 @@ async def test_bao_cli_login_kv_get_and_db_creds(
     token = json.loads(out)["auth"]["client_token"]
 
     rc, out, err = await _bao(
-        front_door, tmp_path, "kv", "get", "-format=json", "-mount=secret", "stripe/test",
+        front_door,
+        tmp_path,
+        "kv",
+        "get",
+        "-format=json",
+        "-mount=secret",
+        "stripe/test",
         token=token,
     )
     assert rc == 0, err
@@ -365,7 +369,13 @@ async def test_bao_cli_login_kv_get_and_db_creds(
     # Refusals come back as the CLI's ordinary error report (exit 2, the HTTP code).
     marker = f"v-{uuid.uuid4().hex[:8]}"
     rc, out, err = await _bao(
-        front_door, tmp_path, "kv", "put", "-mount=secret", "stripe/test", f"k={marker}",
+        front_door,
+        tmp_path,
+        "kv",
+        "put",
+        "-mount=secret",
+        "stripe/test",
+        f"k={marker}",
         token=token,
     )
     assert rc == 2 and "Code: 403" in err and "read_only" in err, err
@@ -410,9 +420,7 @@ async def test_kubernetes_login_shape_and_metadata_read(
         alice.secrets.kv.v2.read_secret_metadata, path="stripe/test", mount_point="secret"
     )
     assert meta["data"]["current_version"] >= 1
-    assert set(_kv_truth(stack, "stripe/test").values()).isdisjoint(
-        json.dumps(meta).split('"')
-    )
+    assert set(_kv_truth(stack, "stripe/test").values()).isdisjoint(json.dumps(meta).split('"'))
     assert await ledger_rows(
         stack, "event = 'secret.metadata_read' AND subject = 'alice' AND secret = 'stripe/test'"
     )
@@ -596,12 +604,12 @@ vault {{ address = "{front_door}" }}
 auto_auth {{
   method "jwt" {{
     config = {{
-      path = "{tmp_path / 'jwt'}"
+      path = "{tmp_path / "jwt"}"
       role = "agent"
       remove_jwt_after_reading = false
     }}
   }}
-  sink "file" {{ config = {{ path = "{tmp_path / 'token'}" }} }}
+  sink "file" {{ config = {{ path = "{tmp_path / "token"}" }} }}
 }}
 template_config {{ exit_on_retry_failure = true }}
 template {{

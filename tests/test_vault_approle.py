@@ -74,9 +74,7 @@ async def test_revoked_token_is_replaced_at_renewal_with_the_rotated_secret_id(
     mount, role_id, secret_id = _approle(stack, ttl="3s", max_ttl="1h")
     secret_file = tmp_path / "secret-id"
     secret_file.write_text(secret_id)
-    login = VaultLogin(
-        stack.bao.addr, approle=AppRoleCredentials(role_id, "", mount, secret_file)
-    )
+    login = VaultLogin(stack.bao.addr, approle=AppRoleCredentials(role_id, "", mount, secret_file))
     await login.login()
     root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)
     revoked = login.token()
@@ -112,7 +110,6 @@ async def test_broker_on_approle_survives_token_revocation(
         ) as running,
         aiohttp.ClientSession() as http,
     ):
-
         await issue(http, running.url, tokens["alice"], "stripe/test")
         await issue(http, running.url, tokens["alice"], "db/orders-ro")
         # An operator revokes every token of the broker's AppRole.

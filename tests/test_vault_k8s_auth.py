@@ -229,7 +229,6 @@ async def test_broker_on_kubernetes_auth_survives_revocation(
         ) as running,
         aiohttp.ClientSession() as http,
     ):
-
         await issue(http, running.url, tokens["alice"], "stripe/test")
         await issue(http, running.url, tokens["alice"], "db/orders-ro")
         root = hvac.Client(url=stack.bao.addr, token=stack.bao.root_token)

@@ -1,8 +1,9 @@
 """The auditor's read queries: access windows and filtered pages of raw events.
 
 Both are keyset-paged in ``(recorded_at, seq)`` order and served by the indexes of
-migration ``003_access_indexes.sql``; no query reads more than its time range of one
-index (``tests/test_audit_access.py`` runs ``EXPLAIN`` on the access query to prove it).
+migration ``003_access_indexes.sql`` (on every monthly partition since ``006``; the time
+range prunes the partitions); no query reads more than its time range of one index
+(``tests/test_audit_access.py`` runs ``EXPLAIN`` on the access query to prove it).
 SQL text is assembled only from fixed fragments; every value is a bind parameter, and only
 the predicates actually asked for are included, so each shape gets its own plan instead of
 a generic one full of ``$n IS NULL OR ...`` that no index can serve.
@@ -37,7 +38,10 @@ class AccessRow:
     end: Event | None
 
 
-# The end of each grant: at most one end row per grant (dedupe key), found by grant id.
+# The end of each grant: at most one end row per grant (dedupe key), found by grant id in
+# the partitions from the issued row's month on (an end is never recorded before its
+# grant); no ORDER BY, which would tempt the planner into walking every partition's seq
+# index in order instead of looking the grant up.
 _ACCESS_SELECT = """
 SELECT i.*,
     t.seq AS end_seq, t.recorded_at AS end_recorded_at, t.event AS end_event,
@@ -50,7 +54,8 @@ FROM ledger.events i
 LEFT JOIN LATERAL (
     SELECT e.* FROM ledger.events e
     WHERE e.grant_id = i.grant_id AND e.event IN ('grant.revoked', 'grant.expired')
-    ORDER BY e.seq LIMIT 1
+        AND e.recorded_at >= i.recorded_at
+    LIMIT 1
 ) t ON true
 """
 

@@ -272,6 +272,10 @@ class Comment(_Request):
     comment: Annotated[str, Rule(text=True, limit="max_reason_chars")] | None = None
 
 
+class NoBody(_Request):
+    """A POST that takes no fields: an empty body or ``{}``; anything else is refused."""
+
+
 class TtlRequest(_Request):
     ttl: Ttl | None = None
 

@@ -191,8 +191,15 @@ async def _exercise(
                 {"secret": "canary/kv"}, expect=403)  # fmt: skip
     await _call(http, canaries, "POST", f"{url}/v1/credentials", svc,
                 {"secret": "stripe/prod"}, expect=403)  # fmt: skip
-    await _call(http, canaries, "POST", f"{url}/v1/credentials", alice,
-                {"secret": "stripe/prod"}, expect=403)  # fmt: skip (elevation_required)
+    await _call(
+        http,
+        canaries,
+        "POST",
+        f"{url}/v1/credentials",
+        alice,
+        {"secret": "stripe/prod"},
+        expect=403,
+    )  # fmt: skip (elevation_required)
     await _call(http, canaries, "POST", f"{url}/v1/credentials", alice,
                 {"secret": "canary/kv-missing"}, expect=502)  # fmt: skip
     await _call(http, canaries, "POST", f"{url}/v1/credentials", alice,

@@ -338,8 +338,7 @@ async def _ledger_checks(dsn: str, log: FuzzLog, public: set[str]) -> LedgerFind
     known_refusals = {
         rid: label
         for rid, (label, status, who) in log.sent.items()
-        if 400 <= status < 500 and status != 401 and who not in _UNVERIFIED
-        and label not in public
+        if 400 <= status < 500 and status != 401 and who not in _UNVERIFIED and label not in public
     }
     unauthenticated = [rid for rid, (_, status, _) in log.sent.items() if status == 401]
     conn = await asyncpg.connect(dsn, timeout=10)

@@ -155,9 +155,7 @@ async def test_sigkill_under_load_leaks_nothing(
     finally:
         await reconciler.runner.cleanup()
 
-    orphan_rows = await count_events(
-        dsn, "seq > $1 AND event = 'lease.orphan_revoked'", start_seq
-    )
+    orphan_rows = await count_events(dsn, "seq > $1 AND event = 'lease.orphan_revoked'", start_seq)
 
     run = await broker_verify(dsn, broker_settings)
     chain_ok = run.returncode == 0 and run.report.get("ok") is True

@@ -211,10 +211,12 @@ ATTACKS = [
     ),
     Attack(
         "alg none, dev issuer and kid",
-        lambda k: _seg({"alg": "none", "kid": k.dev.kid})
-        + "."
-        + _seg(_claims(iss=DEV_ISSUER, sub="alice"))
-        + ".",
+        lambda k: (
+            _seg({"alg": "none", "kid": k.dev.kid})
+            + "."
+            + _seg(_claims(iss=DEV_ISSUER, sub="alice"))
+            + "."
+        ),
         "algorithm_not_allowed",
     ),
     Attack(
@@ -264,8 +266,11 @@ ATTACKS = [
         lambda k: _sign(
             k.idp_rsa,
             "RS256",
-            _claims(iat=int(time.time()) - 7200, nbf=int(time.time()) - 7200,
-                    exp=int(time.time()) - 3600),
+            _claims(
+                iat=int(time.time()) - 7200,
+                nbf=int(time.time()) - 7200,
+                exp=int(time.time()) - 3600,
+            ),
             kid="idp-rsa-1",
         ),
         "token_expired",
@@ -530,4 +535,3 @@ async def ledger_rows_on(target: IsolatedBroker) -> list[dict[str, Any]]:
         await conn.close()
     bodies = [json.loads(r["body"]) if isinstance(r["body"], str) else r["body"] for r in rows]
     return [{"body": body} for body in bodies]
-

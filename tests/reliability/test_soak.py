@@ -43,6 +43,8 @@ def _code(raw: bytes) -> str:
         return str(json.loads(raw)["error"]["code"])
     except (ValueError, KeyError, TypeError):
         return "not-json"
+
+
 _FD_GROWTH = 10
 
 

@@ -108,9 +108,7 @@ async def test_front_door_fuzz_no_5xx_and_no_unledgered_credential(
 ) -> None:
     rng = random.Random(20261127)
     marker = f"fuzz-{rng.randrange(10**9)}"
-    async with http.post(
-        f"{front_door}/v1/auth/jwt/login", json={"jwt": tokens["alice"]}
-    ) as r:
+    async with http.post(f"{front_door}/v1/auth/jwt/login", json={"jwt": tokens["alice"]}) as r:
         session_token = (await r.json())["auth"]["client_token"]
     token_choices: list[str | None] = [
         session_token,
@@ -140,16 +138,17 @@ async def test_front_door_fuzz_no_5xx_and_no_unledgered_credential(
         if token is not None:
             headers["X-Vault-Token"] = token
         body = _body(rng, tokens["alice"]) if method not in ("GET", "HEAD") else None
-        async with http.request(
-            method, f"{front_door}/v1/{path}", data=body, headers=headers
-        ) as r:
+        async with http.request(method, f"{front_door}/v1/{path}", data=body, headers=headers) as r:
             raw = await r.read()
             statuses[r.status] += 1
             if r.status >= 500:
                 # A good request may meet a backend too slow under load (503
                 # vault_unavailable); anything else, or any 5xx to bad input, is a defect.
-                if token == session_token and path in _ISSUING and r.status == 503 and (
-                    b"vault_unavailable" in raw
+                if (
+                    token == session_token
+                    and path in _ISSUING
+                    and r.status == 503
+                    and (b"vault_unavailable" in raw)
                 ):
                     backend_busy += 1
                 else:

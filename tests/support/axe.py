@@ -42,9 +42,7 @@ async def _inject(page: Page) -> None:
 async def axe_violations(page: Page) -> list[dict[str, Any]]:
     """Every violation axe finds on ``page`` (WCAG 2.x A/AA and best practices)."""
     await _inject(page)
-    result: dict[str, Any] = await page.evaluate(
-        "axe.run(document, {resultTypes: ['violations']})"
-    )
+    result: dict[str, Any] = await page.evaluate("axe.run(document, {resultTypes: ['violations']})")
     return list(result["violations"])
 
 

@@ -116,7 +116,6 @@ async def broker_verify(
         report = json.loads(run.stdout)
     except ValueError:
         raise AssertionError(
-            f"broker verify printed no JSON (exit {run.returncode}):"
-            f" {run.stdout!r} {run.stderr!r}"
+            f"broker verify printed no JSON (exit {run.returncode}): {run.stdout!r} {run.stderr!r}"
         ) from None
     return VerifyRun(run.returncode, report, run.stderr)

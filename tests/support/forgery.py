@@ -94,6 +94,13 @@ async def replace_all_rows(conn: asyncpg.Connection, rows: list[dict[str, Any]])
     async with conn.transaction():
         await conn.execute(DISABLE_TRIGGERS)
         await conn.execute("TRUNCATE ledger.events")
+        if rows:  # the months the rows fall in need their partitions
+            await conn.execute(
+                "SELECT ledger.create_partitions($1, $2)",
+                min(r["recorded_at"] for r in rows),
+                max(r["recorded_at"] for r in rows),
+            )
+            await conn.execute(DISABLE_TRIGGERS)  # the new partitions' triggers too
         await conn.executemany(
             insert,
             [tuple(json.dumps(r[c]) if c == "body" else r[c] for c in _COLUMNS) for r in rows],

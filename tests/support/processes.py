@@ -89,9 +89,7 @@ def serve_env(settings: Settings, replica_id: str, **extra: str) -> dict[str, st
     )
 
 
-async def start_serve(
-    env: dict[str, str], name: str, log_dir: Path, *args: str
-) -> BrokerProcess:
+async def start_serve(env: dict[str, str], name: str, log_dir: Path, *args: str) -> BrokerProcess:
     """Start ``broker serve *args`` and return once it printed its listening line.
 
     Killed (and the error raised) if it exits or stays silent for ``_START_TIMEOUT``.

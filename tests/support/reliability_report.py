@@ -125,8 +125,15 @@ def render(rows: list[Row]) -> str:
         lines.append("| " + " | ".join(values) + " |")
     totals = {
         attr: sum(int(getattr(r, attr)) for r in rows)
-        for attr in ("requests", "faults", "bad_inputs", "attacks", "leaked",
-                     "five_xx_on_bad_input", "orphaned")
+        for attr in (
+            "requests",
+            "faults",
+            "bad_inputs",
+            "attacks",
+            "leaked",
+            "five_xx_on_bad_input",
+            "orphaned",
+        )
     }
     lines += [
         "",
