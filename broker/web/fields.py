@@ -262,8 +262,14 @@ def decode_query(model: type[T], query: Mapping[str, str], settings: Settings) -
     """The query string as ``model`` (values are text; numbers and booleans converted)."""
     _refuse_unknown(model, query, code="unknown_parameter", what="query parameter")
     known = _by_key(model)
-    raw = {k: v for k, v in query.items() if k in known}
-    return _finish(
+    raw: dict[str, str] = {}
+    for k, v in query.items():
+        if k not in known:
+            continue
+        if k in raw:  # which one would count is anyone's guess: refuse, do not pick
+            raise BadRequest(f"query parameter '{k}' is given more than once", code=f"invalid_{k}")
+        raw[k] = v
+    out = _finish(
         model,
         raw,
         settings,
@@ -271,3 +277,8 @@ def decode_query(model: type[T], query: Mapping[str, str], settings: Settings) -
         unknown_code="unknown_parameter",
         unknown_what="query parameter",
     )
+    # Lax conversion reads the text "null" as None for an optional field: not a value.
+    for k, v in raw.items():
+        if v == "null" and getattr(out, known[k].name) is None:
+            raise known[k].invalid(settings)
+    return out

@@ -490,7 +490,9 @@ class GapQuery(Page, kw_only=True):
     ) = None
 
 
-_TreeSize = Annotated[int, Meta(ge=1, description="a ledger size (rows), 1 or more")]
+_TreeSize = Annotated[
+    int, Meta(ge=1, le=2**62, description="a ledger size (rows): 1 .. 2^62 (a PostgreSQL bigint)")
+]
 
 
 class InclusionQuery(_Query, forbid_unknown_fields=True):
