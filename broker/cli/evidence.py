@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ._keys import checkpoint_keys
+
 __all__ = ["parse_when", "register"]
 
 _WHEN_FORMS = "a date (YYYY-MM-DD, midnight UTC), an ISO 8601 time (UTC if no offset), or 'now'"
@@ -59,19 +61,6 @@ class _Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-def _keys(settings: Any) -> tuple[Any, list[str]]:
-    """(signer or None, trusted verifier keys) from the settings, like ``broker verify``."""
-    from broker.ledger import CheckpointSigner, load_or_create_signing_key
-
-    signer = None
-    keys = list(settings.checkpoint_verifier_keys)
-    if settings.checkpoint_key_path.exists():
-        key = load_or_create_signing_key(settings.checkpoint_key_path, create=False)
-        signer = CheckpointSigner(settings.checkpoint_key_name, key)
-        keys.append(signer.verifier_key())
-    return signer, keys
-
-
 async def _export(
     settings: Any,
     dsn: str,
@@ -86,7 +75,7 @@ async def _export(
     from broker.evidence.package import ExportOptions, NotYetSigned, export_package
     from broker.ledger import CheckpointVerifier, connect_one
 
-    signer, keys = _keys(settings)
+    signer, keys = checkpoint_keys(settings)
     options = ExportOptions(
         heartbeat_seconds=settings.heartbeat_seconds,
         offboarding_sla_seconds=settings.offboarding_sla_seconds,
@@ -137,7 +126,7 @@ def _kept(settings: Any, path: str) -> Any:
     """A checkpoint note kept from an earlier package, verified. Raises ValueError/OSError."""
     from broker.ledger import CheckpointVerifier
 
-    _, keys = _keys(settings)
+    _, keys = checkpoint_keys(settings)
     return CheckpointVerifier(keys).verify(Path(path).read_text(), origin=settings.ledger_origin)
 
 
@@ -206,7 +195,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    _, keys = _keys(settings)
+    _, keys = checkpoint_keys(settings)
     if not keys:
         print(
             "need a checkpoint key: BROKER_CHECKPOINT_KEY or BROKER_CHECKPOINT_VERIFIER_KEYS",

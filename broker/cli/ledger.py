@@ -20,31 +20,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._keys import checkpoint_keys
+
 __all__ = ["register"]
 
 
 def _verify(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from broker.ledger import (
-        CheckpointSigner,
-        CheckpointVerifier,
-        connect_one,
-        load_or_create_signing_key,
-        record_verified_head,
-        verify_ledger,
-    )
+    from broker.ledger import CheckpointVerifier, connect_one, record_verified_head, verify_ledger
     from broker.ledger.verify import Mode
     from broker.settings import from_env
 
     settings = from_env()
     dsn = args.database_url or settings.database_url
-    keys = list(settings.checkpoint_verifier_keys)
-    signer = None
-    if settings.checkpoint_key_path.exists():
-        key = load_or_create_signing_key(settings.checkpoint_key_path, create=False)
-        signer = CheckpointSigner(settings.checkpoint_key_name, key)
-        keys.append(signer.verifier_key())
+    signer, keys = checkpoint_keys(settings)
     if not dsn or not keys:
         print(
             "need BROKER_DATABASE_URL (or --database-url) and a checkpoint key"

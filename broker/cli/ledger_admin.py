@@ -19,6 +19,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from ._keys import checkpoint_keys
+
 __all__ = ["register"]
 
 
@@ -29,20 +31,6 @@ def _month(text: str) -> date:
         raise argparse.ArgumentTypeError("a month is YYYY-MM") from None
 
 
-def _verifier_keys() -> tuple[list[str], Any]:
-    from broker.ledger import CheckpointSigner, load_or_create_signing_key
-    from broker.settings import from_env
-
-    settings = from_env()
-    keys = list(settings.checkpoint_verifier_keys)
-    signer = None
-    if settings.checkpoint_key_path.exists():
-        key = load_or_create_signing_key(settings.checkpoint_key_path, create=False)
-        signer = CheckpointSigner(settings.checkpoint_key_name, key)
-        keys.append(signer.verifier_key())
-    return keys, signer
-
-
 def _prove(args: argparse.Namespace) -> int:
     from broker.errors import BrokerError
     from broker.ledger import CheckpointVerifier, connect_one
@@ -51,7 +39,7 @@ def _prove(args: argparse.Namespace) -> int:
     from broker.settings import from_env
 
     settings = from_env()
-    keys, _ = _verifier_keys()
+    _, keys = checkpoint_keys(settings)
     dsn = args.database_url or settings.database_url
     if not dsn or not keys:
         print("need BROKER_DATABASE_URL and a checkpoint (verifier) key", file=sys.stderr)
@@ -108,7 +96,7 @@ def _archive(args: argparse.Namespace) -> int:
     from broker.settings import from_env
 
     settings = from_env()
-    keys, signer = _verifier_keys()
+    signer, keys = checkpoint_keys(settings)
     admin = settings.admin_database_url
     if not admin or signer is None:
         print(
@@ -183,7 +171,7 @@ def _check_segment(args: argparse.Namespace) -> int:
     from broker.settings import from_env
 
     settings = from_env()
-    keys, _ = _verifier_keys()
+    _, keys = checkpoint_keys(settings)
     if not keys:
         print("need a verifier key (BROKER_CHECKPOINT_VERIFIER_KEYS)", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ import asyncpg
 from .chain import GENESIS, canonical_record, chain_hash
 from .checkpoint import Checkpoint, CheckpointError, CheckpointSigner, CheckpointVerifier
 from .events import NewEvent
+from .findings import Problems
 from .merkle import CompactRange, ProofError, leaf_hash
 from .records import event_record
 from .tree import span_hashes
@@ -46,7 +47,6 @@ __all__ = [
 ]
 
 SEGMENT_FORMAT = "jit-broker/ledger-segment/v1"
-_MAX_PROBLEMS = 50
 
 
 class ArchiveError(RuntimeError):
@@ -62,25 +62,15 @@ def _hex(data: bytes) -> str:
 
 
 @dataclass
-class SegmentReport:
-    ok: bool = True
+class SegmentReport(Problems):
     month: str | None = None
     first_seq: int | None = None
     last_seq: int | None = None
     rows: int = 0
     checkpoint_size: int | None = None
-    first_bad_seq: int | None = None
-    problems: list[dict[str, Any]] = field(default_factory=list)
     # Where the ledger continues after this segment (what ledger.archived records).
     chain_head: bytes | None = None
     compact: list[bytes] = field(default_factory=list)
-
-    def fail(self, seq: int | None, problem: str) -> None:
-        self.ok = False
-        if seq is not None and (self.first_bad_seq is None or seq < self.first_bad_seq):
-            self.first_bad_seq = seq
-        if len(self.problems) < _MAX_PROBLEMS:
-            self.problems.append({"seq": seq, "problem": problem})
 
     def to_json(self) -> dict[str, Any]:
         return {

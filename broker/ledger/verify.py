@@ -46,6 +46,7 @@ import asyncpg
 
 from .chain import GENESIS
 from .checkpoint import Checkpoint, CheckpointError, CheckpointSigner, CheckpointVerifier
+from .findings import Problems
 from .merkle import CompactRange, ProofError, root_from_nodes, verify_consistency
 from .scan import RunResult, SignedHead, scan_run, scan_run_in_process
 from .tree import TreeError, compact_hashes, consistency_proof
@@ -58,7 +59,6 @@ __all__ = [
     "verify_ledger",
 ]
 
-_MAX_PROBLEMS = 50
 _RUNS_PER_WORKER = 4
 
 # (table, trigger) pairs that must exist and be ENABLE ALWAYS; events_* also on every
@@ -87,8 +87,7 @@ def verified_origin(origin: str) -> str:
 
 
 @dataclass
-class VerifyReport:
-    ok: bool = True
+class VerifyReport(Problems):
     mode: str = "full"
     verified_from: int = 0
     rows: int = 0
@@ -100,17 +99,8 @@ class VerifyReport:
     unsigned_tail: int = 0
     archived_rows: int = 0
     partitions: int = 0
-    first_bad_seq: int | None = None
-    problems: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-    def fail(self, seq: int | None, problem: str) -> None:
-        self.ok = False
-        if seq is not None and (self.first_bad_seq is None or seq < self.first_bad_seq):
-            self.first_bad_seq = seq
-        if len(self.problems) < _MAX_PROBLEMS:
-            self.problems.append({"seq": seq, "problem": problem})
 
     def to_json(self) -> dict[str, Any]:
         return {

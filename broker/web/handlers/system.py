@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
+from broker.audit import Verification
 from broker.background import probe_dependencies
 
 from ..authn import principal_of
@@ -47,16 +50,19 @@ async def get_health(request: web.Request) -> web.Response:
 
 
 async def get_verify(request: web.Request) -> web.Response:
-    done = await request.app[VERIFICATIONS].run(
-        request.app[LEDGER],
-        request.app[CHECKPOINT_VERIFIER],
-        requested_by=principal_of(request).subject,
-    )
-    return json_reply(done.report.to_json())
+    verifications = request.app[VERIFICATIONS]
+    return await _verification(request, verifications.run)
 
 
 async def post_verify_full(request: web.Request) -> web.Response:
-    done = await request.app[VERIFICATIONS].run_full(
+    verifications = request.app[VERIFICATIONS]
+    return await _verification(request, verifications.run_full)
+
+
+async def _verification(
+    request: web.Request, run: Callable[..., Awaitable[Verification]]
+) -> web.Response:
+    done = await run(
         request.app[LEDGER],
         request.app[CHECKPOINT_VERIFIER],
         requested_by=principal_of(request).subject,
