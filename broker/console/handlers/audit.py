@@ -218,7 +218,8 @@ async def ledger_status(request: web.Request) -> web.Response:
 
 
 async def verify_ledger_now(request: web.Request) -> web.Response:
-    """The whole-ledger verification of ``GET /v1/audit/verify``, on a button press."""
+    """The verification of ``GET /v1/audit/verify`` (from the last verified head), on a
+    button press."""
     await request.app[VERIFICATIONS].run(
         request.app[LEDGER],
         request.app[CHECKPOINT_VERIFIER],
