@@ -531,6 +531,7 @@ class Stack:
             "BROKER_PORT": "0",
             "BROKER_VAULT_API_PORT": "0",
             "BROKER_REPLICA_ID": "bench-1",
+            "BROKER_LEDGER_SYNCHRONOUS_STANDBY": "not-required",  # one embedded PostgreSQL
         }
         if self._profile_out is not None or self._patches:
             # Same `broker serve`, inside bench/profile_serve.py (profiler and/or experiments).

@@ -27,7 +27,7 @@ from broker.console.cookies import ConsoleCookies, load_console_key
 from broker.console.keys import CONSOLE, Console
 from broker.console.routes import CONSOLE_ROUTES
 from broker.elevation import ElevationService
-from broker.errors import VaultUnavailable
+from broker.errors import LedgerNotReplicated, VaultUnavailable
 from broker.evidence.continuity import append_heartbeat, gap_threshold
 from broker.grants import GrantService
 from broker.ledger import (
@@ -36,8 +36,11 @@ from broker.ledger import (
     Ledger,
     LedgerWriter,
     NewEvent,
+    ReplicationState,
     connect_pool,
     load_or_create_signing_key,
+    replication_refusal,
+    replication_state,
 )
 from broker.logs import quiet_parser_errors
 from broker.metrics import Metrics
@@ -160,6 +163,7 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
         sslrootcert=settings.database_sslrootcert,
     )
     try:
+        _require_replication(settings, await replication_state(pool), metrics)
         writer = LedgerWriter(
             pool,
             replica=settings.replica_id,
@@ -183,6 +187,26 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
             await writer.stop()
     finally:
         await pool.close()
+
+
+def _require_replication(settings: Settings, state: ReplicationState, metrics: Metrics) -> None:
+    """Raise ``LedgerNotReplicated`` if the ledger's primary would acknowledge a row that a
+    failover can lose, unless ``ledger_synchronous_standby`` is ``not-required``."""
+    metrics.ledger_synchronous_standbys.set(state.gauge)
+    problem = replication_refusal(state)
+    if problem is None:
+        _log.info(
+            "ledger: synchronous_standby_names = %r, synchronous standbys streaming: %s",
+            state.standby_names,
+            "not visible to this role" if state.streaming is None else state.streaming,
+        )
+    elif settings.ledger_synchronous_standby == "required":
+        raise LedgerNotReplicated(problem)
+    else:
+        _log.info(
+            "ledger: no synchronous standby, and ledger_synchronous_standby = not-required:"
+            " a failover can lose acknowledged rows"
+        )
 
 
 async def _vault_client(app: web.Application) -> AsyncIterator[None]:
@@ -429,6 +453,11 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             {"vault": vault.health, "ledger": ledger.ping}, metrics, timeout=2.0
         ),
     )
+    every(
+        settings.dependency_probe_seconds,
+        "ledger-replication",
+        lambda: _watch_replication(ledger, metrics),
+    )
     every(settings.orphan_lease_sweep_seconds, "orphan-leases", app[GRANTS].reconcile_orphan_leases)
     every(settings.elevation_sweep_seconds, "elevation-sweep", app[ELEVATIONS].sweep)
     every(settings.policy_reload_interval_seconds, "policy-reload", active.reload_if_changed)
@@ -460,6 +489,11 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             await checkpointer.run_once()
         except Exception as e:  # shutting down with the ledger gone: nothing more to save
             _log.warning("could not record shutdown: %s", type(e).__name__)
+
+
+async def _watch_replication(ledger: Ledger, metrics: Metrics) -> None:
+    """Keep ``broker_ledger_synchronous_standbys`` current (a standby lost, a failover)."""
+    metrics.ledger_synchronous_standbys.set((await replication_state(ledger.pool)).gauge)
 
 
 def _serving_tls(tls: ServingTLS | None) -> Callable[[web.Application], AsyncIterator[None]]:

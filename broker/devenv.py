@@ -61,7 +61,8 @@ async def prepare_broker(
 ) -> Settings:
     """Migrate the ledger, create the dev keys, and return Settings for this stack.
 
-    The broker connects as the INSERT/SELECT-only writer role, never as the superuser.
+    The broker connects as the INSERT/SELECT-only writer role, never as the superuser. The
+    embedded PostgreSQL is one server, so the ledger needs no synchronous standby here.
     """
     state = stack.state_dir
     password = _writer_password(state)
@@ -78,6 +79,7 @@ async def prepare_broker(
         vault_token=stack.bao.root_token,
         policies_dir=policies_dir,
         replica_id=replica_id,
+        ledger_synchronous_standby="not-required",
     )
     return prepare_keys(state, base)
 

@@ -15,6 +15,7 @@ __all__ = [
     "BrokerError",
     "Conflict",
     "Forbidden",
+    "LedgerNotReplicated",
     "LedgerTampered",
     "LedgerUnavailable",
     "NotFound",
@@ -109,6 +110,15 @@ class LedgerTampered(BrokerError):
 
     status = 500
     code = "ledger_tampered"
+
+
+class LedgerNotReplicated(BrokerError):
+    """The ledger's PostgreSQL does not keep acknowledged rows on a synchronous standby,
+    and ``ledger_synchronous_standby`` requires it: a start-up refusal saying what to
+    change (``broker.ledger.replication``)."""
+
+    status = 500
+    code = "ledger_not_replicated"
 
 
 class ProviderUnavailable(BackendUnavailable):

@@ -76,6 +76,12 @@ class Metrics:
             "End of the newest monthly ledger partition (rows after it would be refused).",
             registry=r,
         )
+        self.ledger_synchronous_standbys = Gauge(
+            "broker_ledger_synchronous_standbys",
+            "Synchronous standbys streaming from the ledger's PostgreSQL (-1: the writer role"
+            " may not see them; grant it pg_monitor).",
+            registry=r,
+        )
         self.dependency_up = Gauge(
             "broker_dependency_up",
             "1 if the dependency answered its last health check.",

@@ -7,7 +7,8 @@ embedded starts (and the extra is not needed); the ledger is migrated there and 
 serves the local policies with the dev issuer.
 
 Either way, once listening it writes ``<state>/dev.json`` (URLs, demo tokens, 0600), which
-the client commands read.
+the client commands read; and either way the ledger needs no synchronous standby
+(``ledger_synchronous_standby = not-required``; ``BROKER_LEDGER_SYNCHRONOUS_STANDBY`` wins).
 
 Invariant: one ``broker dev`` per state directory. Before it touches anything there (keys,
 PostgreSQL's data directory, dev.json) it takes an exclusive ``flock`` on
@@ -199,7 +200,10 @@ def _dev_holding(args: argparse.Namespace, state: Path, *, external: bool) -> in
 
     policies = Path(args.policies).resolve()
     if external:
-        base = prepare_keys(state, Settings(port=args.port, policies_dir=policies))
+        dev = Settings(
+            port=args.port, policies_dir=policies, ledger_synchronous_standby="not-required"
+        )
+        base = prepare_keys(state, dev)
         settings = from_env(base=base)
         writer = urlsplit(settings.database_url)
         asyncio.run(

@@ -244,6 +244,18 @@ class Settings:
         le=24,
         doc="monthly ledger partitions the broker keeps created ahead of the current month",
     )
+    ledger_synchronous_standby: str = setting(
+        "required",
+        env="BROKER_LEDGER_SYNCHRONOUS_STANDBY",
+        section=_LEDGER,
+        choices=("required", "not-required"),
+        default_text="`required` (`broker dev`: `not-required`)",
+        doc="`required`: the broker refuses to start unless the ledger's PostgreSQL keeps"
+        " each commit on a synchronous standby too (`synchronous_standby_names` set and,"
+        " where the writer role may see it, that many standbys streaming), so a row"
+        " acknowledged to a client survives a failover. `not-required`: start anyway (one"
+        " server, development, tests). See [failover.md](failover.md)",
+    )
 
     # --- Vault/OpenBao: the broker's own identity and limits ---
     vault_addr: str = setting(

