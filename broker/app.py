@@ -192,7 +192,7 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
 def _require_replication(settings: Settings, state: ReplicationState, metrics: Metrics) -> None:
     """Raise ``LedgerNotReplicated`` if the ledger's primary would acknowledge a row that a
     failover can lose, unless ``ledger_synchronous_standby`` is ``not-required``."""
-    metrics.ledger_synchronous_standbys.set(state.gauge)
+    _set_standbys_gauge(settings, state, metrics)
     problem = replication_refusal(state)
     if problem is None:
         _log.info(
@@ -456,7 +456,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
     every(
         settings.dependency_probe_seconds,
         "ledger-replication",
-        lambda: _watch_replication(ledger, metrics),
+        lambda: _watch_replication(settings, ledger, metrics),
     )
     every(settings.orphan_lease_sweep_seconds, "orphan-leases", app[GRANTS].reconcile_orphan_leases)
     every(settings.elevation_sweep_seconds, "elevation-sweep", app[ELEVATIONS].sweep)
@@ -491,9 +491,14 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
             _log.warning("could not record shutdown: %s", type(e).__name__)
 
 
-async def _watch_replication(ledger: Ledger, metrics: Metrics) -> None:
+async def _watch_replication(settings: Settings, ledger: Ledger, metrics: Metrics) -> None:
     """Keep ``broker_ledger_synchronous_standbys`` current (a standby lost, a failover)."""
-    metrics.ledger_synchronous_standbys.set((await replication_state(ledger.pool)).gauge)
+    _set_standbys_gauge(settings, await replication_state(ledger.pool), metrics)
+
+
+def _set_standbys_gauge(settings: Settings, state: ReplicationState, metrics: Metrics) -> None:
+    required = "true" if settings.ledger_synchronous_standby == "required" else "false"
+    metrics.ledger_synchronous_standbys.labels(required).set(state.gauge)
 
 
 def _serving_tls(tls: ServingTLS | None) -> Callable[[web.Application], AsyncIterator[None]]:

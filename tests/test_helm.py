@@ -322,6 +322,7 @@ def test_values_schema_rejects_a_bad_value() -> None:
         ({"ingress": {"mode": "terminate"}}, "mode"),
         ({"ingress": {"hosts": ["https://broker.example.com"]}}, "hosts"),
         ({"vault": {"addr": "https://v", "authMethod": "token", "caKey": ""}}, "caKey"),
+        ({"database": {"synchronousStandby": "no"}}, "synchronousStandby"),
     ],
 )
 def test_values_schema_rejects_other_mistakes(values: dict[str, Any], where: str) -> None:
@@ -496,6 +497,15 @@ def test_vault_api_port_is_optional() -> None:
     assert ports["vault-api"]["port"] == 8201 and ports["vault-api"]["targetPort"] == "vault-api"
     netpol_ports = _one(on, "NetworkPolicy")["spec"]["ingress"][0]["ports"]
     assert {"port": "vault-api", "protocol": "TCP"} in netpol_ports
+
+
+def test_a_synchronous_standby_is_required_unless_the_values_say_not() -> None:
+    required = _env(_broker_container(_render({})))["BROKER_LEDGER_SYNCHRONOUS_STANDBY"]
+    assert required["value"] == "required"
+    single = _render({"database": {"synchronousStandby": "not-required"}})
+    assert _env(_broker_container(single))["BROKER_LEDGER_SYNCHRONOUS_STANDBY"]["value"] == (
+        "not-required"
+    )
 
 
 # --- what the broker gets from ConfigMaps -----------------------------------------------------
