@@ -3,20 +3,23 @@
 Each case (``tests/support/pg_replication.py``): a primary and a hot standby streaming
 through a proxy (the replication link), the ledger migrated on the primary, and an
 in-process broker (the session's OpenBao, policies and keys) whose ledger DSN is the libpq
-multi-host DSN ``postgresql://…@primary,standby/broker?target_session_attrs=read-write``.
-``_WORKERS`` clients issue ``stripe/test`` in a loop, each 201 recorded with its grant id.
-Then, under load: the link is stalled for ``stall`` seconds (the standby falls behind, as
-on a congested network), the primary's whole process group is SIGKILLed and the link cut
-(what it held back is lost with the machine), the standby is promoted (``pg_promote``),
-and the same broker process reconnects through the DSN by itself. Load goes on until
-``_AFTER`` more 201s came from the new primary.
+multi-host DSN ``postgresql://…@primary,standby/broker?target_session_attrs=read-write``
+(the primary's address is a second proxy). ``_WORKERS`` clients issue ``stripe/test`` in a
+loop, each 201 recorded with its grant id. Then, under load: the link is stalled for
+``stall`` seconds (the standby falls behind, as on a congested network); the primary's
+machine goes: its address and the link fall silent (no refusal, no reset: what the link
+held back is lost) and its whole process group is SIGKILLed; the standby is promoted
+(``pg_promote``); the same broker process finds it through the DSN by itself. Load goes on
+until ``_AFTER`` more 201s came from the new primary.
 
 Then, on the promoted standby: every 201'd grant's ``grant.issued`` row is looked up;
 ``seq`` is 1..n; the first row written after the failover chains onto the standby's head
 at promotion; ``broker verify`` passes on the database alone. Synchronous replication
-must lose nothing, also against the checkpoint the broker signed last (its witness file).
+must lose nothing, also against the checkpoint the broker signed last before the kill.
 Asynchronous replication is measured, not asserted: the figures are printed and written to
 ``.broker/failover/<case>.json`` (untracked) for docs/failover.md.
+
+The last test shows why the broker connects host by host (``broker.ledger.hosts``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -39,10 +43,12 @@ from aiohttp import web
 from broker.app import create_app
 from broker.errors import LedgerNotReplicated
 from broker.ledger import ReplicationState, apply_migrations, replication_state
+from broker.ledger.hosts import HostsInTurn
 from broker.settings import Settings
 from broker.web.keys import METRICS
 from tests.support.brokers import start_broker
 from tests.support.commands import broker_verify
+from tests.support.faults import running_proxy
 from tests.support.http import post_credentials
 from tests.support.ledger import assert_gapless
 from tests.support.paths import REPO
@@ -330,3 +336,35 @@ async def _state(dsn: str) -> ReplicationState:
         return await replication_state(conn)
     finally:
         await conn.close()
+
+
+async def test_a_silent_first_host_costs_only_its_share_of_the_timeout(
+    broker_settings: Settings,
+) -> None:
+    """Why the broker connects host by host: asyncpg spends its one timeout on the first
+    host of a multi-host DSN, so a primary that vanished without a word (no refusal, no
+    reset) would hide the standby promoted in its place."""
+    writer = urlsplit(broker_settings.database_url)
+    assert writer.hostname and writer.port
+    async with running_proxy(writer.hostname, writer.port) as vanished:
+        vanished.silence()
+        hosts = f"127.0.0.1:{vanished.port},{writer.hostname}:{writer.port}"
+        dsn = writer._replace(
+            netloc=f"{writer.username}:{writer.password}@{hosts}",
+            query="target_session_attrs=read-write",
+        ).geturl()
+        with pytest.raises(TimeoutError):
+            await asyncpg.connect(dsn, timeout=1.0)
+        connect = HostsInTurn()
+        took = []
+        for _ in range(2):
+            start = time.monotonic()
+            conn = await connect(dsn, timeout=1.0)
+            took.append(time.monotonic() - start)
+            try:
+                assert await conn.fetchval("SELECT current_user") == writer.username
+            finally:
+                await conn.close()
+    # The first attempt waits out the silent host's half; the next starts where it worked.
+    assert 0.5 <= took[0] < 1.0, took
+    assert took[1] < 0.4, took

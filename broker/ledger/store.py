@@ -23,6 +23,7 @@ from broker.errors import LedgerTampered, LedgerUnavailable
 
 from .checkpoint import Checkpoint, CheckpointSigner
 from .events import Event, NewEvent, row_to_event
+from .hosts import HostsInTurn
 from .tls import database_tls, tls_failure
 from .tree import extend_tree, tree_root
 from .writer import LEDGER_LOCK, Appended, LedgerWriter
@@ -59,11 +60,14 @@ async def connect_pool(
     the DSN's own ``sslrootcert`` overrides). Raises ``TLSConfigError`` for a DSN that
     would not verify a non-loopback server, and ``LedgerUnavailable`` (code ``ledger_tls``,
     naming the server and OpenSSL's reason) when the server's certificate does not verify.
+    A multi-host DSN is tried one host at a time, each on its share of ``timeout``
+    (``broker.ledger.hosts``).
     """
     tls = database_tls(dsn, sslrootcert)
     try:
         return await asyncpg.create_pool(
             tls.dsn,
+            connect=HostsInTurn(),  # a failover's dead first host must not eat the timeout
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
@@ -87,7 +91,7 @@ async def connect_one(
     codecs as ``connect_pool``, with the same errors."""
     tls = database_tls(dsn, sslrootcert)
     try:
-        conn = await asyncpg.connect(tls.dsn, timeout=timeout, ssl=tls.ssl)
+        conn = await HostsInTurn()(tls.dsn, timeout=timeout, ssl=tls.ssl)
     except (OSError, asyncpg.PostgresError) as e:
         failure = tls_failure(tls.where, e)
         if failure is None:

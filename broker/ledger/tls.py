@@ -32,6 +32,8 @@ from broker.tls.outbound import (
     describe_tls_failure,
 )
 
+from .hosts import netloc_hosts
+
 __all__ = ["DatabaseTLS", "database_tls", "tls_failure"]
 
 _VERIFYING = ("verify-full", "verify-ca")
@@ -93,11 +95,11 @@ def _hosts(netloc: str, host_param: str | None) -> list[tuple[str, str]]:
     if host_param:
         return [(h, "") for h in host_param.split(",") if h]
     found = []
-    for item in netloc.rpartition("@")[2].split(","):
+    for item in netloc_hosts(netloc):
         if item.startswith("[") and "]" in item:  # [::1]:5432
             host, _, rest = item[1:].partition("]")
             found.append((host, rest.lstrip(":")))
-        elif item:
+        else:
             host, _, port = item.partition(":")
             found.append((host, port))
     return found

@@ -234,7 +234,7 @@ class LedgerWriter:
                         raise
             raise AssertionError("unreachable")
         except BaseException:
-            await self._drop_connection()
+            await self._drop_connection(broken=True)
             raise
 
     async def _commit_locked(
@@ -337,9 +337,15 @@ class LedgerWriter:
             self._conn = conn
         return self._conn
 
-    async def _drop_connection(self) -> None:
+    async def _drop_connection(self, *, broken: bool = False) -> None:
+        """Give the connection back. ``broken`` (a batch failed or was cancelled on it):
+        close it first, for its state is unknown, and a graceful release would wait for
+        the server to confirm the cancelled statement: with a server that vanished (a
+        failover), until a timeout, while every request waits on this writer."""
         conn, self._conn, self._head = self._conn, None, None
         if conn is not None:
+            if broken:
+                conn.terminate()
             with contextlib.suppress(Exception):
                 await self._pool.release(conn)
 

@@ -3,7 +3,8 @@
 ``TcpProxy`` is a byte pump on a loopback port in front of a real server (Postgres or
 OpenBao). ``cut()`` aborts every open connection and refuses new ones — to the broker that
 is the server gone; ``restore()`` brings it back; ``delay`` makes it slow; ``stall()``
-holds every byte back (a congested link) until ``resume()``, or until ``cut()`` drops them.
+holds every byte back (a congested link) until ``resume()``, or until ``cut()`` drops them;
+``silence()`` makes the server vanish without a word (a machine that lost power).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ class TcpProxy:
     clients see resets and refusals as from a dead server, on a real socket. ``delay``
     (seconds) is added before each chunk is forwarded, in both directions. ``stall()``
     forwards nothing more, either way, until ``resume()``; what it held back is then sent,
-    or dropped by a ``cut()`` (which also ends the stall).
+    or dropped by a ``cut()`` (which also ends the stall). ``silence()``: as a server
+    that vanished from the network, nothing more is forwarded and nothing is closed or
+    refused: open connections hang, new ones are accepted and never answered, until
+    ``cut()`` or ``close()``.
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -31,9 +35,11 @@ class TcpProxy:
         self._live: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.down = False
+        self.silent = False
         self.delay = 0.0
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._cut = asyncio.Event()
         self.accepted = 0
         self.refused = 0
 
@@ -47,10 +53,16 @@ class TcpProxy:
 
     def cut(self) -> None:
         self.down = True
+        self.silent = False
         for writer in list(self._live):
             writer.transport.abort()
         self._live.clear()
         self._flowing.set()  # stalled pumps wake, see the cut and drop what they hold
+        self._cut.set()  # silently held connections end
+
+    def silence(self) -> None:
+        self.silent = True
+        self._flowing.clear()
 
     def stall(self) -> None:
         self._flowing.clear()
@@ -60,6 +72,7 @@ class TcpProxy:
 
     def restore(self) -> None:
         self.down = False
+        self._cut.clear()
 
     async def close(self) -> None:
         self.cut()
@@ -73,6 +86,11 @@ class TcpProxy:
                 await task
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.silent:  # accepted (by the kernel, as a SYN to a dead host is not) and ignored
+            self._live.add(writer)
+            await self._cut.wait()
+            writer.transport.abort()
+            return
         if self.down:
             self.refused += 1
             writer.transport.abort()
@@ -110,7 +128,8 @@ class TcpProxy:
         except (ConnectionError, OSError):
             return
         finally:
-            dst.transport.abort()
+            if not self.silent:  # a silent server closes nothing
+                dst.transport.abort()
 
 
 @contextlib.asynccontextmanager

