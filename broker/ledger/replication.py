@@ -35,7 +35,6 @@ import asyncpg
 from broker.errors import LedgerUnavailable
 
 __all__ = [
-    "WAITING_LEVELS",
     "ReplicationState",
     "replication_refusal",
     "replication_state",
@@ -43,7 +42,7 @@ __all__ = [
 ]
 
 # synchronous_commit levels at which a commit waits for the synchronous standby.
-WAITING_LEVELS = ("on", "remote_write", "remote_apply")
+_WAITING_LEVELS = ("on", "remote_write", "remote_apply")
 
 _COUNTED = re.compile(r"^\s*(?:(?:first|any)\s+)?(\d+)\s*\(", re.IGNORECASE)
 
@@ -125,7 +124,7 @@ def replication_refusal(state: ReplicationState) -> str | None:
             " empty): a commit is acknowledged once it is on this one server, so a failover to"
             " a standby can lose the ledger rows of credentials already handed out." + _OVERRIDE
         )
-    if state.synchronous_commit not in WAITING_LEVELS:
+    if state.synchronous_commit not in _WAITING_LEVELS:
         return (
             f"the broker's sessions on the ledger's PostgreSQL run with synchronous_commit ="
             f" {state.synchronous_commit}, so commits do not wait for the synchronous standby"
