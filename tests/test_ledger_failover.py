@@ -50,7 +50,7 @@ from tests.support.brokers import start_broker
 from tests.support.commands import broker_verify
 from tests.support.faults import running_proxy
 from tests.support.http import post_credentials
-from tests.support.ledger import assert_gapless
+from tests.support.ledger import assert_gapless, select_events
 from tests.support.paths import REPO
 from tests.support.pg_replication import ReplicatedPair, replicated_pair
 from tests.support.polling import until
@@ -162,18 +162,6 @@ async def _refused_without_a_synchronous_standby(settings: Settings) -> str:
     return refused.value.message
 
 
-async def _issued_rows(dsn: str) -> dict[uuid.UUID, int]:
-    """grant id -> seq of its ``grant.issued`` row."""
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        rows = await conn.fetch(
-            "SELECT grant_id, seq FROM ledger.events WHERE event = 'grant.issued'"
-        )
-    finally:
-        await conn.close()
-    return {r["grant_id"]: r["seq"] for r in rows}
-
-
 async def _newest_checkpoint(dsn: str) -> int:
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
@@ -181,16 +169,6 @@ async def _newest_checkpoint(dsn: str) -> int:
     finally:
         await conn.close()
     return size
-
-
-async def _row(dsn: str, seq: int) -> asyncpg.Record | None:
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        return await conn.fetchrow(
-            "SELECT seq, prev_hash, hash, replica FROM ledger.events WHERE seq = $1", seq
-        )
-    finally:
-        await conn.close()
 
 
 def _record(case: Case, result: dict[str, Any]) -> None:
@@ -276,7 +254,10 @@ async def test_failover_under_load(
         new_primary = pair.standby.dsn("broker")
 
         # Every 201, and whether its row survived.
-        issued = await _issued_rows(new_primary)
+        issued = {  # grant id -> seq of its grant.issued row
+            r["grant_id"]: r["seq"]
+            for r in await select_events(new_primary, "grant_id, seq", "event = 'grant.issued'")
+        }
         answered = [a for a in load.attempts if a.status == 201]
         assert len({a.grant_id for a in answered}) == len(answered)
         lost = [a for a in answered if a.grant_id not in issued]
@@ -287,8 +268,9 @@ async def test_failover_under_load(
 
         # The chain goes on from the standby's head: gapless, linked, verified.
         await assert_gapless(new_primary)
-        after = await _row(new_primary, at.head_seq + 1)
-        assert after is not None, "nothing was written after the failover"
+        following = await select_events(new_primary, "*", "seq = $1", at.head_seq + 1)
+        assert following, "nothing was written after the failover"
+        after = following[0]
         assert after["replica"] == settings.replica_id
         assert bytes(after["prev_hash"]) == at.head_hash
         assert all(issued[a.grant_id] > at.head_seq for a in after_failover if a.grant_id)
