@@ -79,7 +79,8 @@ class Metrics:
         self.ledger_synchronous_standbys = Gauge(
             "broker_ledger_synchronous_standbys",
             "Synchronous standbys streaming from the ledger's PostgreSQL (-1: the writer role"
-            " may not see them; grant it pg_monitor), and whether this replica requires one.",
+            " may not see them; grant it pg_read_all_stats), and whether this replica requires"
+            " one.",
             ["required"],
             registry=r,
         )

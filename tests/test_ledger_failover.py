@@ -233,10 +233,13 @@ async def test_failover_under_load(
             assert "synchronous_standby_names is empty" in refusal, refusal
             assert "BROKER_LEDGER_SYNCHRONOUS_STANDBY=not-required" in refusal, refusal
             settings = settings.with_overrides(ledger_synchronous_standby="not-required")
-        # The superuser sees the standby streaming; the writer role (no pg_monitor) sees a
-        # WAL sender but not its state, so the start-up check rests on the configuration.
-        assert (await _state(pair.primary.dsn("broker"))).streaming == int(case.synchronous)
+        # The writer role sees a WAL sender but not its state (the start-up check would rest
+        # on the configuration); with pg_read_all_stats it sees what the superuser sees.
+        superuser = pair.primary.dsn("broker")
+        assert (await _state(superuser)).streaming == int(case.synchronous)
         assert (await _state(settings.database_url)).streaming is None
+        await _execute(superuser, f"GRANT pg_read_all_stats TO {_WRITER}")
+        assert (await _state(settings.database_url)).streaming == int(case.synchronous)
 
         running = await start_broker(settings)
         load = Load(http, running.url, tokens["alice"])
@@ -321,6 +324,14 @@ async def test_failover_under_load(
             assert against_kept.returncode == 0, against_kept.report
             assert not tamper_alarms
             assert checkpoint > at.head_seq, "no checkpoint signed after the failover"
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 async def _state(dsn: str) -> ReplicationState:

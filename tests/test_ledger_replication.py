@@ -79,7 +79,7 @@ async def test_the_session_database_has_no_standby(broker_settings: Settings) ->
         state = await replication_state(conn)
     finally:
         await conn.close()
-    # No WAL sender at all is a definite zero, even for a role without pg_monitor.
+    # No WAL sender at all is a definite zero, even for a role without pg_read_all_stats.
     assert state == ReplicationState("", "on", 0)
     assert state.gauge == 0
 

@@ -19,10 +19,10 @@ sessions (``connect_pool``), which overrides the server's level either way.
 
 - ``synchronous_standby_names`` and ``synchronous_commit`` are readable by any role.
 - ``pg_stat_replication`` lists every WAL sender to any role, but only roles with
-  ``pg_read_all_stats`` (``pg_monitor``) see its ``state`` and ``sync_state``; without,
-  only the number of senders is known. No sender at all is a definite "no standby";
-  senders whose state is hidden make ``streaming`` None (unknown), and the check then
-  rests on the configuration alone.
+  ``pg_read_all_stats`` (part of ``pg_monitor``) see its ``state`` and ``sync_state``;
+  without, only the number of senders is known. No sender at all is a definite "no
+  standby"; senders whose state is hidden make ``streaming`` None (unknown), and the check
+  then rests on the configuration alone.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class ReplicationState:
     """What the broker's session on the ledger's primary sees.
 
     ``streaming``: synchronous (``sync`` or ``quorum``) standbys streaming now; None when
-    the role may not see the WAL senders' state (grant it ``pg_monitor`` to see it).
+    the role may not see the WAL senders' state (grant it ``pg_read_all_stats`` to see it).
     """
 
     standby_names: str
