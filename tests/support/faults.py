@@ -86,7 +86,7 @@ class TcpProxy:
                 await task
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.silent:  # accepted (by the kernel, as a SYN to a dead host is not) and ignored
+        if self.silent:  # held open, never answered: the client waits, as on a dead host
             self._live.add(writer)
             await self._cut.wait()
             writer.transport.abort()

@@ -54,8 +54,8 @@ _POLL_SECONDS = 0.05
 
 @dataclass
 class ReplicatedPair:
-    """The two servers and the link between them. ``synchronous``: the primary waits for
-    the standby's flush before a commit returns."""
+    """The two servers, the primary's address and the link between them. ``synchronous``:
+    the primary waits for the standby's flush before a commit returns."""
 
     primary: EmbeddedPostgres
     standby: EmbeddedPostgres
