@@ -341,6 +341,12 @@ class Ledger:
             if head_seq is None:
                 return None
             await extend_tree(conn, head_seq)
+            # Rows up to head_seq never change: hash them before taking the lock that
+            # every append waits on.
+            head_hash = await conn.fetchval(
+                "SELECT hash FROM ledger.events WHERE seq = $1", head_seq
+            )
+            root = await tree_root(conn, head_seq)
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", LEDGER_LOCK)
                 last = await conn.fetchrow(
@@ -360,12 +366,7 @@ class Ledger:
                         )
                 if last is not None and last["size"] >= head_seq:
                     return None
-                head_hash = await conn.fetchval(
-                    "SELECT hash FROM ledger.events WHERE seq = $1", head_seq
-                )
-                cp = Checkpoint(
-                    self.origin, head_seq, bytes(head_hash), await tree_root(conn, head_seq)
-                )
+                cp = Checkpoint(self.origin, head_seq, bytes(head_hash), root)
                 await conn.execute(
                     "INSERT INTO ledger.checkpoints"
                     " (size, head_hash, root_hash, signed_at, key_id, note)"
