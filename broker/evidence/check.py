@@ -79,6 +79,7 @@ class CheckReport:
     manifest: dict[str, Any] = field(default_factory=dict)
     rows: int = 0
     signed_size: int | None = None
+    tree_checked: bool = False  # the rows rebuilt the Merkle root signed at the end
     consistent_with: list[int] = field(default_factory=list)
 
     @property
@@ -97,6 +98,7 @@ class CheckReport:
             "origin": self.manifest.get("origin"),
             "rows": self.rows,
             "signed_size": self.signed_size,
+            "tree_checked": self.tree_checked,
             "consistent_with": self.consistent_with,
             "integrity": {"ok": not self.integrity, "problems": self.integrity},
             "counts": {s: sum(1 for f in self.findings if f.severity == s) for s in SEVERITIES},
@@ -224,6 +226,7 @@ def _check_tree(
             )
         )
         return
+    report.tree_checked = True
     proven: dict[int, bytes] = {end_seq: cp.root}
     for entry in proofs.get("consistency", []):
         try:
@@ -450,7 +453,11 @@ def format_report(report: CheckReport) -> str:
         lines.append(f"integrity: FAILED ({len(report.integrity)} problems)")
         lines += [f"  - {p}" for p in report.integrity]
     else:
-        lines.append("integrity: ok (signature, file hashes, chain to a signed checkpoint)")
+        tree = " and Merkle root" if report.tree_checked else ""
+        lines.append(f"integrity: ok (signature, file hashes, chain{tree} to a signed checkpoint)")
+    if report.consistent_with:
+        sizes = ", ".join(str(s) for s in report.consistent_with)
+        lines.append(f"consistent with your kept checkpoint(s) at size {sizes}")
     for severity in SEVERITIES:
         group = [f for f in report.findings if f.severity == severity]
         lines.append(f"{severity} ({len(group)})")
