@@ -48,6 +48,7 @@ ROW_COLUMNS = (
     " body::text, dedupe_key, prev_hash, hash"
 )
 _MAX_PROBLEMS = 50
+_MAX_BAD = 1000
 
 Node = tuple[int, int, bytes]
 
@@ -104,7 +105,7 @@ class RunResult:
     first_prev: bytes | None = None
     last_seq: int = 0
     last_hash: bytes | None = None
-    bad: list[int] = field(default_factory=list)
+    bad: list[int] = field(default_factory=list)  # the first bad rows (bounded)
     problems: list[tuple[int | None, str]] = field(default_factory=list)
     checkpoints: int = 0
     last_good: int | None = None  # largest checkpoint size in the run that matched
@@ -113,7 +114,9 @@ class RunResult:
     end_nodes: list[Node] = field(default_factory=list)
 
     def fail(self, seq: int | None, problem: str) -> None:
-        if seq is not None:
+        # Rows come in order: the first bad ones are the ones that matter, and a ledger
+        # rewritten wholesale must not fill the memory with the list.
+        if seq is not None and len(self.bad) < _MAX_BAD:
             self.bad.append(seq)
         if len(self.problems) < _MAX_PROBLEMS:
             self.problems.append((seq, problem))
