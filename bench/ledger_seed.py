@@ -403,7 +403,7 @@ class _AuditRows:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def uuid(self) -> uuid.UUID:
+    def new_id(self) -> uuid.UUID:
         return uuid.UUID(int=self.rng.getrandbits(128), version=4)
 
     def token(self, n: int) -> str:
@@ -601,7 +601,7 @@ class _AuditRows:
             "secret": secret,
             "role": role.name,
             "policy_version": self.policy.version,
-            "grant_id": self.uuid(),
+            "grant_id": self.new_id(),
             "request_id": self.token(16),
         }
         context: dict[str, Any] = {
@@ -696,14 +696,16 @@ class _AuditRows:
         d = self.decide(who, secret)
         assert d.outcome == "elevation_required" and d.role is not None, d
         rule = d.role.elevation
-        eid = self.uuid()
+        eid = self.new_id()
         ticket = f"INC-{self.rng.randrange(1000, 99999)}" if stripe else None
         reason = self.rng.choice(_REASONS)
         break_glass = not stripe and self.rng.random() < 0.1
         fate = self.rng.random()
         common = {**self.who(who), "secret": secret, "role": d.role.name}
 
-        def row(at: datetime, event: str, outcome: str, body: dict[str, Any], **kw: Any) -> Any:
+        def row(
+            at: datetime, event: str, outcome: str, body: dict[str, Any], **kw: Any
+        ) -> dict[str, Any]:
             fields = {**common, "policy_version": self.policy.version, **kw}
             fields.setdefault("request_id", self.token(16))
             return self.row(at, event, outcome, **fields, body={"elevation_id": str(eid), **body})
