@@ -72,7 +72,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ledger_seed import AuditMix, SeedReport, seed
+from ledger_seed import AuditMix, SeedReport, month_start, seed
 
 REPO = Path(__file__).resolve().parent.parent
 BROKER_BIN = Path(sys.executable).parent / "broker"
@@ -165,6 +165,8 @@ def _measure(name: str, argv: list[str], env: dict[str, str], rows: int = 0) -> 
         output: Any = json.loads(text)
     except ValueError:
         output = text[-3000:]
+    if isinstance(output, dict) and "mode" in output and "rows" in output:
+        rows = int(output["rows"])  # a verification: the rows it actually checked
     return Step(
         name=name,
         argv=[Path(a).name if a == str(BROKER_BIN) else a for a in argv],
@@ -308,13 +310,14 @@ async def _proofs(dsn: str, samples: int) -> dict[str, Any]:
 @dataclass
 class _Shape:
     name: str
-    kind: str  # "why" | "browser"
-    target_ms: float
+    kind: str  # "why" | "browser" | "proof"
+    target_ms: float | None
     path: Any  # (rng) -> path and query string
 
 
-def _shapes(mix: AuditMix, cursor_of: dict[str, str]) -> list[_Shape]:
-    """The query shapes; ``cursor_of`` maps subjects to the cursor of their page 2."""
+def _shapes(mix: AuditMix, cursor_of: dict[str, str], sizes: list[int]) -> list[_Shape]:
+    """The query shapes; ``cursor_of`` maps subjects to the cursor of their page 2,
+    ``sizes`` are the signed checkpoints' sizes (the last one the newest)."""
     engineers, services, _, _ = mix.people()
     months = mix.month_starts()
 
@@ -376,6 +379,12 @@ def _shapes(mix: AuditMix, cursor_of: dict[str, str]) -> list[_Shape]:
         subject = rng.choice(sorted(cursor_of))
         return q("/console/audit/events", subject=subject, cursor=cursor_of[subject])
 
+    def inclusion(rng: random.Random) -> str:
+        return q("/v1/audit/proofs/inclusion", seq=str(rng.randrange(1, sizes[-1] + 1)))
+
+    def consistency(rng: random.Random) -> str:
+        return q("/v1/audit/proofs/consistency", old=str(rng.choice(sizes[:-1] or sizes)))
+
     return [
         _Shape("why subject+secret, 1 month", "why", WHY_TARGET_MS, why_both),
         _Shape("why secret, 1 month", "why", WHY_TARGET_MS, why_secret),
@@ -385,6 +394,8 @@ def _shapes(mix: AuditMix, cursor_of: dict[str, str]) -> list[_Shape]:
         _Shape("events by secret from a month", "browser", BROWSER_TARGET_MS, events_secret),
         _Shape("events by type from a month", "browser", BROWSER_TARGET_MS, events_type),
         _Shape("events by subject, page 2", "browser", BROWSER_TARGET_MS, events_next),
+        _Shape("inclusion proof (API)", "proof", None, inclusion),
+        _Shape("consistency proof (API)", "proof", None, consistency),
     ]
 
 
@@ -450,6 +461,7 @@ async def _queries(settings: Any, mix: AuditMix, requests: int) -> dict[str, Any
 
     from broker.app import create_app
     from broker.devenv import demo_tokens
+    from broker.ledger import connect_one
 
     token = demo_tokens(settings.dev_issuer_key_path)["carol"]
     app = create_app(settings)
@@ -475,11 +487,23 @@ async def _queries(settings: Any, mix: AuditMix, requests: int) -> dict[str, Any
                     page = await r.json()
                     if page.get("next_cursor"):
                         cursors[who.subject] = page["next_cursor"]
-            for shape in _shapes(mix, cursors):
-                headers = bearer if shape.kind == "why" else {"Cookie": cookie}
+            conn = await connect_one(settings.database_url)
+            try:
+                sizes = [
+                    r["size"]
+                    for r in await conn.fetch(
+                        "SELECT size FROM ledger.checkpoints WHERE root_hash IS NOT NULL"
+                        " ORDER BY size"
+                    )
+                ]
+            finally:
+                await conn.close()
+            for shape in _shapes(mix, cursors, sizes):
+                headers = {"Cookie": cookie} if shape.kind == "browser" else bearer
                 times: list[tuple[float, str]] = []
                 statuses: dict[int, int] = {}
                 rows_seen: list[int] = []
+                sizes_seen: list[int] = []
                 for i in range(requests + 3):
                     path = shape.path(rng)
                     began = time.perf_counter()
@@ -493,6 +517,8 @@ async def _queries(settings: Any, mix: AuditMix, requests: int) -> dict[str, Any
                     statuses[status] = statuses.get(status, 0) + 1
                     if shape.kind == "why" and status == 200:
                         rows_seen.append(len(json.loads(body)["access"]))
+                    if shape.kind == "proof" and status == 200:
+                        sizes_seen.append(len(body))
                 times.sort()
                 ms = [t for t, _ in times]
                 stats = _ms_stats(ms)
@@ -503,12 +529,14 @@ async def _queries(settings: Any, mix: AuditMix, requests: int) -> dict[str, Any
                     "statuses": statuses,
                     **stats,
                     "target_p95_ms": shape.target_ms,
-                    "met": stats["p95_ms"] <= shape.target_ms,
+                    "met": None if shape.target_ms is None else stats["p95_ms"] <= shape.target_ms,
                 }
                 if rows_seen:
                     result["windows_per_answer"] = round(statistics.mean(rows_seen), 1)
+                if sizes_seen:
+                    result["response_bytes"] = round(statistics.mean(sizes_seen))
                 results.append(result)
-                if not result["met"]:
+                if result["met"] is False:
                     slow.append((shape.name, times[max(0, int(len(times) * 0.95) - 1)][1]))
     finally:
         await runner.cleanup()
@@ -534,13 +562,22 @@ def _month_label(t: datetime) -> str:
     return f"{t.year:04d}-{t.month:02d}"
 
 
+def _mix(args: argparse.Namespace, end: datetime) -> AuditMix:
+    """``--rows`` over the ``--months`` newest months, plus ``--archive-months`` older ones
+    at the same rate (rows in proportion to time)."""
+    total = args.months + args.archive_months
+    measured = (end - month_start(end, args.months - 1)).total_seconds()
+    spanned = (end - month_start(end, total - 1)).total_seconds()
+    return AuditMix(events=round(args.rows * spanned / measured), end=end, months=total)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from broker.devenv import prepare_broker
     from broker.ledger import CheckpointSigner, load_or_create_signing_key
     from broker.stack.devstack import DevStack
 
     end = datetime.now(UTC) - timedelta(seconds=30)
-    mix = AuditMix(events=args.rows, end=end, months=args.months)
+    mix = _mix(args, end)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ledger-scale-"))
     policies = tmp / "policies"
     policies.mkdir()
@@ -553,9 +590,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "rows": args.rows,
-        "months": args.months,
+        "rows": mix.events,
+        "months": mix.months,
+        "measured_months": args.months,
+        "archive_months": args.archive_months,
         "heartbeat_seconds": mix.heartbeat_seconds,
+        "workers": args.workers,
     }
     steps: list[Step] = []
     try:
@@ -589,7 +629,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "--workers" in verify_help:
             full += ["--workers", str(args.workers)]
 
-        # 1. full verification
+        # 1. full verification (it records a verified head for the next step)
         step = _measure("verify full", full, env, report.rows)
         if "--workers" not in verify_help:
             step.note = "no --workers in `broker verify` yet: one process"
@@ -604,20 +644,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if "--incremental" in verify_help:
             step = _measure("verify incremental", [*base, "--incremental"], env, args.append)
+            step.note = f"target < {INCREMENTAL_TARGET_S:.0f} s"
         else:
             step = _measure("verify full (no --incremental)", full, env, report.rows + args.append)
             step.note = "`broker verify --incremental` is not on this branch yet: full instead"
         steps.append(step)
 
-        # 3. proofs
+        # 3. proofs, from the library (each one checked against the signed roots)
         out["proofs"] = asyncio.run(_proofs(stack.superuser_dsn("broker"), args.proofs))
 
-        # 4. why and the event browser
+        # 4. why, the event browser and the proofs API, with the broker in this process
         out["queries"] = _run_queries(settings, mix, args.requests, tmp)
 
         # 5. evidence export and offline check of the last full month
         months = mix.month_starts()
-        lo, hi = (months[-2], months[-1]) if len(months) > 1 else (months[-1], end)
+        lo, hi = months[-2], months[-1]
         package = tmp / "month.zip"
         argv = [str(BROKER_BIN), "evidence", "export", "--quiet", "--from", lo.isoformat()]
         argv += ["--to", hi.isoformat(), "--out", str(package)]
@@ -632,20 +673,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         argv = [str(BROKER_BIN), "evidence", "check", "--json", str(package)]
         step = _measure(f"check {_month_label(lo)}", argv, env, step.rows)
         audit = step.output if isinstance(step.output, dict) else {}
-        step.note = f"ok={audit.get('ok')}"
+        step.note = f"ok={audit.get('ok')} {audit.get('counts')}"
         steps.append(step)
 
-        # 6. archive of the oldest month, then full verification of what is left
-        if "archive" in _cli_help("ledger"):
-            before = _month_label(months[1])
-            argv = [str(BROKER_BIN), "ledger", "archive", "--before", before]
-            argv += ["--out", str(tmp / "archive")]
-            step = _measure(f"archive before {before}", argv, env)
-            steps.append(step)
-            steps.append(_measure("verify full after archive", full, env, report.rows))
-            out["archive"] = {"wired": True}
-        else:
-            out["archive"] = {"wired": False, "note": "`broker ledger archive` not on this branch"}
+        # 6. archive of the oldest month (retention at its minimum), then what is left
+        out["archive"] = _archive(args, months, env, stack.superuser_dsn("broker"), tmp, steps)
+        if out["archive"]["wired"]:
+            left = report.rows + args.append - out["archive"].get("rows", 0)
+            steps.append(_measure("verify full after archive", full, env, left))
     finally:
         stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -657,19 +692,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _archive(
+    args: argparse.Namespace,
+    months: list[datetime],
+    env: dict[str, str],
+    admin_dsn: str,
+    tmp: Path,
+    steps: list[Step],
+) -> dict[str, Any]:
+    """``broker ledger archive`` of the oldest month, then ``check-segment`` of its file."""
+    if "archive" not in _cli_help("ledger"):
+        return {"wired": False, "note": "`broker ledger archive` is not on this branch yet"}
+    if args.archive_months < 2:
+        return {
+            "wired": False,
+            "note": "needs --archive-months 2 or more: with the minimum retention (12"
+            " months) only a month 13 or more months before the current one may go",
+        }
+    before = _month_label(months[1])
+    archive_env = {
+        **env,
+        "BROKER_ADMIN_DATABASE_URL": admin_dsn,
+        "BROKER_LEDGER_RETENTION_MONTHS": "12",
+    }
+    argv = [str(BROKER_BIN), "ledger", "archive", "--before", before, "--out", str(tmp / "arch")]
+    step = _measure(f"archive before {before}", argv, archive_env)
+    done = step.output.get("archived", []) if isinstance(step.output, dict) else []
+    step.rows = sum(int(a["rows"]) for a in done)
+    step.rows_per_second = round(step.rows / step.seconds) if step.rows else 0
+    files = [a["segment"] for a in done if a.get("segment")]
+    size = sum(Path(f).stat().st_size for f in files)
+    step.note = f"{len(done)} month(s), segment {size / 2**20:.1f} MiB"
+    if step.exit_code != 0 or not done:
+        step.note = f"exit {step.exit_code}: {str(step.output)[-300:]}"
+    steps.append(step)
+    if files:
+        check = _measure("check-segment", [str(BROKER_BIN), "ledger", "check-segment", *files],
+                         env, step.rows)  # fmt: skip
+        reports = check.output if isinstance(check.output, list) else []
+        check.note = f"ok={all(r.get('ok') for r in reports) if reports else None}"
+        steps.append(check)
+    return {"wired": True, "before": before, "rows": step.rows, "months": len(done)}
+
+
 # --- output ------------------------------------------------------------------------------
 
 
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
+def _verdict(ok: bool | None) -> str:
+    return "" if ok is None else "met" if ok else "MISSED"
 
 
 def print_table(out: dict[str, Any]) -> None:
     m, s = out["machine"], out["seed"]
-    print(f"machine: {m['cores']} cores, python {m['python']}")
+    print(f"machine: {m['cores']} cores, python {m['python']}; verify workers {out['workers']}")
     print(
         f"seed: {s['rows']:,} rows over {out['months']} months ({s['first_at'][:10]} .."
-        f" {s['last_at'][:10]}), {len(s['partitions'])} partitions, heartbeat every"
+        f" {s['last_at'][:10]}: the {out['measured_months']} newest, ending now, plus"
+        f" {out['archive_months']} older), {len(s['partitions'])} partitions, heartbeat every"
         f" {out['heartbeat_seconds']} s"
     )
     print(
@@ -680,7 +759,7 @@ def print_table(out: dict[str, Any]) -> None:
     )
     print(f"      chain trigger {s['chain_trigger']}")
     head = (
-        f"{'step':<30} {'rows':>11} {'wall s':>8} {'rows/s':>9} {'RSS MiB':>8}"
+        f"{'step':<26} {'rows':>11} {'wall s':>8} {'rows/s':>9} {'RSS MiB':>8}"
         f" {'worker':>7} {'tree':>7}  note"
     )
     print(head)
@@ -689,9 +768,12 @@ def print_table(out: dict[str, Any]) -> None:
         result = st["output"] if isinstance(st["output"], dict) else {}
         note = st["note"]
         if "ok" in result and "mode" in result:
-            note = f"ok={result['ok']} mode={result['mode']} scanned={result.get('rows')} " + note
+            note = (
+                f"ok={result['ok']} {result['mode']} from {result.get('verified_from')}:"
+                f" {result.get('rows'):,} rows in {result.get('seconds')} s inside; {note}"
+            )
         print(
-            f"{st['name']:<30} {st['rows']:>11,} {st['seconds']:>8.2f} {st['rows_per_second']:>9,}"
+            f"{st['name']:<26} {st['rows']:>11,} {st['seconds']:>8.2f} {st['rows_per_second']:>9,}"
             f" {st['peak_rss_mib']:>8.1f} {st['worker_peak_rss_mib']:>7.1f}"
             f" {st['tree_peak_rss_mib']:>7.1f}  {note}"
         )
@@ -701,21 +783,25 @@ def print_table(out: dict[str, Any]) -> None:
     if p.get("wired"):
         i, c = p["inclusion"], p["consistency"]
         print(
-            f"inclusion proof (size {p['tree_size']:,}): p50 {i['p50_ms']} ms, p95"
-            f" {i['p95_ms']} ms, {i['hashes']} hashes ({i['bytes']} B)"
+            f"proofs (library, tree size {p['tree_size']:,}): inclusion p50 {i['p50_ms']} ms,"
+            f" p95 {i['p95_ms']} ms, {i['hashes']} hashes ({i['bytes']} B)"
         )
         if c:
             print(
-                f"consistency proof: p50 {c['p50_ms']} ms, p95 {c['p95_ms']} ms,"
+                f"                 consistency p50 {c['p50_ms']} ms, p95 {c['p95_ms']} ms,"
                 f" {c['hashes']} hashes ({c['bytes']} B)"
             )
     else:
         print(f"proofs: not wired ({p['note']})")
-    print(f"{'query':<34} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'target':>7}")
+    print(
+        f"{'query (HTTP, client side)':<34} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'target':>7}"
+    )
     for q in out["queries"]["url_shapes"]:
+        target = "-" if q["target_p95_ms"] is None else q["target_p95_ms"]
+        extra = f" {q['response_bytes']} B" if "response_bytes" in q else ""
         print(
             f"{q['shape']:<34} {q['p50_ms']:>7} {q['p95_ms']:>7} {q['max_ms']:>7}"
-            f" {q['target_p95_ms']:>7}  {_verdict(q['met'])} {q['statuses']}"
+            f" {target:>7}  {_verdict(q['met'])} {q['statuses']}{extra}"
         )
     if out["queries"]["explain"]:
         print("\n".join(out["queries"]["explain"]))
@@ -728,7 +814,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--rows", type=int, default=10_000_000)
-    p.add_argument("--months", type=int, default=12)
+    p.add_argument("--months", type=int, default=12, help="months the --rows span, ending now")
+    p.add_argument(
+        "--archive-months",
+        type=int,
+        default=2,
+        help="older months before those, same rate (default 2: the minimum retention of 12"
+        " months lets only a month 13+ months old be archived)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=100_000, help="rows per checkpoint")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="verify workers")
     p.add_argument("--append", type=int, default=10_000, help="rows for incremental verify")
@@ -737,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.months < 2:
-        p.error("--months must be at least 2 (a full month is exported, one archived)")
+        p.error("--months must be at least 2 (the last full month is exported)")
     out = run(args)
     if args.json:
         print(json.dumps(out, indent=2, default=str))
