@@ -299,6 +299,7 @@ class AuditMix:
     engineers: int = 25
     services: int = 5
     seed: int = 15
+    revision_at: timedelta = timedelta(days=14, hours=10)  # into each month, after the first
 
     @property
     def start(self) -> datetime:
@@ -332,11 +333,12 @@ class AuditMix:
         return docs
 
     def revision_times(self) -> list[datetime]:
-        """When each policy revision is loaded: revision 0 at the start, then one on the
-        15th of each month at 10:00 UTC (a working day's edit, not a month boundary)."""
+        """When each policy revision is loaded: revision 0 at the start, then one each
+        month at ``revision_at`` into it (default the 15th, 10:00 UTC: a working day's
+        edit, not a month boundary)."""
         times = [self.start]
         for m in self.month_starts()[1:]:
-            at = m + timedelta(days=14, hours=10)
+            at = m + self.revision_at
             if at < self.end:
                 times.append(at)
         return times
