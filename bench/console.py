@@ -1,12 +1,13 @@
 """Console page benchmark: server time per page with a ledger of 1,000,000 events.
 
 Starts its own PostgreSQL and OpenBao (``DevStack`` in a temp dir, migrated as ``broker
-dev`` does), seeds the ledger with ``bench/export.py``'s generator (200 people, grants
-issued and expired, heartbeats: a realistic chain), starts the broker in this process,
-signs in through the console's dev sign-in as the people each page is for, and requests
-every page ``--requests`` times, one at a time, on loopback. It prints p50/p95/max per
-page. The time is the client's (request sent to last byte read): it includes the loopback
-round trip, so it overstates the server's time by a fraction of a millisecond.
+dev`` does), seeds the ledger with ``bench/ledger_seed.py``'s ``ExportMix``, as
+``bench/export.py`` does (200 people, grants issued and expired, heartbeats: a realistic
+chain), starts the broker in this process, signs in through the console's dev sign-in as
+the people each page is for, and requests every page ``--requests`` times, one at a time,
+on loopback. It prints p50/p95/max per page. The time is the client's (request sent to
+last byte read): it includes the loopback round trip, so it overstates the server's time
+by a fraction of a millisecond.
 
     .venv/bin/python bench/console.py                    # 1,000,000 events (~4 min)
     .venv/bin/python bench/console.py --events 100000 --json
@@ -35,7 +36,7 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export import START, _seed  # the same seeded ledger as the export bench
+from ledger_seed import ExportMix, seed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,10 +119,9 @@ async def _run_broker(settings: Any, requests: int, start: str, end: str) -> lis
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from broker.devenv import prepare_broker
     from broker.ledger import CheckpointSigner, load_or_create_signing_key
-    from broker.policy import load_policy_dir
     from broker.stack.devstack import DevStack
 
-    policy = load_policy_dir(REPO / "policies")
+    mix = ExportMix(args.events)
     tmp = Path(tempfile.mkdtemp(prefix="bench-console-"))
     stack = DevStack(tmp / "stack")
     try:
@@ -131,24 +131,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             settings.checkpoint_key_name,
             load_or_create_signing_key(settings.checkpoint_key_path, create=False),
         )
-        seed_s, last_at = asyncio.run(
-            _seed(
+        seeded = asyncio.run(
+            seed(
                 stack.superuser_dsn("broker"),
-                args.events,
-                policy,
-                signer,
-                settings.ledger_origin,
+                mix,
+                signer=signer,
+                origin=settings.ledger_origin,
                 fast=True,
                 checkpoint_every=100_000,
             )
         )
+        seed_s, last_at = seeded.seconds, seeded.last_at
         settings = settings.with_overrides(
             console_dev_sign_in=True,
             console_key_path=tmp / "console.key",
             log_level="warning",
         )
         end = (last_at + timedelta(seconds=1)).isoformat()
-        pages = asyncio.run(_run_broker(settings, args.requests, START.isoformat(), end))
+        pages = asyncio.run(_run_broker(settings, args.requests, mix.start.isoformat(), end))
     finally:
         stack.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -31,25 +31,17 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 import zipfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ledger_seed import ExportMix, seed
+
 REPO = Path(__file__).resolve().parent.parent
 BROKER_BIN = Path(sys.executable).parent / "broker"
-START = datetime(2026, 1, 1, tzinfo=UTC)
-HEARTBEAT_SECONDS = 60
-
-_COLUMNS = (
-    "seq", "recorded_at", "event", "replica", "subject", "subject_kind", "secret", "role",
-    "policy_version", "grant_id", "lease_id", "expires_at", "outcome", "request_id", "body",
-    "dedupe_key", "prev_hash", "hash",
-)  # fmt: skip
-
 
 _last_stdout: dict[str, str] = {}
 
@@ -63,167 +55,6 @@ class Step:
     peak_rss_mib: float
     package_mib: float | None
     exit_code: int
-
-
-def _rows(n: int, policy: Any) -> Iterator[tuple[Any, ...]]:
-    """``n`` chained rows: one event every ~2 s of ledger time, a heartbeat every minute."""
-    from broker.auth.principal import Principal
-    from broker.ledger.chain import GENESIS, canonical_row, chain_hash
-    from broker.policy.decide import decide
-
-    people = [
-        Principal(f"user-{i:03d}", "human", "https://idp.example", frozenset({"engineering"}))
-        for i in range(200)
-    ]
-    secrets = ["stripe/test", "db/orders-ro"]
-    decisions = {s: decide(policy, people[0], s) for s in secrets}
-    for s, d in decisions.items():
-        assert d.outcome == "allow" and d.role is not None, (s, d.outcome)
-    open_grants: list[tuple[datetime, uuid.UUID, Principal, str]] = []
-    prev = GENESIS
-    t = START
-    next_beat = START
-    seq = 0
-    while seq < n:
-        seq += 1
-        body: dict[str, Any]
-        row: dict[str, Any] = dict.fromkeys(_COLUMNS[:-2])
-        row.update(seq=seq, recorded_at=t, replica="bench-1", policy_version=None)
-        if seq == 1:
-            row.update(event="policy.loaded", outcome="active", policy_version=policy.version)
-            body = {"files": sorted(policy.documents)}
-        elif t >= next_beat:
-            row.update(event="broker.heartbeat", outcome="ok")
-            body = {"interval_seconds": HEARTBEAT_SECONDS}
-            next_beat = t + timedelta(seconds=HEARTBEAT_SECONDS)
-        elif open_grants and open_grants[0][0] <= t:
-            expires, gid, who, secret = open_grants.pop(0)
-            d = decisions[secret]
-            assert d.role is not None
-            row.update(
-                event="grant.expired",
-                outcome="expired",
-                subject=who.subject,
-                subject_kind=who.kind,
-                secret=secret,
-                role=d.role.name,
-                policy_version=policy.version,
-                grant_id=gid,
-                expires_at=expires,
-                dedupe_key=f"grant:{gid}:end",
-            )
-            body = {"expired_at": expires.isoformat()}
-        else:
-            who = people[seq % len(people)]
-            secret = secrets[seq % len(secrets)]
-            d = decisions[secret]
-            assert d.role is not None
-            gid = uuid.uuid4()
-            ttl = min(d.ttl, 300)
-            expires = t + timedelta(seconds=ttl)
-            row.update(
-                event="grant.issued",
-                outcome="issued",
-                subject=who.subject,
-                subject_kind=who.kind,
-                secret=secret,
-                role=d.role.name,
-                policy_version=policy.version,
-                grant_id=gid,
-                expires_at=expires,
-                request_id=f"bench-{seq}",
-            )
-            assert d.entry is not None
-            body = {
-                "engine": d.entry.engine,
-                "mount": d.entry.mount,
-                "path": d.entry.path,
-                "ttl": ttl,
-                "reason": None,
-                "ticket": None,
-                "role_source": d.role.source,
-                "issuer": who.issuer,
-                "groups": sorted(who.groups),
-            }
-            open_grants.append((expires, gid, who, secret))
-        row["body"] = body
-        h = chain_hash(prev, canonical_row(**row))
-        yield (*(json.dumps(body) if c == "body" else row[c] for c in _COLUMNS[:-2]), prev, h)
-        prev = h
-        t += timedelta(milliseconds=1800 + (seq * 7919) % 400)
-
-
-async def _seed(
-    dsn: str, n: int, policy: Any, signer: Any, origin: str, *, fast: bool, checkpoint_every: int
-) -> tuple[float, datetime]:
-    import asyncpg
-
-    from broker.ledger import Checkpoint
-
-    started = time.perf_counter()
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        await conn.execute(
-            "INSERT INTO ledger.policy_versions (version, first_seen, documents)"
-            " VALUES ($1, $2, $3::jsonb) ON CONFLICT DO NOTHING",
-            policy.version,
-            START,
-            json.dumps(dict(policy.documents)),
-        )
-        batch: list[tuple[Any, ...]] = []
-        done = 0
-        heads: list[tuple[int, bytes]] = []
-
-        async def flush() -> None:
-            await conn.copy_records_to_table(
-                "events", schema_name="ledger", records=batch, columns=list(_COLUMNS)
-            )
-
-        async with conn.transaction():
-            if fast:
-                await conn.execute("ALTER TABLE ledger.events DISABLE TRIGGER events_chain")
-            try:
-                for rec in _rows(n, policy):
-                    batch.append(rec)
-                    if rec[0] % checkpoint_every == 0 or rec[0] == n:
-                        heads.append((rec[0], rec[-1]))
-                    if len(batch) >= 20_000:
-                        await flush()
-                        done += len(batch)
-                        batch.clear()
-                        print(f"\r# seeded {done:,}/{n:,}", end="", file=sys.stderr, flush=True)
-                if batch:
-                    await flush()
-            finally:
-                if fast:  # ALWAYS: a plain ENABLE would let replica-mode sessions skip it
-                    await conn.execute(
-                        "ALTER TABLE ledger.events ENABLE ALWAYS TRIGGER events_chain"
-                    )
-        print(file=sys.stderr)
-        # As the broker's checkpointer would have: a signed head every so many rows.
-        await conn.executemany(
-            "INSERT INTO ledger.checkpoints (size, head_hash, signed_at, key_id, note)"
-            " VALUES ($1, $2, $3, $4, $5)",
-            [
-                (
-                    size,
-                    h,
-                    datetime.now(UTC),
-                    signer.key_id,
-                    signer.sign(Checkpoint(origin, size, h)),
-                )
-                for size, h in heads
-            ],
-        )
-        await conn.execute("ANALYZE ledger.events")
-        last_at: datetime = await conn.fetchval("SELECT max(recorded_at) FROM ledger.events")
-        state = await conn.fetchval(
-            "SELECT tgenabled::text FROM pg_trigger WHERE tgname = 'events_chain'"
-        )
-        assert state == "A", f"events_chain is {state!r} after seeding"
-    finally:
-        await conn.close()
-    return time.perf_counter() - started, last_at
 
 
 def _vm_hwm_kib(pid: int) -> int:
@@ -277,43 +108,42 @@ def _measure(name: str, argv: list[str], env: dict[str, str], rows: int, out: Pa
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from broker.devenv import prepare_broker
     from broker.ledger import CheckpointSigner, load_or_create_signing_key
-    from broker.policy import load_policy_dir
     from broker.stack.devstack import DevStack
 
-    policy = load_policy_dir(REPO / "policies")
+    mix = ExportMix(args.events)
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
     stack = DevStack(tmp / "stack")
     try:
         stack.start()
-        settings = asyncio.run(prepare_broker(stack, policies_dir=REPO / "policies"))
+        settings = asyncio.run(prepare_broker(stack, policies_dir=mix.policies_dir))
         signer = CheckpointSigner(
             settings.checkpoint_key_name,
             load_or_create_signing_key(settings.checkpoint_key_path, create=False),
         )
-        seed_s, last_at = asyncio.run(
-            _seed(
+        seeded = asyncio.run(
+            seed(
                 stack.superuser_dsn("broker"),
-                args.events,
-                policy,
-                signer,
-                settings.ledger_origin,
+                mix,
+                signer=signer,
+                origin=settings.ledger_origin,
                 fast=args.fast_seed,
                 checkpoint_every=args.checkpoint_every,
             )
         )
+        seed_s, last_at, start = seeded.seconds, seeded.last_at, mix.start
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
         env.update(
             BROKER_DATABASE_URL=settings.database_url,
             BROKER_CHECKPOINT_KEY=str(settings.checkpoint_key_path),
-            BROKER_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
+            BROKER_HEARTBEAT_SECONDS=str(mix.heartbeat_seconds),
         )
         # The whole seeded history (ledger time runs ~2 s per event), ending at its last row.
         end = last_at + timedelta(seconds=1)
-        tenth = START + (end - START) / 10
+        tenth = start + (end - start) / 10
         steps = []
         small, big = tmp / "small.zip", tmp / "evidence.zip"
         for name, to, out in (("export 10%", tenth, small), ("export 100%", end, big)):
-            argv = [str(BROKER_BIN), "evidence", "export", "--quiet", "--from", START.isoformat()]
+            argv = [str(BROKER_BIN), "evidence", "export", "--quiet", "--from", start.isoformat()]
             argv += ["--to", to.isoformat(), "--out", str(out)]
             step = _measure(name, argv, env, 0, out)
             with zipfile.ZipFile(out) as zf:
@@ -344,9 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "events": args.events,
         "seed": {
             "seconds": round(seed_s, 1),
-            "chain_trigger": "disabled for the COPY, re-enabled ALWAYS (checked)"
-            if args.fast_seed
-            else "on (every row checked)",
+            "chain_trigger": seeded.chain_trigger,
         },
         "findings_in_package": findings,
         "check": {"ok": audit["ok"], "integrity": audit["integrity"], "kinds": kinds},
