@@ -411,6 +411,17 @@ def test_grant_longer_than_max_ttl_diverges() -> None:
     assert findings[0].details["max_ttl"] == 3600
 
 
+def test_grants_outside_the_period_are_context_not_judged() -> None:
+    """The package carries rows before the period (elevations its grants cite) and after
+    it (up to the covering checkpoint): a grant there is not the period's to judge."""
+    before, after = Q1_FROM - timedelta(minutes=30), Q1_TO + timedelta(minutes=20)
+    outside = [
+        (at, "grant.issued", _grant("carol", "stripe/test", "engineering", 900, at))
+        for at in (before, after)
+    ]
+    assert _kinds(_analyze(History(extra=outside).records())) == []
+
+
 def test_unknown_policy_version_diverges_for_every_grant() -> None:
     findings = _analyze(History().records(), policies={})
     assert {k for k, _ in _kinds(findings)} == {"policy_log_divergence"}

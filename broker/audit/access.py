@@ -6,9 +6,11 @@ its revocation. A window overlaps the period ``[start, end)`` iff it was issued 
 ``end`` and had not ended by ``start``.
 
 Invariants the answer relies on:
-- no grant is longer than ``MAX_GRANT_TTL`` (the policy loader refuses longer ``max_ttl``),
-  so every overlapping grant was issued in ``[start - MAX_GRANT_TTL, end)``: one index
-  range, whatever the ledger's size;
+- no grant outlives the ``max_ttl`` of its role in the policy version that issued it, and
+  no version allows more than ``MAX_GRANT_TTL`` (the loader refuses it); so every
+  overlapping grant was issued in ``[start - longest, end)``, ``longest`` being the largest
+  ``max_ttl`` of any recorded version (a few minutes' slack added): one index range, whatever
+  the ledger's size, and no wider than the policies make it (an hour, not a month);
 - policy versions are immutable (``ledger.policy_versions`` refuses updates), so the rule
   text of a version is cached without expiry (bounded by count);
 - one page costs at most three queries: the windows, the elevations of the elevated ones
@@ -25,11 +27,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.elevation.model import Elevation, fold
+from broker.errors import PolicyError
 from broker.ledger import Event, Ledger
 from broker.ledger.audit_queries import AccessRow, access_windows, events_page
-from broker.ledger.policy_queries import policy_documents
+from broker.ledger.policy_queries import policy_documents, policy_versions
 from broker.periods import MAX_QUERY_PERIOD, check_period
-from broker.policy.loader import MAX_GRANT_TTL
+from broker.policy.loader import MAX_GRANT_TTL, load_policy_documents
 
 __all__ = [
     "LONGEST_GRANT",
@@ -41,6 +44,7 @@ __all__ = [
 ]
 
 LONGEST_GRANT = timedelta(seconds=MAX_GRANT_TTL)
+_SLACK = timedelta(minutes=5)  # recorded_at is taken a little after the ttl was fixed
 DEFAULT_POLICY_CACHE = 64  # policy versions kept in memory (each <= a few hundred KiB)
 
 
@@ -166,6 +170,20 @@ class AccessAudit:
         self._ledger = ledger
         self._documents: OrderedDict[str, Mapping[str, str]] = OrderedDict()
         self._cache_size = policy_cache_size
+        self._max_ttl: dict[str, int] = {}  # version -> its longest max_ttl (immutable)
+
+    async def _longest_grant(self) -> timedelta:
+        """The longest grant any recorded policy version allows (plus slack)."""
+        versions = await policy_versions(self._ledger.pool)
+        new = [v for v in versions if v not in self._max_ttl]
+        for version, documents in (await policy_documents(self._ledger.pool, new)).items():
+            try:
+                roles = load_policy_documents(documents).roles
+                self._max_ttl[version] = max((r.max_ttl for r in roles), default=0)
+            except PolicyError:  # unreadable now: assume the loader's ceiling
+                self._max_ttl[version] = MAX_GRANT_TTL
+        longest = max((self._max_ttl.get(v, MAX_GRANT_TTL) for v in versions), default=0)
+        return min(LONGEST_GRANT, timedelta(seconds=longest) + _SLACK)
 
     async def access(self, q: AccessQuery, *, now: datetime | None = None) -> dict[str, Any]:
         """``{"from", "to", "access": [window...], "next_cursor"}``; raises BadRequest for
@@ -173,7 +191,7 @@ class AccessAudit:
         check_period(q.start, q.end, maximum=MAX_QUERY_PERIOD)
         rows = await access_windows(
             self._ledger.pool,
-            issued_from=q.start - LONGEST_GRANT,
+            issued_from=q.start - await self._longest_grant(),
             issued_to=q.end,
             overlaps_from=q.start,
             subject=q.subject,

@@ -236,7 +236,10 @@ class _Analyzer:
         if event in _LIVENESS:
             self.gaps.observe(row.recorded_at)
         elif event == "grant.issued":
-            self.grant(row)
+            # Rows before the period (the elevations its grants cite) and after it (up to
+            # the covering checkpoint) are context: only the period's grants are judged.
+            if self.period_from <= row.recorded_at < self.period_to:
+                self.grant(row)
         elif event.startswith("elevation."):
             self.elevation(row)
         elif event == "gap.annotated":

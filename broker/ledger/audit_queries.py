@@ -39,9 +39,9 @@ class AccessRow:
 
 
 # The end of each grant: at most one end row per grant (dedupe key), found by grant id in
-# the partitions from the issued row's month on (an end is never recorded before its
-# grant); no ORDER BY, which would tempt the planner into walking every partition's seq
-# index in order instead of looking the grant up.
+# time order from the issued row on (an end is never recorded before its grant): the
+# partitions are read in order through (grant_id, recorded_at, seq) and the first match
+# stops the scan, so a grant costs one or two partitions however many months there are.
 _ACCESS_SELECT = """
 SELECT i.*,
     t.seq AS end_seq, t.recorded_at AS end_recorded_at, t.event AS end_event,
@@ -55,7 +55,7 @@ LEFT JOIN LATERAL (
     SELECT e.* FROM ledger.events e
     WHERE e.grant_id = i.grant_id AND e.event IN ('grant.revoked', 'grant.expired')
         AND e.recorded_at >= i.recorded_at
-    LIMIT 1
+    ORDER BY e.recorded_at, e.seq LIMIT 1
 ) t ON true
 """
 

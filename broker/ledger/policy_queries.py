@@ -11,6 +11,11 @@ import asyncpg
 __all__ = ["policy_documents"]
 
 
+async def policy_versions(db: asyncpg.Pool | asyncpg.Connection) -> list[str]:
+    """Every policy version the ledger has recorded (a short list: one per policy change)."""
+    return [str(r["version"]) for r in await db.fetch("SELECT version FROM ledger.policy_versions")]
+
+
 async def policy_documents(
     db: asyncpg.Pool | asyncpg.Connection, versions: Iterable[str]
 ) -> dict[str, dict[str, str]]:

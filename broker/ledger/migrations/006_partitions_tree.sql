@@ -140,7 +140,10 @@ DROP TABLE ledger.events_v1;
 -- (recorded_at, seq) replaces events_time_idx).
 CREATE INDEX events_seq_idx ON ledger.events (seq);
 CREATE INDEX events_dedupe_idx ON ledger.events (dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX events_grant_idx ON ledger.events (grant_id) WHERE grant_id IS NOT NULL;
+-- A grant's rows in time order: the end of a grant is found in the issued row's month or
+-- the next, reading partitions in order (events_grant_idx of 001, with time).
+CREATE INDEX events_grant_idx ON ledger.events (grant_id, recorded_at, seq)
+    WHERE grant_id IS NOT NULL;
 CREATE INDEX events_subject_idx ON ledger.events (subject, recorded_at);
 CREATE INDEX events_secret_idx ON ledger.events (secret, recorded_at);
 CREATE INDEX events_event_idx ON ledger.events (event, recorded_at);
