@@ -263,7 +263,7 @@ async def scan_run(
     origin: str,
     prefix: list[bytes] | None = None,
     trusted: Sequence[SignedHead] = (),
-    batch: int = 20_000,
+    batch_rows: int = 20_000,
 ) -> RunResult:
     """Scan rows ``(lo, hi]`` and their checkpoints a batch at a time (memory holds one
     batch). ``prefix``: the tree left of ``lo`` when the caller knows it; otherwise the
@@ -274,15 +274,27 @@ async def scan_run(
         except TreeError:
             prefix = None  # no tree stored that far: the run checks chain heads only
     scanner = _Scanner(lo, hi, prefix)
+
+    async def batch(start: int) -> tuple[list[asyncpg.Record], list[SignedHead]]:
+        stop = min(hi, start + batch_rows)
+        signed = await _signed_heads(conn, start, stop, verifier, origin, scanner.out)
+        kept = [h for h in trusted if start < h.size <= stop]
+        return await fetch_run(conn, start, stop), signed + kept
+
+    # Pipelined: the next batch is read while this one is hashed in a thread (the broker's
+    # event loop keeps serving, and PostgreSQL works while Python hashes).
     pos = lo
-    while pos < hi:
-        stop = min(hi, pos + batch)
-        signed = await _signed_heads(conn, pos, stop, verifier, origin, scanner.out)
-        kept = [h for h in trusted if pos < h.size <= stop]
-        rows = await fetch_run(conn, pos, stop)
-        # In a thread: a broker's event loop keeps serving while a batch is hashed.
-        await asyncio.to_thread(scanner.feed, rows, signed + kept)
-        pos = stop
+    ahead = asyncio.ensure_future(batch(pos)) if pos < hi else None
+    while ahead is not None:
+        rows, heads = await ahead
+        pos = min(hi, pos + batch_rows)
+        ahead = asyncio.ensure_future(batch(pos)) if pos < hi else None
+        try:
+            await asyncio.to_thread(scanner.feed, rows, heads)
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+            raise
     return scanner.finish()
 
 
@@ -312,7 +324,7 @@ async def _scan_remote(
                 origin=origin,
                 prefix=prefix,
                 trusted=trusted,
-                batch=batch,
+                batch_rows=batch,
             )
     finally:
         await conn.close()

@@ -265,7 +265,7 @@ async def _scan(
             origin=origin,
             prefix=known,
             trusted=trusted,
-            batch=batch_rows,
+            batch_rows=batch_rows,
         )
         return [run]
     snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
