@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from broker.elevation.model import Elevation, fold
@@ -48,6 +49,7 @@ _SLACK = timedelta(minutes=5)  # recorded_at is taken a little after the ttl was
 DEFAULT_POLICY_CACHE = 64  # policy versions kept in memory (each <= a few hundred KiB)
 
 
+@lru_cache(maxsize=4096)  # pure, and a page of windows cites a handful of blocks many times
 def rule_text(document: str, line: int) -> str | None:
     """The YAML lines of the role block that starts at 1-based ``line`` of ``document``.
 
