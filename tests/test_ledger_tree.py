@@ -30,7 +30,7 @@ from broker.ledger.verify import record_verified_head
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.support.brokers import RunningBroker
-from tests.support.forgery import as_superuser
+from tests.support.forgery import INSERT_EVENT, as_superuser, event_args
 from tests.support.http import auth
 from tests.support.ledger_db import (
     LedgerDb,
@@ -105,12 +105,6 @@ def root_from_path(leaf: bytes, m: int, n: int, proof: list[bytes]) -> bytes:
 
 # --- helpers ------------------------------------------------------------------------------
 
-_COLUMNS = (
-    "seq", "recorded_at", "event", "replica", "subject", "subject_kind", "secret", "role",
-    "policy_version", "grant_id", "lease_id", "expires_at", "outcome", "request_id", "body",
-    "dedupe_key", "prev_hash", "hash",
-)  # fmt: skip
-
 
 def _row(seq: int, at: datetime, prev: bytes, subject: str) -> tuple[dict[str, Any], bytes]:
     row: dict[str, Any] = {
@@ -146,11 +140,7 @@ async def _seed_months(db: LedgerDb, months: list[datetime], per_month: int) -> 
             for i in range(per_month):
                 seq += 1
                 row, payload = _row(seq, month + timedelta(hours=i), prev, f"user-{seq % 5}")
-                await conn.execute(
-                    f"INSERT INTO ledger.events ({', '.join(_COLUMNS)}) VALUES"  # noqa: S608
-                    f" ({', '.join(f'${i}' for i in range(1, 19))})",
-                    *(json.dumps(row[c]) if c == "body" else row[c] for c in _COLUMNS),
-                )
+                await conn.execute(INSERT_EVENT, *event_args(row))
                 leaves.append(payload)
                 prev = row["hash"]
     finally:
@@ -557,11 +547,7 @@ async def test_a_ledger_from_before_the_tree_migrates_and_keeps_verifying(
             prev, at = GENESIS, datetime.now(UTC) - timedelta(hours=1)
             for seq in range(1, 31):
                 row, _ = _row(seq, at + timedelta(seconds=seq), prev, "old-ledger")
-                await conn.execute(
-                    f"INSERT INTO ledger.events ({', '.join(_COLUMNS)}) VALUES"  # noqa: S608
-                    f" ({', '.join(f'${i}' for i in range(1, 19))})",
-                    *(json.dumps(row[c]) if c == "body" else row[c] for c in _COLUMNS),
-                )
+                await conn.execute(INSERT_EVENT, *event_args(row))
                 prev = row["hash"]
                 if seq in (10, 30):  # the chain-only note of before the tree
                     old = Checkpoint(broker_settings.ledger_origin, seq, prev)

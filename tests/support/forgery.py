@@ -18,7 +18,9 @@ from tests.support.ledger_db import LedgerDb
 __all__ = [
     "DISABLE_TRIGGERS",
     "ENABLE_TRIGGERS",
+    "INSERT_EVENT",
     "as_superuser",
+    "event_args",
     "payload",
     "rechain",
     "replace_all_rows",
@@ -86,11 +88,19 @@ ENABLE_TRIGGERS = f"""DO $$ DECLARE r record; BEGIN
     END LOOP; END $$"""
 
 
+INSERT_EVENT = (
+    f"INSERT INTO ledger.events ({', '.join(_COLUMNS)})"  # noqa: S608
+    f" VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
+)
+
+
+def event_args(row: dict[str, Any]) -> tuple[Any, ...]:
+    """``row``'s columns in ``INSERT_EVENT`` order (the body as JSON text)."""
+    return tuple(json.dumps(row[c]) if c == "body" else row[c] for c in _COLUMNS)
+
+
 async def replace_all_rows(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> None:
     """As the superuser: triggers off, TRUNCATE, insert ``rows`` verbatim, triggers on."""
-    placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
-    columns = ", ".join(_COLUMNS)
-    insert = f"INSERT INTO ledger.events ({columns}) VALUES ({placeholders})"  # noqa: S608
     async with conn.transaction():
         await conn.execute(DISABLE_TRIGGERS)
         await conn.execute("TRUNCATE ledger.events")
@@ -102,8 +112,8 @@ async def replace_all_rows(conn: asyncpg.Connection, rows: list[dict[str, Any]])
             )
             await conn.execute(DISABLE_TRIGGERS)  # the new partitions' triggers too
         await conn.executemany(
-            insert,
-            [tuple(json.dumps(r[c]) if c == "body" else r[c] for c in _COLUMNS) for r in rows],
+            INSERT_EVENT,
+            [event_args(r) for r in rows],
         )
         await conn.execute(ENABLE_TRIGGERS)
 
