@@ -3,21 +3,29 @@
 Every line carries ``ts``, ``level``, ``logger``, ``msg``, ``replica`` and, inside a
 request, ``request_id`` (from a context variable the request middleware sets), plus any
 ``extra=`` fields. Stdlib ``logging`` with a small formatter: python-json-logger would
-add a dependency for the thirty lines below.
+add a dependency for the thirty lines below. msgspec (already the HTTP models' encoder)
+writes the JSON, several times faster than ``json.dumps`` for these small documents.
 
 The access log (``broker.access``) has one line per request with the route *template*
 (``/v1/grants/{grant_id}``, never the raw path or query string), method, status,
-duration and subject; never headers (tokens) or bodies.
+duration and subject; never headers (tokens) or bodies. It is one line per request, on
+the hot path: when the handlers are the ones ``configure_logging`` installed, the line is
+written straight to that handler's stream, skipping the ``LogRecord`` machinery (about a
+tenth of the broker's CPU per issuance); with any other set-up (a test's ``caplog``, an
+embedding application's handlers) it goes through ``logging`` as usual.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 __all__ = [
     "REQUEST_ID_VAR",
@@ -30,6 +38,12 @@ __all__ = [
 REQUEST_ID_VAR: ContextVar[str | None] = ContextVar("broker_request_id", default=None)
 
 _access = logging.getLogger("broker.access")
+# ``json.dumps(default=str, ensure_ascii=False)``, faster: one line, UTF-8, str() for the rest.
+_encode = msgspec.json.Encoder(enc_hook=str).encode
+# The JSON handler configure_logging installed on the root logger, and its replica name:
+# the access log's direct path (None: go through logging).
+_NO_LOCK = contextlib.nullcontext()
+_direct: tuple[logging.StreamHandler[Any], str] | None = None
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
@@ -45,7 +59,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -62,7 +76,11 @@ class JsonFormatter(logging.Formatter):
                     doc[key] = fields[key]
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        return _encode(doc).decode()
+
+
+def _timestamp(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
 
 
 class _TextFormatter(logging.Formatter):
@@ -111,8 +129,10 @@ def quiet_parser_errors() -> None:
 
 def configure_logging(log_format: str, level: str, *, replica: str) -> None:
     """Replace the root handlers with one stderr handler in ``log_format`` at ``level``."""
+    global _direct
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(replica) if log_format == "json" else _TextFormatter())
+    _direct = (handler, replica) if log_format == "json" else None
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -129,13 +149,40 @@ def configure_logging(log_format: str, level: str, *, replica: str) -> None:
 
 
 def log_access(method: str, route: str, status: int, seconds: float, subject: str | None) -> None:
-    """One access-log line; ``route`` is the route template, never the raw path.
-
-    Built with ``makeRecord`` + ``handle``: the same record ``info()`` would make, without
-    its stack walk for the caller (a line per request is on the hot path).
-    """
+    """One access-log line; ``route`` is the route template, never the raw path."""
     if not _access.isEnabledFor(logging.INFO):
         return
+    duration_ms = round(seconds * 1000, 2)
+    root = logging.root
+    if (
+        _direct is not None
+        and not _access.handlers
+        and not _access.filters
+        and root.handlers == [_direct[0]]
+        and not root.filters
+    ):
+        # The line JsonFormatter would write for the record below, in the same key order.
+        handler, replica = _direct
+        doc: dict[str, Any] = {
+            "ts": _timestamp(time.time()),
+            "level": "info",
+            "logger": _access.name,
+            "msg": f"{method} {route} {status}",
+            "replica": replica,
+        }
+        request_id = REQUEST_ID_VAR.get()
+        if request_id is not None:
+            doc["request_id"] = request_id
+        doc.update(
+            method=method, path=route, status=status, duration_ms=duration_ms, subject=subject
+        )
+        line = _encode(doc).decode() + handler.terminator
+        with handler.lock or _NO_LOCK:  # threads log too (verification workers' threads)
+            handler.stream.write(line)
+            handler.flush()
+        return
+    # Built with ``makeRecord`` + ``handle``: the record ``info()`` would make, without
+    # its stack walk for the caller.
     record = _access.makeRecord(
         _access.name,
         logging.INFO,
@@ -148,7 +195,7 @@ def log_access(method: str, route: str, status: int, seconds: float, subject: st
             "method": method,
             "path": route,
             "status": status,
-            "duration_ms": round(seconds * 1000, 2),
+            "duration_ms": duration_ms,
             "subject": subject,
         },
     )

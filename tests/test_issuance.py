@@ -8,8 +8,10 @@ broker's own answer.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,13 +20,16 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.web.keys import GRANTS
 from tests.support.backends import LOGIN_REFUSED, db_login, login_refused, vault_root
-from tests.support.brokers import RunningBroker, start_broker
+from tests.support.brokers import RunningBroker, running_broker, start_broker
 from tests.support.http import auth, error_of, parse_ts
 from tests.support.ledger import ledger_rows, ledger_text_count
+from tests.support.paths import REPO
 from tests.support.polling import poll
+from tests.support.tokens import mint
 
 
 async def _issue(
@@ -162,11 +167,61 @@ async def test_kv2_returns_value_and_ledgers_no_value(
 
     events = await _events_for(stack, grant["id"])
     assert [e["event"] for e in events] == ["grant.issued"]
-    assert events[0]["body"]["kv_version"] == grant["credential"]["version"]
+    # The row commits while OpenBao answers (it cannot know the version the read finds).
+    assert "kv_version" not in events[0]["body"]
     assert events[0]["body"]["ticket"] == "INC-1"
     for value in expected.values():
         assert value not in events[0]["_text"]
         assert await ledger_text_count(stack, value) == 0
+
+
+async def test_kv2_read_that_fails_after_its_row_ends_the_grant_at_once(
+    stack: DevStack,
+    broker_settings: Settings,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """The grant.issued row of a KV read commits while OpenBao answers; when the read then
+    fails (here: the value was deleted in OpenBao), nothing goes out and the grant is
+    ended in the same request by a ``grant.revoked`` row saying it was not delivered."""
+    kv_path = f"kv-gone/{uuid.uuid4().hex[:8]}"
+    subject = f"kv-gone-reader-{uuid.uuid4().hex[:8]}"
+    vault = vault_root(stack)
+    await asyncio.to_thread(
+        vault.secrets.kv.v2.create_or_update_secret,
+        kv_path,
+        secret={"api_key": "about-to-go"},
+        mount_point="secret",
+    )
+    await asyncio.to_thread(
+        vault.secrets.kv.v2.delete_latest_version_of_secret, kv_path, mount_point="secret"
+    )
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    with (policies / "catalog.yaml").open("a") as catalog:
+        catalog.write(f"\n  kv/gone:\n    engine: kv2\n    mount: secret\n    path: {kv_path}\n")
+    with (policies / "roles.yaml").open("a") as roles:
+        roles.write(
+            f"\n  - name: kv-gone-readers\n    members:\n      subjects: [{subject}]\n"
+            "    secrets:\n      - kv/gone\n    max_ttl: 1h\n"
+        )
+    token = mint(broker_settings, subject, [])
+    async with (
+        running_broker(broker_settings, policies_dir=policies) as broker,
+        http.post(
+            f"{broker.url}/v1/credentials", json={"secret": "kv/gone"}, headers=auth(token)
+        ) as r,
+    ):
+        assert r.status == 502, await r.text()
+        assert (await error_of(r))["code"] == "vault_error"
+    rows = await ledger_rows(stack, "e.subject = $1", subject)
+    assert [(e["event"], e["outcome"]) for e in rows] == [
+        ("grant.issued", "issued"),
+        ("grant.revoked", "not_delivered"),
+    ]
+    assert rows[0]["grant_id"] == rows[1]["grant_id"]
+    assert rows[1]["body"]["reason"] == "not delivered: the KV read failed"
+    assert rows[1]["dedupe_key"] == f"grant:{rows[0]['grant_id']}:end"
 
 
 # --- PKI ------------------------------------------------------------------------------

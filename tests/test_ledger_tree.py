@@ -221,6 +221,33 @@ async def test_proofs_match_an_independent_rfc6962(
             await conn.close()
 
 
+async def test_blocks_two_writers_share_are_built_from_their_rows(
+    stack: DevStack, broker_settings: Settings
+) -> None:
+    """A writer keeps the tree node of each block it committed whole (the checkpointer
+    then reads none of its rows); a block another replica wrote into is read from the
+    table. Either way the signed roots equal RFC 6962's MTH of the rows."""
+    signer = signer_for(broker_settings)
+    async with fresh_ledger_db(stack, broker_settings, "tree_cache") as db:
+        async with (
+            running_ledger(db.writer_dsn, broker_settings, replica="a") as a,
+            running_ledger(db.writer_dsn, broker_settings, replica="b") as b,
+        ):
+            for i in range(1, 257):  # block 0: all a's
+                await a.append(sample_event(i))
+            for i in range(257, 600):  # block 1 and on: a and b take turns
+                await (a if i % 3 else b).append(sample_event(i))
+            assert 0 in a.writer.recent_blocks
+            assert 1 not in a.writer.recent_blocks and 1 not in b.writer.recent_blocks
+            first = await a.checkpoint(signer)
+            await b.append(sample_event(600))
+            second = await b.checkpoint(signer)
+        leaves = await _leaves(db)
+        for cp in (first, second):
+            assert cp is not None and cp.root == mth(leaves[: cp.size]), cp
+        assert 0 not in a.writer.recent_blocks  # used once, then forgotten
+
+
 async def test_forged_proofs_are_refused(stack: DevStack, broker_settings: Settings) -> None:
     """A proof with one hash changed, or for another leaf, does not verify."""
     from broker.ledger.merkle import ProofError, verify_consistency, verify_inclusion

@@ -13,6 +13,7 @@ passwords, private keys or secret values.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -86,6 +87,12 @@ def _clip(ttl: int, not_after: datetime | None) -> int:
     if left < 1:
         raise Conflict("the elevation window has ended", code="elevation_not_active")
     return min(ttl, left)
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and retrieve its outcome, whatever it is (no "never retrieved")."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def _refusal(guard: tuple[str, ...]) -> BrokerError:
@@ -286,36 +293,7 @@ class GrantService:
         not_after: datetime | None,
     ) -> dict[str, Any]:
         if entry.engine == "kv2":
-            ttl = _clip(ttl, not_after)
-            try:
-                kv = await self._vault.read_kv2(entry.mount, entry.path)
-            except BrokerError as e:
-                # No intent row on this path: the failed attempt is evidence too.
-                with contextlib.suppress(LedgerUnavailable):
-                    await self._ledger.append(
-                        NewEvent(
-                            event="grant.failed",
-                            outcome=e.code,
-                            body={**context, "error": e.message},
-                            **base,
-                        )
-                    )
-                raise
-            expires = datetime.now(UTC) + timedelta(seconds=ttl)
-            appended = await self._ledger.append(
-                NewEvent(
-                    event="grant.issued",
-                    outcome="issued",
-                    expires_at=expires,
-                    body={**context, "kv_version": kv.version},
-                    requires_absent=guard,
-                    **base,
-                )
-            )
-            if appended.refused:
-                raise _refusal(guard)
-            credential: dict[str, Any] = {"data": dict(kv.data), "version": kv.version}
-            return self._grant_body(base, appended.recorded_at, expires, None, credential)
+            return await self._read_kv(entry, ttl, base, context, guard, not_after)
 
         # Leased engines: the intent row exists before Vault mints anything.
         await self._ledger.append(
@@ -337,7 +315,10 @@ class GrantService:
                 if not_after is not None:
                     expires = min(expires, not_after)
                 record = {**context, "username": creds.username, "lease_duration": duration}
-                credential = {"username": creds.username, "password": creds.password}
+                credential: dict[str, Any] = {
+                    "username": creds.username,
+                    "password": creds.password,
+                }
             else:
                 ttl = _clip(ttl, not_after)
                 cert = await self._vault.pki_issue(
@@ -390,6 +371,66 @@ class GrantService:
             await revoke()
             raise _refusal(guard)
         return self._grant_body(base, appended.recorded_at, expires, lease_id, credential)
+
+    async def _read_kv(
+        self,
+        entry: CatalogEntry,
+        ttl: int,
+        base: dict[str, Any],
+        context: dict[str, Any],
+        guard: tuple[str, ...],
+        not_after: datetime | None,
+    ) -> dict[str, Any]:
+        """A KV read and its ``grant.issued`` row, at once.
+
+        A KV value mints nothing that would need revoking, so its row need not wait for
+        the read (the latency of one commit saved per issuance): the row is committed
+        while OpenBao answers, and the value goes out only when both succeeded. If the
+        read fails after the row committed, the grant is ended at once with a
+        ``grant.revoked`` row saying nothing was delivered: the ledger may overstate
+        access for that instant, never understate it. The row therefore cannot carry
+        the KV version (the response does).
+        """
+        ttl = _clip(ttl, not_after)
+        expires = datetime.now(UTC) + timedelta(seconds=ttl)
+        read = asyncio.ensure_future(self._vault.read_kv2(entry.mount, entry.path))
+        try:
+            appended = await self._ledger.append(
+                NewEvent(
+                    event="grant.issued",
+                    outcome="issued",
+                    expires_at=expires,
+                    body=context,
+                    requires_absent=guard,
+                    **base,
+                )
+            )
+        except BaseException:
+            _discard(read)
+            raise
+        if appended.refused:
+            _discard(read)
+            raise _refusal(guard)
+        try:
+            kv = await read
+        except BrokerError as e:
+            with contextlib.suppress(LedgerUnavailable):  # the sweeper ends it at expiry
+                await self._ledger.append(
+                    NewEvent(
+                        event="grant.revoked",
+                        outcome="not_delivered",
+                        body={
+                            "grant_subject": base["subject"],
+                            "reason": "not delivered: the KV read failed",
+                            "error": e.message,
+                        },
+                        dedupe_key=_end_key(base["grant_id"]),
+                        **base,
+                    )
+                )
+            raise
+        credential: dict[str, Any] = {"data": dict(kv.data), "version": kv.version}
+        return self._grant_body(base, appended.recorded_at, expires, None, credential)
 
     def _lease_revoker(self, lease_id: str) -> Any:
         async def revoke() -> None:

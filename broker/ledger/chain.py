@@ -12,13 +12,20 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 
 from .events import Event
 
-__all__ = ["GENESIS", "canonical_event", "canonical_record", "canonical_row", "chain_hash"]
+__all__ = [
+    "GENESIS",
+    "canonical_event",
+    "canonical_record",
+    "canonical_row",
+    "canonical_time",
+    "chain_hash",
+]
 
 GENESIS = bytes(32)
 _DOMAIN = b"jit-broker/ledger/v1\n"
@@ -62,12 +69,18 @@ def _canonical_json(doc: dict[str, Any], body: Mapping[str, Any], plain: bool | 
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _ts(value: datetime | str | None) -> str | None:
+@overload
+def canonical_time(value: datetime | str) -> str: ...
+@overload
+def canonical_time(value: datetime | str | None) -> str | None: ...
+def canonical_time(value: datetime | str | None) -> str | None:
     if value is None or type(value) is str:  # already spelled canonically (a fast reader)
         return value
     # Postgres keeps microseconds; a fixed UTC spelling makes the bytes reproducible:
     # YYYY-MM-DDTHH:MM:SS.ffffffZ (isoformat is the fast way to spell it).
     assert isinstance(value, datetime)
+    if value.tzinfo is UTC:  # what the broker makes and asyncpg reads: no conversion needed
+        return value.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
@@ -97,7 +110,7 @@ def canonical_row(
     ``body_plain``: the caller knows whether ``body`` holds a float (a JSON decoder does)."""
     doc = {
         "seq": seq,
-        "recorded_at": _ts(recorded_at),
+        "recorded_at": canonical_time(recorded_at),
         "event": event,
         "replica": replica,
         "subject": subject,
@@ -107,7 +120,7 @@ def canonical_row(
         "policy_version": policy_version,
         "grant_id": str(grant_id) if grant_id else None,
         "lease_id": lease_id,
-        "expires_at": _ts(expires_at),
+        "expires_at": canonical_time(expires_at),
         "outcome": outcome,
         "request_id": request_id,
         "body": body,

@@ -102,6 +102,11 @@ def _check_body(value: object, depth: int = 0) -> None:
             raise ValueError("ledger body holds text Postgres cannot store")
     elif kind is int or kind is bool or value is None:
         return
+    elif kind is dict:
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str or not _storable(k):
+                raise ValueError("ledger body keys must be storable strings")
+            _check_body(v, depth + 1)
     elif kind is float:
         raise ValueError("ledger bodies may not hold floats (jsonb would re-spell them)")
     elif isinstance(value, Mapping):

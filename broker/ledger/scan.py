@@ -54,7 +54,7 @@ Node = tuple[int, int, bytes]
 
 
 def _ts(text: str | None) -> str | None:
-    """``2026-01-03 07:32:28.475+00`` -> ``2026-01-03T07:32:28.475000Z`` (chain._ts)."""
+    """``2026-01-03 07:32:28.475+00`` -> ``2026-01-03T07:32:28.475000Z`` (chain.canonical_time)."""
     if text is None:
         return None
     if len(text) < 22 or not text.endswith("+00") or text[19:20] not in (".", "+"):

@@ -340,7 +340,7 @@ class Ledger:
             )
             if head_seq is None:
                 return None
-            await extend_tree(conn, head_seq)
+            await extend_tree(conn, head_seq, self.writer.recent_blocks)
             # Rows up to head_seq never change: hash them before taking the lock that
             # every append waits on.
             head_hash = await conn.fetchval(
