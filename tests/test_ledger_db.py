@@ -669,3 +669,40 @@ async def test_float_body_cannot_raise_a_false_tamper_alarm(
                 return  # refused by the writer without harming the chain: fine
         report = await _verify_in_process(db.writer_dsn, broker_settings)
         assert report["ok"], report
+
+
+async def _wal_syncs(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        # Backends report their WAL statistics when they exit (the writer's just did).
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        # (PostgreSQL 18 counts them in pg_stat_io, object "wal".)
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io WHERE object = 'wal'"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_intent_rows_commit_without_waiting_for_the_wal_flush(
+    stack: DevStack, broker_settings: Settings
+) -> None:
+    """A batch of only ``durable=False`` rows (grant.intent) commits without its own WAL
+    flush; the setting lasts for that commit alone, so the durable rows after it flush
+    as before. Counted in PostgreSQL's own WAL statistics."""
+    intent = NewEvent(event="grant.intent", outcome="pending", durable=False)
+    async with fresh_ledger_db(stack, broker_settings, "unflushed") as db:
+        syncs = [await _wal_syncs(db.superuser_dsn)]
+        for event in (intent, sample_event(0)):
+            async with running_ledger(db.writer_dsn, broker_settings) as ledger:
+                for _ in range(40):  # one batch each
+                    await ledger.append(event)
+            await asyncio.sleep(0.5)  # the writer's backend has exited and reported
+            syncs.append(await _wal_syncs(db.superuser_dsn))
+        unflushed, flushed = syncs[1] - syncs[0], syncs[2] - syncs[1]
+        assert flushed >= 40, syncs  # one flush per durable commit at least
+        assert unflushed < 10, syncs  # at most the WAL writer's own, every 200 ms
+        report = await _verify_in_process(db.writer_dsn, broker_settings)
+        assert report["ok"] and report["rows"] == 80, report

@@ -61,6 +61,13 @@ SELECT r[i][1]::bigint, r[i][2]::timestamptz, r[i][3], r[i][4], r[i][5], r[i][6]
 FROM (SELECT $1::text[] AS r) AS batch, generate_subscripts($1::text[], 1) AS i
 ORDER BY i
 """
+# The same statement for a batch of rows that need not wait for the WAL flush (see
+# NewEvent.durable): set_config(..., is_local => true) lasts until the end of this
+# statement's own transaction, and a commit takes the setting in force when it happens.
+_INSERT_UNFLUSHED = (
+    "WITH unflushed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))"
+    + _INSERT.replace("FROM (SELECT $1", "FROM unflushed, (SELECT $1")
+)
 _fast_json = msgspec.json.Encoder().encode
 
 
@@ -343,7 +350,8 @@ class LedgerWriter:
             results.append(Appended(seq, now, digest))
             prev = digest
         if rows:
-            await conn.execute(_INSERT, rows)
+            durable = any(ev.durable for ev in events)
+            await conn.execute(_INSERT if durable else _INSERT_UNFLUSHED, rows)
         for key in written_keys:
             self._own_keys[key] = None
         while len(self._own_keys) > _OWN_KEYS_MAX:
