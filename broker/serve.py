@@ -13,6 +13,11 @@ The shutdown order, each step bounded:
 Extra apps (e.g. a second listener that shares the main app's clients) are built by
 ``extra_sites(main_app)`` *after* the main app's ``cleanup_ctx`` has started everything,
 and are stopped before it is torn down.
+
+A site listens on an address it binds (``(host, port)``) or on a socket already bound and
+listening (``broker serve --workers``: the supervisor binds once, every worker serves the
+same socket). Step 1 closes this process's copy of such a socket; the port stops accepting
+once every worker has closed its copy (the supervisor closed its own after starting them).
 """
 
 from __future__ import annotations
@@ -20,23 +25,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-__all__ = ["ExtraSites", "serve"]
+__all__ = ["ExtraSites", "Listen", "serve"]
 
 _log = logging.getLogger(__name__)
 
-# main app -> [(app, host, port)] served next to it (port 0 picks a free one).
-ExtraSites = Callable[[web.Application], Sequence[tuple[web.Application, str, int]]]
+# Where a site listens: (host, port) to bind (port 0 picks a free one), or a socket
+# already bound and listening (it is served as is; its backlog is set again).
+Listen = tuple[str, int] | socket.socket
+
+# main app -> [(app, where)] served next to it.
+ExtraSites = Callable[[web.Application], Sequence[tuple[web.Application, Listen]]]
 
 
 async def serve(
     app: web.Application,
-    host: str,
-    port: int,
+    listen: Listen,
     *,
     shutdown_grace_seconds: float,
     on_ready: Callable[[list[int]], None] | None = None,
@@ -59,11 +68,10 @@ async def serve(
     runners: list[web.AppRunner] = []  # main first; stopped in reverse
     try:
         grace = shutdown_grace_seconds
-        ports = [await _start(runners, app, host, port, grace, ssl_context, backlog=1024)]
-        for extra_app, extra_host, extra_port in extra_sites(app) if extra_sites else ():
-            ports.append(
-                await _start(runners, extra_app, extra_host, extra_port, grace, ssl_context)
-            )
+        ports = [await _start(runners, app, listen, grace, ssl_context, backlog=1024)]
+        for extra_app, extra_listen in extra_sites(app) if extra_sites else ():
+            ports.append(await _start(runners, extra_app, extra_listen, grace, ssl_context))
+        host = _host(listen)
         _log.info("listening on %s port(s) %s", host, ports, extra={"ports": ports})
         if on_ready is not None:
             on_ready(ports)
@@ -89,8 +97,7 @@ async def serve(
 async def _start(
     runners: list[web.AppRunner],
     app: web.Application,
-    host: str,
-    port: int,
+    listen: Listen,
     grace: float,
     ssl_context: ssl.SSLContext | None,
     *,
@@ -99,6 +106,15 @@ async def _start(
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
     runners.append(runner)  # cleaned up even if setup fails halfway
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=backlog, ssl_context=ssl_context)
+    site: web.BaseSite
+    if isinstance(listen, socket.socket):
+        site = web.SockSite(runner, listen, backlog=backlog, ssl_context=ssl_context)
+    else:
+        host, port = listen
+        site = web.TCPSite(runner, host, port, backlog=backlog, ssl_context=ssl_context)
     await site.start()
     return int(runner.addresses[0][1])
+
+
+def _host(listen: Listen) -> str:
+    return str(listen.getsockname()[0]) if isinstance(listen, socket.socket) else listen[0]

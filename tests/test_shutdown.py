@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from broker.serve import serve
+from broker.serve import Listen, serve
 from broker.settings import Settings
 from tests.support.commands import broker_verify
 from tests.support.http import post_credentials
@@ -118,18 +118,17 @@ async def test_serve_drains_extra_sites_before_the_main_app_stops() -> None:
 
     main_app.router.add_get("/", hello)
 
-    def extra_sites(app: web.Application) -> list[tuple[web.Application, str, int]]:
+    def extra_sites(app: web.Application) -> list[tuple[web.Application, Listen]]:
         assert app is main_app and events == ["main started"]  # built after start-up
         extra = web.Application()
         extra.router.add_get("/slow", slow)
-        return [(extra, "127.0.0.1", 0)]
+        return [(extra, ("127.0.0.1", 0))]
 
     ready: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
     server = asyncio.create_task(
         serve(
             main_app,
-            "127.0.0.1",
-            0,
+            ("127.0.0.1", 0),
             shutdown_grace_seconds=10,
             on_ready=ready.set_result,
             extra_sites=extra_sites,

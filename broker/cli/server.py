@@ -1,6 +1,8 @@
 """``broker serve`` and ``broker migrate``: run the broker, prepare its ledger database.
 
-``serve_app`` is also how ``broker dev`` serves, so both run the same listeners.
+``serve_app`` is also how ``broker dev`` serves, so both run the same listeners. With
+``--workers N`` (or ``workers``) above 1, ``broker serve`` is a supervisor that binds the
+sockets and runs N ``broker serve --worker SPEC`` processes on them (broker/workers.py).
 """
 
 from __future__ import annotations
@@ -9,14 +11,22 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from broker.serve import Listen
     from broker.settings import Settings
     from broker.tls.serving import ServingTLS
+    from broker.workers import WorkerSpec
+
+# How long the supervisor waits past shutdown_grace_seconds for its workers (their cleanup
+# after the grace: broker.stopped, a last checkpoint, the ledger writer's drain), and how
+# long a worker whose supervisor vanished may take, before they are killed.
+_WORKER_STOP_MARGIN_SECONDS = 10.0
 
 __all__ = ["install_uvloop", "register", "serve_app", "serving_tls"]
 
@@ -57,11 +67,14 @@ async def serve_app(
     *,
     on_ready: Callable[[list[int]], None] | None = None,
     tls: ServingTLS | None = None,
+    sockets: Sequence[Listen] = (),
 ) -> None:
     """Serve the broker API, and the Vault-API front door when ``vault_api_port`` is set.
 
     ``on_ready(ports)`` gets the broker API's port, then the front door's if it runs.
     With ``tls`` (from ``serving_tls``) both listeners serve TLS from its one context.
+    ``sockets``, when given, are where they listen (already bound: the API's, then the
+    front door's); otherwise ``host`` with ``port`` and ``vault_api_port``.
     """
     from aiohttp import web
 
@@ -69,16 +82,18 @@ async def serve_app(
     from broker.serve import serve
     from broker.vaultapi import create_vault_api
 
-    def front_door(app: web.Application) -> list[tuple[web.Application, str, int]]:
+    api: Listen = sockets[0] if sockets else (settings.host, settings.port)
+
+    def front_door(app: web.Application) -> list[tuple[web.Application, Listen]]:
         if settings.vault_api_port is None:
             return []
-        return [(create_vault_api(app), settings.host, settings.vault_api_port)]
+        where = sockets[1] if sockets else (settings.host, settings.vault_api_port)
+        return [(create_vault_api(app), where)]
 
     # Graceful on SIGTERM/SIGINT: stop accepting, finish in-flight, then cleanup_ctx.
     await serve(
         create_app(settings, tls=tls),
-        settings.host,
-        settings.port,
+        api,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         on_ready=on_ready,
         extra_sites=front_door,
@@ -91,10 +106,17 @@ def _serve(args: argparse.Namespace) -> int:
     from broker.settings import load
 
     settings = load(Path(args.config) if args.config else None)
+    worker = _worker_spec(args.worker) if args.worker else None
+    if worker is not None:
+        settings = settings.with_overrides(replica_id=worker.worker_replica_id)
+        if worker.console_key is not None:
+            settings = settings.with_overrides(console_key_path=worker.console_key)
     level = "debug" if args.verbose else settings.log_level
     configure_logging(settings.log_format or "json", level, replica=settings.replica_id)
     if args.port is not None:
         settings = settings.with_overrides(port=args.port)
+    if args.workers is not None:
+        settings = settings.with_overrides(workers=args.workers)
     from broker.errors import TLSConfigError
 
     try:
@@ -104,16 +126,95 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     scheme = "https" if tls is not None else "http"
 
-    def ready(ports: list[int]) -> None:
+    def listening(ports: Sequence[int]) -> dict[str, Any]:
         # One machine-readable line so supervisors and tests can find the ports.
-        line = {"listening": f"{scheme}://{settings.host}:{ports[0]}"}
+        line: dict[str, Any] = {"listening": f"{scheme}://{settings.host}:{ports[0]}"}
         if len(ports) > 1:
             line["vault_api"] = f"{scheme}://{settings.host}:{ports[1]}"
-        print(json.dumps(line), flush=True)
+        return line
+
+    if worker is None and settings.workers > 1:
+        return _supervise(args, settings, listening)
+
+    def ready(ports: list[int]) -> None:
+        print(json.dumps(listening(ports)), flush=True)
 
     install_uvloop()
-    asyncio.run(serve_app(settings, on_ready=ready, tls=tls))
+    stop_timeout = settings.shutdown_grace_seconds + _WORKER_STOP_MARGIN_SECONDS
+    if worker is not None:
+        from broker.workers import watch_supervisor
+
+        watch_supervisor(stop_timeout)
+    sockets = worker.sockets() if worker is not None else ()
+    asyncio.run(serve_app(settings, on_ready=ready, tls=tls, sockets=sockets))
     return 0
+
+
+def _supervise(
+    args: argparse.Namespace,
+    settings: Settings,
+    listening: Callable[[Sequence[int]], dict[str, Any]],
+) -> int:
+    """Bind the listeners, run ``settings.workers`` workers on them; the exit code."""
+    from broker.console.cookies import load_console_key
+    from broker.workers import WorkerSpec, bind, supervise
+
+    sockets = [bind(settings.host, settings.port)]
+    if settings.vault_api_port is not None:
+        sockets.append(bind(settings.host, settings.vault_api_port))
+    ports = [int(s.getsockname()[1]) for s in sockets]
+    with tempfile.TemporaryDirectory(prefix="broker-workers-") as shared:
+        console_key = None
+        if settings.console_key_path is None:
+            console_key = Path(shared) / "console.key"
+            load_console_key(console_key)  # created 0600, read by each worker at start-up
+        specs = [
+            WorkerSpec(i, settings.replica_id, tuple(s.fileno() for s in sockets), console_key)
+            for i in range(settings.workers)
+        ]
+
+        def ready(pids: list[int]) -> None:
+            if console_key is not None:
+                console_key.unlink()  # every worker holds it in memory now
+            print(json.dumps({**listening(ports), "workers": pids}), flush=True)
+
+        return asyncio.run(
+            supervise(
+                [_worker_command(args, spec) for spec in specs],
+                sockets,
+                stop_timeout=settings.shutdown_grace_seconds + _WORKER_STOP_MARGIN_SECONDS,
+                on_ready=ready,
+            )
+        )
+
+
+def _worker_command(args: argparse.Namespace, spec: WorkerSpec) -> list[str]:
+    """This ``broker serve``, as worker ``spec`` (same config file; same environment)."""
+    verbose = ["-v"] if args.verbose else []
+    config = ["--config", args.config] if args.config else []
+    worker = ["--worker", spec.encode()]
+    return [sys.executable, "-m", "broker.cli", *verbose, "serve", *config, *worker]
+
+
+def _worker_spec(text: str) -> WorkerSpec:
+    from broker.workers import WorkerSpec
+
+    return WorkerSpec.decode(text)
+
+
+def _worker_count(text: str) -> int:
+    """``--workers``: an integer within the ``workers`` setting's bounds."""
+    from broker.settings import SETTINGS
+    from broker.settings.spec import check_value
+
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    problem = check_value(next(d for d in SETTINGS if d.name == "workers"), count)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return count
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -142,6 +243,14 @@ def register(sub: Any) -> None:
     """Add ``serve`` and ``migrate`` to the top-level subparsers."""
     serve = sub.add_parser("serve", help="run the broker (config file, then the environment)")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="processes sharing the listeners, one per core (else BROKER_WORKERS, default 1)",
+    )
+    # Internal: how a supervisor starts each worker (broker/workers.py).
+    serve.add_argument("--worker", help=argparse.SUPPRESS)
     serve.add_argument("--config", metavar="FILE", help="TOML config file (else BROKER_CONFIG)")
     serve.set_defaults(func=_serve)
 

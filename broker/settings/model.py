@@ -131,6 +131,16 @@ class Settings:
         doc="recorded in every ledger row this process writes and in every log line"
         " (`broker dev`: `dev-1`)",
     )
+    workers: int = setting(
+        1,
+        env="BROKER_WORKERS",
+        section=_LISTEN,
+        ge=1,
+        le=64,
+        doc="`broker serve` processes sharing the listening sockets (`--workers` overrides):"
+        " each a full replica, its `replica_id` suffixed `-w<i>`. Use one per core; `1` runs"
+        " no supervisor ([workers](operations.md#workers-one-process-per-core))",
+    )
 
     # --- serving TLS (every listener; see broker/tls/serving.py) ---
     tls_cert_file: Path | None = setting(

@@ -13,8 +13,9 @@ import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from broker.settings import Settings
 from tests.support.commands import subprocess_env
@@ -36,13 +37,14 @@ _STOP_TIMEOUT = 30.0
 @dataclass
 class BrokerProcess:
     """A started ``broker serve``: ``url`` is where it listens (``vault_api_url`` the front
-    door, when it runs), ``log`` its stderr."""
+    door, when it runs), ``ready`` its whole listening line, ``log`` its stderr."""
 
     name: str
     proc: asyncio.subprocess.Process
     log: Path
     url: str = ""
     vault_api_url: str = ""
+    ready: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -119,6 +121,7 @@ async def start_serve(env: dict[str, str], name: str, log_dir: Path, *args: str)
                     if isinstance(doc, dict) and "listening" in doc:
                         broker.url = str(doc["listening"])
                         broker.vault_api_url = str(doc.get("vault_api", ""))
+                        broker.ready = doc
                         return broker
     except BaseException:
         await broker.kill()
