@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections import Counter
@@ -153,6 +154,45 @@ async def test_workers_stop_when_the_supervisor_is_killed(
         f"{replica}-w%",
     )
     assert len(rows) == _WORKERS, rows
+
+
+async def test_a_console_sign_in_holds_on_every_worker(
+    broker_settings: Settings, tmp_path: Path
+) -> None:
+    """No ``console_key_path``: the workers still share one cookie key (the supervisor's)."""
+    replica = fresh_subject("workers-console")
+    env = {"BROKER_CONSOLE_DEV_SIGN_IN": "true"}
+    async with (
+        _supervisor(broker_settings, replica, tmp_path, **env) as (supervisor, _),
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # cookies for 127.0.0.1
+        ) as http,
+    ):
+        async with http.post(
+            f"{supervisor.url}/console/login/dev",
+            data={"identity": "erin"},
+            headers={"Origin": supervisor.url},
+            allow_redirects=False,
+        ) as r:
+            assert r.status in (302, 303), await r.text()
+
+        async def home() -> int:
+            async with http.get(f"{supervisor.url}/console/", allow_redirects=False) as r:
+                return r.status
+
+        statuses = Counter(
+            [s for _ in range(4) for s in await asyncio.gather(*(home() for _ in range(_BATCH)))]
+        )
+        assert await supervisor.stop() == 0, supervisor.tail()
+    assert statuses == Counter({200: 4 * _BATCH}), statuses
+    # Both workers served the signed-in page (their access lines say which one did).
+    served = {
+        line["replica"]
+        for line in map(json.loads, supervisor.log.read_text().splitlines())
+        if line.get("path") == "/console/" and line.get("status") == 200
+    }
+    assert served == {f"{replica}-w{i}" for i in range(_WORKERS)}, served
 
 
 @pytest.mark.parametrize(
