@@ -323,6 +323,7 @@ def test_values_schema_rejects_a_bad_value() -> None:
         ({"ingress": {"hosts": ["https://broker.example.com"]}}, "hosts"),
         ({"vault": {"addr": "https://v", "authMethod": "token", "caKey": ""}}, "caKey"),
         ({"database": {"synchronousStandby": "no"}}, "synchronousStandby"),
+        ({"broker": {"workers": 0}}, "workers"),
     ],
 )
 def test_values_schema_rejects_other_mistakes(values: dict[str, Any], where: str) -> None:
@@ -402,6 +403,13 @@ def test_replica_count_and_anti_affinity() -> None:
     scaled = _render({"autoscaling": {"enabled": True}})
     assert "replicas" not in _one(scaled, "Deployment")["spec"]
     assert _one(scaled, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 2
+
+
+def test_workers_per_pod_reach_the_broker() -> None:
+    """``broker.workers`` is ``BROKER_WORKERS`` (default 1: no supervisor process)."""
+    assert _env(_broker_container(_render({})))["BROKER_WORKERS"]["value"] == "1"
+    env = _env(_broker_container(_render({"broker": {"workers": 4}})))
+    assert env["BROKER_WORKERS"]["value"] == "4"
 
 
 def test_pod_is_locked_down() -> None:
