@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import aiohttp
 import pytest
 
 from broker.settings import Settings
+from broker.tls.devca import DevCA
 from tests.support.commands import broker_verify, run_broker, subprocess_env
 from tests.support.http import post_credentials
 from tests.support.ledger import assert_gapless, select_events
@@ -193,6 +195,42 @@ async def test_a_console_sign_in_holds_on_every_worker(
         if line.get("path") == "/console/" and line.get("status") == 200
     }
     assert served == {f"{replica}-w{i}" for i in range(_WORKERS)}, served
+
+
+async def test_every_worker_serves_tls_on_both_listeners(
+    broker_settings: Settings, tmp_path: Path
+) -> None:
+    ca = DevCA.load_or_create(tmp_path / "ca")
+    issued = ca.issue("server", ["127.0.0.1"], directory=tmp_path / "serving")
+    replica = fresh_subject("workers-tls")
+    tls = {
+        "BROKER_TLS_CERT_FILE": str(issued.cert_path),
+        "BROKER_TLS_KEY_FILE": str(issued.key_path),
+        "BROKER_VAULT_API_PORT": "0",
+    }
+    client = ssl.create_default_context(cafile=str(ca.cert_path))
+    async with (
+        _supervisor(broker_settings, replica, tmp_path, **tls) as (supervisor, _),
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, ssl=client)) as http,
+    ):
+        assert supervisor.url.startswith("https://") and supervisor.vault_api_url.startswith(
+            "https://"
+        )
+
+        async def live() -> str:
+            async with http.get(f"{supervisor.url}/v1/health/live") as r:
+                assert r.status == 200, await r.text()
+                return str((await r.json())["replica"])
+
+        answered: set[str] = set()
+        for _ in range(_MAX_BATCHES):
+            answered |= set(await asyncio.gather(*(live() for _ in range(_BATCH))))
+            if len(answered) == _WORKERS:
+                break
+        assert answered == {f"{replica}-w{i}" for i in range(_WORKERS)}, answered
+        async with http.get(f"{supervisor.vault_api_url}/v1/sys/health") as r:
+            assert r.status == 200, await r.text()
+        assert await supervisor.stop() == 0, supervisor.tail()
 
 
 @pytest.mark.parametrize(
