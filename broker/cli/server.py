@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -104,9 +105,10 @@ async def serve_app(
 def _serve(args: argparse.Namespace) -> int:
     from broker.logs import configure_logging
     from broker.settings import load
+    from broker.workers import WorkerSpec
 
     settings = load(Path(args.config) if args.config else None)
-    worker = _worker_spec(args.worker) if args.worker else None
+    worker = WorkerSpec.decode(args.worker) if args.worker else None
     if worker is not None:
         settings = settings.with_overrides(replica_id=worker.worker_replica_id)
         if worker.console_key is not None:
@@ -140,12 +142,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(json.dumps(listening(ports)), flush=True)
 
     install_uvloop()
-    stop_timeout = settings.shutdown_grace_seconds + _WORKER_STOP_MARGIN_SECONDS
+    sockets: list[socket.socket] = []
     if worker is not None:
         from broker.workers import watch_supervisor
 
-        watch_supervisor(stop_timeout)
-    sockets = worker.sockets() if worker is not None else ()
+        watch_supervisor(settings.shutdown_grace_seconds + _WORKER_STOP_MARGIN_SECONDS)
+        sockets = worker.sockets()
     asyncio.run(serve_app(settings, on_ready=ready, tls=tls, sockets=sockets))
     return 0
 
@@ -194,12 +196,6 @@ def _worker_command(args: argparse.Namespace, spec: WorkerSpec) -> list[str]:
     config = ["--config", args.config] if args.config else []
     worker = ["--worker", spec.encode()]
     return [sys.executable, "-m", "broker.cli", *verbose, "serve", *config, *worker]
-
-
-def _worker_spec(text: str) -> WorkerSpec:
-    from broker.workers import WorkerSpec
-
-    return WorkerSpec.decode(text)
 
 
 def _worker_count(text: str) -> int:
