@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import socket
 import sys
 import tempfile
@@ -165,10 +166,13 @@ def _supervise(
     if settings.vault_api_port is not None:
         sockets.append(bind(settings.host, settings.vault_api_port))
     ports = [int(s.getsockname()[1]) for s in sockets]
-    with tempfile.TemporaryDirectory(prefix="broker-workers-") as shared:
+    # A console key the workers share when none is configured, on disk only until every
+    # worker has read it (a SIGKILL before that leaves it in a 0700 temporary directory).
+    shared = Path(tempfile.mkdtemp(prefix="broker-workers-"))
+    try:
         console_key = None
         if settings.console_key_path is None:
-            console_key = Path(shared) / "console.key"
+            console_key = shared / "console.key"
             load_console_key(console_key)  # created 0600, read by each worker at start-up
         specs = [
             WorkerSpec(i, settings.replica_id, tuple(s.fileno() for s in sockets), console_key)
@@ -176,8 +180,7 @@ def _supervise(
         ]
 
         def ready(pids: list[int]) -> None:
-            if console_key is not None:
-                console_key.unlink()  # every worker holds it in memory now
+            shutil.rmtree(shared, ignore_errors=True)  # every worker holds the key in memory
             print(json.dumps({**listening(ports), "workers": pids}), flush=True)
 
         return asyncio.run(
@@ -188,6 +191,8 @@ def _supervise(
                 on_ready=ready,
             )
         )
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _worker_command(args: argparse.Namespace, spec: WorkerSpec) -> list[str]:
