@@ -9,6 +9,8 @@ Started by ``bench/issuance.py --profile PATH`` in place of ``.venv/bin/broker s
   CPU). Cheap, so the rates stay close to an unprofiled run; time in C code (a signature
   check, a socket write) is charged to the Python line that called it. Writes collapsed
   stacks (``PATH``, flamegraph.pl / speedscope format) and a summary (``PATH.txt``).
+  SIGUSR1 starts a counted window (the first one drops everything before it), SIGUSR2
+  ends it: ``issuance.py`` brackets each measured broker phase with them.
 - ``cprofile``: deterministic cProfile with the thread CPU clock; writes pstats to PATH.
   Its per-call overhead inflates code with many tiny calls (e.g. PyJWT's per-character
   base64 check): read shares with care.
@@ -37,12 +39,13 @@ from pathlib import Path
 from types import FrameType
 
 _SKIP_FILES = ("/asyncio/", "uvloop", "<frozen")
+_REPO = f"{Path(__file__).resolve().parent.parent}/"  # any checkout or worktree
 
 
 def _label(frame: FrameType) -> str:
     code = frame.f_code
     path = code.co_filename
-    for marker in ("site-packages/", "/work/main/", "lib/python3."):
+    for marker in ("site-packages/", _REPO, "lib/python3."):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
@@ -55,8 +58,13 @@ class Sampler:
         self.stacks: Counter[tuple[str, ...]] = Counter()
         self.samples = 0
         self.cpu_start = time.process_time()
+        self.cpu_counted = 0.0  # process CPU inside closed counting windows
+        self.counting = True
+        self.windows = 0  # SIGUSR1s received
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self.counting:
+            return
         self.samples += 1
         stack: list[str] = []
         while frame is not None:
@@ -65,14 +73,31 @@ class Sampler:
         stack.reverse()
         self.stacks[tuple(stack)] += 1
 
-    def _reset(self, signum: int, frame: FrameType | None) -> None:
-        # bench/issuance.py sends SIGUSR1 when its measured broker phase starts.
-        self.stacks.clear()
-        self.samples = 0
-        self.cpu_start = time.process_time()
+    def _resume(self, signum: int, frame: FrameType | None) -> None:
+        # bench/issuance.py sends SIGUSR1 when a measured broker phase starts (the first
+        # one drops start-up and warm-up) and SIGUSR2 when it ends: the profile covers the
+        # measured broker windows only, summed over its concurrencies.
+        if self.windows == 0:
+            self.stacks.clear()
+            self.samples = 0
+            self.cpu_counted = 0.0
+        if not self.counting or self.windows == 0:
+            self.cpu_start = time.process_time()
+        self.windows += 1
+        self.counting = True
+
+    def _pause(self, signum: int, frame: FrameType | None) -> None:
+        if self.counting:
+            self.cpu_counted += time.process_time() - self.cpu_start
+        self.counting = False
+
+    def cpu_seconds(self) -> float:
+        open_window = time.process_time() - self.cpu_start if self.counting else 0.0
+        return self.cpu_counted + open_window
 
     def start(self) -> None:
-        signal.signal(signal.SIGUSR1, self._reset)
+        signal.signal(signal.SIGUSR1, self._resume)
+        signal.signal(signal.SIGUSR2, self._pause)
         signal.signal(signal.SIGPROF, self._on_signal)
         signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
 
@@ -91,7 +116,7 @@ class Sampler:
             for name in set(stack):
                 incl[name] += n
         total = max(1, self.samples)
-        cpu = time.process_time() - self.cpu_start
+        cpu = self.cpu_seconds()
         lines = [
             f"{self.samples} samples over {cpu:.1f} s process CPU "
             f"(~{1000 * cpu / total:.1f} ms CPU per sample; the kernel tick bounds the rate)\n"
