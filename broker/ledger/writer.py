@@ -145,6 +145,11 @@ class LedgerWriter:
         # The tree nodes of blocks this writer committed whole (the checkpointer's input).
         self.recent_blocks = RecentBlocks()
         self._rows: list[tuple[int, bytes]] = []  # (seq, canonical bytes) of the batch
+        # Contention between replicas, as running totals (metrics, bench/ledger_writers.py):
+        # batches committed on the locked path, and statements the database refused
+        # because another replica had moved the head (each one redone under the lock).
+        self.locked_batches = 0
+        self.conflicts = 0
 
     @property
     def queue_depth(self) -> int:
@@ -255,17 +260,22 @@ class LedgerWriter:
                 return await self._insert(conn, events, self._head, set())
             except (asyncpg.UniqueViolationError, asyncpg.RaiseError):
                 # Another replica moved the head: use the lock for a while.
+                self.conflicts += 1
                 self._head = None
                 self._contended_until = time.monotonic() + self._contended_seconds
         # The lock orders lock-path writers; a fast-path writer on another replica can
         # still slip in between, so a conflict here is retried with a fresh head.
         for attempt in range(_LOCKED_ATTEMPTS):
             try:
-                return await self._commit_locked(conn, events)
+                results = await self._commit_locked(conn, events)
             except (asyncpg.UniqueViolationError, asyncpg.RaiseError):
+                self.conflicts += 1
                 self._contended_until = time.monotonic() + self._contended_seconds
                 if attempt == _LOCKED_ATTEMPTS - 1:
                     raise
+            else:
+                self.locked_batches += 1
+                return results
         raise AssertionError("unreachable")
 
     async def _commit_locked(
