@@ -460,6 +460,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["phases"].append(_phase(settings.database_url, pg_pid, w, c, args, tag))
         appended = sum(p["appended"] for p in out["phases"])
         out["check"] = asyncio.run(_check(settings, appended))
+        out["check"]["append_errors"] = sum(p["errors"] for p in out["phases"])
         if args.trigger_rows:
             out["trigger"] = asyncio.run(
                 _trigger_cost(stack.superuser_dsn("broker"), args.trigger_rows, 5)
@@ -499,7 +500,8 @@ def print_table(out: dict[str, Any]) -> None:
     print(
         f"check: verify ok={c['verify_ok']} over {c['verify_rows']:,} rows from"
         f" {c['replicas']} replicas; rows in ledger {c['rows_in_ledger']:,}, appends that"
-        f" returned a seq {c['rows_appended']:,} -> {'OK' if c['counts_match'] else 'MISMATCH'}"
+        f" returned a seq {c['rows_appended']:,} -> {'OK' if c['counts_match'] else 'MISMATCH'};"
+        f" failed appends {c['append_errors']}"
     )
     t = out.get("trigger")
     if t:
@@ -544,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=2, default=str))
     else:
         print_table(out)
-    return 0 if out["check"]["verify_ok"] and out["check"]["counts_match"] else 1
+    c = out["check"]
+    return 0 if c["verify_ok"] and c["counts_match"] and not c["append_errors"] else 1
 
 
 if __name__ == "__main__":
