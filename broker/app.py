@@ -179,6 +179,7 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
         try:
             metrics.ledger_queue_depth.set_function(lambda: writer.queue_depth)
             metrics.ledger_queue_capacity.set(writer.queue_capacity)
+            metrics.watch_ledger_contention(lambda: (writer.locked_batches, writer.conflicts))
             app[_WRITER] = writer
             app[LEDGER] = Ledger(pool, writer, origin=settings.ledger_origin)
             app[AUDIT_ACCESS] = AccessAudit(app[LEDGER])

@@ -6,9 +6,11 @@ templates, never raw paths, subjects never appear.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 
 __all__ = ["Metrics"]
 
@@ -214,8 +216,35 @@ class Metrics:
         self.ledger_rows.inc(rows)
         self.ledger_head.set(head)
 
+    def watch_ledger_contention(self, read: Callable[[], tuple[int, int]]) -> None:
+        """Export the writer's running totals ``read()`` = (locked batches, conflicts) as
+        ``broker_ledger_locked_batches_total`` and ``broker_ledger_conflicts_total``, read
+        at scrape time. Call once per Metrics."""
+        self.registry.register(_LedgerContention(read))
+
     def on_vault_call(self, endpoint: str, seconds: float, ok: bool) -> None:
         self.vault_latency.labels(endpoint, "true" if ok else "false").observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LedgerContention:
+    """Scrape-time counters of the ledger writer's contention with other replicas."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        locked, conflicts = self._read()
+        yield CounterMetricFamily(
+            "broker_ledger_locked_batches",
+            "Ledger batches committed on the locked path (advisory lock, head read).",
+            value=locked,
+        )
+        yield CounterMetricFamily(
+            "broker_ledger_conflicts",
+            "Ledger batch statements refused because another replica had moved the head"
+            " (each redone under the lock).",
+            value=conflicts,
+        )

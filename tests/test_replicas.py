@@ -24,6 +24,22 @@ _CONCURRENCY = 16
 _REPLICAS = ("r1", "r2")
 
 
+async def _contention(http: aiohttp.ClientSession, replica: BrokerProcess) -> tuple[int, int]:
+    """(locked batches, conflicts) from the replica's /metrics."""
+    async with http.get(f"{replica.url}/metrics") as r:
+        text = await r.text()
+    values = {
+        name: float(value)
+        for name, value in (
+            line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in ("#", "")
+        )
+    }
+    return (
+        int(values["broker_ledger_locked_batches_total"]),
+        int(values["broker_ledger_conflicts_total"]),
+    )
+
+
 async def test_two_replicas_share_one_chain(
     broker_settings: Settings,
     tokens: dict[str, str],
@@ -65,6 +81,13 @@ async def test_two_replicas_share_one_chain(
 
         await asyncio.gather(*(issue(*p) for p in plan))
         assert statuses == Counter({201: _REQUESTS}), statuses
+
+        # Contention is visible: each writer started on the locked path (head unknown),
+        # and the first batch a writer chained on its own stale head after the other
+        # replica's rows was refused by the database and redone under the lock.
+        contention = [await _contention(http, replica) for replica in replicas]
+        assert all(locked >= 1 for locked, _ in contention), contention
+        assert sum(conflicts for _, conflicts in contention) >= 1, contention
 
         # Graceful stop: SIGTERM to both, a clean exit, and a broker.stopped row from each.
         codes = await asyncio.gather(*(replica.stop() for replica in replicas))
