@@ -535,7 +535,7 @@ def print_table(out: dict[str, Any]) -> None:
             f" ({t['insert_us_per_row_without']} us/row)"
         )
         print(
-            f"         alone, round trip subtracted: advisory lock {a['advisory_lock']} us,"
+            f"         alone, in the server: advisory lock {a['advisory_lock']} us,"
             f" head lookup {a['head_lookup']} us, dedupe probe {a['dedupe_probe']} us"
         )
 
