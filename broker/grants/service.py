@@ -295,12 +295,9 @@ class GrantService:
         if entry.engine == "kv2":
             return await self._read_kv(entry, ttl, base, context, guard, not_after)
 
-        # Leased engines: the intent row exists before Vault mints anything. It commits
-        # without waiting for the WAL flush: the grant.issued row commits durably before
-        # the credential goes out, and flushes this one with it; a crash in between loses
-        # at most an intent and leaves a lease the orphan sweep revokes.
+        # Leased engines: the intent row exists before Vault mints anything.
         await self._ledger.append(
-            NewEvent(event="grant.intent", outcome="pending", body=context, durable=False, **base)
+            NewEvent(event="grant.intent", outcome="pending", body=context, **base)
         )
         revoke: Callable[[], Awaitable[None]] | None = None
         try:

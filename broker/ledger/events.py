@@ -147,10 +147,6 @@ class NewEvent:
     # Guards: the event is refused (not written) if any of these dedupe keys exists, checked
     # under the ledger lock — e.g. no approval after a request was closed.
     requires_absent: tuple[str, ...] = ()
-    # False: the commit need not wait for the WAL flush. Only for a row whose grant cannot
-    # go out before a later row commits durably (a grant.intent: its grant.issued must
-    # commit before the 201, and flushing that row flushes every row before it).
-    durable: bool = True
 
     def __post_init__(self) -> None:
         if self.event not in EVENT_TYPES:

@@ -64,15 +64,6 @@ SELECT (r->>0)::bigint, (r->>1)::timestamptz, r->>2, r->>3, r->>4, r->>5, r->>6,
 FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS batch(r, i)
 ORDER BY i
 """
-# The same statement for a batch of rows that need not wait for the WAL flush (see
-# NewEvent.durable): set_config(..., is_local => true) lasts until the end of this
-# statement's own transaction, and a commit takes the setting in force when it happens.
-_INSERT_UNFLUSHED = (
-    "WITH unflushed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))"
-    + _INSERT.replace("FROM jsonb_array_elements(", "FROM unflushed, jsonb_array_elements(")
-)
-# A CTE nothing reads never runs: the replacement above must have happened.
-assert "FROM unflushed, " in _INSERT_UNFLUSHED
 _fast_json = msgspec.json.Encoder().encode
 
 
@@ -373,8 +364,7 @@ class LedgerWriter:
             results.append(Appended(seq, now, digest))
             prev = digest
         if rows:
-            durable = any(ev.durable for ev in events)
-            await conn.execute(_INSERT if durable else _INSERT_UNFLUSHED, _batch_json(rows))
+            await conn.execute(_INSERT, _batch_json(rows))
         for key in written_keys:
             self._own_keys[key] = None
         while len(self._own_keys) > _OWN_KEYS_MAX:
