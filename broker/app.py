@@ -42,6 +42,7 @@ from broker.ledger import (
     replication_refusal,
     replication_state,
 )
+from broker.ledger.relay import LedgerLink, RelayServer, RelayWriter
 from broker.logs import quiet_parser_errors
 from broker.metrics import Metrics
 from broker.notify import WebhookNotifier
@@ -117,7 +118,7 @@ def issuer_configs(settings: Settings) -> list[IssuerConfig]:
 _LOGIN = web.AppKey("vault_login", VaultLogin)
 _VAULT_TLS: web.AppKey[ClientTLS | None] = web.AppKey("vault_tls")
 _SIGNER = web.AppKey("checkpoint_signer", CheckpointSigner)
-_WRITER = web.AppKey("ledger_writer", LedgerWriter)
+_LEDGER_LINK = web.AppKey("ledger_link", LedgerLink)
 _BLOCKLIST = web.AppKey("offboarding_blocklist", SubjectBlocklist)
 _NOTIFIER = web.AppKey("webhook_notifier", WebhookNotifier)
 
@@ -164,27 +165,43 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         _require_replication(settings, await replication_state(pool), metrics)
-        writer = LedgerWriter(
-            pool,
-            replica=settings.replica_id,
-            max_batch=settings.ledger_max_batch,
-            max_queue=settings.ledger_max_queue,
-            commit_timeout=settings.ledger_commit_timeout_seconds,
-            on_commit=metrics.on_ledger_commit,
-            # Stay on the guarded path after another replica appended until this
-            # replica's offboarding blocklist has surely refreshed (see LedgerWriter).
-            contended_seconds=settings.blocklist_refresh_seconds + 1.0,
-        )
-        writer.start()
+        link = app[_LEDGER_LINK]
+        writer: LedgerWriter | RelayWriter
+        server: RelayServer | None = None
+        if link.relay is not None:  # worker 1..N-1: worker 0 writes this host's rows
+            writer = RelayWriter(
+                link.relay,
+                replica=settings.replica_id,
+                max_queue=settings.ledger_max_queue,
+                commit_timeout=settings.ledger_commit_timeout_seconds,
+            )
+            await writer.start()
+        else:
+            writer = LedgerWriter(
+                pool,
+                replica=settings.replica_id,
+                max_batch=settings.ledger_max_batch,
+                max_queue=settings.ledger_max_queue,
+                commit_timeout=settings.ledger_commit_timeout_seconds,
+                on_commit=metrics.on_ledger_commit,
+                # Stay on the guarded path after another replica appended until this
+                # replica's offboarding blocklist has surely refreshed (see LedgerWriter).
+                contended_seconds=settings.blocklist_refresh_seconds + 1.0,
+            )
+            writer.start()
+            if link.serves:
+                server = RelayServer(writer, link.serves)
+                await server.start()
         try:
             metrics.ledger_queue_depth.set_function(lambda: writer.queue_depth)
             metrics.ledger_queue_capacity.set(writer.queue_capacity)
             metrics.watch_ledger_contention(lambda: (writer.locked_batches, writer.conflicts))
-            app[_WRITER] = writer
             app[LEDGER] = Ledger(pool, writer, origin=settings.ledger_origin)
             app[AUDIT_ACCESS] = AccessAudit(app[LEDGER])
             yield
         finally:
+            if server is not None:  # the other workers' last rows come through it
+                await server.stop(settings.shutdown_grace_seconds + 5.0)
             await writer.stop()
     finally:
         await pool.close()
@@ -559,12 +576,15 @@ def create_app(
     *,
     clock: Callable[[], datetime] | None = None,
     tls: ServingTLS | None = None,
+    ledger_link: LedgerLink | None = None,
 ) -> web.Application:
     """Build the broker app. Start-up I/O happens in ``cleanup_ctx`` when it runs.
 
     ``clock`` (default: UTC now) drives elevation expiry decisions; tests move it.
     ``tls`` (already loaded) is the certificate the caller serves with: its expiry and
     reloads become metrics and its files are watched every ``tls_reload_seconds``.
+    ``ledger_link``: this worker's part in its host's one ledger writer (``broker serve
+    --workers``; broker/ledger/relay.py).
     """
     app = web.Application(
         middlewares=middlewares(),
@@ -582,6 +602,7 @@ def create_app(
     app[METRICS] = Metrics()
     app[VERIFICATIONS] = LedgerVerifications(app[METRICS])
     app[CLOCK] = clock or (lambda: datetime.now(UTC))
+    app[_LEDGER_LINK] = ledger_link or LedgerLink()
     app[OPENAPI] = json.dumps(openapi_document(ROUTES, settings)).encode()
     app.cleanup_ctx.extend(_RESOURCES)
     app.cleanup_ctx.append(_serving_tls(tls))

@@ -38,8 +38,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["WorkerSpec", "bind", "supervise", "watch_supervisor"]
+if TYPE_CHECKING:
+    from broker.ledger.relay import LedgerLink
+
+__all__ = ["WorkerSpec", "bind", "ledger_pairs", "supervise", "watch_supervisor"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,6 +64,9 @@ class WorkerSpec:
     replica_id: str
     fds: tuple[int, ...]
     console_key: Path | None = None
+    # The host's one ledger writer (broker/ledger/relay.py): worker 0 gets one end of a
+    # socket pair per other worker; each other worker, the other end of its pair.
+    ledger_fds: tuple[int, ...] = ()
 
     @property
     def worker_replica_id(self) -> str:
@@ -72,6 +79,7 @@ class WorkerSpec:
                 "replica_id": self.replica_id,
                 "fds": list(self.fds),
                 "console_key": str(self.console_key) if self.console_key else None,
+                "ledger_fds": list(self.ledger_fds),
             }
         )
 
@@ -86,6 +94,7 @@ class WorkerSpec:
                 replica_id=str(doc["replica_id"]),
                 fds=tuple(int(fd) for fd in doc["fds"]),
                 console_key=Path(key) if key else None,
+                ledger_fds=tuple(int(fd) for fd in doc.get("ledger_fds", ())),
             )
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"invalid --worker argument: {e}") from e
@@ -96,6 +105,23 @@ class WorkerSpec:
     def sockets(self) -> list[socket.socket]:
         """The inherited listening sockets (family and type read from each descriptor)."""
         return [socket.socket(fileno=fd) for fd in self.fds]
+
+    def ledger_link(self) -> LedgerLink:
+        """This worker's part in the host's one ledger writer."""
+        from broker.ledger.relay import LedgerLink
+
+        ends = tuple(socket.socket(fileno=fd) for fd in self.ledger_fds)
+        if self.index == 0:
+            return LedgerLink(serves=ends)
+        if len(ends) != 1:
+            raise ValueError(f"worker {self.index} needs one ledger relay socket")
+        return LedgerLink(relay=ends[0])
+
+
+def ledger_pairs(workers: int) -> list[list[socket.socket]]:
+    """Each worker's ends of the socket pairs that carry its rows to worker 0's writer."""
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers - 1)]
+    return [[a for a, _ in pairs], *([b] for _, b in pairs)]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -123,12 +149,14 @@ async def supervise(
     *,
     stop_timeout: float,
     on_ready: Callable[[list[int]], None],
+    private: Sequence[Sequence[socket.socket]] = (),
 ) -> int:
     """Run one worker per command, passing ``sockets``; return the exit code (0 or 1).
 
-    ``on_ready(pids)`` is called once every worker printed its listening line (pids in
-    command order), unless a signal or a worker's exit came first. ``sockets`` are closed
-    here once every worker has its copy. Every worker started has exited on return.
+    ``private[i]``, when given, are passed to worker ``i`` alone. ``on_ready(pids)`` is
+    called once every worker printed its listening line (pids in command order), unless
+    a signal or a worker's exit came first. Every socket is closed here once the workers
+    have their copies. Every worker started has exited on return.
     """
     loop = asyncio.get_running_loop()
     signalled: asyncio.Future[int] = loop.create_future()
@@ -142,17 +170,18 @@ async def supervise(
     workers: list[asyncio.subprocess.Process] = []
     try:
         fds = tuple(s.fileno() for s in sockets)
-        for command in commands:
+        for index, command in enumerate(commands):
+            own = tuple(s.fileno() for s in private[index]) if private else ()
             workers.append(
                 await asyncio.create_subprocess_exec(
                     *command,
                     stdin=asyncio.subprocess.PIPE,  # the lifeline: never written
                     stdout=asyncio.subprocess.PIPE,  # the listening line
-                    pass_fds=fds,
+                    pass_fds=fds + own,
                     process_group=0,
                 )
             )
-        for sock in sockets:
+        for sock in [*sockets, *(s for socks in private for s in socks)]:
             sock.close()
         pids = [w.pid for w in workers]
         _log.info("started %d workers", len(workers), extra={"workers": pids})
@@ -186,7 +215,7 @@ async def supervise(
         _log.info("workers exited: %s", codes, extra={"exit_codes": codes})
         return 1 if failed or any(codes) else 0
     finally:
-        for sock in sockets:
+        for sock in [*sockets, *(s for socks in private for s in socks)]:
             sock.close()
         for worker in workers:  # only when start-up or stopping failed halfway
             if worker.returncode is None:

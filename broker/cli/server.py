@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from broker.ledger.relay import LedgerLink
     from broker.serve import Listen
     from broker.settings import Settings
     from broker.tls.serving import ServingTLS
@@ -70,13 +71,15 @@ async def serve_app(
     on_ready: Callable[[list[int]], None] | None = None,
     tls: ServingTLS | None = None,
     sockets: Sequence[Listen] = (),
+    ledger_link: LedgerLink | None = None,
 ) -> None:
     """Serve the broker API, and the Vault-API front door when ``vault_api_port`` is set.
 
     ``on_ready(ports)`` gets the broker API's port, then the front door's if it runs.
     With ``tls`` (from ``serving_tls``) both listeners serve TLS from its one context.
     ``sockets``, when given, are where they listen (already bound: the API's, then the
-    front door's); otherwise ``host`` with ``port`` and ``vault_api_port``.
+    front door's); otherwise ``host`` with ``port`` and ``vault_api_port``. ``ledger_link``:
+    a worker's part in its host's one ledger writer (broker/ledger/relay.py).
     """
     from aiohttp import web
 
@@ -94,7 +97,7 @@ async def serve_app(
 
     # Graceful on SIGTERM/SIGINT: stop accepting, finish in-flight, then cleanup_ctx.
     await serve(
-        create_app(settings, tls=tls),
+        create_app(settings, tls=tls, ledger_link=ledger_link),
         api,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         on_ready=on_ready,
@@ -149,7 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         watch_supervisor(settings.shutdown_grace_seconds + _WORKER_STOP_MARGIN_SECONDS)
         sockets = worker.sockets()
-    asyncio.run(serve_app(settings, on_ready=ready, tls=tls, sockets=sockets))
+    link = worker.ledger_link() if worker is not None else None
+    asyncio.run(serve_app(settings, on_ready=ready, tls=tls, sockets=sockets, ledger_link=link))
     return 0
 
 
@@ -160,7 +164,7 @@ def _supervise(
 ) -> int:
     """Bind the listeners, run ``settings.workers`` workers on them; the exit code."""
     from broker.console.cookies import load_console_key
-    from broker.workers import WorkerSpec, bind, supervise
+    from broker.workers import WorkerSpec, bind, ledger_pairs, supervise
 
     sockets = [bind(settings.host, settings.port)]
     if settings.vault_api_port is not None:
@@ -174,8 +178,16 @@ def _supervise(
         if settings.console_key_path is None:
             console_key = shared / "console.key"
             load_console_key(console_key)  # created 0600, read by each worker at start-up
+        # One ledger writer per host: workers 1..N-1 hand their rows to worker 0's.
+        pairs = ledger_pairs(settings.workers)
         specs = [
-            WorkerSpec(i, settings.replica_id, tuple(s.fileno() for s in sockets), console_key)
+            WorkerSpec(
+                i,
+                settings.replica_id,
+                tuple(s.fileno() for s in sockets),
+                console_key,
+                ledger_fds=tuple(s.fileno() for s in pairs[i]),
+            )
             for i in range(settings.workers)
         ]
 
@@ -189,6 +201,7 @@ def _supervise(
                 sockets,
                 stop_timeout=settings.shutdown_grace_seconds + _WORKER_STOP_MARGIN_SECONDS,
                 on_ready=ready,
+                private=pairs,
             )
         )
     finally:

@@ -147,6 +147,9 @@ class NewEvent:
     # Guards: the event is refused (not written) if any of these dedupe keys exists, checked
     # under the ledger lock — e.g. no approval after a request was closed.
     requires_absent: tuple[str, ...] = ()
+    # The replica that asked for the row, when it is not the writer's own: a worker whose
+    # rows worker 0 writes (broker/ledger/relay.py). None: the writer's replica.
+    replica: str | None = None
 
     def __post_init__(self) -> None:
         if self.event not in EVENT_TYPES:
@@ -155,6 +158,8 @@ class NewEvent:
             value = getattr(self, name)
             if value is not None and not _storable(value):
                 raise ValueError(f"ledger field {name!r} holds text Postgres cannot store")
+        if self.replica is not None and not _storable(self.replica):
+            raise ValueError("ledger field 'replica' holds text Postgres cannot store")
         if not all(type(k) is str and _storable(k) for k in self.requires_absent):
             raise ValueError("ledger guard keys must be storable strings")
         _check_body(self.body)

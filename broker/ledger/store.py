@@ -24,6 +24,7 @@ from broker.errors import LedgerTampered, LedgerUnavailable
 from .checkpoint import Checkpoint, CheckpointSigner
 from .events import Event, NewEvent, row_to_event
 from .hosts import HostsInTurn
+from .relay import RelayWriter
 from .tls import database_tls, tls_failure
 from .tree import extend_tree, tree_root
 from .writer import LEDGER_LOCK, Appended, LedgerWriter
@@ -160,7 +161,9 @@ def _grant(r: Mapping[str, Any]) -> GrantRecord:
 class Ledger:
     """Owns the pool and the writer for one broker process."""
 
-    def __init__(self, pool: asyncpg.Pool, writer: LedgerWriter, *, origin: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, writer: LedgerWriter | RelayWriter, *, origin: str
+    ) -> None:
         self.pool = pool
         self.writer = writer
         self.origin = origin

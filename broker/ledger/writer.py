@@ -335,11 +335,12 @@ class LedgerWriter:
             seq += 1
             grant_id = str(ev.grant_id) if ev.grant_id else None
             expires_at = canonical_time(ev.expires_at)
+            replica = ev.replica or self._replica
             row = canonical_row(
                 seq=seq,
                 recorded_at=now_text,
                 event=ev.event,
-                replica=self._replica,
+                replica=replica,
                 subject=ev.subject,
                 subject_kind=ev.subject_kind,
                 secret=ev.secret,
@@ -356,7 +357,7 @@ class LedgerWriter:
             digest = chain_hash(prev, row)
             self._rows.append((seq, row))
             rows.append([
-                str(seq), now_text, ev.event, self._replica, ev.subject, ev.subject_kind,
+                str(seq), now_text, ev.event, replica, ev.subject, ev.subject_kind,
                 ev.secret, ev.role, ev.policy_version, grant_id, ev.lease_id, expires_at,
                 ev.outcome, ev.request_id, _body_text(ev.body), ev.dedupe_key,
                 prev.hex(), digest.hex(),
