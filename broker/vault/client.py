@@ -14,7 +14,6 @@ Vault's JSON. Errors are translated at this boundary:
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import msgspec
-import yarl
 
 from broker.errors import VaultError, VaultUnavailable
 from broker.tls.outbound import ClientTLS, describe_tls_failure
@@ -84,11 +81,6 @@ class VaultClient:
         self._on_call = on_call
         self._on_token_rejected = on_token_rejected
         self._session: aiohttp.ClientSession | None = None
-        # Parsed once per path: a catalog has few, and aiohttp would parse the string on
-        # every call (the paths are percent-encoded by _seg already).
-        self._url = functools.lru_cache(maxsize=1024)(
-            lambda path: yarl.URL(f"{self._addr}/v1/{path}", encoded=True)
-        )
         self._kv_in_flight: dict[tuple[str, str], asyncio.Future[KVSecret]] = {}
 
     async def start(self) -> None:
@@ -99,7 +91,6 @@ class VaultClient:
                     ssl=self._tls.context if self._tls else True,
                 ),
                 timeout=self._timeout,
-                cookie_jar=aiohttp.DummyCookieJar(),  # Vault sets none; skip the jar's work
             )
 
     @property
@@ -146,7 +137,7 @@ class VaultClient:
         try:
             async with self._session.request(
                 method,
-                self._url(path),
+                f"{self._addr}/v1/{path}",
                 json=json,
                 headers={"X-Vault-Token": token, "X-Vault-Request": "true"},
                 server_hostname=self._tls.server_hostname if self._tls else None,
@@ -154,8 +145,7 @@ class VaultClient:
                 status = resp.status
                 body: dict[str, Any] = {}
                 if status != 204:
-                    raw = await resp.read()
-                    parsed = msgspec.json.decode(raw) if raw.strip() else None
+                    parsed = await resp.json(content_type=None)
                     body = parsed if isinstance(parsed, dict) else {}
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:
             raise vault_unreachable(self._addr, endpoint, e) from e
