@@ -250,7 +250,6 @@ class LedgerWriter:
         batch built on a stale head fails whole and is redone on the locked path.
         """
         conn = await self._connection()
-        self._rows = []
         try:
             results = await self._commit_on(conn, events)
         except BaseException:
