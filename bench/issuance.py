@@ -41,12 +41,10 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -794,60 +792,32 @@ class AuditedOpenBao:
     """A second dev OpenBao with a file audit device declared in its config.
 
     OpenBao refuses ``sys/audit`` over the API (declarative devices only), and the stack's
-    server has no config file, so the ``direct-audit`` phase reads from this one: the same
-    ``bao`` binary in dev mode, the same KV v2 secret. It sits idle during the other phases.
-    The log stays HMAC'd (the default). ``close()`` stops it and removes its directory.
+    server has none, so the ``direct-audit`` phase reads from this one: ``DevOpenBao`` with
+    ``audit_device``, the same KV v2 secret. It sits idle during the other phases. The log
+    stays HMAC'd (the default). ``close()`` stops it and removes its directory.
     """
 
-    device = "bench-file"
-
     def __init__(self) -> None:
+        from broker.stack.openbao import DevOpenBao
+
         self.state_dir = Path(tempfile.mkdtemp(prefix="jitbroker-bench-audit-"))
-        self.root_token = f"root-{os.urandom(8).hex()}"
-        self.audit_log = self.state_dir / "audit.log"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.addr = f"http://127.0.0.1:{self.port}"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.server = DevOpenBao(self.state_dir, audit_device="bench-file")
+        self.addr = self.server.addr
+        self.root_token = self.server.root_token
+        self.audit_log = self.server.audit_log
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self.server.pid
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start it and wait for ``sys/health`` 200; raises SetupError with the log tail."""
-        bao = shutil.which("bao", path=f"{VENV_BIN}{os.pathsep}{os.defpath}")
-        if bao is None:
-            raise SetupError("direct-audit: no `bao` binary in the venv or on PATH")
-        config = self.state_dir / "audit.hcl"
-        config.write_text(
-            f'audit "file" "{self.device}" {{\n'
-            f'  options {{\n    file_path = "{self.audit_log}"\n  }}\n}}\n'
-        )
-        log_path = self.state_dir / "bao.log"
-        with log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [bao, "server", "-dev", "-dev-no-store-token",
-                 f"-dev-listen-address=127.0.0.1:{self.port}", f"-config={config}"],
-                env={"PATH": os.defpath, "HOME": str(self.state_dir),
-                     "BAO_DEV_ROOT_TOKEN_ID": self.root_token},
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.state_dir, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            # 200 only once initialised, unsealed and active.
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.addr}/v1/sys/health", timeout=1) as r,  # noqa: S310
-            ):
-                if r.status == 200:
-                    return
-            time.sleep(0.1)
-        raise SetupError(f"audited OpenBao did not start:\n{log_path.read_text()[-2000:]}")
+    def start(self) -> None:
+        """Start it and wait for ``sys/health``; raises SetupError with the log tail."""
+        from broker.stack import StackError
+
+        try:
+            self.server.start()
+        except StackError as e:
+            raise SetupError(f"audited OpenBao did not start: {e}") from e
 
     def log_size(self) -> int:
         try:
@@ -861,15 +831,8 @@ class AuditedOpenBao:
             os.truncate(self.audit_log, 0)
 
     def close(self) -> None:
-        proc, self._proc = self._proc, None
         try:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+            self.server.stop()
         finally:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 

@@ -14,6 +14,9 @@ Invariants:
   through its environment, not its command line (which ``ps`` shows to every user);
   ``-dev-no-store-token`` and ``HOME=state_dir`` keep it out of ``~/.vault-token``.
 - ``stop()`` ends the process and waits for it; nothing outlives it.
+- With ``audit_device``, a file audit device of that name writes ``audit_log``. OpenBao
+  refuses to enable audit devices over the API (declarative only), so it is declared in a
+  ``-config`` file; the log stays HMAC'd (the default).
 """
 
 from __future__ import annotations
@@ -65,8 +68,10 @@ class DevOpenBao:
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
         tls: bool = False,
+        audit_device: str | None = None,
     ) -> None:
         self._state_dir = state_dir.resolve()
+        self.audit_device = audit_device
         self._port = port
         self._tls = tls
         self._start_timeout = start_timeout
@@ -97,6 +102,11 @@ class DevOpenBao:
         """``http://127.0.0.1:<port>`` (``https://`` with ``tls``), the value for
         ``VAULT_ADDR``/hvac ``url``."""
         return f"{'https' if self._tls else 'http'}://{_HOST}:{self.port}"
+
+    @property
+    def audit_log(self) -> Path:
+        """The file audit device's log (written only with ``audit_device``)."""
+        return self._state_dir / "audit.log"
 
     @property
     def ca_cert(self) -> Path | None:
@@ -139,6 +149,13 @@ class DevOpenBao:
             tls_dir = self._state_dir / "tls"
             tls_dir.mkdir(mode=0o700, exist_ok=True)
             cmd += ["-dev-tls", f"-dev-tls-cert-dir={tls_dir}"]
+        if self.audit_device is not None:
+            config = self._state_dir / "audit.hcl"
+            config.write_text(
+                f'audit "file" "{self.audit_device}" {{\n'
+                f'  options {{\n    file_path = "{self.audit_log}"\n  }}\n}}\n'
+            )
+            cmd.append(f"-config={config}")
         env = {
             "PATH": os.defpath,
             "HOME": str(self._state_dir),

@@ -1,7 +1,7 @@
 """OpenBao's own audit log against the ledger: every lease minted is accounted for, both ways.
 
 OpenBao refuses to enable audit devices over the API (declarative only), so this test runs
-an OpenBao of its own with a file audit device in its config (``AuditedOpenBao``),
+an OpenBao of its own with a file audit device in its config (``DevOpenBao(audit_device=)``),
 provisioned with the demo engines against the session Postgres, and a broker on it writing
 the session ledger. After a burst of issuances:
 - every database lease the audit log shows OpenBao minting has a ``grant.issued`` row, and
@@ -30,7 +30,7 @@ import pytest
 from broker.settings import Settings
 from broker.stack.demo import provision_demo
 from broker.stack.devstack import DevStack
-from tests.support.audited_openbao import AuditedOpenBao
+from broker.stack.openbao import DevOpenBao
 from tests.support.brokers import start_broker
 from tests.support.ledger import ledger_rows
 from tests.support.reliability_report import Row, record
@@ -59,9 +59,9 @@ def _minted_leases(audit_log: Path) -> dict[str, dict[str, str]]:
     return leases
 
 
-async def _audit_hash(http: aiohttp.ClientSession, bao: AuditedOpenBao, value: str) -> str:
+async def _audit_hash(http: aiohttp.ClientSession, bao: DevOpenBao, value: str) -> str:
     async with http.post(
-        f"{bao.addr}/v1/sys/audit-hash/{bao.device}",
+        f"{bao.addr}/v1/sys/audit-hash/{bao.audit_device}",
         json={"input": value},
         headers={"X-Vault-Token": bao.root_token},
     ) as r:
@@ -73,7 +73,7 @@ async def test_audit_device_and_ledger_agree(
     stack: DevStack, broker_settings: Settings, tokens: dict[str, str]
 ) -> None:
     state = Path(tempfile.mkdtemp(prefix="jitbroker-audit-"))
-    bao = AuditedOpenBao(state)
+    bao = DevOpenBao(state, audit_device="ledgercheck")
     replica = f"audit-{uuid.uuid4().hex[:8]}"
     statuses: Counter[int] = Counter()
     try:

@@ -20,7 +20,6 @@ One module per job, so a test imports what it uses by name:
 - ``vault_proxy``: an HTTP proxy in front of OpenBao that records and refuses.
 - ``faults``: a TCP proxy that cuts and slows a server's connections.
 - ``sampler``: RSS and open fds of a process over time.
-- ``audited_openbao``: an OpenBao of our own with a file audit device.
 - ``logs``: a logging handler that keeps every record.
 - ``heavy``: the ``RELIABILITY_HEAVY`` switch.
 - ``reliability_report``: the rows the reliability suite records, and the table they render.
