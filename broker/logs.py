@@ -58,16 +58,9 @@ class JsonFormatter(logging.Formatter):
         self._replica = replica
 
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "replica": self._replica,
-        }
-        request_id = REQUEST_ID_VAR.get()
-        if request_id is not None:
-            doc["request_id"] = request_id
+        doc = _head(
+            record.created, record.levelname, record.name, record.getMessage(), self._replica
+        )
         fields = vars(record)
         extra = fields.keys() - _STANDARD_ATTRS  # what came from ``extra=``
         if extra:
@@ -79,8 +72,19 @@ class JsonFormatter(logging.Formatter):
         return _encode(doc).decode()
 
 
-def _timestamp(created: float) -> str:
-    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+def _head(created: float, level: str, logger: str, msg: str, replica: str) -> dict[str, Any]:
+    """The keys every line starts with, in order; the request id inside a request."""
+    doc: dict[str, Any] = {
+        "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level.lower(),
+        "logger": logger,
+        "msg": msg,
+        "replica": replica,
+    }
+    request_id = REQUEST_ID_VAR.get()
+    if request_id is not None:
+        doc["request_id"] = request_id
+    return doc
 
 
 class _TextFormatter(logging.Formatter):
@@ -152,7 +156,13 @@ def log_access(method: str, route: str, status: int, seconds: float, subject: st
     """One access-log line; ``route`` is the route template, never the raw path."""
     if not _access.isEnabledFor(logging.INFO):
         return
-    duration_ms = round(seconds * 1000, 2)
+    fields = {
+        "method": method,
+        "path": route,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+        "subject": subject,
+    }
     root = logging.root
     if (
         _direct is not None
@@ -161,21 +171,10 @@ def log_access(method: str, route: str, status: int, seconds: float, subject: st
         and root.handlers == [_direct[0]]
         and not root.filters
     ):
-        # The line JsonFormatter would write for the record below, in the same key order.
+        # The line JsonFormatter would write for the record below.
         handler, replica = _direct
-        doc: dict[str, Any] = {
-            "ts": _timestamp(time.time()),
-            "level": "info",
-            "logger": _access.name,
-            "msg": f"{method} {route} {status}",
-            "replica": replica,
-        }
-        request_id = REQUEST_ID_VAR.get()
-        if request_id is not None:
-            doc["request_id"] = request_id
-        doc.update(
-            method=method, path=route, status=status, duration_ms=duration_ms, subject=subject
-        )
+        doc = _head(time.time(), "info", _access.name, f"{method} {route} {status}", replica)
+        doc.update(fields)
         line = _encode(doc).decode() + handler.terminator
         with handler.lock or _NO_LOCK:  # threads log too (verification workers' threads)
             handler.stream.write(line)
@@ -184,19 +183,7 @@ def log_access(method: str, route: str, status: int, seconds: float, subject: st
     # Built with ``makeRecord`` + ``handle``: the record ``info()`` would make, without
     # its stack walk for the caller.
     record = _access.makeRecord(
-        _access.name,
-        logging.INFO,
-        __file__,
-        0,
-        "%s %s %d",
-        (method, route, status),
-        None,
-        extra={
-            "method": method,
-            "path": route,
-            "status": status,
-            "duration_ms": duration_ms,
-            "subject": subject,
-        },
-    )
+        _access.name, logging.INFO, __file__, 0, "%s %s %d", (method, route, status), None,
+        extra=fields,
+    )  # fmt: skip
     _access.handle(record)
