@@ -92,7 +92,6 @@ class RelayWriter:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.recent_blocks = RecentBlocks(capacity=0)  # the tree reads these rows back
-        self.head_seq = 0
 
     @property
     def queue_depth(self) -> int:
@@ -133,14 +132,11 @@ class RelayWriter:
         try:
             writer.write(_frame(_encode((ident, replace(event, replica=self._replica)))))
             async with asyncio.timeout(self._timeout):
-                appended = await asyncio.shield(fut)
+                return await asyncio.shield(fut)
         except TimeoutError:
             raise LedgerUnavailable("ledger relay did not answer") from None
         finally:
             self._pending.pop(ident, None)
-        if appended.seq is not None:
-            self.head_seq = max(self.head_seq, appended.seq)
-        return appended
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
