@@ -52,6 +52,7 @@ from broker.oidc.signin import SignIn
 from broker.oidc.store import SignInStore
 from broker.policy.active import ActivePolicy
 from broker.policy.model import PolicySet
+from broker.quotas import Quotas, flush_refusals
 from broker.reviews import ReviewService
 from broker.sessions import SessionStore
 from broker.settings import Settings
@@ -73,6 +74,7 @@ from broker.web.keys import (
     OFFBOARDING,
     OPENAPI,
     POLICY,
+    QUOTAS,
     REVIEWS,
     SESSIONS,
     SETTINGS,
@@ -331,17 +333,20 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     """The domain services; never serve before knowing who is offboarded."""
     settings, ledger, active, metrics = app[SETTINGS], app[LEDGER], app[POLICY], app[METRICS]
     blocklist = app[_BLOCKLIST]
+    app[QUOTAS] = Quotas(settings, ledger=ledger, policy=active, metrics=metrics)
     app[GRANTS] = GrantService(
         ledger=ledger,
         vault=app[VAULT],
         policy=active,
         metrics=metrics,
+        quotas=app[QUOTAS],
         issue_guard=blocklist.issue_guard,
     )
     app[ELEVATIONS] = ElevationService(
         ledger=ledger,
         policy=active,
         grants=app[GRANTS],
+        quotas=app[QUOTAS],
         metrics=metrics,
         notifier=app[_NOTIFIER],
         clock=app[CLOCK],
@@ -488,6 +493,11 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         lambda: flush_auth_failures(ledger, app[AUTHN]),
     )
     every(
+        settings.quota_refusal_flush_seconds,
+        "quota-refusals",
+        lambda: flush_refusals(ledger, app[QUOTAS].refusals, metrics),
+    )
+    every(
         settings.heartbeat_seconds,
         "heartbeat",
         lambda: append_heartbeat(
@@ -503,6 +513,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
         await periodic.stop()
         try:
             await flush_auth_failures(ledger, app[AUTHN])
+            await flush_refusals(ledger, app[QUOTAS].refusals, metrics)
             await ledger.append(NewEvent(event="broker.stopped", outcome="ok"))
             await checkpointer.run_once()
         except Exception as e:  # shutting down with the ledger gone: nothing more to save

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "BackendBusy",
     "BackendUnavailable",
     "BadRequest",
     "BrokerError",
@@ -21,6 +22,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PolicyError",
+    "TooManyRequests",
     "VaultError",
     "VaultUnavailable",
 ]
@@ -31,6 +33,8 @@ class BrokerError(Exception):
 
     status: int = 500
     code: str = "internal"
+    # Whole seconds after which a retry may succeed: sent as ``Retry-After``.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, code: str | None = None, recorded: bool = False) -> None:
         super().__init__(message)
@@ -99,6 +103,29 @@ class BackendUnavailable(BrokerError):
 
     status = 503
     code = "unavailable"
+
+
+class BackendBusy(BackendUnavailable):
+    """A backend's concurrency cap and its wait queue are full (503 with ``Retry-After``):
+    shed at once rather than queued without bound."""
+
+    code = "backend_busy"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyRequests(BrokerError):
+    """A quota refused the request (429 with ``Retry-After``): ``rate_limited`` or
+    ``quota_exceeded``. Refusals are tallied, not ledgered one by one, hence ``recorded``."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, code: str, retry_after: int) -> None:
+        super().__init__(message, code=code, recorded=True)
+        self.retry_after = retry_after
 
 
 class LedgerUnavailable(BackendUnavailable):

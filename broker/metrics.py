@@ -188,7 +188,42 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.quota_refusals = Counter(
+            "broker_quota_refusals_total",
+            "Requests refused by a quota, by limit (rate_limited, live_grants,"
+            " elevation_requests, backend_busy) and principal kind (human, service).",
+            ["limit", "principal_kind"],
+            registry=r,
+        )
+        self.quota_principals_at_limit = Gauge(
+            "broker_quota_principals_at_limit",
+            "Principals refused by each limit in the last refusal window (an alert fires"
+            " when one stays pinned).",
+            ["limit"],
+            registry=r,
+        )
+        self.bulkhead_in_use = Gauge(
+            "broker_bulkhead_in_use",
+            "Vault calls in flight per engine (kv2, database, pki).",
+            ["engine"],
+            registry=r,
+        )
+        self.bulkhead_waiting = Gauge(
+            "broker_bulkhead_waiting",
+            "Vault calls waiting for a slot per engine.",
+            ["engine"],
+            registry=r,
+        )
+        self.bulkhead_shed = Counter(
+            "broker_bulkhead_shed_total",
+            "Vault calls refused at once (503 backend_busy) because an engine's slots and"
+            " queue were full.",
+            ["engine"],
+            registry=r,
+        )
         # Series alert rules read exist from start-up at 0, so increase() sees the first event.
+        for limit in ("rate_limited", "live_grants", "elevation_requests", "backend_busy"):
+            self.quota_principals_at_limit.labels(limit)
         for outcome in ("ok", "failed"):
             self.ledger_verifications.labels(outcome)
         for outcome in ("ok", "error"):

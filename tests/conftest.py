@@ -20,7 +20,7 @@ from broker.devenv import demo_tokens, prepare_broker
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from broker.vaultapi import start_vault_api
-from tests.support.brokers import RunningBroker, running_broker, start_broker
+from tests.support.brokers import SUITE_QUOTAS, RunningBroker, running_broker, start_broker
 from tests.support.browser import Browser
 from tests.support.oidc_provider import OIDCProvider
 from tests.support.paths import REPO
@@ -70,10 +70,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 async def broker_settings(stack: DevStack) -> Settings:
     """Settings for a broker on the session stack: ledger migrated, dev keys created.
 
-    Checkpoints every second so tamper tests need not wait.
+    Checkpoints every second so tamper tests need not wait. The suite's demo identities
+    are shared by hundreds of tests, so the quotas' defaults are lifted here; the quota
+    tests (tests/test_quotas.py) run brokers of their own with real limits.
     """
     settings = await prepare_broker(stack, policies_dir=REPO / "policies")
-    return settings.with_overrides(checkpoint_interval_seconds=1.0)
+    return settings.with_overrides(checkpoint_interval_seconds=1.0, **SUITE_QUOTAS)
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ from broker.notify import Notification, WebhookNotifier
 from broker.policy.active import ActivePolicy
 from broker.policy.decide import capabilities, decide
 from broker.policy.model import ElevationRule, Role
+from broker.quotas import Quotas
 
 from .model import (
     Elevation,
@@ -84,6 +85,7 @@ class ElevationService:
         ledger: Ledger,
         policy: ActivePolicy,
         grants: GrantService,
+        quotas: Quotas,
         metrics: Metrics,
         notifier: WebhookNotifier,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -95,6 +97,7 @@ class ElevationService:
         self._ledger = ledger
         self._policy = policy
         self._grants = grants
+        self._quotas = quotas
         self._metrics = metrics
         self._notifier = notifier
 
@@ -315,6 +318,7 @@ class ElevationService:
                 f"role {decision.role.name!r} does not allow break-glass access",
                 code="break_glass_not_allowed",
             )
+        await self._quotas.check_elevation_request(principal, decision.role)
         granted = min(duration or rule.max_duration, rule.max_duration)
         elevation_id = uuid.uuid4()
         now = self._clock()

@@ -1,8 +1,11 @@
 """Grants: issue, revoke and expire just-in-time credentials.
 
 The request path (one place, in order):
-  decide (pure policy) -> [leased engines: ledger ``grant.intent``] -> Vault mint
+  decide (pure policy) -> issuance rate (``Quotas.take_rate``) -> [leased engines: live-grant
+  quota and ledger ``grant.intent``, under one lock] -> engine bulkhead -> Vault mint
   -> ledger ``grant.issued`` (committed) -> credential returned.
+A quota refusal mints nothing and writes no row of its own (it is counted for the
+aggregated ``quota.refused`` row).
 Fail closed: if the issued row does not commit, the credential is never returned and
 the lease/certificate just minted is revoked. KV v2 reads mint nothing revocable, so they
 skip the intent row; their single issued row still commits before the value leaves.
@@ -32,6 +35,7 @@ from broker.errors import (
     Forbidden,
     LedgerUnavailable,
     NotFound,
+    TooManyRequests,
     VaultError,
 )
 from broker.ledger import GrantRecord, Ledger, NewEvent
@@ -39,6 +43,7 @@ from broker.metrics import Metrics
 from broker.policy.active import ActivePolicy
 from broker.policy.decide import Decision, capabilities, decide
 from broker.policy.model import CatalogEntry, Role
+from broker.quotas import Effective, Quotas
 from broker.vault import VaultClient
 
 __all__ = ["GrantService", "IssueRequest", "common_name_for"]
@@ -126,9 +131,11 @@ class GrantService:
         vault: VaultClient,
         policy: ActivePolicy,
         metrics: Metrics,
+        quotas: Quotas,
         issue_guard: Callable[[Principal], tuple[str, ...]] = lambda _: (),
     ) -> None:
         self._ledger = ledger
+        self._quotas = quotas
         self._vault = vault
         self._policy = policy
         self._metrics = metrics
@@ -157,6 +164,11 @@ class GrantService:
         policy = self._policy.current
         if decision is None:
             decision = decide(policy, principal, req.secret, req.ttl)
+        try:
+            limits = self._quotas.take_rate(principal, decision.role, decision.entry, req.secret)
+        except BrokerError:
+            self._count(req.secret, "rate_limited")
+            raise
         if decision.outcome != "allow":
             await self.record_denial(
                 principal,
@@ -183,6 +195,7 @@ class GrantService:
             reason=req.reason,
             ticket=req.ticket,
             request_id=request_id,
+            limits=limits,
             extra={"client": dict(req.client)} if req.client else None,
         )
         return note_clipped_ttl(grant, req.ttl, decision)
@@ -212,6 +225,11 @@ class GrantService:
         elevation's closing key) is absent at commit: a cancel racing this redemption
         either lands first (nothing issued, lease revoked, 409) or after (it revokes this).
         """
+        try:
+            limits = self._quotas.take_rate(principal, role, entry, entry.name)
+        except BrokerError:
+            self._count(entry.name, "rate_limited")
+            raise
         return await self._issue_allowed(
             principal,
             entry=entry,
@@ -221,6 +239,7 @@ class GrantService:
             reason=reason,
             ticket=ticket,
             request_id=request_id,
+            limits=limits,
             extra={
                 "elevation_id": str(elevation_id),
                 **({"client": dict(client)} if client else {}),
@@ -240,6 +259,7 @@ class GrantService:
         reason: str | None,
         ticket: str | None,
         request_id: str,
+        limits: Effective,
         extra: dict[str, Any] | None = None,
         guard: tuple[str, ...] = (),
         not_after: datetime | None = None,
@@ -275,7 +295,11 @@ class GrantService:
                 context,
                 guard + self._issue_guard(principal),
                 not_after,
+                limits,
             )
+        except TooManyRequests:
+            self._count(secret, "quota_exceeded")
+            raise
         except BrokerError:
             self._count(secret, "error")
             raise
@@ -291,53 +315,58 @@ class GrantService:
         context: dict[str, Any],
         guard: tuple[str, ...],
         not_after: datetime | None,
+        limits: Effective,
     ) -> dict[str, Any]:
         if entry.engine == "kv2":
-            return await self._read_kv(entry, ttl, base, context, guard, not_after)
+            async with self._quotas.backend(principal, entry):
+                return await self._read_kv(entry, ttl, base, context, guard, not_after)
 
-        # Leased engines: the intent row exists before Vault mints anything.
-        await self._ledger.append(
-            NewEvent(event="grant.intent", outcome="pending", body=context, **base)
-        )
+        # Leased engines: the intent row exists before Vault mints anything, admitted by
+        # the live-grant quota under the same lock (so it counts for the next request).
+        async with self._quotas.live_grant(principal, entry, limits):
+            await self._ledger.append(
+                NewEvent(event="grant.intent", outcome="pending", body=context, **base)
+            )
         revoke: Callable[[], Awaitable[None]] | None = None
         try:
-            if entry.engine == "database":
-                creds = await self._vault.database_creds(entry.mount, entry.path)
-                lease_id, revoke = creds.lease_id, self._lease_revoker(creds.lease_id)
-                # Measured now, after the mint: the window keeps running meanwhile.
-                ttl = _clip(ttl, not_after)
-                duration = creds.lease_duration
-                if ttl < duration:
-                    # Let Vault itself end the login at our TTL, not only our sweeper.
-                    duration = await self._vault.renew_lease(creds.lease_id, ttl) or ttl
-                duration = min(duration, ttl)
-                expires = datetime.now(UTC) + timedelta(seconds=duration)
-                if not_after is not None:
-                    expires = min(expires, not_after)
-                record = {**context, "username": creds.username, "lease_duration": duration}
-                credential: dict[str, Any] = {
-                    "username": creds.username,
-                    "password": creds.password,
-                }
-            else:
-                ttl = _clip(ttl, not_after)
-                cert = await self._vault.pki_issue(
-                    entry.mount, entry.path, common_name=common_name_for(principal), ttl=ttl
-                )
-                lease_id, revoke = None, self._cert_revoker(entry.mount, cert.serial_number)
-                expires = datetime.fromtimestamp(cert.expiration, UTC)
-                record = {
-                    **context,
-                    "serial_number": cert.serial_number,
-                    "common_name": common_name_for(principal),
-                }
-                credential = {
-                    "certificate": cert.certificate,
-                    "private_key": cert.private_key,
-                    "issuing_ca": cert.issuing_ca,
-                    "ca_chain": list(cert.ca_chain),
-                    "serial_number": cert.serial_number,
-                }
+            async with self._quotas.backend(principal, entry):
+                if entry.engine == "database":
+                    creds = await self._vault.database_creds(entry.mount, entry.path)
+                    lease_id, revoke = creds.lease_id, self._lease_revoker(creds.lease_id)
+                    # Measured now, after the mint: the window keeps running meanwhile.
+                    ttl = _clip(ttl, not_after)
+                    duration = creds.lease_duration
+                    if ttl < duration:
+                        # Let Vault itself end the login at our TTL, not only our sweeper.
+                        duration = await self._vault.renew_lease(creds.lease_id, ttl) or ttl
+                    duration = min(duration, ttl)
+                    expires = datetime.now(UTC) + timedelta(seconds=duration)
+                    if not_after is not None:
+                        expires = min(expires, not_after)
+                    record = {**context, "username": creds.username, "lease_duration": duration}
+                    credential: dict[str, Any] = {
+                        "username": creds.username,
+                        "password": creds.password,
+                    }
+                else:
+                    ttl = _clip(ttl, not_after)
+                    cert = await self._vault.pki_issue(
+                        entry.mount, entry.path, common_name=common_name_for(principal), ttl=ttl
+                    )
+                    lease_id, revoke = None, self._cert_revoker(entry.mount, cert.serial_number)
+                    expires = datetime.fromtimestamp(cert.expiration, UTC)
+                    record = {
+                        **context,
+                        "serial_number": cert.serial_number,
+                        "common_name": common_name_for(principal),
+                    }
+                    credential = {
+                        "certificate": cert.certificate,
+                        "private_key": cert.private_key,
+                        "issuing_ca": cert.issuing_ca,
+                        "ca_chain": list(cert.ca_chain),
+                        "serial_number": cert.serial_number,
+                    }
         except BrokerError as e:
             if revoke is not None:  # minted, then failed (renewal, window): kill it now
                 await revoke()

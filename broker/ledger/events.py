@@ -30,6 +30,7 @@ EVENT_TYPES = frozenset(
         "lease.orphan_revoked",  # a lease minted without a committed issued row, revoked
         "request.rejected",  # malformed request from a known subject
         "auth.failed",  # aggregated authentication failures (counts per reason)
+        "quota.refused",  # aggregated quota refusals of one principal (counts per limit)
         "policy.loaded",  # a policy version became active on a replica
         "elevation.requested",  # a privileged secret asked for, with reason (and ticket)
         "elevation.approved",  # one approver's vote

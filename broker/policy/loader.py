@@ -42,10 +42,12 @@ from broker.policy.model import (
     MIN_FACTOR_APPROVALS,
     MIN_REASON_LENGTH,
     MIN_REQUEST_EXPIRY,
+    NO_LIMITS,
     ApprovalFactor,
     CatalogEntry,
     ElevationRule,
     Engine,
+    Limits,
     Members,
     PolicySet,
     Role,
@@ -78,6 +80,10 @@ _SECRET_GLOB = re.compile(r"[a-z0-9*][a-z0-9._*-]*(?:/[a-z0-9*][a-z0-9._*-]*)*")
 # Names go into the version manifest line by line; forbid what sha256sum would escape.
 _UNSAFE_FILE_NAME = re.compile(r"[\x00-\x1f\x7f\\]")
 _MAX_STRING = 1024
+# "<number>/<unit>": issuances per second, minute or hour.
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
+_RATE_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_MAX_LIMIT = 1_000_000
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _SCALAR_ERRORS = (ConstructorError, ValueError, KeyError)
@@ -433,7 +439,7 @@ class _Validator:
         m = self.mapping(
             node,
             what,
-            frozenset({"engine", "mount", "path", "role", "description"}),
+            frozenset({"engine", "mount", "path", "role", "description", "limits"}),
             frozenset({"engine", "mount"}),
             anchor=key,
         )
@@ -464,9 +470,12 @@ class _Validator:
         # These go into Vault URLs: segments may not start with '.', so no '..' escapes.
         pattern = _MOUNT if want == "path" else _VAULT_ROLE
         target = self.string(m[want][1], f"{what}: {want}", pattern)
-        if mount is None or target is None:
+        limits = self.read_limits(*m["limits"], what, engine=engine) if "limits" in m else None
+        if mount is None or target is None or (limits is None and "limits" in m):
             return None
-        return CatalogEntry(name, cast(Engine, engine), mount, target, description)
+        return CatalogEntry(
+            name, cast(Engine, engine), mount, target, description, limits or NO_LIMITS
+        )
 
     def read_role_shape(self, node: Node) -> None:
         # Roles refer to the catalog, which may come from a later file: check shape now,
@@ -485,6 +494,7 @@ class _Validator:
                     "privileged",
                     "elevation",
                     "capabilities",
+                    "limits",
                 }
             ),
             frozenset({"name", "members"}),
@@ -541,6 +551,7 @@ class _Validator:
         default_ttl = opt("default_ttl", self.duration)
         privileged = opt("privileged", self.boolean)
         elevation = self.read_elevation(*m["elevation"], what) if "elevation" in m else None
+        limits = self.read_limits(*m["limits"], what) if "limits" in m else NO_LIMITS
 
         # Cross-field rules look at which keys are present, not at parsed values, so one
         # mistake is reported once rather than again by every rule that depends on it.
@@ -587,7 +598,49 @@ class _Validator:
             elevation=elevation,
             capabilities=capabilities,
             source=role_at[name],
+            limits=limits or NO_LIMITS,
         )
+
+    def read_limits(
+        self, key: Node, node: Node, what: str, *, engine: str | None = None
+    ) -> Limits | None:
+        """A ``limits`` mapping; ``engine`` is set for a catalog entry, None for a role.
+
+        ``live_grants`` needs something to count (a leased engine, or a role);
+        ``elevation_requests`` is a requester's, so it belongs to roles only."""
+        what = f"{what}: limits"
+        allowed = {"rate", "burst", "live_grants"}
+        if engine is None:
+            allowed.add("elevation_requests")
+        m = self.mapping(node, what, frozenset(allowed), anchor=key)
+        if m is None:
+            return None
+        if not m:
+            self.err(node, f"{what} must not be empty (omit the key instead)")
+            return None
+        before = len(self.errors)
+        rate = self.rate(m["rate"][1], f"{what}: rate") if "rate" in m else None
+        burst, live, elevations = (
+            self.integer(m[k][1], f"{what}: {k}", 1, _MAX_LIMIT) if k in m else None
+            for k in ("burst", "live_grants", "elevation_requests")
+        )
+        if engine == "kv2" and "live_grants" in m:
+            self.err(
+                m["live_grants"][0],
+                f"{what}: live_grants counts leases; a kv2 read is not one (use rate)",
+            )
+        if len(self.errors) != before:
+            return None
+        return Limits(rate=rate, burst=burst, live_grants=live, elevation_requests=elevations)
+
+    def rate(self, node: Node, what: str) -> float | None:
+        text = node.value if isinstance(node, ScalarNode) and node.tag == _STR_TAG else None
+        match = _RATE.fullmatch(text) if text is not None else None
+        value = float(match[1]) / _RATE_UNIT[match[2]] if match else 0.0
+        if match is None or not 0 < value <= _MAX_LIMIT:
+            self.err(node, f"{what} must look like '5/s', '30/m' or '100/h' (more than 0)")
+            return None
+        return value
 
     def read_capabilities(self, node: Node, what: str) -> frozenset[str]:
         what = f"{what}: capabilities"

@@ -35,10 +35,12 @@ __all__ = [
     "MIN_FACTOR_APPROVALS",
     "MIN_REASON_LENGTH",
     "MIN_REQUEST_EXPIRY",
+    "NO_LIMITS",
     "ApprovalFactor",
     "CatalogEntry",
     "ElevationRule",
     "Engine",
+    "Limits",
     "Members",
     "PolicySet",
     "Role",
@@ -97,6 +99,28 @@ def secret_matches(pattern: str, name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Quotas a role or catalog entry declares; ``None`` leaves the setting's default.
+
+    ``rate`` (issuances per second) and ``burst`` shape one token bucket per principal;
+    ``live_grants`` caps a principal's unended grants of one leased secret (database,
+    pki); ``elevation_requests`` caps a requester's elevation requests per hour (roles).
+    Where a role and the catalog entry both set a limit, the tighter one holds.
+    """
+
+    rate: float | None = None
+    burst: int | None = None
+    live_grants: int | None = None
+    elevation_requests: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+NO_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     """A secret the broker can hand out, by its catalog ``name``.
 
@@ -109,14 +133,16 @@ class CatalogEntry:
     mount: str
     path: str
     description: str = ""
+    limits: Limits = NO_LIMITS
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "engine": self.engine,
             "mount": self.mount,
             "path": self.path,
             "description": self.description,
+            **({"limits": self.limits.to_json()} if self.limits != NO_LIMITS else {}),
         }
 
 
@@ -266,6 +292,7 @@ class Role:
     elevation: ElevationRule | None
     capabilities: frozenset[str]
     source: str
+    limits: Limits = NO_LIMITS
 
     def grants(self, secret: str) -> bool:
         """True iff one of this role's ``secrets`` items covers catalog name ``secret``."""
@@ -283,6 +310,7 @@ class Role:
             "elevation": self.elevation.to_json() if self.elevation else None,
             "capabilities": sorted(self.capabilities),
             "source": self.source,
+            **({"limits": self.limits.to_json()} if self.limits != NO_LIMITS else {}),
         }
 
 

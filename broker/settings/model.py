@@ -72,6 +72,7 @@ _LIMITS = "Limits"
 _BACKGROUND = "Background work, continuity, offboarding, notifications"
 _FRONT_DOOR = "The Vault-compatible front door"
 _TLS_SERVE = "Serving TLS"
+_QUOTAS = "Quotas and backend bulkheads"
 
 
 @dataclass(frozen=True)
@@ -540,6 +541,84 @@ class Settings:
         section=_LIMITS,
         ge=1,
         doc="longest reason or comment",
+    )
+
+    # --- quotas per principal and bulkheads per Vault engine ---
+    # Defaults for what policy does not declare (`limits:` on a role or catalog entry).
+    quota_rate: float = setting(
+        10.0,
+        env="BROKER_QUOTA_RATE",
+        section=_QUOTAS,
+        gt=0,
+        doc="issuances per second per principal (token bucket refill), for every request"
+        " to `POST /v1/credentials` and its front-door equivalents, denied ones included;"
+        " counted per replica (the effective limit is this times the replicas and workers)",
+    )
+    quota_burst: int = setting(
+        40,
+        env="BROKER_QUOTA_BURST",
+        section=_QUOTAS,
+        ge=1,
+        doc="issuances a principal may make at once before `quota_rate` paces it",
+    )
+    quota_live_grants: int = setting(
+        20,
+        env="BROKER_QUOTA_LIVE_GRANTS",
+        section=_QUOTAS,
+        ge=1,
+        doc="unended grants one principal may hold of one leased secret (database, pki),"
+        " counted in the ledger across all replicas",
+    )
+    quota_elevation_requests: int = setting(
+        20,
+        env="BROKER_QUOTA_ELEVATION_REQUESTS",
+        section=_QUOTAS,
+        ge=1,
+        doc="elevation requests one requester may make per hour, across all replicas",
+    )
+    bulkhead_kv2: int = setting(
+        64,
+        env="BROKER_BULKHEAD_KV2",
+        section=_QUOTAS,
+        ge=1,
+        doc="concurrent KV v2 reads in Vault per replica",
+    )
+    bulkhead_database: int = setting(
+        8,
+        env="BROKER_BULKHEAD_DATABASE",
+        section=_QUOTAS,
+        ge=1,
+        doc="concurrent database-credential mints in Vault per replica (each is a"
+        " `CREATE ROLE` in the database: slow, and it must not starve KV reads)",
+    )
+    bulkhead_pki: int = setting(
+        8,
+        env="BROKER_BULKHEAD_PKI",
+        section=_QUOTAS,
+        ge=1,
+        doc="concurrent certificate issuances in Vault per replica",
+    )
+    bulkhead_queue: int = setting(
+        32,
+        env="BROKER_BULKHEAD_QUEUE",
+        section=_QUOTAS,
+        ge=0,
+        doc="calls that may wait for a busy engine; beyond it 503 `backend_busy` at once",
+    )
+    bulkhead_wait_seconds: float = setting(
+        2.0,
+        env="BROKER_BULKHEAD_WAIT",
+        section=_QUOTAS,
+        gt=0,
+        doc="longest wait in an engine's queue before 503 `backend_busy`",
+    )
+    quota_refusal_flush_seconds: float = setting(
+        60.0,
+        env="BROKER_QUOTA_REFUSAL_FLUSH",
+        section=_QUOTAS,
+        gt=0,
+        doc="how often refusals are ledgered: one `quota.refused` row per refused"
+        " principal per interval (per replica), never one per request",
     )
 
     # --- background work, continuity, offboarding, notifications ---

@@ -16,6 +16,7 @@ from broker.metrics import Metrics
 from broker.offboarding import OffboardingService
 from broker.oidc.signin import SignIn
 from broker.policy.active import ActivePolicy
+from broker.quotas import Quotas
 from broker.reviews import ReviewService
 from broker.sessions import SessionStore
 from broker.settings import Settings
@@ -29,6 +30,7 @@ LEDGER = web.AppKey("ledger", Ledger)
 VAULT = web.AppKey("vault", VaultClient)
 POLICY = web.AppKey("policy", ActivePolicy)
 GRANTS = web.AppKey("grants", GrantService)
+QUOTAS = web.AppKey("quotas", Quotas)
 VERIFIER = web.AppKey("verifier", Verifier)
 AUTHN = web.AppKey("authn", Authenticator)
 CHECKPOINT_VERIFIER = web.AppKey("checkpoint_verifier", CheckpointVerifier)

@@ -123,7 +123,10 @@ def request_context(front: FrontEnd) -> Callable[..., Awaitable[web.StreamRespon
                 except BrokerError as ledger_error:
                     answer = ledger_error
             status = front.status_of(answer)
-            return await front.reply(request, status, answer.code, answer.message, request_id)
+            reply = await front.reply(request, status, answer.code, answer.message, request_id)
+            if answer.retry_after is not None:  # quotas and bulkheads say when to come back
+                reply.headers["Retry-After"] = str(answer.retry_after)
+            return reply
         except web.HTTPException as e:
             status = e.status
             if e.status < 400:

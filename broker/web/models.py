@@ -659,6 +659,31 @@ class LoggedOut(_Response):
     end_session_url: str | None = None
 
 
+class RateLimit(_Response):
+    scope: Annotated[str, Meta(description="`default`, `role:<name>` or `secret:<name>`")]
+    rate: Annotated[str, Meta(description="refill, e.g. `10/s`")]
+    burst: int
+    available: Annotated[int, Meta(description="tokens left now, on this replica")]
+    per: Literal["replica"]
+
+
+class LiveGrantLimit(_Response):
+    secret: str
+    limit: int
+    live: Annotated[int, Meta(description="your issued grants of it not yet ended")]
+
+
+class ElevationRequestLimit(_Response):
+    per_hour: int
+    used: Annotated[int, Meta(description="requests you made in the last hour")]
+
+
+class Limits(_Response):
+    issuance_rate: list[RateLimit]
+    live_grants: list[LiveGrantLimit]
+    elevation_requests: ElevationRequestLimit
+
+
 class Me(_Response):
     subject: str
     kind: str
@@ -668,6 +693,7 @@ class Me(_Response):
     capabilities: list[str]
     requestable: list[dict[str, Any]]
     policy_version: str
+    limits: Annotated[Limits, Meta(description="your quotas and their current use")]
     session: SessionInfo | None = None
 
 

@@ -109,6 +109,14 @@ _SIGN_IN_REFUSED = (
     " `untrusted_issuer`, `algorithm_not_allowed`, `provider_disabled`, `unknown_provider`"
 )
 _PROVIDER_DOWN = "`provider_unavailable`: the identity provider cannot be reached"
+_QUOTA_REFUSED = (
+    "`rate_limited` (your issuance rate) or `quota_exceeded` (your live grants of this"
+    " secret); `Retry-After` says when to retry. Nothing was minted"
+)
+_BACKEND_BUSY = (
+    "`backend_busy`: the secret's Vault engine has no free slot (bulkhead); `Retry-After`"
+    " says when to retry. Also `vault_unavailable`, `ledger_unavailable`"
+)
 
 # People sign in through their identity provider; the broker is the relying party.
 _SIGN_IN_ROUTES = [
@@ -211,7 +219,9 @@ ROUTES: list[Route] = [
         errors={
             403: "`denied` (no role grants it) or `elevation_required`",
             404: "`unknown_secret`: not in the catalog",
+            429: _QUOTA_REFUSED,
             502: "Vault refused the request (broker misconfiguration)",
+            503: _BACKEND_BUSY,
         },
     ),
     Route(
@@ -262,6 +272,8 @@ ROUTES: list[Route] = [
             403: "`denied`, `break_glass_not_allowed`",
             404: "`unknown_secret`",
             409: "`elevation_not_needed`: a standing role already grants it",
+            429: "`quota_exceeded`: your elevation requests this hour; `Retry-After` says"
+            " when the oldest leaves the hour",
         },
     ),
     Route(
@@ -331,7 +343,9 @@ ROUTES: list[Route] = [
             403: "`not_requester`, `no_longer_eligible`",
             404: "`elevation_not_found`",
             409: "`elevation_not_active`: not approved, or the window ended",
+            429: _QUOTA_REFUSED,
             502: "Vault refused the request",
+            503: _BACKEND_BUSY,
         },
     ),
     Route(

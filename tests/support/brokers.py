@@ -22,6 +22,22 @@ from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.support.ledger_db import LedgerDb, fresh_ledger_db
 
+# The quotas lifted out of the way for tests that share the demo identities (hundreds of
+# grants and elevation requests an hour each); quota tests set their own.
+SUITE_QUOTAS: dict[str, Any] = {
+    "quota_rate": 100_000.0,
+    "quota_burst": 100_000,
+    "quota_live_grants": 100_000,
+    "quota_elevation_requests": 100_000,
+}
+# The same for brokers started as processes (``broker serve``, ``broker dev``).
+SUITE_QUOTA_ENV = {
+    "BROKER_QUOTA_RATE": "100000",
+    "BROKER_QUOTA_BURST": "100000",
+    "BROKER_QUOTA_LIVE_GRANTS": "100000",
+    "BROKER_QUOTA_ELEVATION_REQUESTS": "100000",
+}
+
 __all__ = [
     "IsolatedBroker",
     "RunningBroker",

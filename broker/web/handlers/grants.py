@@ -10,7 +10,7 @@ from broker.grants import IssueRequest
 from broker.policy.decide import capabilities, requestable, roles_for
 
 from ..authn import principal_of, session_of
-from ..keys import GRANTS, POLICY
+from ..keys import GRANTS, POLICY, QUOTAS
 from ..middleware import REQUEST_ID
 from ..models import CredentialRequest, GrantListQuery, RevokeQuery
 from ..route import body_of, query_of
@@ -42,6 +42,7 @@ async def get_me(request: web.Request) -> web.Response:
             "capabilities": sorted(capabilities(policy, principal)),
             "requestable": requestable(policy, principal),
             "policy_version": policy.version,
+            "limits": await request.app[QUOTAS].usage(principal),
             # Only for a signed-in person: a service's JWT has no session.
             **({"session": session_info(session)} if session is not None else {}),
         }
