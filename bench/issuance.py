@@ -885,6 +885,11 @@ class Stack:
             "BROKER_VAULT_API_PORT": "0",
             "BROKER_REPLICA_ID": "bench-1",
             "BROKER_LEDGER_SYNCHRONOUS_STANDBY": "not-required",  # one embedded PostgreSQL
+            # One subject makes every request: its quotas are lifted (their checks still
+            # run on every issuance, so their cost is in the figures).
+            "BROKER_QUOTA_RATE": "1000000",
+            "BROKER_QUOTA_BURST": "1000000",
+            "BROKER_QUOTA_LIVE_GRANTS": "1000000",
         }
         if self._profile_out is not None or self._patches:
             # Same `broker serve`, inside bench/profile_serve.py (profiler and/or experiments).

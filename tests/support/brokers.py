@@ -39,6 +39,8 @@ SUITE_QUOTA_ENV = {
 }
 
 __all__ = [
+    "SUITE_QUOTAS",
+    "SUITE_QUOTA_ENV",
     "IsolatedBroker",
     "RunningBroker",
     "isolated_broker",
