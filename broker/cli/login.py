@@ -373,8 +373,33 @@ def _whoami(client: BrokerClient, args: argparse.Namespace) -> int:
         )
     else:
         lines.append("session:  - (a bearer token, not a `broker login` session)")
+    lines.extend(_limit_lines(me.get("limits")))
     print("\n".join(lines))
     return 0
+
+
+def _limit_lines(limits: object) -> list[str]:
+    """The caller's quotas and their use, one per line (``GET /v1/me``'s ``limits``)."""
+    if not isinstance(limits, dict):
+        return []
+    out: list[str] = []
+    for rate in limits.get("issuance_rate") or []:
+        out.append(
+            f"issuance {cell(rate.get('rate'))}, burst {cell(rate.get('burst'))}"
+            f" ({cell(rate.get('scope'))}; {cell(rate.get('available'))} left on this replica)"
+        )
+    for live in limits.get("live_grants") or []:
+        out.append(
+            f"live grants of {cell(live.get('secret'))}: {cell(live.get('live'))}"
+            f" of {cell(live.get('limit'))}"
+        )
+    elevations = limits.get("elevation_requests")
+    if isinstance(elevations, dict):
+        out.append(
+            f"elevation requests this hour: {cell(elevations.get('used'))}"
+            f" of {cell(elevations.get('per_hour'))}"
+        )
+    return [("limits:   " if i == 0 else "          ") + line for i, line in enumerate(out)]
 
 
 def register(sub: Any) -> None:

@@ -35,7 +35,7 @@ from broker.ledger.quota_queries import (
 )
 from broker.metrics import Metrics
 from broker.policy.active import ActivePolicy
-from broker.policy.decide import roles_for
+from broker.policy.decide import requestable, roles_for
 from broker.policy.model import CatalogEntry, Limits, Role
 from broker.settings import Settings
 
@@ -202,19 +202,18 @@ class Quotas:
         default = self.limits(None, None)
         rates = {default.rate_scope: default}
         live: list[dict[str, Any]] = []
-        for role in roles_for(policy, principal):
-            for entry in policy.catalog.values():
-                if not role.grants(entry.name):
-                    continue
-                lim = self.limits(role, entry)
-                rates.setdefault(lim.rate_scope, lim)
-                if lim.live_grants is not None and not role.privileged:
-                    live.append({"secret": entry.name, "limit": lim.live_grants})
+        roles = {r.name: r for r in roles_for(policy, principal)}
+        for item in requestable(policy, principal):  # the role decide() would cite
+            entry, role = policy.catalog[item["secret"]], roles[item["role"]]
+            lim = self.limits(role, entry)
+            rates.setdefault(lim.rate_scope, lim)
+            if lim.live_grants is not None:
+                live.append({"secret": entry.name, "limit": lim.live_grants})
         counts = await live_grant_counts(self._ledger, principal.subject, self._horizon())
-        for item in live:
-            item["live"] = counts.get(item["secret"], 0)
+        for held in live:
+            held["live"] = counts.get(held["secret"], 0)
         elevation_limit = min(
-            (elevation_requests(self.defaults, r)[0] for r in roles_for(policy, principal)),
+            (elevation_requests(self.defaults, r)[0] for r in roles.values() if r.privileged),
             default=self.defaults.elevation_requests,
         )
         since = datetime.now(UTC) - _HOUR
@@ -234,6 +233,6 @@ class Quotas:
                 }
                 for scope, lim in sorted(rates.items())
             ],
-            "live_grants": sorted(live, key=lambda i: i["secret"]),
+            "live_grants": live,
             "elevation_requests": {"per_hour": elevation_limit, "used": len(made)},
         }

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.settings import Settings
+from tests.support.brokers import SUITE_QUOTA_ENV
 from tests.support.commands import subprocess_env
 from tests.support.paths import BROKER_BIN
 
@@ -77,7 +78,8 @@ def serve_env(settings: Settings, replica_id: str, **extra: str) -> dict[str, st
     """The environment of a replica on ``settings``' stack (port 0, checkpoints every 1 s)."""
     assert settings.vault_token and settings.dev_issuer_key_path
     # The session's one embedded PostgreSQL has no standby (``extra`` may say otherwise).
-    extra = {"BROKER_LEDGER_SYNCHRONOUS_STANDBY": "not-required", **extra}
+    # The suite's demo identities issue far beyond the default quotas (SUITE_QUOTA_ENV).
+    extra = {"BROKER_LEDGER_SYNCHRONOUS_STANDBY": "not-required", **SUITE_QUOTA_ENV, **extra}
     return subprocess_env(
         BROKER_DATABASE_URL=settings.database_url,
         VAULT_ADDR=settings.vault_addr,
