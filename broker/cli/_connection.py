@@ -3,7 +3,9 @@
 A client command is a function ``(client, args) -> exit code`` registered with
 ``add_client_command``; ``run_client_command`` connects, calls it, and maps the client's
 errors to exit codes: 0 ok, 1 the broker refused (its error code is printed), 2 usage or
-configuration (also: the signed-in session has ended), 3 broker unreachable.
+configuration (also: the signed-in session has ended), 3 broker unreachable. A refusal
+with a short ``Retry-After`` (a quota, a busy engine) is waited out and retried once by
+the client, with a note on stderr; a longer one is printed with when to retry.
 
 Where the connection comes from, first match wins:
 
@@ -185,11 +187,24 @@ def _connect(args: argparse.Namespace) -> tuple[BrokerClient, CachedSession | No
     cafile = args.cacert or os.environ.get("BROKER_CACERT") or (dev or {}).get("ca_cert")
     try:
         client = BrokerClient(
-            url, token, timeout=args.timeout, cafile=Path(cafile) if cafile else None
+            url,
+            token,
+            timeout=args.timeout,
+            cafile=Path(cafile) if cafile else None,
+            on_wait=_say_waiting,
         )
         return client, cached
     except ValueError as e:
         raise ClientUsage(str(e)) from None
+
+
+def _say_waiting(refused: BrokerHTTPError) -> None:
+    # stderr: stdout may be JSON a script reads.
+    print(
+        f"note: {refused.code}: the broker asks to retry in {refused.retry_after} s;"
+        " waiting, then trying once more",
+        file=sys.stderr,
+    )
 
 
 def _fresh(client: BrokerClient, cached: CachedSession) -> BrokerClient:
@@ -259,7 +274,8 @@ def run_client_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        print(f"error: {e.code}: {e.message}", file=sys.stderr)
+        # str(e): code, message and, when the broker said when, "retry in N s (at ...)".
+        print(f"error: {e}", file=sys.stderr)
         return 1
     except BrokerUnreachable as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,25 +9,56 @@ JSON object, returned as a ``dict``; list endpoints return the page as the broke
 Errors (all ``ClientError``; none of them is ``broker.errors.BrokerError``, the server's
 root error):
   ``BrokerHTTPError``   the broker answered with an error status (``{"error": {code,
-                        message}}``) or with a body that is not a JSON object
+                        message}}``) or with a body that is not a JSON object; with
+                        ``retry_after`` (and ``retry_at``) when the answer said when to retry
   ``BrokerUnreachable`` no answer: connection refused, DNS failure, timeout, broken response
+
+Retry-After: a 429 or 503 that carries ``Retry-After`` is a refusal made before the broker
+acted (a quota or an engine's bulkhead: nothing minted, no elevation opened; the grant
+service and ``broker/quotas/`` say so). Every call may therefore be repeated after it,
+POSTs included: when the wait is at most ``MAX_RETRY_WAIT`` the client sleeps it and
+retries once; otherwise, or when the retry is refused too, the error says when to retry.
+No other answer is retried: a 503 without ``Retry-After`` (Vault or the ledger down) may
+come after a credential was minted and revoked, or an elevation recorded.
 """
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
+import math
+import re
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BrokerClient", "BrokerHTTPError", "BrokerUnreachable", "ClientError"]
+__all__ = [
+    "MAX_RETRY_WAIT",
+    "BrokerClient",
+    "BrokerHTTPError",
+    "BrokerUnreachable",
+    "ClientError",
+]
 
 _MAX_ERROR_TEXT = 200
+
+# The longest Retry-After the client sits out itself before its one retry (seconds). A
+# burst of issuances or a busy engine clears in a second or two; a longer wait is a quota
+# that will not clear in a moment (live grants, elevation requests per hour, a slow rate),
+# and a command that stays silent for longer looks hung: better to say when to come back.
+MAX_RETRY_WAIT = 5
+
+# Statuses whose Retry-After means "refused before acting" (quotas, bulkheads).
+_RETRYABLE = frozenset({429, 503})
+_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 class ClientError(Exception):
@@ -35,27 +66,80 @@ class ClientError(Exception):
 
 
 class BrokerHTTPError(ClientError):
-    """The broker refused: ``status`` is the HTTP status, ``code``/``message`` its error body."""
+    """The broker refused: ``status`` is the HTTP status, ``code``/``message`` its error body.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+    ``retry_after``: whole seconds from the answer's ``Retry-After`` (None without one);
+    ``retry_at``: when that is, counted from the answer's arrival; ``waited``: the seconds
+    the client already sat out before this (second) refusal. ``str()`` is ``code:
+    message``, then a dash and ``retry_hint`` when there is one."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        waited: int | None = None,
+    ) -> None:
+        super().__init__(code, message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+        self.retry_at = (
+            None if retry_after is None else datetime.now(UTC) + timedelta(seconds=retry_after)
+        )
+        self.waited = waited
+
+    @property
+    def retry_hint(self) -> str | None:
+        """``retry in N s (at HH:MM:SS UTC)``, after what was waited already; None when
+        the answer did not say when to retry."""
+        if self.retry_after is None or self.retry_at is None:
+            return None
+        hint = f"retry in {self.retry_after} s (at {self.retry_at:%H:%M:%S} UTC)"
+        if self.waited is not None:
+            hint = f"refused again after waiting {self.waited} s; {hint}"
+        return hint
+
+    def __str__(self) -> str:
+        text = f"{self.code}: {self.message}"
+        hint = self.retry_hint
+        return f"{text} — {hint}" if hint else text
 
 
 class BrokerUnreachable(ClientError):
     """The broker could not be reached or gave no usable answer."""
 
 
-def _error_from(status: int, raw: bytes) -> BrokerHTTPError:
+def _error_from(status: int, raw: bytes, headers: Message) -> BrokerHTTPError:
+    retry_after = _retry_after(headers.get("Retry-After"))
     try:
         body = json.loads(raw)
         err = body["error"]
-        return BrokerHTTPError(status, str(err["code"]), str(err["message"]))
+        code, message = str(err["code"]), str(err["message"])
     except (ValueError, KeyError, TypeError):
         text = raw.decode("utf-8", "replace").strip()[:_MAX_ERROR_TEXT]
-        return BrokerHTTPError(status, f"http_{status}", text or "no error body")
+        code, message = f"http_{status}", text or "no error body"
+    return BrokerHTTPError(status, code, message, retry_after=retry_after)
+
+
+def _retry_after(value: str | None) -> int | None:
+    """Whole seconds from a ``Retry-After`` value: delta-seconds (what the broker sends) or
+    an HTTP-date (what a proxy in front of it may send); None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _SECONDS.fullmatch(value):
+        return int(value)
+    try:
+        at = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if at.tzinfo is None:  # RFC 9110 dates are GMT
+        at = at.replace(tzinfo=UTC)
+    return max(0, math.ceil((at - datetime.now(UTC)).total_seconds()))
 
 
 class BrokerClient:
@@ -63,10 +147,21 @@ class BrokerClient:
 
     ``token=None`` is an anonymous client: it can only call the public sign-in endpoints
     (``providers``, ``start_login`` .. ``poll_device``); ``with_token`` gives the signed-in
-    one."""
+    one.
+
+    ``timeout`` bounds each HTTP exchange; a call retried after a ``Retry-After`` can take
+    two of them plus the wait (at most ``MAX_RETRY_WAIT``). ``on_wait(error)`` is called
+    before the client sleeps ``error.retry_after`` seconds for that retry (the CLI says so
+    on stderr)."""
 
     def __init__(
-        self, url: str, token: str | None, *, timeout: float = 30.0, cafile: Path | None = None
+        self,
+        url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        cafile: Path | None = None,
+        on_wait: Callable[[BrokerHTTPError], None] | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -79,10 +174,13 @@ class BrokerClient:
         # https: always verified; cafile (a private or the dev CA) instead of the system's.
         self._cafile = cafile
         self._tls = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        self._on_wait = on_wait
 
     def with_token(self, token: str) -> BrokerClient:
         """The same broker, as the holder of ``token``."""
-        return BrokerClient(self.url, token, timeout=self.timeout, cafile=self._cafile)
+        return BrokerClient(
+            self.url, token, timeout=self.timeout, cafile=self._cafile, on_wait=self._on_wait
+        )
 
     def __repr__(self) -> str:  # never show the token
         return f"BrokerClient(url={self.url!r})"
@@ -94,6 +192,31 @@ class BrokerClient:
         *,
         body: dict[str, Any] | None = None,
         query: Mapping[str, str | None] | None = None,
+    ) -> dict[str, Any]:
+        """The broker's answer to one call, retried once after a short ``Retry-After``
+        (the module docstring says why that is safe for every method)."""
+        try:
+            return self._send(method, path, body=body, query=query)
+        except BrokerHTTPError as e:
+            wait = e.retry_after
+            if e.status not in _RETRYABLE or wait is None or wait > MAX_RETRY_WAIT:
+                raise
+            if self._on_wait is not None:
+                self._on_wait(e)
+            time.sleep(wait)
+        try:
+            return self._send(method, path, body=body, query=query)
+        except BrokerHTTPError as again:
+            again.waited = wait
+            raise
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None,
+        query: Mapping[str, str | None] | None,
     ) -> dict[str, Any]:
         url = self.url + path
         given = {k: v for k, v in (query or {}).items() if v is not None}
@@ -113,7 +236,7 @@ class BrokerClient:
                 status: int = resp.status
         except urllib.error.HTTPError as e:
             with e:
-                raise _error_from(e.code, e.read()) from None
+                raise _error_from(e.code, e.read(), e.headers) from None
         except urllib.error.URLError as e:
             raise BrokerUnreachable(f"cannot reach broker at {self.url}: {e.reason}") from None
         except TimeoutError:
