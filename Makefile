@@ -34,12 +34,31 @@ $(CHROMIUM_STAMP): | $(STAMP)
 	[ -x $(CHROMIUM) ] || echo "no $(CHROMIUM): install Debian's chromium package for the browser tests (they skip without it)"
 	touch $(CHROMIUM_STAMP)
 
+# A real sshd for the SSH certificate tests (tests/support/sshd.py starts its own on a
+# loopback port): Debian's openssh-server. Tried once (the stamp), as for chromium. The
+# package must not start a system sshd on port 22: a policy-rc.d that says no (exit 101)
+# is put in place for the install if there is none, and removed afterwards.
+SSHD := /usr/sbin/sshd
+SSHD_STAMP := $(VENV)/.sshd
+$(SSHD_STAMP): | $(STAMP)
+	@if [ ! -x $(SSHD) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing openssh-server (apt-get) for the SSH tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		policy=/usr/sbin/policy-rc.d; own_policy=; \
+		if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 755 $$policy; own_policy=1; fi; \
+		apt-get install -y -qq --no-install-recommends openssh-server >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends openssh-server >/dev/null; }; \
+		if [ -n "$$own_policy" ]; then rm -f $$policy; fi; \
+	fi; \
+	[ -x $(SSHD) ] || echo "no $(SSHD): install Debian's openssh-server package for the SSH tests (they skip without it)"
+	touch $(SSHD_STAMP)
+
 install: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/broker dev
 
-test: $(STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP) $(SSHD_STAMP)
 	$(BIN)/ruff check broker tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
