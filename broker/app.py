@@ -30,6 +30,7 @@ from broker.elevation import ElevationService
 from broker.errors import LedgerNotReplicated, VaultUnavailable
 from broker.evidence.continuity import append_heartbeat, gap_threshold
 from broker.grants import GrantService
+from broker.grants.krl import RevocationList
 from broker.ledger import (
     CheckpointSigner,
     CheckpointVerifier,
@@ -69,6 +70,7 @@ from broker.web.keys import (
     CLOCK,
     ELEVATIONS,
     GRANTS,
+    KRL,
     LEDGER,
     METRICS,
     OFFBOARDING,
@@ -342,6 +344,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         quotas=app[QUOTAS],
         issue_guard=blocklist.issue_guard,
     )
+    app[KRL] = RevocationList(ledger=ledger, vault=app[VAULT], policy=active)
     app[ELEVATIONS] = ElevationService(
         ledger=ledger,
         policy=active,

@@ -204,7 +204,7 @@ class Metrics:
         )
         self.bulkhead_in_use = Gauge(
             "broker_bulkhead_in_use",
-            "Vault calls in flight per engine (kv2, database, pki).",
+            "Vault calls in flight per engine (kv2, database, pki, ssh).",
             ["engine"],
             registry=r,
         )

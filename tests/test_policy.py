@@ -61,10 +61,18 @@ ENGINEER_ROWS: dict[str, Row] = {
     "db/orders-admin": ("elevation_required", "orders-dba", 1800),
     "stripe/prod": ("elevation_required", "payments-prod", 900),
     "pki/internal": ("deny", None, 0),
+    "ssh/prod-hosts": ("allow", "prod-shell", 1800),
 }
 NOTHING: dict[str, Row] = {
     s: ("deny", None, 0)
-    for s in ("db/orders-ro", "stripe/test", "db/orders-admin", "stripe/prod", "pki/internal")
+    for s in (
+        "db/orders-ro",
+        "stripe/test",
+        "db/orders-admin",
+        "stripe/prod",
+        "pki/internal",
+        "ssh/prod-hosts",
+    )
 }
 TABLE: dict[str, tuple[Principal, dict[str, Row]]] = {
     "alice": (ALICE, ENGINEER_ROWS),
@@ -81,6 +89,7 @@ TABLE: dict[str, tuple[Principal, dict[str, Row]]] = {
             "stripe/test": ("deny", None, 0),
             "db/orders-admin": ("deny", None, 0),
             "stripe/prod": ("deny", None, 0),
+            "ssh/prod-hosts": ("deny", None, 0),
         },
     ),
 }
@@ -261,7 +270,13 @@ def test_role_choice_largest_ttl_then_name_and_standing_wins(tmp_path: Path) -> 
 
 
 def test_roles_capabilities_requestable(demo: PolicySet) -> None:
-    assert [r.name for r in roles_for(demo, BOB)] == ["engineering", "orders-dba", "payments-prod"]
+    assert [r.name for r in roles_for(demo, BOB)] == [
+        "engineering",
+        "orders-dba",
+        "payments-prod",
+        "prod-shell",
+        "prod-root",
+    ]
     assert capabilities(demo, CAROL) == {"audit"}
     assert capabilities(demo, ERIN) == {"admin"}
     assert capabilities(demo, ALICE) == frozenset()
@@ -269,6 +284,7 @@ def test_roles_capabilities_requestable(demo: PolicySet) -> None:
     assert requestable(demo, ALICE) == [
         {"secret": "db/orders-admin", "role": "orders-dba", "privileged": True, "max_ttl": 1800},
         {"secret": "db/orders-ro", "role": "engineering", "privileged": False, "max_ttl": 3600},
+        {"secret": "ssh/prod-hosts", "role": "prod-shell", "privileged": False, "max_ttl": 1800},
         {"secret": "stripe/prod", "role": "payments-prod", "privileged": True, "max_ttl": 900},
         {"secret": "stripe/test", "role": "engineering", "privileged": False, "max_ttl": 3600},
     ]
@@ -289,6 +305,7 @@ def test_demo_model(demo: PolicySet) -> None:
         "stripe/test",
         "stripe/prod",
         "pki/internal",
+        "ssh/prod-hosts",
     }
     ro = demo.catalog["db/orders-ro"]
     assert (ro.engine, ro.mount, ro.path) == ("database", "database", "orders-ro")
@@ -1151,11 +1168,11 @@ CATALOG_CASES = {
         """
         catalog:
           x/y:
-            engine: ssh
-            mount: ssh
+            engine: nomad
+            mount: nomad
             role: r
         """,
-        ["catalog.yaml:3: catalog 'x/y': engine 'ssh' is not one of"],
+        ["catalog.yaml:3: catalog 'x/y': engine 'nomad' is not one of"],
     ),
     "kv2_with_role": (
         """

@@ -97,6 +97,8 @@ def test_entitlements_of_the_demo_policy() -> None:
         "payments-prod/group:engineering",
         "auditors/group:auditors",
         "security-admins/group:security-admins",
+        "prod-shell/group:engineering",
+        "prod-root/group:engineering",
     ]
     assert grants_entitlement(policy, "orders-service", "service_account", "orders:orders-api")
     assert not grants_entitlement(policy, "orders-service", "group", "orders:orders-api")
@@ -187,6 +189,8 @@ async def test_review_snapshot_decisions_and_completion(
         "payments-prod/group:engineering",
         "auditors/group:auditors",
         "security-admins/group:security-admins",
+        "prod-shell/group:engineering",
+        "prod-root/group:engineering",
     }
     assert by_id["payments-prod/group:engineering"]["privileged"] is True
     assert by_id["orders-service/service_account:orders:orders-api"]["source"] == (
@@ -256,9 +260,9 @@ async def test_review_snapshot_decisions_and_completion(
     )
     assert status == 200, after
     assert after["progress"] == {
-        "entitlements": 6,
-        "decided": 6,
-        "keep": 5,
+        "entitlements": 8,
+        "decided": 8,
+        "keep": 7,
         "revoke": 1,
     }
     # The revoke is an open action item (the policy in force still grants it).
@@ -277,7 +281,7 @@ async def test_review_snapshot_decisions_and_completion(
     decisions = await ledger_rows(
         stack, "event = 'review.decision' AND body->>'review_id' = $1", rid
     )
-    assert len(decisions) == 6
+    assert len(decisions) == 8
     assert {(d["outcome"], d["subject"]) for d in decisions if d["role"] == "payments-prod"} == {
         ("revoke", "dana")
     }

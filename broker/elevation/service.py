@@ -290,9 +290,13 @@ class ElevationService:
         break_glass: bool,
         request_id: str,
         client: Mapping[str, str] | None = None,
+        principals: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
+        """Ask for elevation to ``secret``; ``principals`` (SSH secrets) name what the
+        certificate will be for, which picks the privileged role (e.g. ``root``)."""
         policy = self._policy.current
-        decision = decide(policy, principal, secret)
+        asked = frozenset(principals) if principals is not None else None
+        decision = decide(policy, principal, secret, ssh_principals=asked)
         if decision.outcome == "allow":
             raise Conflict(
                 f"{secret!r} is granted to you without elevation: fetch it directly",
@@ -353,6 +357,7 @@ class ElevationService:
                     "issuer": principal.issuer,
                     # Groups as the token stated them: policy-vs-log checks replay decide() later.
                     "groups": sorted(principal.groups),
+                    **({"principals": sorted(asked)} if asked is not None else {}),
                     **_client_body(client),
                 },
                 **common,
@@ -624,7 +629,12 @@ class ElevationService:
         ttl: int | None,
         request_id: str,
         client: Mapping[str, str] | None = None,
+        *,
+        public_key: str | None = None,
+        principals: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
+        """Mint under an approved elevation; SSH secrets need ``public_key`` and may ask
+        for a subset of the elevated role's ``principals`` (default: all of them)."""
         el = await self._visible_one(principal, elevation_id)
         if subject_key(principal.subject) != subject_key(el.requester):
             raise Forbidden("only the requester can use an elevation", code="not_requester")
@@ -634,7 +644,11 @@ class ElevationService:
             raise Conflict(f"elevation is {status}", code="elevation_not_active")
         # Still eligible under the policy in force now (a role removed since is final).
         policy = self._policy.current
-        decision = decide(policy, principal, el.secret, ttl)
+        elevated = next((r for r in policy.roles if r.name == el.role), None)
+        asked = frozenset(principals) if principals is not None else None
+        if asked is None and elevated is not None and elevated.ssh is not None:
+            asked = elevated.ssh.principals  # decide() must weigh the elevated role's
+        decision = decide(policy, principal, el.secret, ttl, ssh_principals=asked)
         if (
             decision.outcome != "elevation_required"
             or decision.role is None
@@ -642,6 +656,7 @@ class ElevationService:
             or decision.role.name != el.role
         ):
             raise Forbidden("you are no longer eligible for this role", code="no_longer_eligible")
+        ssh = self._grants.ssh_ask(decision.entry, decision.role, public_key, principals)
         grant = await self._grants.issue_elevated(
             principal,
             entry=decision.entry,
@@ -655,6 +670,7 @@ class ElevationService:
             ticket=el.ticket,
             request_id=request_id,
             client=client,
+            ssh=ssh,
         )
         return note_clipped_ttl(grant, ttl, decision)
 

@@ -46,6 +46,9 @@ from broker.policy.model import CatalogEntry, Role
 from broker.quotas import Effective, Quotas
 from broker.vault import VaultClient
 
+from .ssh import SSHAsk, check_fields, key_id_for, prepare
+from .ssh import sign as sign_ssh
+
 __all__ = ["GrantService", "IssueRequest", "common_name_for"]
 
 _log = logging.getLogger(__name__)
@@ -59,6 +62,14 @@ class IssueRequest:
     ttl: int | None = None
     # Which API and client asked (e.g. the Vault front door and its user-agent): recorded.
     client: Mapping[str, str] | None = None
+    # SSH secrets only: the caller's OpenSSH public key, and the principals it asks for
+    # (None: all its role allows).
+    public_key: str | None = None
+    principals: tuple[str, ...] | None = None
+
+    @property
+    def ssh_principals(self) -> frozenset[str] | None:
+        return frozenset(self.principals) if self.principals is not None else None
 
 
 def _end_key(grant_id: uuid.UUID) -> str:
@@ -163,7 +174,9 @@ class GrantService:
         """
         policy = self._policy.current
         if decision is None:
-            decision = decide(policy, principal, req.secret, req.ttl)
+            decision = decide(
+                policy, principal, req.secret, req.ttl, ssh_principals=req.ssh_principals
+            )
         try:
             limits = self._quotas.take_rate(principal, decision.role, decision.entry, req.secret)
         except BrokerError:
@@ -186,6 +199,7 @@ class GrantService:
                 raise NotFound(decision.message, code="unknown_secret", recorded=True)
             raise Forbidden(decision.message, code="denied", recorded=True)
         assert decision.entry is not None and decision.role is not None
+        ssh = self.ssh_ask(decision.entry, decision.role, req.public_key, req.principals)
         grant = await self._issue_allowed(
             principal,
             entry=decision.entry,
@@ -197,8 +211,23 @@ class GrantService:
             request_id=request_id,
             limits=limits,
             extra={"client": dict(req.client)} if req.client else None,
+            ssh=ssh,
         )
         return note_clipped_ttl(grant, req.ttl, decision)
+
+    @staticmethod
+    def ssh_ask(
+        entry: CatalogEntry,
+        role: Role,
+        public_key: str | None,
+        principals: tuple[str, ...] | None,
+    ) -> SSHAsk | None:
+        """The checked SSH part of a request (None for other engines); 400/403 first."""
+        check_fields(entry, public_key, principals)
+        if entry.engine != "ssh":
+            return None
+        assert public_key is not None
+        return prepare(role, public_key, principals)
 
     async def issue_elevated(
         self,
@@ -215,6 +244,7 @@ class GrantService:
         ticket: str | None,
         request_id: str,
         client: Mapping[str, str] | None = None,
+        ssh: SSHAsk | None = None,
     ) -> dict[str, Any]:
         """Issue under an approved elevation (the caller checked it is open and theirs).
 
@@ -246,6 +276,7 @@ class GrantService:
             },
             guard=(guard,),
             not_after=not_after,
+            ssh=ssh,
         )
 
     async def _issue_allowed(
@@ -263,6 +294,7 @@ class GrantService:
         extra: dict[str, Any] | None = None,
         guard: tuple[str, ...] = (),
         not_after: datetime | None = None,
+        ssh: SSHAsk | None = None,
     ) -> dict[str, Any]:
         secret = entry.name
         base = {
@@ -286,6 +318,11 @@ class GrantService:
             "groups": sorted(principal.groups),
             **(extra or {}),
         }
+        if ssh is not None:  # in the intent row too: a certificate without an issued
+            # row is revoked by its key id (GET /v1/ssh/krl)
+            context["key_id"] = key_id_for(base["grant_id"], principal.subject)
+            context["principals"] = list(ssh.principals)
+            context["public_key_fingerprint"] = ssh.public_key.fingerprint
         try:
             grant = await self._mint(
                 entry,
@@ -296,6 +333,7 @@ class GrantService:
                 guard + self._issue_guard(principal),
                 not_after,
                 limits,
+                ssh,
             )
         except TooManyRequests:
             self._count(secret, "quota_exceeded")
@@ -316,6 +354,7 @@ class GrantService:
         guard: tuple[str, ...],
         not_after: datetime | None,
         limits: Effective,
+        ssh: SSHAsk | None,
     ) -> dict[str, Any]:
         if entry.engine == "kv2":
             async with self._quotas.backend(principal, entry):
@@ -348,6 +387,15 @@ class GrantService:
                         "username": creds.username,
                         "password": creds.password,
                     }
+                elif entry.engine == "ssh":
+                    assert ssh is not None
+                    key_id = str(context["key_id"])
+                    # Nothing to revoke in Vault: without an issued row the KRL lists it.
+                    revoke = self._ssh_revoker(key_id)
+                    signed, credential, expires = await sign_ssh(
+                        self._vault, entry, ssh, ttl=_clip(ttl, not_after), key_id=key_id
+                    )
+                    lease_id, record = None, {**context, **signed}
                 else:
                     ttl = _clip(ttl, not_after)
                     cert = await self._vault.pki_issue(
@@ -467,6 +515,16 @@ class GrantService:
                 await self._vault.revoke_lease(lease_id)
             except BrokerError:
                 _log.error("could not revoke unrecorded lease; orphan sweep will retry")
+
+        return revoke
+
+    @staticmethod
+    def _ssh_revoker(key_id: str) -> Any:
+        async def revoke() -> None:
+            _log.warning(
+                "SSH certificate %s was signed but not recorded: GET /v1/ssh/krl revokes it",
+                key_id,
+            )
 
         return revoke
 
@@ -685,6 +743,7 @@ class GrantService:
         elif body.get("engine") == "pki" and body.get("serial_number"):
             await self._vault.pki_revoke(str(body["mount"]), str(body["serial_number"]))
         # KV v2 values are static: the grant's window ends here; rotating is a separate act.
+        # SSH certificates cannot be recalled: the grant.revoked row puts them in the KRL.
 
     async def expire_due(self, *, limit: int = 200) -> int:
         """Record ``grant.expired`` for grants past their end; revoke leftovers in Vault.

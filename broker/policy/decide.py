@@ -93,7 +93,12 @@ def _granting(held: tuple[Role, ...], secret: str) -> tuple[Role | None, Role | 
 
 
 def decide(
-    policy: PolicySet, principal: Principal, secret: str, ttl: int | None = None
+    policy: PolicySet,
+    principal: Principal,
+    secret: str,
+    ttl: int | None = None,
+    *,
+    ssh_principals: frozenset[str] | None = None,
 ) -> Decision:
     """Decide whether ``principal`` may obtain ``secret``. Deny by default.
 
@@ -113,6 +118,11 @@ def decide(
     its ``max_ttl`` is clipped to ``max_ttl`` (as Vault does) and the message says so.
     ``elevation_required`` carries the privileged role and the ttl an elevated request
     would get. Raises ``BadRequest`` if ``ttl`` is given and is not a positive integer.
+
+    SSH secrets: only roles whose ``ssh.principals`` include every one of
+    ``ssh_principals`` count (None: the chosen role's own principals will be signed), so
+    ``root`` held only by a privileged role needs elevation even when a standing role
+    grants the secret for other principals; principals no role grants are ``deny``.
     """
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
         raise BadRequest("ttl must be a positive number of seconds")
@@ -120,7 +130,23 @@ def decide(
     if entry is None:
         return Decision("unknown_secret", secret, None, None, 0, "no such secret in the catalog")
 
-    standing, privileged = _granting(roles_for(policy, principal), secret)
+    held = roles_for(policy, principal)
+    if entry.engine == "ssh" and ssh_principals is not None:
+        covering = tuple(
+            r for r in held if r.ssh is not None and ssh_principals <= r.ssh.principals
+        )
+        if not any(r.grants(secret) for r in covering) and any(r.grants(secret) for r in held):
+            asked = ", ".join(sorted(ssh_principals))
+            return Decision(
+                "deny",
+                secret,
+                entry,
+                None,
+                0,
+                f"no role of {principal.subject!r} may sign {secret!r} for principals {asked}",
+            )
+        held = covering
+    standing, privileged = _granting(held, secret)
     role = standing or privileged
     if role is None:
         return Decision(

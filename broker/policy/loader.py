@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from broker.policy.model import (
     MIN_REASON_LENGTH,
     MIN_REQUEST_EXPIRY,
     NO_LIMITS,
+    SSH_EXTENSIONS,
     ApprovalFactor,
     CatalogEntry,
     ElevationRule,
@@ -51,6 +53,7 @@ from broker.policy.model import (
     Members,
     PolicySet,
     Role,
+    SSHRule,
     secret_matches,
     ticket_pattern_problem,
     validate_secret_name,
@@ -84,6 +87,8 @@ _MAX_STRING = 1024
 _RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
 _RATE_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _MAX_LIMIT = 1_000_000
+# An SSH principal: a Unix user name or a label the host maps (AuthorizedPrincipalsFile).
+_SSH_PRINCIPAL = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _SCALAR_ERRORS = (ConstructorError, ValueError, KeyError)
@@ -495,6 +500,7 @@ class _Validator:
                     "elevation",
                     "capabilities",
                     "limits",
+                    "ssh",
                 }
             ),
             frozenset({"name", "members"}),
@@ -552,6 +558,22 @@ class _Validator:
         privileged = opt("privileged", self.boolean)
         elevation = self.read_elevation(*m["elevation"], what) if "elevation" in m else None
         limits = self.read_limits(*m["limits"], what) if "limits" in m else NO_LIMITS
+        ssh = self.read_ssh(*m["ssh"], what) if "ssh" in m else None
+        ssh_secrets = [
+            n
+            for n in self.catalog_names()
+            if (e := self.catalog.get(n)) is not None
+            and e.engine == "ssh"
+            and any(secret_matches(g, n) for g in secrets)
+        ]
+        if ssh_secrets and "ssh" not in m:
+            self.err(
+                p.node,
+                f"{what} grants SSH secret {ssh_secrets[0]!r}: it needs 'ssh' with the"
+                " principals it may sign for",
+            )
+        if "ssh" in m and not ssh_secrets:
+            self.err(m["ssh"][0], f"{what}: 'ssh' only applies to roles that grant SSH secrets")
 
         # Cross-field rules look at which keys are present, not at parsed values, so one
         # mistake is reported once rather than again by every rule that depends on it.
@@ -599,6 +621,7 @@ class _Validator:
             capabilities=capabilities,
             source=role_at[name],
             limits=limits or NO_LIMITS,
+            ssh=ssh,
         )
 
     def read_limits(
@@ -632,6 +655,50 @@ class _Validator:
         if len(self.errors) != before:
             return None
         return Limits(rate=rate, burst=burst, live_grants=live, elevation_requests=elevations)
+
+    def read_ssh(self, key: Node, node: Node, what: str) -> SSHRule | None:
+        what = f"{what}: ssh"
+        m = self.mapping(
+            node,
+            what,
+            frozenset({"principals", "extensions", "source_address"}),
+            frozenset({"principals"}),
+            anchor=key,
+        )
+        if m is None:
+            return None
+        before = len(self.errors)
+        principals = (
+            self.string_list(m["principals"][1], f"{what}: principals", _SSH_PRINCIPAL)
+            if "principals" in m
+            else []
+        )
+        if "principals" in m and not principals and len(self.errors) == before:
+            self.err(m["principals"][1], f"{what}: principals must not be empty")
+        extensions = frozenset({"permit-pty"})
+        if "extensions" in m:
+            items = self.string_list(m["extensions"][1], f"{what}: extensions")
+            for value, item in items:
+                if value not in SSH_EXTENSIONS:
+                    allowed = ", ".join(sorted(SSH_EXTENSIONS))
+                    self.err(item, f"{what}: extension {value!r} is not one of: {allowed}")
+            extensions = frozenset(v for v, _ in items)
+        source = None
+        if "source_address" in m:
+            source = self.string(m["source_address"][1], f"{what}: source_address")
+            if source is not None:
+                try:
+                    for cidr in source.split(","):
+                        ipaddress.ip_network(cidr.strip(), strict=False)
+                except ValueError:
+                    self.err(
+                        m["source_address"][1],
+                        f"{what}: source_address must be comma-separated addresses or CIDRs",
+                    )
+                source = ",".join(c.strip() for c in source.split(","))
+        if len(self.errors) != before:
+            return None
+        return SSHRule(frozenset(v for v, _ in principals), extensions, source)
 
     def rate(self, node: Node, what: str) -> float | None:
         text = node.value if isinstance(node, ScalarNode) and node.tag == _STR_TAG else None

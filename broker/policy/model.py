@@ -36,6 +36,7 @@ __all__ = [
     "MIN_REASON_LENGTH",
     "MIN_REQUEST_EXPIRY",
     "NO_LIMITS",
+    "SSH_EXTENSIONS",
     "ApprovalFactor",
     "CatalogEntry",
     "ElevationRule",
@@ -44,13 +45,24 @@ __all__ = [
     "Members",
     "PolicySet",
     "Role",
+    "SSHRule",
     "secret_matches",
     "ticket_pattern_problem",
     "validate_secret_name",
 ]
 
-Engine = Literal["kv2", "database", "pki"]
-ENGINES: frozenset[str] = frozenset({"kv2", "database", "pki"})
+Engine = Literal["kv2", "database", "pki", "ssh"]
+ENGINES: frozenset[str] = frozenset({"kv2", "database", "pki", "ssh"})
+# Certificate extensions a role may let its SSH certificates carry (OpenSSH's names).
+SSH_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        "permit-pty",
+        "permit-agent-forwarding",
+        "permit-port-forwarding",
+        "permit-X11-forwarding",
+        "permit-user-rc",
+    }
+)
 CAPABILITIES: frozenset[str] = frozenset({"audit", "admin"})
 
 _SECRET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*)*")
@@ -96,6 +108,25 @@ def secret_matches(pattern: str, name: str) -> bool:
         return False
     # fnmatchcase: '?' and '[' never appear (the loader rejects them), so only '*' is magic.
     return all(fnmatch.fnmatchcase(n, p) for p, n in zip(p_parts, n_parts, strict=True))
+
+
+@dataclass(frozen=True)
+class SSHRule:
+    """What a role's SSH certificates may say: the ``principals`` it may grant (a caller
+    asks for a subset, never more), the ``extensions`` they carry (nothing else: no agent
+    or port forwarding unless listed), and ``source_address`` (a critical option: the
+    CIDR list sshd accepts the certificate from), if set."""
+
+    principals: frozenset[str]
+    extensions: frozenset[str] = frozenset({"permit-pty"})
+    source_address: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "principals": sorted(self.principals),
+            "extensions": sorted(self.extensions),
+            "source_address": self.source_address,
+        }
 
 
 @dataclass(frozen=True)
@@ -293,6 +324,7 @@ class Role:
     capabilities: frozenset[str]
     source: str
     limits: Limits = NO_LIMITS
+    ssh: SSHRule | None = None
 
     def grants(self, secret: str) -> bool:
         """True iff one of this role's ``secrets`` items covers catalog name ``secret``."""
@@ -311,6 +343,7 @@ class Role:
             "capabilities": sorted(self.capabilities),
             "source": self.source,
             **({"limits": self.limits.to_json()} if self.limits != NO_LIMITS else {}),
+            **({"ssh": self.ssh.to_json()} if self.ssh is not None else {}),
         }
 
 

@@ -16,9 +16,9 @@ from broker.policy.model import NO_LIMITS, CatalogEntry, Limits, Role
 
 __all__ = ["LEASED_ENGINES", "Effective", "effective", "rate_text"]
 
-# Engines whose grants are revocable leases or certificates: the live-grant quota counts
-# them. A KV read hands out a static value and is only rate-limited.
-LEASED_ENGINES = frozenset({"database", "pki"})
+# Engines whose grants are revocable leases or certificates (X.509, SSH): the live-grant
+# quota counts them. A KV read hands out a static value and is only rate-limited.
+LEASED_ENGINES = frozenset({"database", "pki", "ssh"})
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class Quotas:
                 ("kv2", settings.bulkhead_kv2),
                 ("database", settings.bulkhead_database),
                 ("pki", settings.bulkhead_pki),
+                ("ssh", settings.bulkhead_ssh),
             )
         }
         # Issuances of one (subject, secret) on this replica queue here, holding no

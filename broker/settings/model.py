@@ -566,7 +566,7 @@ class Settings:
         env="BROKER_QUOTA_LIVE_GRANTS",
         section=_QUOTAS,
         ge=1,
-        doc="unended grants one principal may hold of one leased secret (database, pki),"
+        doc="unended grants one principal may hold of one leased secret (database, pki, ssh),"
         " counted in the ledger across all replicas",
     )
     quota_elevation_requests: int = setting(
@@ -597,6 +597,13 @@ class Settings:
         section=_QUOTAS,
         ge=1,
         doc="concurrent certificate issuances in Vault per replica",
+    )
+    bulkhead_ssh: int = setting(
+        8,
+        env="BROKER_BULKHEAD_SSH",
+        section=_QUOTAS,
+        ge=1,
+        doc="concurrent SSH certificate signings in Vault per replica",
     )
     bulkhead_queue: int = setting(
         32,

@@ -20,6 +20,10 @@ OpenBao
     at once, including connections already open.
   - PKI at ``pki/`` (max lease 87600h): root CA "JIT Broker Demo Root CA" (EC P-256,
     generated once per OpenBao lifetime) and role ``internal`` for ``*.internal``, max 72h.
+  - SSH at ``ssh/`` in CA mode: an Ed25519 signing key (generated once per OpenBao
+    lifetime) and role ``prod-hosts`` that signs user certificates for any principal the
+    broker asks for (the broker's policy decides which), with a caller-set key id, the
+    OpenSSH extensions and the ``source-address`` option allowed, max 24h.
 
 ``provision_demo`` is synchronous (hvac + psql); async callers use ``asyncio.to_thread``.
 """
@@ -48,6 +52,8 @@ KV_MOUNT = "secret"
 DATABASE_MOUNT = "database"
 PKI_MOUNT = "pki"
 PKI_ROLE = "internal"
+SSH_MOUNT = "ssh"
+SSH_ROLE = "prod-hosts"
 CA_COMMON_NAME = "JIT Broker Demo Root CA"
 
 _ROLE_NAME = '"{{name}}"'
@@ -94,6 +100,7 @@ class DemoInfo:
     orders_database: str
     secret_values: Mapping[str, Mapping[str, str]] = field(repr=False)  # kept out of logs
     pki_ca_pem: str
+    ssh_ca_public_key: str = ""
 
 
 def provision_demo(
@@ -113,6 +120,7 @@ def provision_demo(
         secret_values = _provision_kv(client)
         _provision_database_engine(client, pg, admin_password)
         ca_pem = _provision_pki(client)
+        ssh_ca = _provision_ssh(client)
     except (hvac.exceptions.VaultError, requests.RequestException) as e:
         raise StackError(f"provisioning OpenBao at {vault_addr} failed: {e}") from e
     return DemoInfo(
@@ -122,6 +130,7 @@ def provision_demo(
         orders_database=ORDERS_DATABASE,
         secret_values=MappingProxyType(secret_values),
         pki_ca_pem=ca_pem,
+        ssh_ca_public_key=ssh_ca,
     )
 
 
@@ -265,6 +274,44 @@ def _provision_pki(client: hvac.Client) -> str:
         mount_point=PKI_MOUNT,
     )
     return ca_pem
+
+
+def _provision_ssh(client: hvac.Client) -> str:
+    _ensure_mount(client, "ssh", SSH_MOUNT, max_lease_ttl="24h")
+    public_key = _read_ssh_ca(client)
+    if not public_key:
+        response = client.write(
+            f"{SSH_MOUNT}/config/ca", generate_signing_key=True, key_type="ed25519"
+        )
+        public_key = str(response["data"]["public_key"])
+    client.write(
+        f"{SSH_MOUNT}/roles/{SSH_ROLE}",
+        key_type="ca",
+        allow_user_certificates=True,
+        allow_host_certificates=False,
+        # The broker's policy decides the principals; OpenBao signs what it is asked.
+        allowed_users="*",
+        allow_user_key_ids=True,
+        allowed_extensions=(
+            "permit-pty,permit-agent-forwarding,permit-port-forwarding,"
+            "permit-X11-forwarding,permit-user-rc"
+        ),
+        default_extensions={},
+        allowed_critical_options="source-address",
+        ttl="30m",
+        max_ttl="24h",
+    )
+    return public_key.strip()
+
+
+def _read_ssh_ca(client: hvac.Client) -> str:
+    try:
+        response = client.read(f"{SSH_MOUNT}/config/ca")
+    except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest):
+        return ""
+    if not response:
+        return ""
+    return str(response.get("data", {}).get("public_key") or "")
 
 
 def _read_ca_pem(client: hvac.Client) -> str:

@@ -1,6 +1,6 @@
 """Vault/OpenBao: the only package that talks to it."""
 
-from .client import DatabaseCredential, KVSecret, PKICertificate, VaultClient
+from .client import DatabaseCredential, KVSecret, PKICertificate, SSHSigned, VaultClient
 from .login import AppRoleCredentials, VaultLogin
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "DatabaseCredential",
     "KVSecret",
     "PKICertificate",
+    "SSHSigned",
     "VaultClient",
     "VaultLogin",
 ]

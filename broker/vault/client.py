@@ -52,6 +52,15 @@ class PKICertificate:
     expiration: int
 
 
+@dataclass(frozen=True)
+class SSHSigned:
+    """A user certificate OpenBao's SSH engine signed: the OpenSSH certificate line and
+    its serial (decimal, as OpenBao reports it in hex, converted here)."""
+
+    signed_key: str
+    serial: int
+
+
 class VaultClient:
     """Async client bound to one Vault address and token source.
 
@@ -237,6 +246,50 @@ class VaultClient:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise VaultError("vault returned a malformed certificate") from e
+
+    async def ssh_sign(
+        self,
+        mount: str,
+        role: str,
+        *,
+        public_key: str,
+        principals: tuple[str, ...],
+        ttl: int,
+        key_id: str,
+        extensions: tuple[str, ...],
+        critical_options: Mapping[str, str],
+    ) -> SSHSigned:
+        """Have the SSH engine (CA mode) sign ``public_key`` as a user certificate."""
+        _, body = await self._call(
+            "POST",
+            f"{_seg(mount)}/sign/{_seg(role)}",
+            "ssh.sign",
+            json={
+                "public_key": public_key,
+                "cert_type": "user",
+                "valid_principals": ",".join(principals),
+                "ttl": f"{ttl}s",
+                "key_id": key_id,
+                "extensions": {name: "" for name in extensions},
+                "critical_options": dict(critical_options),
+            },
+        )
+        data = body.get("data") or {}
+        try:
+            return SSHSigned(
+                signed_key=str(data["signed_key"]).strip(),
+                serial=int(str(data["serial_number"]).replace("-", "").replace(":", ""), 16),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise VaultError("vault returned a malformed SSH certificate") from e
+
+    async def ssh_ca_public_key(self, mount: str) -> str:
+        """The SSH engine's CA public key (OpenSSH line), what hosts trust."""
+        _, body = await self._call("GET", f"{_seg(mount)}/config/ca", "ssh.ca")
+        key = (body.get("data") or {}).get("public_key")
+        if not isinstance(key, str) or not key.strip():
+            raise VaultError(f"the SSH engine at {mount!r} has no CA key configured")
+        return key.strip()
 
     async def pki_revoke(self, mount: str, serial_number: str) -> None:
         await self._call(

@@ -15,6 +15,7 @@ its ``revoke-self`` is a logout.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ from broker.ledger import NewEvent
 from broker.policy.decide import decide, roles_for
 from broker.policy.model import CatalogEntry
 from broker.sessions import Session
+from broker.ssh.keys import MAX_PUBLIC_KEY_CHARS
 from broker.text import safe_text
 from broker.web.authn import PRINCIPAL
 from broker.web.keys import (
@@ -57,7 +59,10 @@ OPERATION = web.RequestKey("vault_operation", str)
 
 _MAX_USER_AGENT = 200
 _PKI_FIELDS = frozenset({"common_name", "ttl", "format"})
-_MOUNT_TYPES = {"kv2": "kv", "database": "database", "pki": "pki"}
+_MOUNT_TYPES = {"kv2": "kv", "database": "database", "pki": "pki", "ssh": "ssh"}
+# What `bao write ssh/sign/<role>` may say; the rest (key id, extensions, options) is policy.
+_SSH_PRINCIPAL = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+_SSH_FIELDS = frozenset({"public_key", "valid_principals", "ttl", "cert_type"})
 
 
 def client_info(request: web.Request) -> dict[str, str]:
@@ -189,7 +194,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return _ui_mount(request, op)
         case "lease_renew" | "lease_revoke":
             return await _lease(request, op, principal)
-        case "kv_read" | "db_creds" | "pki_issue":
+        case "kv_read" | "db_creds" | "pki_issue" | "ssh_sign":
             return await _issue(request, op, principal)
         case "kv_metadata":
             return await _metadata(request, op, principal)
@@ -430,20 +435,37 @@ async def _issue(request: web.Request, op: Operation, principal: Principal) -> w
                 code="certificate_names_fixed",
             )
         ttl = _seconds(body.get("ttl"), "ttl")
+    public_key: str | None = None
+    principals: tuple[str, ...] | None = None
+    if op.kind == "ssh_sign":
+        ttl, public_key, principals = _ssh_fields(await _body(request))
     client = client_info(request)
     policy = broker[POLICY].current
-    decision = decide(policy, principal, entry.name, ttl)
+    asked = frozenset(principals) if principals is not None else None
+    decision = decide(policy, principal, entry.name, ttl, ssh_principals=asked)
     if decision.outcome == "elevation_required":
         elevation_id = await broker[ELEVATIONS].approved_for(principal, entry.name)
         if elevation_id is not None:
             grant = await broker[ELEVATIONS].redeem(
-                principal, elevation_id, ttl, _rid(request), client=client
+                principal,
+                elevation_id,
+                ttl,
+                _rid(request),
+                client=client,
+                public_key=public_key,
+                principals=principals,
             )
             return _grant_response(op, grant)
     try:
         grant = await broker[GRANTS].issue(
             principal,
-            IssueRequest(secret=entry.name, ttl=ttl, client=client),
+            IssueRequest(
+                secret=entry.name,
+                ttl=ttl,
+                client=client,
+                public_key=public_key,
+                principals=principals,
+            ),
             request_id=_rid(request),
             decision=decision,
         )
@@ -460,11 +482,56 @@ async def _issue(request: web.Request, op: Operation, principal: Principal) -> w
     return _grant_response(op, grant)
 
 
+def _ssh_fields(body: dict[str, Any]) -> tuple[int | None, str, tuple[str, ...] | None]:
+    """(ttl, public key, principals) of an ``ssh/sign`` body, as Vault's CLI sends it."""
+    extra = sorted(set(body) - _SSH_FIELDS)
+    if extra:
+        raise Forbidden(
+            "the certificate's key id, extensions and options come from policy: only"
+            " public_key, valid_principals and ttl may be given; refused: "
+            + ", ".join(k[:40] for k in extra[:5]),
+            code="certificate_terms_fixed",
+        )
+    if body.get("cert_type") not in (None, "", "user"):
+        raise BadRequest("only user certificates are signed", code="user_certificates_only")
+    key = body.get("public_key")
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_PUBLIC_KEY_CHARS:
+        raise BadRequest(
+            "public_key is required: one OpenSSH public key line", code="public_key_required"
+        )
+    raw = body.get("valid_principals")
+    principals: tuple[str, ...] | None = None
+    if raw not in (None, ""):
+        if not isinstance(raw, str) or len(raw) > 2048:
+            raise BadRequest(
+                "valid_principals must be a comma-separated list", code="invalid_principals"
+            )
+        principals = tuple(p.strip() for p in raw.split(",") if p.strip())
+        if (
+            not principals
+            or len(principals) > 32
+            or not all(_SSH_PRINCIPAL.match(p) for p in principals)
+        ):
+            raise BadRequest(
+                "valid_principals must be 1-32 names like 'deploy' or 'root'",
+                code="invalid_principals",
+            )
+    return _seconds(body.get("ttl"), "ttl"), key, principals
+
+
 def _grant_response(op: Operation, grant: dict[str, Any]) -> web.Response:
     credential = grant["credential"]
     expires = datetime.fromisoformat(grant["expires_at"])
     left = max(0, int((expires - datetime.now(UTC)).total_seconds()))
     warnings = [f"broker grant {grant['id']} ends at {grant['expires_at']}"]
+    if op.kind == "ssh_sign":
+        return vault_json(
+            data={
+                "serial_number": format(int(credential["serial_number"]), "x"),
+                "signed_key": credential["signed_key"] + "\n",
+            },
+            warnings=warnings,
+        )
     if op.kind == "kv_read":
         metadata = {
             "version": credential.get("version"),

@@ -23,6 +23,7 @@ GET <kv mount>/data/<path>                 kv_read        session  catalog kv2 e
 GET <kv mount>/metadata/<path>             kv_metadata    session  no values returned
 GET <db mount>/creds/<role>                db_creds       session  catalog database entry
 PUT/POST <pki mount>/issue/<role>          pki_issue      session  catalog pki entry
+PUT/POST <ssh mount>/sign/<role>           ssh_sign       session  catalog ssh entry
 other sys/* and auth/*                     refused        session  not_supported
 any other write (PUT/POST/PATCH/DELETE)    refused        session  read_only
 any other read                             refused        session  not_in_catalog
@@ -76,6 +77,7 @@ OperationKind = Literal[
     "kv_metadata",
     "db_creds",
     "pki_issue",
+    "ssh_sign",
     "refused",
 ]
 
@@ -99,6 +101,7 @@ OPERATION_ACCESS: Mapping[OperationKind, Access] = {
             "kv_metadata",
             "db_creds",
             "pki_issue",
+            "ssh_sign",
             "refused",
         )
     },
@@ -141,6 +144,8 @@ def catalog_index(catalog: Mapping[str, CatalogEntry]) -> CatalogIndex:
             out[f"{mount}/creds/{e.path}"] = ("db_creds", e)
         elif e.engine == "pki":
             out[f"{mount}/issue/{e.path}"] = ("pki_issue", e)
+        elif e.engine == "ssh":
+            out[f"{mount}/sign/{e.path}"] = ("ssh_sign", e)
     return out
 
 
@@ -194,8 +199,9 @@ def resolve(
             else Operation("refused", detail="not_in_catalog")
         )
     kind_name, entry = found
-    if kind_name == "pki_issue":
-        return Operation("pki_issue", entry) if method in _WRITE else _not_allowed()
+    if kind_name in ("pki_issue", "ssh_sign"):
+        kind = "pki_issue" if kind_name == "pki_issue" else "ssh_sign"
+        return Operation(kind, entry) if method in _WRITE else _not_allowed()
     if method not in _READ:
         return _refused_write()
     op_kind: OperationKind = (

@@ -11,6 +11,7 @@ from broker.audit import AccessAudit, LedgerVerifications
 from broker.auth import Verifier
 from broker.elevation import ElevationService
 from broker.grants import GrantService
+from broker.grants.krl import RevocationList
 from broker.ledger import CheckpointVerifier, Ledger
 from broker.metrics import Metrics
 from broker.offboarding import OffboardingService
@@ -30,6 +31,7 @@ LEDGER = web.AppKey("ledger", Ledger)
 VAULT = web.AppKey("vault", VaultClient)
 POLICY = web.AppKey("policy", ActivePolicy)
 GRANTS = web.AppKey("grants", GrantService)
+KRL = web.AppKey("krl", RevocationList)
 QUOTAS = web.AppKey("quotas", Quotas)
 VERIFIER = web.AppKey("verifier", Verifier)
 AUTHN = web.AppKey("authn", Authenticator)

@@ -21,6 +21,7 @@ from broker.ledger import EVENT_TYPES
 from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
 from broker.policy.model import validate_secret_name
 from broker.settings import Settings
+from broker.ssh.keys import MAX_PUBLIC_KEY_CHARS
 from broker.text import is_safe_text
 
 from .fields import Rule
@@ -155,6 +156,51 @@ Ticket = Annotated[
     ),
 ]
 Ttl = Annotated[int, Rule(parse=parse_duration, wire=_DURATION_WIRE)]
+_MOUNT_PATH = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*){0,7}$")
+_SSH_PRINCIPAL = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+MountPath = Annotated[
+    str,
+    Meta(max_length=128, examples=["ssh"], description="the SSH engine's mount"),
+    Rule(
+        code="invalid_mount",
+        message="'mount' must be a mount path like 'ssh'",
+        check=lambda v: isinstance(v, str) and _MOUNT_PATH.match(v) is not None,
+    ),
+]
+PublicKeyText = Annotated[
+    str,
+    Meta(
+        # Bounded well under the body limit even when every character is JSON-escaped.
+        max_length=MAX_PUBLIC_KEY_CHARS,
+        examples=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... alice@laptop"],
+        description="SSH secrets: your OpenSSH public key line (never a private key)",
+    ),
+    # Never echo it: a private key pasted by mistake must not reach a log or a row.
+    Rule(
+        code="invalid_public_key",
+        message=f"'public_key' must be one OpenSSH public key line of at most"
+        f" {MAX_PUBLIC_KEY_CHARS} characters",
+        check=lambda v: isinstance(v, str) and 0 < len(v) <= MAX_PUBLIC_KEY_CHARS,
+    ),
+]
+SSHPrincipals = Annotated[
+    list[str],
+    Meta(
+        max_length=32,
+        examples=[["deploy"]],
+        description="SSH secrets: the principals to sign for, a subset of what the role"
+        " allows (default: all of them)",
+    ),
+    Rule(
+        code="invalid_principals",
+        message="'principals' must be 1-32 names like 'deploy' or 'root'",
+        check=lambda v: (
+            isinstance(v, list)
+            and 0 < len(v) <= 32
+            and all(isinstance(p, str) and _SSH_PRINCIPAL.match(p) for p in v)
+        ),
+    ),
+]
 PageLimit = Annotated[int, Rule(limit="max_page_size", message="'limit' must be 1..{limit}")]
 Timestamp = Annotated[
     str, Meta(description="ISO 8601 date-time", extra_json_schema={"format": "date-time"})
@@ -238,6 +284,8 @@ class CredentialRequest(_Request):
     reason: Reason | None = None
     ticket: Ticket | None = None
     ttl: Ttl | None = None
+    public_key: PublicKeyText | None = None
+    principals: SSHPrincipals | None = None
 
 
 class ElevationRequest(_Request):
@@ -246,6 +294,7 @@ class ElevationRequest(_Request):
     ticket: Ticket | None = None
     duration: Ttl | None = None
     break_glass: bool = False
+    principals: SSHPrincipals | None = None
 
 
 class LoginRequest(_Request):
@@ -278,6 +327,8 @@ class NoBody(_Request):
 
 class TtlRequest(_Request):
     ttl: Ttl | None = None
+    public_key: PublicKeyText | None = None
+    principals: SSHPrincipals | None = None
 
 
 class OffboardRequest(_Request):
@@ -384,6 +435,10 @@ class GrantListQuery(Page, kw_only=True):
         Literal["true", "false"],
         Rule(message="'active' must be true or false"),
     ] = "false"
+
+
+class SSHMountQuery(_Query):
+    mount: MountPath | None = None
 
 
 class RevokeQuery(_Query):
@@ -541,7 +596,9 @@ class Grant(_Response):
         dict[str, Any],
         Meta(
             description="kv2: {data, version}; database: {username, password};"
-            " pki: {certificate, private_key, issuing_ca, ca_chain, serial_number}"
+            " pki: {certificate, private_key, issuing_ca, ca_chain, serial_number};"
+            " ssh: {signed_key, serial_number, key_id, principals, valid_after,"
+            " valid_before}"
         ),
     ]
     lease_id: str | UnsetType | None = UNSET

@@ -17,6 +17,7 @@ from .handlers import (
     offboarding,
     reviews,
     signin,
+    ssh,
     system,
 )
 from .models import (
@@ -69,6 +70,7 @@ from .models import (
     SessionInfo,
     SignedIn,
     SignInProviders,
+    SSHMountQuery,
     TtlRequest,
     Verification,
 )
@@ -460,6 +462,35 @@ ROUTES: list[Route] = [
             404: "`review_not_found` (or not visible to you)",
             409: "`review_incomplete`, `review_completed`",
         },
+    ),
+    Route(
+        "GET",
+        "/v1/ssh/krl",
+        ssh.get_ssh_krl,
+        public,
+        "sshRevocationList",
+        "The SSH key revocation list hosts install as sshd's RevokedKeys",
+        description="OpenSSH KRL format: every certificate of the mount's CA still valid"
+        " whose grant was revoked or whose subject was offboarded (by serial and key id)."
+        " Built from the ledger on each request; fetch it on a timer (docs/ssh.md).",
+        query=SSHMountQuery,
+        responses={200: None},
+        response_descriptions={200: "The KRL (binary)"},
+        media="application/octet-stream",
+        errors={404: "`unknown_ssh_mount`"},
+    ),
+    Route(
+        "GET",
+        "/v1/ssh/ca",
+        ssh.get_ssh_ca,
+        public,
+        "sshCertificateAuthority",
+        "The SSH CA public key hosts trust (sshd's TrustedUserCAKeys)",
+        query=SSHMountQuery,
+        responses={200: None},
+        response_descriptions={200: "One OpenSSH public key line"},
+        media="text/plain",
+        errors={404: "`unknown_ssh_mount`"},
     ),
     Route(
         "GET",

@@ -44,6 +44,7 @@ async def post_elevation(request: web.Request) -> web.Response:
         duration=body.duration,
         break_glass=body.break_glass,
         request_id=request[REQUEST_ID],
+        principals=tuple(body.principals) if body.principals is not None else None,
     )
     return json_reply(result, status=201)
 
@@ -93,10 +94,13 @@ review_elevation = _decision(ElevationService.review)
 
 
 async def redeem_elevation(request: web.Request) -> web.Response:
+    body = body_of(request, TtlRequest)
     grant = await request.app[ELEVATIONS].redeem(
         principal_of(request),
         _elevation_id(request),
-        body_of(request, TtlRequest).ttl,
+        body.ttl,
         request[REQUEST_ID],
+        public_key=body.public_key,
+        principals=tuple(body.principals) if body.principals is not None else None,
     )
     return json_reply(grant, status=201, headers={"Cache-Control": "no-store"})

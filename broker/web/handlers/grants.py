@@ -22,7 +22,14 @@ __all__ = ["get_grants", "get_me", "post_credentials", "revoke_grant"]
 
 async def post_credentials(request: web.Request) -> web.Response:
     body = body_of(request, CredentialRequest)
-    issue = IssueRequest(secret=body.secret, reason=body.reason, ticket=body.ticket, ttl=body.ttl)
+    issue = IssueRequest(
+        secret=body.secret,
+        reason=body.reason,
+        ticket=body.ticket,
+        ttl=body.ttl,
+        public_key=body.public_key,
+        principals=tuple(body.principals) if body.principals is not None else None,
+    )
     grant = await request.app[GRANTS].issue(
         principal_of(request), issue, request_id=request[REQUEST_ID]
     )
