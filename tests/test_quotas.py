@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,19 @@ def test_token_bucket_spends_its_burst_then_paces() -> None:
     assert buckets.take("other", 0.5, 3) == 0  # buckets are per key
     clock.now = 1000.0
     assert buckets.available("k", 0.5, 3) == 3.0  # refills to the burst, never past it
+
+
+def test_token_bucket_remembers_a_refusal_until_a_token_is_taken() -> None:
+    clock = _Clock()
+    buckets = TokenBuckets(clock=clock)
+    assert not buckets.refused_last("k")  # never seen
+    assert buckets.take("k", 1.0, 1) == 0
+    assert not buckets.refused_last("k")
+    assert buckets.take("k", 1.0, 1) == 1
+    assert buckets.refused_last("k")  # asking again now would not be waiting as told
+    clock.now = 1.0
+    assert buckets.take("k", 1.0, 1) == 0  # waited: granted, and forgiven
+    assert not buckets.refused_last("k")
 
 
 def test_token_buckets_stay_bounded() -> None:
@@ -334,6 +348,27 @@ async def test_a_flood_of_refusals_is_one_ledger_row(
     assert (
         metrics.get_sample_value("broker_quota_principals_at_limit", {"limit": "rate_limited"}) == 1
     )
+
+
+async def test_a_client_that_does_not_wait_as_told_is_made_to(
+    quota_broker: RunningBroker, broker_settings: Settings, http: aiohttp.ClientSession
+) -> None:
+    """Refused, then asking again at once (a retry storm): the second refusal is answered
+    only after ``quota_refusal_hold_seconds`` (1 s), so it cannot refuse itself at the
+    broker's full speed."""
+    token = mint(broker_settings, fresh_subject("quota-hold"), [_GROUP])
+    ask = {"secret": "stripe/quota"}  # a burst of two, then 1/m
+    for _ in range(2):
+        status, body, _ = await _post(http, quota_broker.url, token, "/v1/credentials", ask)
+        assert status == 201, body
+    took = []
+    for _ in range(2):
+        started = time.monotonic()
+        status, body, headers = await _post(http, quota_broker.url, token, "/v1/credentials", ask)
+        took.append(time.monotonic() - started)
+        assert (status, body["error"]["code"]) == (429, "rate_limited"), body
+        assert 40 <= int(headers["Retry-After"]) <= 60
+    assert took[0] < 0.5 and took[1] >= 0.95, took
 
 
 async def test_elevation_requests_per_hour(

@@ -178,7 +178,9 @@ class GrantService:
                 policy, principal, req.secret, req.ttl, ssh_principals=req.ssh_principals
             )
         try:
-            limits = self._quotas.take_rate(principal, decision.role, decision.entry, req.secret)
+            limits = await self._quotas.take_rate(
+                principal, decision.role, decision.entry, req.secret
+            )
         except BrokerError:
             self._count(req.secret, "rate_limited")
             raise
@@ -256,7 +258,7 @@ class GrantService:
         either lands first (nothing issued, lease revoked, 409) or after (it revokes this).
         """
         try:
-            limits = self._quotas.take_rate(principal, role, entry, entry.name)
+            limits = await self._quotas.take_rate(principal, role, entry, entry.name)
         except BrokerError:
             self._count(entry.name, "rate_limited")
             raise

@@ -70,6 +70,7 @@ class Quotas:
         self._ledger = ledger
         self._policy = policy
         self._buckets = TokenBuckets()
+        self._refusal_hold = settings.quota_refusal_hold_seconds
         self.refusals = RefusalTally(metrics)
         # A mint whose intent is older than this has crashed (the orphan sweep ends it).
         self._pending = timedelta(seconds=4 * settings.vault_timeout_seconds + 30)
@@ -95,14 +96,25 @@ class Quotas:
     def limits(self, role: Role | None, entry: CatalogEntry | None) -> Effective:
         return effective(self.defaults, role, entry)
 
-    def take_rate(
+    async def take_rate(
         self, principal: Principal, role: Role | None, entry: CatalogEntry | None, secret: str
     ) -> Effective:
-        """Spend one issuance token; raise TooManyRequests (``rate_limited``) if none."""
+        """Spend one issuance token; raise TooManyRequests (``rate_limited``) if none.
+
+        A principal refused and asking again before a token is due (it did not wait as
+        told: a retry storm, a tight loop) gets its refusal only after that wait, at most
+        ``quota_refusal_hold_seconds``. Answered at once, such refusals come back as fast
+        as the broker can answer them, and cheap as each is, they would keep its event
+        loop from everyone else's requests; held, the client's own connections pace it.
+        """
         limits = self.limits(role, entry)
-        wait = self._buckets.take((principal.subject, limits.rate_scope), limits.rate, limits.burst)
+        key = (principal.subject, limits.rate_scope)
+        again = self._buckets.refused_last(key)
+        wait = self._buckets.take(key, limits.rate, limits.burst)
         if wait:
             self.refusals.count(principal, "rate_limited", secret)
+            if again and self._refusal_hold:
+                await asyncio.sleep(min(wait, self._refusal_hold))
             raise TooManyRequests(
                 f"issuance rate limit reached for {principal.subject!r}:"
                 f" {limits.describe_rate()}; retry in {wait}s",

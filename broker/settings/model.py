@@ -619,6 +619,16 @@ class Settings:
         gt=0,
         doc="longest wait in an engine's queue before 503 `backend_busy`",
     )
+    quota_refusal_hold_seconds: float = setting(
+        1.0,
+        env="BROKER_QUOTA_REFUSAL_HOLD",
+        section=_QUOTAS,
+        ge=0,
+        le=10,
+        doc="a principal refused by its rate that asks again before its `Retry-After`"
+        " (a retry storm) gets the next refusal only after that wait, at most this long:"
+        " its own connections then pace it, not the broker's CPU. `0`: answer at once",
+    )
     quota_refusal_flush_seconds: float = setting(
         60.0,
         env="BROKER_QUOTA_REFUSAL_FLUSH",
