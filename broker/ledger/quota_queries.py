@@ -11,6 +11,7 @@ than ``pending_seconds`` is a crashed mint, which the orphan sweep ends).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -64,21 +65,25 @@ async def hold_live_grants(
     *,
     horizon: timedelta,
     pending: timedelta,
+    timeout: float,
 ) -> AsyncIterator[LiveGrants]:
     """Count ``subject``'s live grants of ``secret`` and hold the count for the body.
 
     Every replica takes the same transaction-level advisory lock first, so issuances of
     one (subject, secret) take turns: whoever holds it sees every intent committed before,
     and its own intent (appended inside the body) commits before the next one counts.
-    Raise LedgerUnavailable if the database does not answer.
+    Raise LedgerUnavailable if the database does not answer, or takes longer than
+    ``timeout`` seconds to give a connection, the lock and the count (the body's own
+    time is bounded by whoever runs it: the ledger writer's commit timeout).
     """
     try:
-        async with ledger.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(subject, secret))
-            row = await conn.fetchrow(_LIVE_SQL, subject, secret, horizon, pending)
+        async with ledger.pool.acquire(timeout=timeout) as conn, conn.transaction():
+            async with asyncio.timeout(timeout):
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(subject, secret))
+                row = await conn.fetchrow(_LIVE_SQL, subject, secret, horizon, pending)
             yield LiveGrants(int(row["live"]), row["next_end"])
-    except (OSError, asyncpg.PostgresError) as e:
-        raise LedgerUnavailable("could not count live grants") from e
+    except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+        raise LedgerUnavailable("could not count live grants in time") from e
 
 
 async def elevation_requests_since(

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from broker.auth.principal import Principal
-from broker.errors import BackendBusy, TooManyRequests
+from broker.errors import BackendBusy, LedgerUnavailable, TooManyRequests
 from broker.ledger import Ledger
 from broker.ledger.quota_queries import (
     elevation_requests_since,
@@ -74,6 +74,7 @@ class Quotas:
         self.refusals = RefusalTally(metrics)
         # A mint whose intent is older than this has crashed (the orphan sweep ends it).
         self._pending = timedelta(seconds=4 * settings.vault_timeout_seconds + 30)
+        self._db_timeout = settings.db_timeout_seconds
         self._bulkheads = {
             engine: Bulkhead(
                 engine,
@@ -136,24 +137,38 @@ class Quotas:
         turn = self._turns.get(key) or self._turns.setdefault(key, _Turn())
         turn.users += 1
         try:
-            async with (
-                turn.lock,
-                hold_live_grants(
-                    self._ledger,
-                    principal.subject,
-                    entry.name,
-                    horizon=self._horizon(),
-                    pending=self._pending,
-                ) as live,
-            ):
+            await self._take_turn(turn)
+        except BaseException:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[key]
+            raise
+        try:
+            async with hold_live_grants(
+                self._ledger,
+                principal.subject,
+                entry.name,
+                horizon=self._horizon(),
+                pending=self._pending,
+                timeout=self._db_timeout,
+            ) as live:
                 if live.count >= limits.live_grants:
                     self.refusals.count(principal, "live_grants", entry.name)
                     raise self._live_refusal(entry, limits, live.count, live.next_end)
                 yield
         finally:
+            turn.lock.release()
             turn.users -= 1
             if not turn.users:
                 del self._turns[key]
+
+    async def _take_turn(self, turn: _Turn) -> None:
+        # Bounded like every ledger wait: a slow database must not queue requests forever.
+        try:
+            async with asyncio.timeout(self._db_timeout):
+                await turn.lock.acquire()
+        except TimeoutError:
+            raise LedgerUnavailable("the ledger is too slow to count live grants") from None
 
     def _horizon(self) -> timedelta:
         # A live grant is younger than the longest max_ttl of the active policy.

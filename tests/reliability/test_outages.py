@@ -258,7 +258,9 @@ async def test_slow_postgres_bounded(
     (twice: behind one batch, then its own), excess beyond the queue bound is refused at
     once, and memory stays flat across waves."""
     dsn = broker_settings.database_url
-    commit_timeout, max_queue, wave = 1.5, 40, 150
+    # A third of each wave are KV reads, whose rows go straight to the writer's queue;
+    # database logins wait at the live-grant count first (bounded by db_timeout_seconds).
+    commit_timeout, max_queue, wave = 1.5, 10, 150
     me = psutil.Process()
     before = await _unaccounted(stack, dsn)
     async with (
@@ -351,6 +353,9 @@ async def test_slow_openbao_bounded(
         )
     )
     assert issued == 0
-    assert set(statuses) == {(503, "vault_unavailable")}, statuses
+    # Timed out in OpenBao, or shed by the database bulkhead while its slots were held by
+    # the slow mints (bulkhead_database): both fail closed, at once or within the timeout.
+    assert (503, "vault_unavailable") in statuses, statuses
+    assert set(statuses) <= {(503, "vault_unavailable"), (503, "backend_busy")}, statuses
     assert slowest < vault_timeout + 5.0, slowest
     assert not left, sorted(left)
