@@ -70,6 +70,7 @@ async def test_a_certificate_for_the_callers_key_with_policy_principals(
     broker_settings: Settings,
     http: aiohttp.ClientSession,
     stack: DevStack,
+    tokens: dict[str, str],
     tmp_path: Path,
 ) -> None:
     subject = fresh_subject("ssh-eng")
@@ -103,6 +104,17 @@ async def test_a_certificate_for_the_callers_key_with_policy_principals(
     key_blob = public.split()[1]
     assert await ledger_text_count(stack, key_blob) == 0
     assert await ledger_text_count(stack, cred["signed_key"].split()[1]) == 0
+    # The auditor's "why" answer shows the SSH access window like any other grant.
+    status, why = await _call(
+        http,
+        "GET",
+        f"{broker.url}/v1/audit/access?subject={subject}&secret={SECRET}"
+        f"&from={grant['issued_at'][:10]}&to={grant['expires_at'][:19]}Z",
+        tokens["carol"],
+    )
+    assert status == 200, why
+    (window,) = why["access"]
+    assert (window["grant_id"], window["role"]) == (grant["id"], "prod-shell")
 
 
 @pytest.mark.parametrize(
