@@ -6,7 +6,8 @@
   tokens.py       broker token                     dev JWTs
   policy.py       broker policy check
   elevations.py   broker elevations, credentials, grants   } clients of a running broker,
-  audit.py        broker audit                             } over client.py (HTTP), with
+  ssh.py          broker ssh                               } over client.py (HTTP), with
+  audit.py        broker audit                             }
   offboarding.py  broker offboard, offboardings            } _connection.py (options, exit
   reviews.py      broker reviews                           } codes) and _output.py
   evidence.py     broker evidence export, check    the evidence package, from the database
@@ -36,6 +37,7 @@ from broker.cli import (
     policy,
     reviews,
     server,
+    ssh,
     tokens,
 )
 
@@ -44,7 +46,7 @@ __all__ = ["build_parser", "main"]
 # `broker --help` shows this, and lists the commands in the order of _GROUPS.
 _DESCRIPTION = """\
 The ``broker`` command: dev, serve, migrate, verify, token, policy check; and, as a
-client of a running broker, login, logout, whoami, elevations, credentials, grants.
+client of a running broker, login, logout, whoami, elevations, credentials, grants, ssh.
 
 Exit codes: 0 success, 1 a check failed (verify found tampering, policy invalid) or the
 broker refused a client command, 2 usage or configuration error, 3 broker unreachable.
@@ -59,6 +61,7 @@ _GROUPS = (
     policy,
     login,
     elevations,
+    ssh,
     audit,
     offboarding,
     reviews,

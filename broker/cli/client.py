@@ -303,8 +303,21 @@ class BrokerClient:
         ttl: str | None = None,
         reason: str | None = None,
         ticket: str | None = None,
+        public_key: str | None = None,
+        principals: list[str] | None = None,
     ) -> dict[str, Any]:
-        body = _drop_none({"secret": secret, "ttl": ttl, "reason": reason, "ticket": ticket})
+        """A grant with its credential. For an ``ssh`` secret, ``public_key`` (one OpenSSH
+        public key line) is signed for ``principals`` (None: all the role allows)."""
+        body = _drop_none(
+            {
+                "secret": secret,
+                "ttl": ttl,
+                "reason": reason,
+                "ticket": ticket,
+                "public_key": public_key,
+                "principals": principals,
+            }
+        )
         return self._call("POST", "/v1/credentials", body=body)
 
     def list_grants(self, *, active: bool = False) -> list[dict[str, Any]]:
@@ -325,9 +338,17 @@ class BrokerClient:
         ticket: str | None = None,
         duration: str | None = None,
         break_glass: bool = False,
+        principals: list[str] | None = None,
     ) -> dict[str, Any]:
+        """A new elevation request; ``principals``: the SSH principals it is for."""
         body = _drop_none(
-            {"secret": secret, "reason": reason, "ticket": ticket, "duration": duration}
+            {
+                "secret": secret,
+                "reason": reason,
+                "ticket": ticket,
+                "duration": duration,
+                "principals": principals,
+            }
         )
         if break_glass:
             body["break_glass"] = True
@@ -363,8 +384,17 @@ class BrokerClient:
     def review_elevation(self, elevation_id: str, comment: str) -> dict[str, Any]:
         return self._decide(elevation_id, "review", comment)
 
-    def redeem_elevation(self, elevation_id: str, *, ttl: str | None = None) -> dict[str, Any]:
-        body = _drop_none({"ttl": ttl})
+    def redeem_elevation(
+        self,
+        elevation_id: str,
+        *,
+        ttl: str | None = None,
+        public_key: str | None = None,
+        principals: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """The grant of an approved elevation; for an ``ssh`` secret ``public_key`` is
+        signed for ``principals`` (None: the elevation's)."""
+        body = _drop_none({"ttl": ttl, "public_key": public_key, "principals": principals})
         return self._call("POST", f"/v1/elevations/{_seg(elevation_id)}/credentials", body=body)
 
     # --- audit (the audit capability; annotate-gap: admin) ------------------------------

@@ -19,7 +19,7 @@ from broker.cli._connection import ID_HELP, add_client_command, resolve_id
 from broker.cli._output import cell, print_json, short, table, when
 from broker.cli.client import BrokerClient
 
-__all__ = ["register"]
+__all__ = ["pending_summary", "register"]
 
 
 def _votes(el: dict[str, Any]) -> str:
@@ -91,6 +91,15 @@ def _describe_elevation(el: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pending_summary(el: dict[str, Any]) -> str:
+    """Two lines on a new, pending request: what it needs, and the approver's command."""
+    return (
+        f"elevation {el['id']} {_status(el)}: needs {_needs(el)};"
+        f" request expires {when(el.get('expires_at'))}\n"
+        f"an approver runs: broker elevations approve {short(el['id'])}"
+    )
+
+
 def _elevation_id(client: BrokerClient, given: str) -> str:
     return resolve_id(given, "elevation", client.list_elevations)
 
@@ -115,11 +124,7 @@ def _el_request(client: BrokerClient, args: argparse.Namespace) -> int:
             f"fetch with: broker elevations credentials {short(el['id'])}"
         )
     else:
-        print(
-            f"elevation {el['id']} {_status(el)}: needs {_needs(el)};"
-            f" request expires {when(el.get('expires_at'))}\n"
-            f"an approver runs: broker elevations approve {short(el['id'])}"
-        )
+        print(pending_summary(el))
     return 0
 
 
