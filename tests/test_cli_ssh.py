@@ -3,12 +3,13 @@
 The ssh it runs is ``--ssh`` pointing at a small script (``FakeSsh``) that records its
 argv, the modes of the key and certificate files and what ``ssh-keygen`` reads in them,
 then prints a line and exits with a chosen code (or sleeps, for the signal tests). The
-end-to-end login to a real sshd is the last test.
+last test logs in to a real sshd (tests/support/sshd.py) with the real ssh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from tests.support.elevation import ElevationApi
 from tests.support.ledger import ledger_text_count
 from tests.support.paths import BROKER_BIN
 from tests.support.polling import poll
+from tests.support.sshd import SSH, SSHServer, openssh_bin
 from tests.support.tokens import fresh_subject, mint
 
 SECRET = "ssh/prod-hosts"
@@ -472,3 +474,56 @@ def test_only_a_user_certificate_for_the_key_sent_is_used() -> None:
         with pytest.raises(_Stopped):
             _certificate_of(answer, _public(mine))
             pytest.fail(f"used {what}")
+
+
+async def test_logs_in_to_a_real_sshd_that_trusts_the_broker_ca(
+    broker: RunningBroker,
+    http: aiohttp.ClientSession,
+    engineer: Engineer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The host's sshd logs the key id, and with it the grant: the trail from host to ledger."""
+    ssh = openssh_bin(SSH)
+    async with http.get(f"{broker.url}/v1/ssh/ca") as resp:
+        assert resp.status == 200, await resp.text()
+        ca = await resp.text()
+    user = getpass.getuser()  # the principal deploy may log in as this test's own user
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # where broker ssh puts the key, to look after
+
+    async with SSHServer(ca_public_key=ca, principals={user: ["deploy"]}) as sshd:
+        r = await cli(
+            "ssh",
+            "--ssh",
+            str(ssh),
+            "-p",
+            str(sshd.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={sshd.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=20",
+            f"{user}@{sshd.host}",
+            "--",
+            "echo",
+            "hi",
+            cwd=tmp_path,
+            url=broker.url,
+            token=engineer.token,
+        )
+        logins = sshd.accepted_logins()
+
+    assert r.returncode == 0, (r, sshd.log_text()[-2000:])
+    assert r.stdout == "hi\n"
+    grant_id = _grant_id(r.stderr)
+    assert [(x.user, x.key_id) for x in logins] == [
+        (user, f"jit-broker:{grant_id}:{engineer.subject}")
+    ]
+    assert list(temp.iterdir()) == []  # the key's directory is gone

@@ -74,8 +74,7 @@ DEFAULT_WAIT_SECONDS = 600
 _POLL_SECONDS = 2.0  # between looks at a pending elevation
 _SYSTEM_SSH = "/usr/bin/ssh"
 _ROOT = "root"
-# A user certificate signed by an RSA-16384 CA is about 6 KiB: more is not one.
-_MAX_CERTIFICATE_CHARS = 64 * 1024
+_FOREVER = datetime.max.replace(tzinfo=UTC)  # how broker.ssh reads OpenSSH's "forever"
 # ssh expands %, ~ and ${...} in key file names and splits -o values on blanks: the
 # directory's path is used only when it needs none of that.
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9._/+,:@-]+")
@@ -226,16 +225,10 @@ def _strings(value: Any) -> list[str]:
 
 
 def _certificate_of(grant: dict[str, Any], public_key: str) -> _Certificate:
-    """The grant's certificate, checked: one OpenSSH user certificate, its signature
-    valid, certifying ``public_key``. Raises ``_Stopped`` otherwise."""
-    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        PublicFormat,
-        SSHCertificate,
-        SSHCertificateType,
-        load_ssh_public_identity,
-    )
+    """The grant's certificate, checked (``broker.ssh.parse_certificate``): one OpenSSH
+    user certificate, correctly signed, certifying ``public_key``. Raises ``_Stopped``
+    otherwise."""
+    from broker.ssh import InvalidCertificate, parse_certificate, parse_public_key
 
     credential = grant.get("credential")
     line = credential.get("signed_key") if isinstance(credential, dict) else None
@@ -244,29 +237,18 @@ def _certificate_of(grant: dict[str, Any], public_key: str) -> _Certificate:
             f"the broker's answer carries no SSH certificate (is {cell(grant.get('secret'))}"
             " an ssh secret?)"
         )
-    line = line.strip()
-    if len(line) > _MAX_CERTIFICATE_CHARS or any(c in line for c in "\r\n\0"):
-        raise _Stopped("the broker's certificate is not one OpenSSH certificate line")
     try:
-        cert = load_ssh_public_identity(line.encode())
-        if not isinstance(cert, SSHCertificate) or cert.type is not SSHCertificateType.USER:
-            raise _Stopped("the broker's answer is not an OpenSSH user certificate")
-        cert.verify_cert_signature()
-        certified = cert.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
-    except (ValueError, UnsupportedAlgorithm, InvalidSignature):
-        raise _Stopped("the broker's certificate is malformed or wrongly signed") from None
-    if certified.decode() != public_key:
+        info = parse_certificate(line)
+    except InvalidCertificate as e:
+        raise _Stopped(f"the broker's certificate is unusable: {e}") from None
+    if info.key_fingerprint != parse_public_key(public_key).fingerprint:
         raise _Stopped("the broker's certificate is for another key")
-    try:
-        valid_before: datetime | None = datetime.fromtimestamp(cert.valid_before, UTC)
-    except (OverflowError, OSError, ValueError):
-        valid_before = None
     return _Certificate(
-        line=line,
-        key_id=cert.key_id.decode("utf-8", "replace"),
-        serial=cert.serial,
-        principals=tuple(p.decode("utf-8", "replace") for p in cert.valid_principals),
-        valid_before=valid_before,
+        line=line.strip(),
+        key_id=info.key_id,
+        serial=info.serial,
+        principals=info.principals,
+        valid_before=None if info.valid_before == _FOREVER else info.valid_before,
     )
 
 
@@ -275,16 +257,16 @@ def _certificate_of(grant: dict[str, Any], public_key: str) -> _Certificate:
 
 def _login(args: argparse.Namespace, cert: _Certificate) -> str | None:
     """The ``-l`` to add: the certificate's single principal, when no user was given."""
-    given_user = "@" in args.destination or any(_USER_OPTION.match(o) for o in args.option)
-    if given_user or len(cert.principals) != 1:
-        if "@" in args.destination:
-            user = args.destination.rsplit("@", 1)[0]
-            if user not in cert.principals:
-                _say(
-                    f"note: the certificate does not name {cell(user)}: the host lets it in"
-                    f" only if its AuthorizedPrincipalsFile maps one of"
-                    f" {', '.join(cell(p) for p in cert.principals)} to {cell(user)}"
-                )
+    if "@" in args.destination:
+        user = args.destination.removeprefix("ssh://").rsplit("@", 1)[0]
+        if user not in cert.principals:
+            _say(
+                f"note: the certificate does not name {cell(user)}: the host lets it in"
+                f" only if its AuthorizedPrincipalsFile maps one of"
+                f" {', '.join(cell(p) for p in cert.principals)} to {cell(user)}"
+            )
+        return None
+    if any(_USER_OPTION.match(o) for o in args.option) or len(cert.principals) != 1:
         return None
     return cert.principals[0]
 
