@@ -33,7 +33,7 @@ from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.support.brokers import RunningBroker
 from tests.support.commands import CommandRun, cli
-from tests.support.elevation import ElevationApi
+from tests.support.elevation import ElevationApi, elevation_rows
 from tests.support.ledger import ledger_text_count
 from tests.support.paths import BROKER_BIN
 from tests.support.polling import poll
@@ -241,10 +241,39 @@ async def test_root_without_an_elevation_is_refused_and_ssh_never_runs(
     r = await _ssh(broker, engineer, fake, "--principal", "root", f"root@{HOST}", cwd=tmp_path)
 
     assert r.returncode == 1, r
-    assert "error: elevation_required: " in r.stderr
-    assert f"hint: ask for it with: broker ssh --request-root --reason TEXT root@{HOST}" in r.stderr
+    error, hint = r.stderr.splitlines()
+    assert error.startswith("error: elevation_required: "), r.stderr
+    assert hint == f"ask for it with: broker ssh --request-root --reason TEXT root@{HOST}"
     assert r.stdout == ""
     assert fake.record() is None
+
+
+async def test_elevations_request_names_the_principals(
+    broker: RunningBroker, stack: DevStack, engineer: Engineer, tmp_path: Path
+) -> None:
+    """``broker elevations request --principal``, for ``broker ssh --elevation`` later."""
+    r = await cli(
+        "elevations",
+        "request",
+        SECRET,
+        "--principal",
+        "root",
+        "--reason",
+        "kernel update",
+        "--ticket",
+        "CHG-12",
+        "--json",
+        cwd=tmp_path,
+        url=broker.url,
+        token=engineer.token,
+    )
+
+    assert r.returncode == 0, r
+    el = r.json()
+    assert (el["status"], el["role"]) == ("pending", "prod-root")
+    (requested,) = await elevation_rows(stack, el["id"])
+    assert requested["event"] == "elevation.requested"
+    assert requested["body"]["principals"] == ["root"]
 
 
 async def test_request_root_waits_for_the_approval_then_logs_in_as_root(
@@ -353,7 +382,7 @@ async def test_wait_gives_up_and_elevation_resumes(
     assert r.returncode == 1, r
     (el,) = await api.list(engineer.token, "?status=pending")  # left open
     resume = f"broker ssh --elevation {el['id'][:8]} {HOST}"
-    assert f"error: elevation {el['id'][:8]} is still pending after 1 s" in r.stderr
+    assert f"error: elevation {el['id'][:8]} is still pending after 1s;" in r.stderr
     assert f"once it is approved: {resume}" in r.stderr
     assert fake.record() is None
 

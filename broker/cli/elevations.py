@@ -2,6 +2,7 @@
 credentials against a running broker.
 
   broker elevations request SECRET --reason TEXT [--ticket T] [--duration D] [--break-glass]
+                                  [--principal NAME ...]
   broker elevations list|show|approve|deny|cancel|review|credentials ...
   broker credentials get SECRET [--ttl D] [--reason TEXT] [--ticket T]
   broker grants list [--active] | revoke ID [--reason TEXT]
@@ -115,6 +116,7 @@ def _el_request(client: BrokerClient, args: argparse.Namespace) -> int:
         ticket=args.ticket,
         duration=args.duration,
         break_glass=args.break_glass,
+        principals=args.principal or None,
     )
     if args.json:
         print_json(el)
@@ -244,6 +246,13 @@ def register(sub: Any) -> None:
     p.add_argument("--ticket")
     p.add_argument("--duration", help="e.g. 30m (default and maximum: the role's)")
     p.add_argument("--break-glass", action="store_true", help="emergency: no approver, reviewed")
+    p.add_argument(
+        "--principal",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="ssh secrets: a principal the elevation is for; repeat for more",
+    )
     p = leaf(esub, "list", _el_list, "elevations you requested or may decide")
     p.add_argument(
         "--status", choices=["pending", "approved", "denied", "cancelled", "expired", "ended"]

@@ -160,17 +160,24 @@ def _signed(client: BrokerClient, args: argparse.Namespace, public_key: str) -> 
             principals=args.principal or None,
         )
     except BrokerHTTPError as e:
-        if e.code == "elevation_required":
-            _say(
-                "hint: ask for it with: broker ssh --request-root --reason TEXT"
-                f" {cell(args.destination)}"
+        if e.code != "elevation_required":
+            raise
+        if args.principal in ([], [_ROOT]):
+            ask = f"broker ssh --request-root --reason TEXT {cell(args.destination)}"
+        else:
+            principals = " ".join(f"--principal {cell(p)}" for p in args.principal)
+            ask = (
+                f"broker elevations request {cell(args.secret)} {principals} --reason TEXT,"
+                f" then once approved: broker ssh --elevation ID {cell(args.destination)}"
             )
-        raise
+        raise _Stopped(f"{e}\nask for it with: {ask}") from None
 
 
 def _approved(client: BrokerClient, eid: str, args: argparse.Namespace) -> dict[str, Any]:
     """The elevation once approved, looked at every ``_POLL_SECONDS``. Raises ``_Stopped``
     when it was decided otherwise or is still pending after ``args.wait`` seconds."""
+    from broker.durations import format_duration
+
     resume = f"broker ssh --elevation {short(eid)} {cell(args.destination)}"
     deadline = time.monotonic() + args.wait
     waiting = False
@@ -187,12 +194,12 @@ def _approved(client: BrokerClient, eid: str, args: argparse.Namespace) -> dict[
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _Stopped(
-                    f"elevation {short(eid)} is still pending after {args.wait} s;"
+                    f"elevation {short(eid)} is still pending after {format_duration(args.wait)};"
                     f" once it is approved: {resume}"
                 )
             if not waiting:
                 _say(
-                    f"waiting up to {args.wait} s for the approval"
+                    f"waiting up to {format_duration(args.wait)} for the approval"
                     f" (Ctrl-C stops waiting; the request stays open: {resume})"
                 )
                 waiting = True
