@@ -45,8 +45,17 @@ HOST = "db1.prod.internal"
 
 _FAKE_SSH = """\
 #!{python}
-import json, os, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 
+
+def on_signal(signum, frame):  # noted, then ended as ssh is: 128 + N
+    with open({record!r} + ".signal", "w") as f:
+        f.write(str(signum))
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGINT, on_signal)
+signal.signal(signal.SIGTERM, on_signal)
 argv = sys.argv[1:]
 key = argv[argv.index("-i") + 1]
 cert = next(a.split("=", 1)[1] for a in argv if a.startswith("CertificateFile="))
@@ -92,6 +101,10 @@ class FakeSsh:
         )
         path.chmod(0o755)
         return cls(path, record)
+
+    def signal_received(self) -> int | None:
+        path = self.record_path.with_name(self.record_path.name + ".signal")
+        return int(path.read_text()) if path.exists() else None
 
     def record(self) -> dict[str, Any] | None:
         if not self.record_path.exists():
@@ -425,7 +438,8 @@ async def test_a_signal_is_passed_to_ssh_and_the_key_removed(
             proc.kill()
             await proc.wait()
 
-    assert proc.returncode == 128 + signum, err  # ssh ended by the signal
+    assert fake.signal_received() == signum, err
+    assert proc.returncode == 128 + signum, err  # ssh's exit code
     assert not directory.exists()
 
 
@@ -453,6 +467,18 @@ async def test_usage_errors_ask_nothing_of_the_broker(
     r = await cli("ssh", *args, cwd=tmp_path, url="http://127.0.0.1:9", token="t")
     assert r.returncode == 2, r
     assert says in r.stderr
+
+
+async def test_a_temporary_directory_ssh_would_expand_is_refused_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh reads % and ${} in key file names: such a $TMPDIR is refused before a call."""
+    temp = tmp_path / "100%"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    r = await cli("ssh", HOST, cwd=tmp_path, url="http://127.0.0.1:9", token="t")
+    assert r.returncode == 2, r
+    assert "has characters ssh would expand: set TMPDIR to a plain path" in r.stderr
 
 
 def _certificate(

@@ -124,6 +124,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise ClientUsage("--request-root is for the principal root only: drop --principal")
     if args.destination.startswith("-"):
         raise ClientUsage(f"{args.destination!r} is not a host: options go before the host")
+    # Checked before a certificate is asked for: mkdtemp adds only [a-z0-9_-] to it.
+    temp = tempfile.gettempdir()
+    if not _PLAIN_PATH.fullmatch(temp):
+        raise ClientUsage(
+            f"the temporary directory {temp!r} has characters ssh would expand:"
+            " set TMPDIR to a plain path"
+        )
 
 
 # --- the certificate ---------------------------------------------------------------------
@@ -318,11 +325,6 @@ def _key_files(private_key: bytes, cert: _Certificate) -> Iterator[tuple[Path, P
     """A private directory with the key and certificate files, removed on the way out."""
     directory = Path(tempfile.mkdtemp(prefix="broker-ssh-"))
     try:
-        if not _PLAIN_PATH.fullmatch(str(directory)):
-            raise ClientUsage(
-                f"the temporary directory {str(directory)!r} has characters ssh would"
-                " expand: set TMPDIR to a plain path"
-            )
         key, cert_file = directory / _KEY_FILE, directory / _CERT_FILE
         _write_private(key, private_key)
         _write_private(cert_file, (cert.line + "\n").encode())
