@@ -409,7 +409,7 @@ async def test_wait_gives_up_and_elevation_resumes(
     assert rec["argv"][-3:] == ["root", "--", HOST]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_a_signal_is_passed_to_ssh_and_the_key_removed(
     broker: RunningBroker, engineer: Engineer, tmp_path: Path, signum: signal.Signals
 ) -> None:
