@@ -195,6 +195,7 @@ async def test_root_needs_an_approved_elevation(
     )
     assert status == 201, elevation
     assert elevation["role"] == "prod-root"
+    assert elevation["principals"] == ["root"]  # what the approver sees and approves
     status, approved = await _call(
         http,
         "POST",
@@ -203,6 +204,14 @@ async def test_root_needs_an_approved_elevation(
         {"comment": "go"},
     )
     assert status == 200, approved
+    status, refusal = await _call(
+        http,
+        "POST",
+        f"{broker.url}/v1/elevations/{elevation['id']}/credentials",
+        token,
+        {"public_key": public, "principals": ["deploy", "root"]},
+    )
+    assert status == 403 and refusal["error"]["code"] == "principals_not_approved", refusal
     status, grant = await _call(
         http,
         "POST",

@@ -93,6 +93,8 @@ class Elevation:
     reviewed_at: datetime | None = None
     review_comment: str | None = None
     grants: list[str] = field(default_factory=list)
+    # SSH secrets: the principals asked for (what approvers approve); None otherwise.
+    principals: tuple[str, ...] | None = None
 
     def status(self, now: datetime) -> str:
         if self.closed_event == "elevation.denied":
@@ -120,6 +122,7 @@ class Elevation:
             "requester": self.requester,
             "reason": self.reason,
             "ticket": self.ticket,
+            **({"principals": list(self.principals)} if self.principals is not None else {}),
             "duration": self.duration,
             "break_glass": self.break_glass,
             "policy_version": self.policy_version,
@@ -184,6 +187,11 @@ def fold(events: Iterable[Event]) -> Elevation | None:
                 factors=list(body.get("factors") or []),
                 break_glass=bool(body.get("break_glass")),
                 reviewers=list(body.get("break_glass_reviewers") or []),
+                principals=(
+                    tuple(str(p) for p in body["principals"])
+                    if isinstance(body.get("principals"), list)
+                    else None
+                ),
             )
             continue
         if elevation is None:

@@ -645,6 +645,17 @@ class ElevationService:
         # Still eligible under the policy in force now (a role removed since is final).
         policy = self._policy.current
         elevated = next((r for r in policy.roles if r.name == el.role), None)
+        if principals is None and el.principals is not None:
+            principals = el.principals  # what the approvers approved
+        if (
+            principals is not None
+            and el.principals is not None
+            and not set(principals) <= set(el.principals)
+        ):
+            raise Forbidden(
+                f"this elevation was approved for principals {', '.join(el.principals)} only",
+                code="principals_not_approved",
+            )
         asked = frozenset(principals) if principals is not None else None
         if asked is None and elevated is not None and elevated.ssh is not None:
             asked = elevated.ssh.principals  # decide() must weigh the elevated role's

@@ -51,7 +51,7 @@ __all__ = [
     "parse_public_key",
 ]
 
-MAX_PUBLIC_KEY_CHARS = 8 * 1024  # an RSA-16384 line is about 2.8 KiB
+MAX_PUBLIC_KEY_CHARS = 4 * 1024  # an RSA-16384 line is about 2.8 KiB
 MAX_RSA_BITS = 16384  # OpenSSH's own ceiling (SSH_RSA_MAXIMUM_MODULUS_SIZE)
 
 # Type -> the bits ``ssh-keygen -l`` reports for it (RSA: the modulus, filled in later).

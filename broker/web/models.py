@@ -170,7 +170,7 @@ MountPath = Annotated[
 PublicKeyText = Annotated[
     str,
     Meta(
-        # Bounded well under the body limit even when every character is JSON-escaped.
+        # Far under the body limit even when every character is a JSON escape pair.
         max_length=MAX_PUBLIC_KEY_CHARS,
         examples=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... alice@laptop"],
         description="SSH secrets: your OpenSSH public key line (never a private key)",
@@ -657,6 +657,10 @@ class Elevation(_Response):
     grants: list[Uuid]
     can_decide: bool
     ticket: str | UnsetType | None = UNSET
+    principals: Annotated[
+        list[str] | UnsetType,
+        Meta(description="SSH secrets: the principals asked for, what approvers approve"),
+    ] = UNSET
     policy_version: str | UnsetType | None = UNSET
     approved_at: Timestamp | UnsetType | None = UNSET
     window_ends_at: Timestamp | UnsetType | None = UNSET
