@@ -120,7 +120,7 @@ def _front_door_samples(broker: RunningBroker) -> list[tuple[str, str]]:
     by_engine: dict[str, str] = {}
     for e in policy.catalog.values():
         mount = e.mount.strip("/")
-        verb = {"kv2": "data", "database": "creds", "pki": "issue"}[e.engine]
+        verb = {"kv2": "data", "database": "creds", "pki": "issue", "ssh": "sign"}[e.engine]
         by_engine.setdefault(e.engine, f"{mount}/{verb}/{e.path}")
     kv = by_engine["kv2"]
     return [
@@ -138,6 +138,7 @@ def _front_door_samples(broker: RunningBroker) -> list[tuple[str, str]]:
         ("GET", kv.replace("/data/", "/metadata/", 1)),
         ("GET", by_engine["database"]),
         ("POST", by_engine["pki"]),
+        ("POST", by_engine["ssh"]),
         ("GET", "sys/policies/acl"),
         ("POST", "auth/token/revoke-self"),  # last: ends the session it is sent with
     ]
