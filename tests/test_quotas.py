@@ -156,7 +156,7 @@ def test_policy_limits_parse() -> None:
         ({"rate": "0/s"}, None, "more than 0"),
         ({"rate": 5}, None, "must look like"),
         ({"burst": 0}, None, "at least 1"),
-        ({"live_grants": 2}, None, "a kv2 read is not one"),
+        ({"live_grants": 2}, None, "a kv2 grant is not one"),
         ({"elevation_requests": 2}, None, "unknown key 'elevation_requests'"),
         ({}, None, "must not be empty"),
         (None, {"rates": "5/s"}, "unknown key 'rates'"),

@@ -647,10 +647,11 @@ class _Validator:
             self.integer(m[k][1], f"{what}: {k}", 1, _MAX_LIMIT) if k in m else None
             for k in ("burst", "live_grants", "elevation_requests")
         )
-        if engine == "kv2" and "live_grants" in m:
+        if engine is not None and engine != "database" and "live_grants" in m:
             self.err(
                 m["live_grants"][0],
-                f"{what}: live_grants counts leases; a kv2 read is not one (use rate)",
+                f"{what}: live_grants counts database leases; a {engine} grant is not one"
+                " (use rate)",
             )
         if len(self.errors) != before:
             return None

@@ -16,9 +16,11 @@ from broker.policy.model import NO_LIMITS, CatalogEntry, Limits, Role
 
 __all__ = ["LEASED_ENGINES", "Effective", "effective", "rate_text"]
 
-# Engines whose grants are revocable leases or certificates (X.509, SSH): the live-grant
-# quota counts them. A KV read hands out a static value and is only rate-limited.
-LEASED_ENGINES = frozenset({"database", "pki", "ssh"})
+# Engines whose grants are leases that hold state in the backend (a database login is a
+# role in the database): the live-grant quota counts them. KV reads, certificates (X.509,
+# SSH) hold none and are only rate-limited: a certificate per `broker ssh` login must not
+# run into a quota meant for database roles.
+LEASED_ENGINES = frozenset({"database"})
 
 
 @dataclass(frozen=True)

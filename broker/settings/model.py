@@ -566,7 +566,7 @@ class Settings:
         env="BROKER_QUOTA_LIVE_GRANTS",
         section=_QUOTAS,
         ge=1,
-        doc="unended grants one principal may hold of one leased secret (database, pki, ssh),"
+        doc="unended grants one principal may hold of one leased secret (database logins),"
         " counted in the ledger across all replicas",
     )
     quota_elevation_requests: int = setting(
