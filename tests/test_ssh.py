@@ -195,6 +195,14 @@ async def test_root_needs_an_approved_elevation(
     )
     assert status == 201, elevation
     assert elevation["role"] == "prod-root"
+    status, wrong = await _call(
+        http,
+        "POST",
+        broker.url + "/v1/elevations",
+        token,
+        {"secret": "stripe/prod", "principals": ["root"], "reason": "not an ssh secret at all"},
+    )
+    assert status == 400 and wrong["error"]["code"] == "not_an_ssh_secret", wrong
     assert elevation["principals"] == ["root"]  # what the approver sees and approves
     status, approved = await _call(
         http,

@@ -309,7 +309,13 @@ class ElevationService:
             if decision.outcome == "unknown_secret":
                 raise NotFound(decision.message, code="unknown_secret", recorded=True)
             raise Forbidden(decision.message, code="denied", recorded=True)
-        assert decision.role is not None
+        assert decision.role is not None and decision.entry is not None
+        if asked is not None and decision.entry.engine != "ssh":
+            raise BadRequest(
+                f"'principals' only apply to SSH secrets; {secret!r} is a"
+                f" {decision.entry.engine} secret",
+                code="not_an_ssh_secret",
+            )
         rule = self._rule(decision.role)
         _check_reason(reason, rule)
         if rule.ticket_required:
