@@ -87,6 +87,10 @@ async def test_sign_in_through_the_provider_and_get_a_credential_shown_once(
 ) -> None:
     page = await _signed_in_page(browser, broker, person)
     assert person.email in await page.inner_text("header")
+    # An SSH certificate needs the person's own key: the page points at `broker ssh`.
+    ssh_row = page.locator("tr", has_text="ssh/prod-hosts")
+    assert "broker ssh HOST" in await ssh_row.inner_text()
+    assert await ssh_row.locator("button").count() == 0
     row = page.locator("tr", has_text="stripe/test")
     async with page.expect_navigation():
         await row.locator("text=Get credential").click()

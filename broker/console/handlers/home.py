@@ -34,6 +34,8 @@ async def home(request: web.Request) -> web.Response:
         "home.html",
         roles=[r.name for r in roles_for(policy, principal)],
         requestable=requestable(policy, principal),
+        # A certificate needs the person's own public key: `broker ssh` has it, a form not.
+        ssh_secrets={e.name for e in policy.catalog.values() if e.engine == "ssh"},
         grants=[g.to_json(now) for g in grants],
     )
 
