@@ -324,3 +324,13 @@ async def test_bao_cli_signs_through_the_front_door(
         token=token,
     )
     assert rc != 0 and "certificate_terms_fixed" in out
+    rc, out = await _bao(
+        front_door,
+        tmp_path,
+        "write",
+        "ssh/sign/prod-hosts",
+        f"public_key=@{key}.pub",
+        "valid_principals=deploy;id",
+        token=token,
+    )
+    assert rc != 0 and "invalid_principals" in out  # the whole name is checked

@@ -45,6 +45,7 @@ from broker.policy.model import (
     MIN_REQUEST_EXPIRY,
     NO_LIMITS,
     SSH_EXTENSIONS,
+    SSH_PRINCIPAL,
     ApprovalFactor,
     CatalogEntry,
     ElevationRule,
@@ -87,8 +88,6 @@ _MAX_STRING = 1024
 _RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
 _RATE_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _MAX_LIMIT = 1_000_000
-# An SSH principal: a Unix user name or a label the host maps (AuthorizedPrincipalsFile).
-_SSH_PRINCIPAL = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _SCALAR_ERRORS = (ConstructorError, ValueError, KeyError)
@@ -670,7 +669,7 @@ class _Validator:
             return None
         before = len(self.errors)
         principals = (
-            self.string_list(m["principals"][1], f"{what}: principals", _SSH_PRINCIPAL)
+            self.string_list(m["principals"][1], f"{what}: principals", SSH_PRINCIPAL)
             if "principals" in m
             else []
         )

@@ -32,11 +32,13 @@ __all__ = [
     "MAX_FACTOR_APPROVALS",
     "MAX_REASON_LENGTH",
     "MAX_REQUEST_EXPIRY",
+    "MAX_SSH_PRINCIPALS",
     "MIN_FACTOR_APPROVALS",
     "MIN_REASON_LENGTH",
     "MIN_REQUEST_EXPIRY",
     "NO_LIMITS",
     "SSH_EXTENSIONS",
+    "SSH_PRINCIPAL",
     "ApprovalFactor",
     "CatalogEntry",
     "ElevationRule",
@@ -49,6 +51,7 @@ __all__ = [
     "secret_matches",
     "ticket_pattern_problem",
     "validate_secret_name",
+    "validate_ssh_principals",
 ]
 
 Engine = Literal["kv2", "database", "pki", "ssh"]
@@ -65,6 +68,9 @@ SSH_EXTENSIONS: frozenset[str] = frozenset(
 )
 CAPABILITIES: frozenset[str] = frozenset({"audit", "admin"})
 
+# An SSH principal: a Unix user name or a label hosts map (AuthorizedPrincipalsFile).
+SSH_PRINCIPAL = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+MAX_SSH_PRINCIPALS = 32
 _SECRET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*(?:/[a-z0-9][a-z0-9._-]*)*")
 _SECRET_NAME_MAX = 128
 
@@ -89,6 +95,16 @@ def validate_secret_name(name: object) -> bool:
         isinstance(name, str)
         and len(name) <= _SECRET_NAME_MAX
         and _SECRET_NAME.fullmatch(name) is not None
+    )
+
+
+def validate_ssh_principals(names: object) -> bool:
+    """True iff ``names`` is a list or tuple of 1..``MAX_SSH_PRINCIPALS`` SSH principal
+    names (``SSH_PRINCIPAL``). Safe on untrusted API input (any type; never raises)."""
+    return (
+        isinstance(names, list | tuple)
+        and 0 < len(names) <= MAX_SSH_PRINCIPALS
+        and all(isinstance(n, str) and SSH_PRINCIPAL.fullmatch(n) for n in names)
     )
 
 

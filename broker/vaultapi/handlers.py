@@ -15,7 +15,6 @@ its ``revoke-self`` is a logout.
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +28,7 @@ from broker.grants import IssueRequest
 from broker.grants.service import common_name_for
 from broker.ledger import NewEvent
 from broker.policy.decide import decide, roles_for
-from broker.policy.model import CatalogEntry
+from broker.policy.model import CatalogEntry, validate_ssh_principals
 from broker.sessions import Session
 from broker.ssh.keys import MAX_PUBLIC_KEY_CHARS
 from broker.text import safe_text
@@ -61,7 +60,6 @@ _MAX_USER_AGENT = 200
 _PKI_FIELDS = frozenset({"common_name", "ttl", "format"})
 _MOUNT_TYPES = {"kv2": "kv", "database": "database", "pki": "pki", "ssh": "ssh"}
 # What `bao write ssh/sign/<role>` may say; the rest (key id, extensions, options) is policy.
-_SSH_PRINCIPAL = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _SSH_FIELDS = frozenset({"public_key", "valid_principals", "ttl", "cert_type"})
 
 
@@ -507,11 +505,7 @@ def _ssh_fields(body: dict[str, Any]) -> tuple[int | None, str, tuple[str, ...] 
                 "valid_principals must be a comma-separated list", code="invalid_principals"
             )
         principals = tuple(p.strip() for p in raw.split(",") if p.strip())
-        if (
-            not principals
-            or len(principals) > 32
-            or not all(_SSH_PRINCIPAL.match(p) for p in principals)
-        ):
+        if not validate_ssh_principals(principals):
             raise BadRequest(
                 "valid_principals must be 1-32 names like 'deploy' or 'root'",
                 code="invalid_principals",

@@ -19,7 +19,11 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from broker.durations import parse_duration
 from broker.ledger import EVENT_TYPES
 from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
-from broker.policy.model import validate_secret_name
+from broker.policy.model import (
+    MAX_SSH_PRINCIPALS,
+    validate_secret_name,
+    validate_ssh_principals,
+)
 from broker.settings import Settings
 from broker.ssh.keys import MAX_PUBLIC_KEY_CHARS
 from broker.text import is_safe_text
@@ -157,7 +161,6 @@ Ticket = Annotated[
 ]
 Ttl = Annotated[int, Rule(parse=parse_duration, wire=_DURATION_WIRE)]
 _MOUNT_PATH = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*){0,7}$")
-_SSH_PRINCIPAL = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 MountPath = Annotated[
     str,
     Meta(max_length=128, examples=["ssh"], description="the SSH engine's mount"),
@@ -186,7 +189,7 @@ PublicKeyText = Annotated[
 SSHPrincipals = Annotated[
     list[str],
     Meta(
-        max_length=32,
+        max_length=MAX_SSH_PRINCIPALS,
         examples=[["deploy"]],
         description="SSH secrets: the principals to sign for, a subset of what the role"
         " allows (default: all of them)",
@@ -194,11 +197,7 @@ SSHPrincipals = Annotated[
     Rule(
         code="invalid_principals",
         message="'principals' must be 1-32 names like 'deploy' or 'root'",
-        check=lambda v: (
-            isinstance(v, list)
-            and 0 < len(v) <= 32
-            and all(isinstance(p, str) and _SSH_PRINCIPAL.match(p) for p in v)
-        ),
+        check=validate_ssh_principals,
     ),
 ]
 PageLimit = Annotated[int, Rule(limit="max_page_size", message="'limit' must be 1..{limit}")]
