@@ -650,7 +650,7 @@ class ElevationService:
             raise Conflict(f"elevation is {status}", code="elevation_not_active")
         # Still eligible under the policy in force now (a role removed since is final).
         policy = self._policy.current
-        elevated = next((r for r in policy.roles if r.name == el.role), None)
+        elevated = policy.role(el.role)
         if principals is None and el.principals is not None:
             principals = el.principals  # what the approvers approved
         if (

@@ -159,6 +159,16 @@ class GrantService:
         known = secret in self._policy.current.catalog
         self._metrics.count_issuance(secret if known else "other", outcome)
 
+    async def _take_rate(
+        self, principal: Principal, role: Role | None, entry: CatalogEntry | None, secret: str
+    ) -> Effective:
+        """``Quotas.take_rate``, with a refusal counted as this secret's issuance outcome."""
+        try:
+            return await self._quotas.take_rate(principal, role, entry, secret)
+        except BrokerError:
+            self._count(secret, "rate_limited")
+            raise
+
     async def issue(
         self,
         principal: Principal,
@@ -177,13 +187,7 @@ class GrantService:
             decision = decide(
                 policy, principal, req.secret, req.ttl, ssh_principals=req.ssh_principals
             )
-        try:
-            limits = await self._quotas.take_rate(
-                principal, decision.role, decision.entry, req.secret
-            )
-        except BrokerError:
-            self._count(req.secret, "rate_limited")
-            raise
+        limits = await self._take_rate(principal, decision.role, decision.entry, req.secret)
         if decision.outcome != "allow":
             await self.record_denial(
                 principal,
@@ -257,11 +261,7 @@ class GrantService:
         elevation's closing key) is absent at commit: a cancel racing this redemption
         either lands first (nothing issued, lease revoked, 409) or after (it revokes this).
         """
-        try:
-            limits = await self._quotas.take_rate(principal, role, entry, entry.name)
-        except BrokerError:
-            self._count(entry.name, "rate_limited")
-            raise
+        limits = await self._take_rate(principal, role, entry, entry.name)
         return await self._issue_allowed(
             principal,
             entry=entry,
