@@ -10,7 +10,6 @@ login ``#login #password #sign-in`` (``#login-error`` after a wrong password), c
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 from playwright.async_api import BrowserContext, Page, Playwright, async_playwright
 
 from tests.support.oidc_provider import OIDCUser
+from tests.support.paths import debian_binary
 
 __all__ = ["CHROMIUM", "Browser", "ProviderRefused", "chromium_bin"]
 
@@ -48,14 +48,7 @@ class ProviderRefused(AssertionError):
 
 def chromium_bin() -> Path:
     """Debian's chromium; skips (fails under ``CI``) when ``make test`` could not install it."""
-    import pytest  # here, not at import: the module is also usable outside pytest
-
-    if CHROMIUM.is_file():
-        return CHROMIUM
-    reason = f"no {CHROMIUM}: install Debian's chromium (`make test` does, as root)"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    return debian_binary(CHROMIUM, "chromium")
 
 
 def _origin(url: str) -> str:

@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support.commands import CommandRun, subprocess_env
+from tests.support.paths import debian_binary
 
 __all__ = [
     "SSH",
@@ -75,14 +76,7 @@ _ACCEPTED = re.compile(
 
 def openssh_bin(path: Path) -> Path:
     """``path`` if it is installed; skips (fails under ``CI``) otherwise."""
-    import pytest  # here, not at import: the module is also usable outside pytest
-
-    if path.is_file():
-        return path
-    reason = f"no {path}: install Debian's openssh-server (`make test` does, as root)"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    return debian_binary(path, "openssh-server")
 
 
 def generate_key(directory: Path, name: str, key_type: str = "ed25519", bits: int = 0) -> Path:
