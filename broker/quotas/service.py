@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -107,6 +108,8 @@ class Quotas:
         ``quota_refusal_hold_seconds``. Answered at once, such refusals come back as fast
         as the broker can answer them, and cheap as each is, they would keep its event
         loop from everyone else's requests; held, the client's own connections pace it.
+        Each hold is jittered (half to all of it): held for the same wait, a storm's
+        connections would come back at the same instant, with the next token, as one herd.
         """
         limits = self.limits(role, entry)
         key = (principal.subject, limits.rate_scope)
@@ -115,7 +118,8 @@ class Quotas:
         if wait:
             self.refusals.count(principal, "rate_limited", secret)
             if again and self._refusal_hold:
-                await asyncio.sleep(min(wait, self._refusal_hold))
+                jitter = random.uniform(0.5, 1.0)  # noqa: S311 jitter, not crypto
+                await asyncio.sleep(min(wait, self._refusal_hold) * jitter)
             raise TooManyRequests(
                 f"issuance rate limit reached for {principal.subject!r}:"
                 f" {limits.describe_rate()}; retry in {wait}s",

@@ -626,7 +626,8 @@ class Settings:
         ge=0,
         le=10,
         doc="a principal refused by its rate that asks again before its `Retry-After`"
-        " (a retry storm) gets the next refusal only after that wait, at most this long:"
+        " (a retry storm) gets the next refusal only after that wait, at most this long"
+        " (jittered: half to all of it):"
         " its own connections then pace it, not the broker's CPU. `0`: answer at once",
     )
     quota_refusal_flush_seconds: float = setting(
