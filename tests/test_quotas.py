@@ -384,7 +384,7 @@ async def test_elevation_requests_per_hour(
     assert status == 429, body
     assert body["error"]["code"] == "quota_exceeded"
     assert (
-        "2 elevation requests in the last hour (limit 2, set by role:quota-dba)"
+        "2 elevation requests in the last hour (limit 2, set by role 'quota-dba')"
         in (body["error"]["message"])
     )
     assert 3500 <= int(headers["Retry-After"]) <= 3600

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from broker.policy.model import NO_LIMITS, CatalogEntry, Limits, Role
 
-__all__ = ["LEASED_ENGINES", "Effective", "effective", "rate_text"]
+__all__ = ["LEASED_ENGINES", "Effective", "effective", "rate_text", "said_by"]
 
 # Engines whose grants are leases that hold state in the backend (a database login is a
 # role in the database): the live-grant quota counts them. KV reads, certificates (X.509,
@@ -34,10 +34,11 @@ class Effective:
     live_scope: str
 
     def describe_rate(self) -> str:
-        return f"{rate_text(self.rate)}, burst {self.burst} ({_said_by(self.rate_scope)})"
+        return f"{rate_text(self.rate)}, burst {self.burst} ({said_by(self.rate_scope)})"
 
 
-def _said_by(scope: str) -> str:
+def said_by(scope: str) -> str:
+    """Where a limit came from, for a refusal's message: ``set by role 'dba'``."""
     if scope == "default":
         return "the default"
     kind, _, name = scope.partition(":")

@@ -42,7 +42,14 @@ from broker.settings import Settings
 
 from .buckets import TokenBuckets
 from .bulkhead import Bulkhead
-from .limits import LEASED_ENGINES, Effective, effective, elevation_requests, rate_text
+from .limits import (
+    LEASED_ENGINES,
+    Effective,
+    effective,
+    elevation_requests,
+    rate_text,
+    said_by,
+)
 from .refusals import RefusalTally
 
 __all__ = ["Quotas"]
@@ -187,10 +194,10 @@ class Quotas:
         if next_end is not None:
             left = math.ceil((next_end - datetime.now(UTC)).total_seconds())
             wait = min(max(1, left), _MAX_RETRY_AFTER)
-        said = "the default" if limits.live_scope == "default" else f"set by {limits.live_scope}"
         return TooManyRequests(
             f"you hold {live} live grants of {entry.name!r} (limit {limits.live_grants} per"
-            f" principal, {said}); see them with `broker grants list --active`, end one with"
+            f" principal, {said_by(limits.live_scope)}); see them with"
+            " `broker grants list --active`, end one with"
             f" `broker grants revoke GRANT_ID`, or retry in {wait}s when the next one ends",
             code="quota_exceeded",
             retry_after=wait,
@@ -220,9 +227,8 @@ class Quotas:
             return
         self.refusals.count(principal, "elevation_requests", None)
         wait = max(1, math.ceil((recent[0] + _HOUR - now).total_seconds()))
-        said = "the default" if scope == "default" else f"set by {scope}"
         raise TooManyRequests(
-            f"{len(recent)} elevation requests in the last hour (limit {limit}, {said});"
+            f"{len(recent)} elevation requests in the last hour (limit {limit}, {said_by(scope)});"
             f" retry in {wait}s",
             code="quota_exceeded",
             retry_after=wait,
