@@ -43,6 +43,7 @@ from broker.policy.model import (
     MIN_FACTOR_APPROVALS,
     MIN_REASON_LENGTH,
     MIN_REQUEST_EXPIRY,
+    MOUNT_PATH,
     NO_LIMITS,
     SSH_EXTENSIONS,
     SSH_PRINCIPAL,
@@ -77,7 +78,6 @@ MAX_GRANT_TTL = 31 * 24 * 3600
 
 _ROLE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SERVICE_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9.-]*:[a-z0-9][a-z0-9.-]*")
-_MOUNT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
 _VAULT_ROLE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 # A secrets item: a catalog name where segments may contain '*'.
 _SECRET_GLOB = re.compile(r"[a-z0-9*][a-z0-9._*-]*(?:/[a-z0-9*][a-z0-9._*-]*)*")
@@ -454,7 +454,7 @@ class _Validator:
             allowed = ", ".join(sorted(ENGINES))
             self.err(m["engine"][1], f"{what}: engine {engine!r} is not one of: {allowed}")
             engine = None
-        mount = self.string(m["mount"][1], f"{what}: mount", _MOUNT) if "mount" in m else None
+        mount = self.string(m["mount"][1], f"{what}: mount", MOUNT_PATH) if "mount" in m else None
         description = ""
         if "description" in m:
             description = (
@@ -472,7 +472,7 @@ class _Validator:
             self.err(key, f"{what}: engine {engine!r} requires {want!r}")
             return None
         # These go into Vault URLs: segments may not start with '.', so no '..' escapes.
-        pattern = _MOUNT if want == "path" else _VAULT_ROLE
+        pattern = MOUNT_PATH if want == "path" else _VAULT_ROLE
         target = self.string(m[want][1], f"{what}: {want}", pattern)
         limits = self.read_limits(*m["limits"], what, engine=engine) if "limits" in m else None
         if mount is None or target is None or (limits is None and "limits" in m):

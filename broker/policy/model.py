@@ -36,6 +36,7 @@ __all__ = [
     "MIN_FACTOR_APPROVALS",
     "MIN_REASON_LENGTH",
     "MIN_REQUEST_EXPIRY",
+    "MOUNT_PATH",
     "NO_LIMITS",
     "SSH_EXTENSIONS",
     "SSH_PRINCIPAL",
@@ -68,6 +69,8 @@ SSH_EXTENSIONS: frozenset[str] = frozenset(
 )
 CAPABILITIES: frozenset[str] = frozenset({"audit", "admin"})
 
+# A Vault mount path (``ssh``, ``team/db``): what policy may name and the API may ask for.
+MOUNT_PATH = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
 # An SSH principal: a Unix user name or a label hosts map (AuthorizedPrincipalsFile).
 SSH_PRINCIPAL = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 MAX_SSH_PRINCIPALS = 32

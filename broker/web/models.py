@@ -21,6 +21,7 @@ from broker.ledger import EVENT_TYPES
 from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
 from broker.policy.model import (
     MAX_SSH_PRINCIPALS,
+    MOUNT_PATH,
     validate_secret_name,
     validate_ssh_principals,
 )
@@ -160,14 +161,13 @@ Ticket = Annotated[
     ),
 ]
 Ttl = Annotated[int, Rule(parse=parse_duration, wire=_DURATION_WIRE)]
-_MOUNT_PATH = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*){0,7}$")
 MountPath = Annotated[
     str,
     Meta(max_length=128, examples=["ssh"], description="the SSH engine's mount"),
     Rule(
         code="invalid_mount",
         message="'mount' must be a mount path like 'ssh'",
-        check=lambda v: isinstance(v, str) and _MOUNT_PATH.match(v) is not None,
+        check=lambda v: isinstance(v, str) and MOUNT_PATH.fullmatch(v) is not None,
     ),
 ]
 PublicKeyText = Annotated[
