@@ -334,3 +334,11 @@ async def test_bao_cli_signs_through_the_front_door(
         token=token,
     )
     assert rc != 0 and "invalid_principals" in out  # the whole name is checked
+    # A private key pasted by mistake is named as one, however long the paste.
+    pasted = tmp_path / "pasted"
+    pasted.write_text(key.read_text() + "\n" * 5000)
+    rc, out = await _bao(
+        front_door, tmp_path, "write", "ssh/sign/prod-hosts", f"public_key=@{pasted}", token=token
+    )
+    assert rc != 0 and "private_key_refused" in out, out
+    assert key.read_text().splitlines()[2] not in out
