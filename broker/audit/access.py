@@ -13,8 +13,11 @@ Invariants the answer relies on:
   the ledger's size, and no wider than the policies make it (an hour, not a month);
 - policy versions are immutable (``ledger.policy_versions`` refuses updates), so the rule
   text of a version is cached without expiry (bounded by count);
-- one page costs at most three queries: the windows, the elevations of the elevated ones
-  (one batched lookup by elevation id), and the policy versions not yet cached.
+- one page costs at most five queries, in one read-only snapshot (``read_snapshot``: no
+  parallel workers, which cost more to start than these index lookups take): the recorded
+  policy versions (and the longest grant of any not seen before), the windows, the
+  elevations of the elevated ones (one batched lookup by elevation id), and the policy
+  versions not yet cached.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+import asyncpg
+
 from broker.elevation.model import Elevation, fold
 from broker.errors import PolicyError
 from broker.ledger import Event, Ledger
 from broker.ledger.audit_queries import AccessRow, access_windows, events_page
 from broker.ledger.policy_queries import policy_documents, policy_versions
+from broker.ledger.store import elevation_events, read_snapshot
 from broker.periods import MAX_QUERY_PERIOD, check_period
 from broker.policy.loader import MAX_GRANT_TTL, load_policy_documents
 
@@ -174,11 +180,11 @@ class AccessAudit:
         self._cache_size = policy_cache_size
         self._max_ttl: dict[str, int] = {}  # version -> its longest max_ttl (immutable)
 
-    async def _longest_grant(self) -> timedelta:
+    async def _longest_grant(self, conn: asyncpg.Connection) -> timedelta:
         """The longest grant any recorded policy version allows (plus slack)."""
-        versions = await policy_versions(self._ledger.pool)
+        versions = await policy_versions(conn)
         new = [v for v in versions if v not in self._max_ttl]
-        for version, documents in (await policy_documents(self._ledger.pool, new)).items():
+        for version, documents in (await policy_documents(conn, new)).items():
             try:
                 roles = load_policy_documents(documents).roles
                 self._max_ttl[version] = max((r.max_ttl for r in roles), default=0)
@@ -191,18 +197,19 @@ class AccessAudit:
         """``{"from", "to", "access": [window...], "next_cursor"}``; raises BadRequest for
         a bad period. ``next_cursor`` is None on the last page."""
         check_period(q.start, q.end, maximum=MAX_QUERY_PERIOD)
-        rows = await access_windows(
-            self._ledger.pool,
-            issued_from=q.start - await self._longest_grant(),
-            issued_to=q.end,
-            overlaps_from=q.start,
-            subject=q.subject,
-            secret=q.secret,
-            after_seq=q.after,
-            limit=q.limit,
-        )
-        elevations = await self._elevations(rows)
-        documents = await self._policies({r.issued.policy_version or "" for r in rows})
+        async with read_snapshot(self._ledger.pool) as conn:
+            rows = await access_windows(
+                conn,
+                issued_from=q.start - await self._longest_grant(conn),
+                issued_to=q.end,
+                overlaps_from=q.start,
+                subject=q.subject,
+                secret=q.secret,
+                after_seq=q.after,
+                limit=q.limit,
+            )
+            elevations = await self._elevations(conn, rows)
+            documents = await self._policies(conn, {r.issued.policy_version or "" for r in rows})
         moment = now or datetime.now(UTC)
         windows = [self._window(r, elevations, documents, moment) for r in rows]
         more = len(rows) == q.limit
@@ -233,13 +240,16 @@ class AccessAudit:
             "next_cursor": str(events[-1].seq) if more and events else None,
         }
 
-    async def _elevations(self, rows: Sequence[AccessRow]) -> dict[str, Elevation]:
+    @staticmethod
+    async def _elevations(
+        conn: asyncpg.Connection, rows: Sequence[AccessRow]
+    ) -> dict[str, Elevation]:
         ids = {
             str(r.issued.body["elevation_id"]) for r in rows if r.issued.body.get("elevation_id")
         }
         if not ids:
             return {}
-        by_id = await self._ledger.elevation_events([uuid.UUID(i) for i in sorted(ids)])
+        by_id = await elevation_events(conn, [uuid.UUID(i) for i in sorted(ids)])
         out: dict[str, Elevation] = {}
         for eid, events in by_id.items():
             el = fold(events)
@@ -247,11 +257,13 @@ class AccessAudit:
                 out[str(eid)] = el
         return out
 
-    async def _policies(self, versions: set[str]) -> Mapping[str, Mapping[str, str]]:
+    async def _policies(
+        self, conn: asyncpg.Connection, versions: set[str]
+    ) -> Mapping[str, Mapping[str, str]]:
         versions.discard("")
         missing = sorted(v for v in versions if v not in self._documents)
         if missing:
-            for version, docs in (await policy_documents(self._ledger.pool, missing)).items():
+            for version, docs in (await policy_documents(conn, missing)).items():
                 self._documents[version] = docs
                 while len(self._documents) > self._cache_size:
                     self._documents.popitem(last=False)

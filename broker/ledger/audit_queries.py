@@ -120,10 +120,10 @@ _EVENT_COLUMNS = (
 )  # fmt: skip
 
 
-async def access_windows(pool: asyncpg.Pool, **query: Any) -> list[AccessRow]:
+async def access_windows(db: asyncpg.Pool | asyncpg.Connection, **query: Any) -> list[AccessRow]:
     """Run ``access_query(**query)``: the grants whose access overlaps the period."""
     sql, args = access_query(**query)
-    rows = await pool.fetch(sql, *args)
+    rows = await db.fetch(sql, *args)
     return [AccessRow(row_to_event(r), _end_event(r)) for r in rows]
 
 

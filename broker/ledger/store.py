@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,15 @@ from .tls import database_tls, tls_failure
 from .tree import extend_tree, tree_root
 from .writer import LEDGER_LOCK, Appended, LedgerWriter
 
-__all__ = ["GrantRecord", "Ledger", "connect_one", "connect_pool", "row_to_event"]
+__all__ = [
+    "GrantRecord",
+    "Ledger",
+    "connect_one",
+    "connect_pool",
+    "elevation_events",
+    "read_snapshot",
+    "row_to_event",
+]
 
 _TERMINAL = ("grant.revoked", "grant.expired")
 
@@ -100,6 +109,48 @@ async def connect_one(
         raise failure from e
     await _init_connection(conn)
     return conn
+
+
+# Index lookups of a few hundred rows, which a parallel plan only slows down: starting the
+# workers takes longer (about 15 ms on a busy 2-core host) than the whole lookup. The
+# planner is tempted by the elevation lookup, whose partial expression index has statistics
+# it does not use (so it guesses thousands of rows for each id instead of a handful).
+_NO_PARALLEL_WORKERS = "SET LOCAL max_parallel_workers_per_gather = 0"
+
+
+@asynccontextmanager
+async def read_snapshot(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """One connection in a read-only REPEATABLE READ transaction without parallel workers.
+
+    For answers built from a few index lookups: every query sees the same ledger, and none
+    pays for starting parallel workers. Whatever the block raises propagates (the
+    transaction is rolled back).
+    """
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute(_NO_PARALLEL_WORKERS)
+        yield conn
+
+
+async def elevation_events(
+    conn: asyncpg.Connection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Event]]:
+    """Every event of each elevation in ``ids`` (incl. grants issued under it), in seq order.
+
+    Run it inside ``read_snapshot``, and only there: the plan PostgreSQL caches for this
+    statement must be one made without parallel workers.
+    """
+    if not ids:
+        return {}
+    by_text = {str(i): i for i in ids}
+    rows = await conn.fetch(
+        "SELECT * FROM ledger.events WHERE body ? 'elevation_id'"
+        " AND body->>'elevation_id' = ANY($1::text[]) ORDER BY seq",
+        list(by_text),
+    )
+    out: dict[uuid.UUID, list[Event]] = {i: [] for i in ids}
+    for r in rows:
+        out[by_text[r["body"]["elevation_id"]]].append(row_to_event(r))
+    return out
 
 
 @dataclass(frozen=True)
@@ -268,15 +319,8 @@ class Ledger:
         """Every event of each elevation (incl. grants issued under it), in seq order."""
         if not ids:
             return {}
-        rows = await self.pool.fetch(
-            "SELECT * FROM ledger.events WHERE body ? 'elevation_id'"
-            " AND body->>'elevation_id' = ANY($1::text[]) ORDER BY seq",
-            [str(i) for i in ids],
-        )
-        out: dict[uuid.UUID, list[Event]] = {i: [] for i in ids}
-        for r in rows:
-            out[uuid.UUID(r["body"]["elevation_id"])].append(row_to_event(r))
-        return out
+        async with read_snapshot(self.pool) as conn:
+            return await elevation_events(conn, ids)
 
     async def elevation_ids(
         self,
