@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 __all__ = ["EVENT_TYPES", "Event", "NewEvent", "row_to_event", "session_revoked_key"]
 
 EVENT_TYPES = frozenset(
@@ -166,9 +168,15 @@ class NewEvent:
         _check_body(self.body)
 
 
-@dataclass(frozen=True)
-class Event:
-    """A committed ledger row."""
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """A committed ledger row.
+
+    A frozen ``msgspec.Struct``, not a dataclass: answers build hundreds of these per
+    request (a page of access windows and their elevations), and a frozen dataclass of 18
+    fields takes about 4 µs to build, this under 1. Not tracked by the garbage collector
+    (``gc=False``): its fields are values and a body of JSON, which never refer back to an
+    event, so it can be in no reference cycle.
+    """
 
     seq: int
     recorded_at: datetime
