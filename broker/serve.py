@@ -23,7 +23,6 @@ once every worker has closed its copy (the supervisor closed its own after start
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import socket
@@ -32,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-__all__ = ["ExtraSites", "Listen", "freeze_startup_heap", "serve"]
+__all__ = ["ExtraSites", "Listen", "serve"]
 
 _log = logging.getLogger(__name__)
 
@@ -72,7 +71,6 @@ async def serve(
         ports = [await _start(runners, app, listen, grace, ssl_context, backlog=1024)]
         for extra_app, extra_listen in extra_sites(app) if extra_sites else ():
             ports.append(await _start(runners, extra_app, extra_listen, grace, ssl_context))
-        freeze_startup_heap()
         host = _host(listen)
         _log.info("listening on %s port(s) %s", host, ports, extra={"ports": ports})
         if on_ready is not None:
@@ -94,18 +92,6 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     _log.info("stopped")
-
-
-def freeze_startup_heap() -> None:
-    """Put what start-up built (modules, routes, policy, pools) out of the collector's way.
-
-    A full collection walks every tracked object; after ``gc.freeze()`` it walks only
-    those made since. In the ledger-at-scale bench, full collections over the whole heap
-    paused the loop 20-40 ms a few times per hundred audit pages (a "why" page builds
-    hundreds of rows), most of those pages' p95.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 async def _start(
