@@ -437,9 +437,11 @@ async def _issue(request: web.Request, op: Operation, principal: Principal) -> w
     if op.kind == "ssh_sign":
         ttl, public_key, principals = _ssh_fields(await _body(request))
     client = client_info(request)
+    req = IssueRequest(
+        secret=entry.name, ttl=ttl, client=client, public_key=public_key, principals=principals
+    )
     policy = broker[POLICY].current
-    asked = frozenset(principals) if principals is not None else None
-    decision = decide(policy, principal, entry.name, ttl, ssh_principals=asked)
+    decision = decide(policy, principal, entry.name, ttl, ssh_principals=req.ssh_principals)
     if decision.outcome == "elevation_required":
         elevation_id = await broker[ELEVATIONS].approved_for(principal, entry.name)
         if elevation_id is not None:
@@ -456,13 +458,7 @@ async def _issue(request: web.Request, op: Operation, principal: Principal) -> w
     try:
         grant = await broker[GRANTS].issue(
             principal,
-            IssueRequest(
-                secret=entry.name,
-                ttl=ttl,
-                client=client,
-                public_key=public_key,
-                principals=principals,
-            ),
+            req,
             request_id=_rid(request),
             decision=decision,
         )

@@ -187,7 +187,7 @@ PublicKeyText = Annotated[
     ),
 ]
 SSHPrincipals = Annotated[
-    list[str],
+    tuple[str, ...],
     Meta(
         max_length=MAX_SSH_PRINCIPALS,
         examples=[["deploy"]],

@@ -44,7 +44,7 @@ async def post_elevation(request: web.Request) -> web.Response:
         duration=body.duration,
         break_glass=body.break_glass,
         request_id=request[REQUEST_ID],
-        principals=tuple(body.principals) if body.principals is not None else None,
+        principals=body.principals,
     )
     return json_reply(result, status=201)
 
@@ -101,6 +101,6 @@ async def redeem_elevation(request: web.Request) -> web.Response:
         body.ttl,
         request[REQUEST_ID],
         public_key=body.public_key,
-        principals=tuple(body.principals) if body.principals is not None else None,
+        principals=body.principals,
     )
     return json_reply(grant, status=201, headers={"Cache-Control": "no-store"})

@@ -28,7 +28,7 @@ async def post_credentials(request: web.Request) -> web.Response:
         ticket=body.ticket,
         ttl=body.ttl,
         public_key=body.public_key,
-        principals=tuple(body.principals) if body.principals is not None else None,
+        principals=body.principals,
     )
     grant = await request.app[GRANTS].issue(
         principal_of(request), issue, request_id=request[REQUEST_ID]
