@@ -24,7 +24,7 @@ import pytest
 from broker.audit import AccessAudit, AccessQuery
 from broker.audit.access import LONGEST_GRANT, end_of, rule_text
 from broker.errors import BadRequest, PolicyError
-from broker.ledger.audit_queries import access_query, events_query
+from broker.ledger.audit_queries import GrantEnd, access_query, events_query
 from broker.ledger.events import Event
 from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
 from broker.policy import load_policy_dir
@@ -44,6 +44,7 @@ assert PAYMENTS is not None
 T = datetime(2026, 2, 10, 9, 0, tzinfo=UTC)  # the February incident
 FEB, MAR = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)
 REASON = "rotate webhook secret after INC-4711 alert"
+MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
 
 
 # --- pure parts ----------------------------------------------------------------------------
@@ -122,19 +123,15 @@ def test_end_of_each_way_a_window_closes() -> None:
         "reason": None,
         "recorded_at": None,
     }
-    revoked = _event(
-        event="grant.revoked", subject="erin", recorded_at=T + timedelta(minutes=5), body={}
-    )
+    revoked = GrantEnd("grant.revoked", T + timedelta(minutes=5), "erin", {})
     assert end_of(issued, revoked, later)["how"] == "revoked"  # type: ignore[index]
     assert end_of(issued, revoked, later)["by"] == "erin"  # type: ignore[index]
-    offboarded = _event(
-        event="grant.revoked",
-        subject="erin",
-        body={"reason": "offboarding x", "offboarding_id": "x"},
+    offboarded = GrantEnd(
+        "grant.revoked", T, "erin", {"reason": "offboarding x", "offboarding_id": "x"}
     )
     assert end_of(issued, offboarded, later)["how"] == "offboarded"  # type: ignore[index]
     # Wording alone never makes a revocation an offboarding.
-    worded = _event(event="grant.revoked", subject="bob", body={"reason": "offboarding prep"})
+    worded = GrantEnd("grant.revoked", T, "bob", {"reason": "offboarding prep"})
     assert end_of(issued, worded, later)["how"] == "revoked"  # type: ignore[index]
 
 
@@ -450,6 +447,107 @@ async def test_why_did_alice_have_stripe_prod_in_february(
     assert pages[0] == facts["grant_id"] and facts["dana"] in pages
 
 
+def _elevation(
+    h: History, eid: str, subject: str, *, requested: datetime, break_glass: bool = False
+) -> None:
+    """An elevation of ``subject`` for stripe/prod, requested at ``requested``."""
+    h.add(
+        requested,
+        "elevation.requested",
+        "break_glass" if break_glass else "pending",
+        subject=subject,
+        subject_kind="human",
+        secret="stripe/prod",
+        role="payments-prod",
+        body={
+            "elevation_id": eid,
+            "reason": REASON,
+            "ticket": "INC-4711",
+            "duration": 3600,
+            "request_expires_at": (requested + timedelta(days=7)).isoformat(),
+            "factors": [{"approver_groups": ["sre-leads"], "approvals": 1}],
+            "break_glass": break_glass,
+            "break_glass_reviewers": ["sre-leads"],
+        },
+    )
+
+
+def _step(h: History, at: datetime, event: str, eid: str, by: str | None, **body: Any) -> None:
+    h.add(
+        at,
+        event,
+        event.removeprefix("elevation."),
+        subject=by,
+        secret="stripe/prod",
+        role="payments-prod",
+        body={"elevation_id": eid, **body},
+    )
+
+
+async def test_why_finds_elevation_events_far_from_the_grant(
+    stack: DevStack, broker_settings: Settings
+) -> None:
+    """The page looks for an elevation's events near its grants first; what lies further
+    away (a review days later, a request days earlier) is still found, an elevation still
+    open is not remembered, and once it closes the page says so."""
+    h = History()
+    h.add(T - timedelta(days=30), "policy.loaded", "active", body={"files": {}})
+    reviewed, early, still_open = (str(uuid.uuid4()) for _ in range(3))
+    # Break-glass on Feb 10, reviewed five days later.
+    _elevation(h, reviewed, "alice", requested=T, break_glass=True)
+    _step(h, T, "elevation.activated", reviewed, "alice", window_ends_at=(T + HOUR).isoformat())
+    h.grant(T + MINUTE, "alice", "stripe/prod", role="payments-prod", elevation_id=reviewed)
+    _step(h, T + HOUR, "elevation.expired", reviewed, None, why="window elapsed")
+    _step(h, T + timedelta(days=5), "elevation.reviewed", reviewed, "bob", comment="fine")
+    # Requested on Feb 13, approved and used on Feb 16.
+    used = datetime(2026, 2, 16, 9, tzinfo=UTC)
+    _elevation(h, early, "carol", requested=used - timedelta(days=3))
+    _step(h, used, "elevation.approved", early, "bob", comment="ok", approver_groups=[])
+    _step(h, used, "elevation.activated", early, "carol", window_ends_at=(used + HOUR).isoformat())
+    h.grant(used + MINUTE, "carol", "stripe/prod", role="payments-prod", elevation_id=early)
+    _step(h, used + HOUR, "elevation.expired", early, None, why="window elapsed")
+    # Approved on Feb 20, not closed yet.
+    opened = datetime(2026, 2, 20, 9, tzinfo=UTC)
+    _elevation(h, still_open, "dana", requested=opened)
+    _step(h, opened, "elevation.approved", still_open, "bob", comment="ok", approver_groups=[])
+    ends = (opened + HOUR).isoformat()
+    _step(h, opened, "elevation.activated", still_open, "dana", window_ends_at=ends)
+    h.grant(opened + MINUTE, "dana", "stripe/prod", role="payments-prod", elevation_id=still_open)
+    query = AccessQuery(
+        start=FEB, end=MAR, subject=None, secret="stripe/prod", after=None, limit=50
+    )
+    async with fresh_ledger_db(stack, broker_settings, "audit_far") as db:
+        await _seed(db.superuser_dsn, h.rows())
+        async with running_ledger(db.writer_dsn, broker_settings) as ledger:
+            audit = AccessAudit(ledger)
+            first = await audit.access(query, now=MAR)
+            _step(h, opened + HOUR, "elevation.ended", still_open, "dana", comment="done")
+            conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
+            try:
+                await replace_all_rows(conn, h.rows())
+            finally:
+                await conn.close()
+            again = await audit.access(query, now=MAR)
+
+    def elevations(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {w["elevation"]["id"]: w["elevation"] for w in answer["access"]}
+
+    found = elevations(first)
+    assert sorted(found) == sorted([reviewed, early, still_open])
+    assert found[reviewed]["review"] == {
+        "by": "bob",
+        "at": (T + timedelta(days=5)).isoformat(),
+        "comment": "fine",
+    }
+    assert found[reviewed]["closed"]["event"] == "elevation.expired"
+    assert found[early]["requested_at"] == (used - timedelta(days=3)).isoformat()
+    assert [a["approver"] for a in found[early]["approvals"]] == ["bob"]
+    assert found[still_open]["closed"] is None
+    later = elevations(again)
+    assert later[still_open]["closed"]["event"] == "elevation.ended"
+    assert later[reviewed] == found[reviewed] and later[early] == found[early]
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 _SUBJECTS = [f"user-{i}" for i in range(40)]
@@ -568,6 +666,13 @@ async def test_access_query_is_an_index_range_scan(
         assert {partition for partition, _, _ in lookups} <= months, (name, lookups)
         for _, index, cond in lookups:
             assert "recorded_at >=" in cond or "expires_at >" in cond, (name, index, cond)
+        # How each grant ended is read from 007's index of end rows alone (no heap).
+        ends = {
+            (n["Node Type"], parents.get(n["Index Name"], n["Index Name"]))
+            for n in _nodes(plan)
+            if n.get("Alias", "") == "e" or n.get("Alias", "").startswith("e_")
+        }
+        assert ends == {("Index Only Scan", "events_grant_end_idx")}, (name, ends)
     assert "events_issued_time_idx" in {i for _, i, _ in _grant_lookup(plans["neither"], parents)}
     assert "events_issued_subject_idx" in {
         i for _, i, _ in _grant_lookup(plans["subject"], parents)

@@ -12,12 +12,15 @@ Invariants the answer relies on:
   ``max_ttl`` of any recorded version (a few minutes' slack added): one index range, whatever
   the ledger's size, and no wider than the policies make it (an hour, not a month);
 - policy versions are immutable (``ledger.policy_versions`` refuses updates), so the rule
-  text of a version is cached without expiry (bounded by count);
+  text of a version is cached without expiry (bounded by count); so is a settled
+  elevation (``Elevation.settled``: closed, and reviewed if break-glass: the writer's
+  dedupe keys refuse any later event), as the page shows it;
 - one page costs at most five queries, in one read-only snapshot (``read_snapshot``: no
   parallel workers, which cost more to start than these index lookups take): the recorded
-  policy versions (and the longest grant of any not seen before), the windows, the
-  elevations of the elevated ones (one batched lookup by elevation id), and the policy
-  versions not yet cached.
+  policy versions (and the longest grant of any not seen before), the windows (how each
+  ended read from an index alone, unless revoked), the elevations of the elevated ones
+  not yet cached (one batched lookup by elevation id), and the policy versions not yet
+  cached.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import asyncpg
 from broker.elevation.model import Elevation, fold
 from broker.errors import PolicyError
 from broker.ledger import Event, Ledger
-from broker.ledger.audit_queries import AccessRow, access_windows, events_page
+from broker.ledger.audit_queries import AccessRow, GrantEnd, access_windows, events_page
 from broker.ledger.policy_queries import policy_documents, policy_versions
 from broker.ledger.store import elevation_events, read_snapshot
 from broker.periods import MAX_QUERY_PERIOD, check_period
@@ -53,6 +56,9 @@ __all__ = [
 LONGEST_GRANT = timedelta(seconds=MAX_GRANT_TTL)
 _SLACK = timedelta(minutes=5)  # recorded_at is taken a little after the ttl was fixed
 DEFAULT_POLICY_CACHE = 64  # policy versions kept in memory (each <= a few hundred KiB)
+DEFAULT_ELEVATION_CACHE = 4096  # settled elevations kept in memory (each ~2 KiB)
+_SETTLING = timedelta(minutes=1)  # an elevation's last write is this old before it is cached
+_NEAR = timedelta(days=1)  # where an elevation's events are looked for first, around its grants
 
 
 @lru_cache(maxsize=4096)  # pure, and a page of windows cites a handful of blocks many times
@@ -85,7 +91,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def end_of(issued: Event, end: Event | None, now: datetime) -> dict[str, Any] | None:
+def end_of(issued: Event, end: GrantEnd | None, now: datetime) -> dict[str, Any] | None:
     """How a window ended: ``{how, at, by, reason, recorded_at}``, or None while open.
 
     ``how`` is ``revoked``, ``offboarded`` (a revocation the offboarding flow made) or
@@ -174,10 +180,18 @@ class EventQuery:
 class AccessAudit:
     """The read side for auditors: access windows and raw events, straight from the ledger."""
 
-    def __init__(self, ledger: Ledger, *, policy_cache_size: int = DEFAULT_POLICY_CACHE) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        policy_cache_size: int = DEFAULT_POLICY_CACHE,
+        elevation_cache_size: int = DEFAULT_ELEVATION_CACHE,
+    ) -> None:
         self._ledger = ledger
         self._documents: OrderedDict[str, Mapping[str, str]] = OrderedDict()
         self._cache_size = policy_cache_size
+        self._settled: OrderedDict[str, Elevation] = OrderedDict()
+        self._settled_size = elevation_cache_size
         self._max_ttl: dict[str, int] = {}  # version -> its longest max_ttl (immutable)
 
     async def _longest_grant(self, conn: asyncpg.Connection) -> timedelta:
@@ -208,9 +222,9 @@ class AccessAudit:
                 after_seq=q.after,
                 limit=q.limit,
             )
-            elevations = await self._elevations(conn, rows)
+            moment = now or datetime.now(UTC)
+            elevations = await self._elevations(conn, rows, moment)
             documents = await self._policies(conn, {r.issued.policy_version or "" for r in rows})
-        moment = now or datetime.now(UTC)
         windows = [self._window(r, elevations, documents, moment) for r in rows]
         more = len(rows) == q.limit
         return {
@@ -240,22 +254,55 @@ class AccessAudit:
             "next_cursor": str(events[-1].seq) if more and events else None,
         }
 
-    @staticmethod
     async def _elevations(
-        conn: asyncpg.Connection, rows: Sequence[AccessRow]
+        self, conn: asyncpg.Connection, rows: Sequence[AccessRow], now: datetime
     ) -> dict[str, Elevation]:
-        ids = {
-            str(r.issued.body["elevation_id"]) for r in rows if r.issued.body.get("elevation_id")
-        }
-        if not ids:
-            return {}
-        by_id = await elevation_events(conn, [uuid.UUID(i) for i in sorted(ids)])
+        """The elevations the elevated windows were issued under (without the grants under
+        them, which the page does not show); settled ones come from memory once read."""
+        issued: dict[str, list[datetime]] = {}
+        for r in rows:
+            if eid := r.issued.body.get("elevation_id"):
+                issued.setdefault(str(eid), []).append(r.issued.recorded_at)
         out: dict[str, Elevation] = {}
-        for eid, events in by_id.items():
-            el = fold(events)
-            if el is not None:
-                out[str(eid)] = el
+        for eid in issued:
+            if (cached := self._settled.get(eid)) is not None:
+                self._settled.move_to_end(eid)
+                out[eid] = cached
+        missing = [uuid.UUID(i) for i in sorted(issued.keys() - out.keys())]
+        if not missing:
+            return out
+        # First only the partitions near the grants: an elevation found there from its
+        # request to its final event is whole, since recorded_at never runs backwards
+        # (check_chain) and nothing follows a final event. The rest (still open, reviewed
+        # much later, requested long before) are read from the whole ledger.
+        times = [t for uid in missing for t in issued[str(uid)]]
+        near = (min(times) - _NEAR, max(times) + _NEAR)
+        found = await elevation_events(conn, missing, grants=False, between=near)
+        rest = [uid for uid, events in found.items() if not self._keep(uid, events, out, now)]
+        for uid, events in (await elevation_events(conn, rest, grants=False)).items():
+            self._keep(uid, events, out, now, whole=True)
         return out
+
+    def _keep(
+        self,
+        uid: uuid.UUID,
+        events: Sequence[Event],
+        out: dict[str, Elevation],
+        now: datetime,
+        *,
+        whole: bool = False,
+    ) -> bool:
+        """Fold ``events`` into ``out`` if they are the whole elevation (``whole``, or
+        found final); cache it once settled. False if more may lie outside them."""
+        el = fold(events)
+        if el is None or not (whole or el.final):
+            return whole
+        out[str(uid)] = el
+        if el.settled(now, _SETTLING):
+            self._settled[str(uid)] = el
+            while len(self._settled) > self._settled_size:
+                self._settled.popitem(last=False)
+        return True
 
     async def _policies(
         self, conn: asyncpg.Connection, versions: set[str]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from broker.ledger import Event
@@ -109,6 +109,20 @@ class Elevation:
             assert self.window_ends_at is not None
             return "approved" if now < self.window_ends_at else "ended"
         return "pending" if now < self.request_expires_at else "expired"
+
+    @property
+    def final(self) -> bool:
+        """No later event can change it: closed, and for break-glass also reviewed. The
+        writer's dedupe keys refuse a second closing or review, and every other event
+        requires the elevation not closed."""
+        return self.closed_at is not None and (not self.break_glass or self.reviewed_at is not None)
+
+    def settled(self, now: datetime, grace: timedelta) -> bool:
+        """Final, its last event more than ``grace`` before ``now`` (a write racing it has
+        landed or failed by then)."""
+        if not self.final or self.closed_at is None:
+            return False
+        return max(self.closed_at, self.reviewed_at or self.closed_at) <= now - grace
 
     def to_json(self, now: datetime) -> dict[str, Any]:
         def ts(v: datetime | None) -> str | None:

@@ -132,9 +132,15 @@ async def read_snapshot(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]
 
 
 async def elevation_events(
-    conn: asyncpg.Connection, ids: Sequence[uuid.UUID]
+    conn: asyncpg.Connection,
+    ids: Sequence[uuid.UUID],
+    *,
+    grants: bool = True,
+    between: tuple[datetime, datetime] | None = None,
 ) -> dict[uuid.UUID, list[Event]]:
-    """Every event of each elevation in ``ids`` (incl. grants issued under it), in seq order.
+    """Every event of each elevation in ``ids``, in seq order: its own (``elevation.*``)
+    and, unless ``grants`` is False, the grants issued under it; only those recorded in
+    ``between`` (inclusive) if given, which reads only that range's partitions.
 
     Run it inside ``read_snapshot``, and only there: the plan PostgreSQL caches for this
     statement must be one made without parallel workers.
@@ -142,11 +148,19 @@ async def elevation_events(
     if not ids:
         return {}
     by_text = {str(i): i for i in ids}
-    rows = await conn.fetch(
-        "SELECT * FROM ledger.events WHERE body ? 'elevation_id'"
-        " AND body->>'elevation_id' = ANY($1::text[]) ORDER BY seq",
-        list(by_text),
+    args: list[Any] = [list(by_text)]
+    sql = (
+        "SELECT * FROM ledger.events"
+        " WHERE body ? 'elevation_id' AND body->>'elevation_id' = ANY($1::text[])"
     )
+    if not grants:
+        # A condition no index on event can serve (= ANY, LIKE and starts_with all can):
+        # with one, PostgreSQL ANDs in a scan of (event, recorded_at) over whole months.
+        sql += " AND left(event, 10) = 'elevation.'"
+    if between is not None:
+        args += between
+        sql += " AND recorded_at BETWEEN $2 AND $3"
+    rows = await conn.fetch(sql + " ORDER BY seq", *args)
     out: dict[uuid.UUID, list[Event]] = {i: [] for i in ids}
     for r in rows:
         out[by_text[r["body"]["elevation_id"]]].append(row_to_event(r))
