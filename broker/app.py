@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -69,6 +70,7 @@ from broker.web.keys import (
     CHECKPOINT_VERIFIER,
     CLOCK,
     ELEVATIONS,
+    EXPOSITION,
     GRANTS,
     KRL,
     LEDGER,
@@ -89,6 +91,7 @@ from broker.web.middleware import middlewares
 from broker.web.openapi import openapi_document
 from broker.web.route import install
 from broker.web.routes import ROUTES
+from broker.worker_metrics import WorkerMetrics
 
 __all__ = ["create_app", "issuer_configs"]
 
@@ -569,6 +572,26 @@ def _serving_tls(tls: ServingTLS | None) -> Callable[[web.Application], AsyncIte
     return ctx
 
 
+def _publishing(shared: WorkerMetrics) -> Callable[[web.Application], AsyncIterator[None]]:
+    """This worker's series, published for the others' scrapes while it runs."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        periodic = Periodic()
+
+        async def publish() -> None:
+            shared.publish()
+
+        await publish()
+        periodic.every(shared.interval, "metrics-publish", publish)
+        try:
+            yield
+        finally:
+            await periodic.stop()
+            shared.remove()
+
+    return ctx
+
+
 # Start order; each step's clean-up runs in reverse, and a step that fails to start
 # closes what the steps before it opened.
 _RESOURCES = (
@@ -591,6 +614,7 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     tls: ServingTLS | None = None,
     ledger_link: LedgerLink | None = None,
+    worker_metrics: tuple[Path, int] | None = None,
 ) -> web.Application:
     """Build the broker app. Start-up I/O happens in ``cleanup_ctx`` when it runs.
 
@@ -598,7 +622,9 @@ def create_app(
     ``tls`` (already loaded) is the certificate the caller serves with: its expiry and
     reloads become metrics and its files are watched every ``tls_reload_seconds``.
     ``ledger_link``: this worker's part in its host's one ledger writer (``broker serve
-    --workers``; broker/ledger/relay.py).
+    --workers``; broker/ledger/relay.py). ``worker_metrics``: the supervisor's metrics
+    directory and this worker's index, so ``/metrics`` answers with every worker's series
+    (broker/worker_metrics.py).
     """
     app = web.Application(
         middlewares=middlewares(),
@@ -614,12 +640,16 @@ def create_app(
     quiet_parser_errors()  # no token fragments from aiohttp's parser refusals in logs
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    shared = WorkerMetrics(*worker_metrics, app[METRICS]) if worker_metrics else None
+    app[EXPOSITION] = shared.render if shared is not None else app[METRICS].render
     app[VERIFICATIONS] = LedgerVerifications(app[METRICS])
     app[CLOCK] = clock or (lambda: datetime.now(UTC))
     app[_LEDGER_LINK] = ledger_link or LedgerLink()
     app[OPENAPI] = json.dumps(openapi_document(ROUTES, settings)).encode()
     app.cleanup_ctx.extend(_RESOURCES)
     app.cleanup_ctx.append(_serving_tls(tls))
+    if shared is not None:
+        app.cleanup_ctx.append(_publishing(shared))
     app[CONSOLE] = _console(settings)
     install(app, [*ROUTES, *CONSOLE_ROUTES])
     return app

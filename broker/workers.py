@@ -67,6 +67,9 @@ class WorkerSpec:
     # The host's one ledger writer (broker/ledger/relay.py): worker 0 gets one end of a
     # socket pair per other worker; each other worker, the other end of its pair.
     ledger_fds: tuple[int, ...] = ()
+    # Where the workers publish their metrics for each other's scrapes
+    # (broker/worker_metrics.py); the supervisor removes it when it exits.
+    metrics_dir: Path | None = None
 
     @property
     def worker_replica_id(self) -> str:
@@ -80,6 +83,7 @@ class WorkerSpec:
                 "fds": list(self.fds),
                 "console_key": str(self.console_key) if self.console_key else None,
                 "ledger_fds": list(self.ledger_fds),
+                "metrics_dir": str(self.metrics_dir) if self.metrics_dir else None,
             }
         )
 
@@ -88,13 +92,14 @@ class WorkerSpec:
         """Raises ValueError when ``text`` is not what ``encode`` writes."""
         try:
             doc = json.loads(text)
-            key = doc["console_key"]
+            key, metrics = doc["console_key"], doc.get("metrics_dir")
             spec = cls(
                 index=int(doc["index"]),
                 replica_id=str(doc["replica_id"]),
                 fds=tuple(int(fd) for fd in doc["fds"]),
                 console_key=Path(key) if key else None,
                 ledger_fds=tuple(int(fd) for fd in doc.get("ledger_fds", ())),
+                metrics_dir=Path(metrics) if metrics else None,
             )
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"invalid --worker argument: {e}") from e
@@ -105,6 +110,10 @@ class WorkerSpec:
     def sockets(self) -> list[socket.socket]:
         """The inherited listening sockets (family and type read from each descriptor)."""
         return [socket.socket(fileno=fd) for fd in self.fds]
+
+    def worker_metrics(self) -> tuple[Path, int] | None:
+        """Where this worker publishes its metrics, and its index there."""
+        return (self.metrics_dir, self.index) if self.metrics_dir is not None else None
 
     def ledger_link(self) -> LedgerLink:
         """This worker's part in the host's one ledger writer."""

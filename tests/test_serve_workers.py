@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker.settings import Settings
 from broker.tls.devca import DevCA
@@ -67,6 +68,18 @@ async def _supervisor(
                 os.kill(pid, signal.SIGKILL)
 
 
+def _issued_by_worker(exposition: str) -> dict[str, float]:
+    """``broker_issuances_total`` of issued stripe/test credentials, by ``worker`` label."""
+    return {
+        s.labels["worker"]: s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == "broker_issuances_total"
+        and s.labels.get("outcome") == "issued"
+        and s.labels.get("secret") == "stripe/test"
+    }
+
+
 async def _wait_gone(pids: list[int], timeout: float = 20.0) -> None:
     await until(lambda: not any(_alive(p) for p in pids), "the workers to exit", timeout=timeout)
 
@@ -109,6 +122,24 @@ async def test_workers_share_the_listeners_and_one_chain(
             assert answered == {f"{replica}-w{i}" for i in range(_WORKERS)}, answered
             async with http.get(f"{supervisor.vault_api_url}/v1/sys/health") as r:
                 assert r.status == 200, await r.text()
+            # /metrics, whichever worker answers, has every worker's issuances (the other
+            # worker's as of its last publication, at most a second old).
+            scrapes: list[dict[str, float]] = []
+
+            async def scraped_all() -> bool:
+                async with http.get(f"{supervisor.url}/metrics") as r:
+                    assert r.status == 200
+                    scrapes.append(_issued_by_worker(await r.text()))
+                return sum(scrapes[-1].values()) == len(grants)
+
+            for _ in range(40):
+                if await scraped_all():
+                    break
+                await asyncio.sleep(0.1)
+            assert sorted(scrapes[-1]) == [str(i) for i in range(_WORKERS)], scrapes[-1]
+            assert sum(scrapes[-1].values()) == len(grants), scrapes
+            for _ in range(6):  # new connections: both workers answer, none sees fewer
+                assert await scraped_all(), scrapes[-1]
 
         assert await supervisor.stop() == 0, supervisor.tail()
         assert not [p for p in pids if _alive(p)], "a worker outlived its supervisor"

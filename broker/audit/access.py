@@ -15,12 +15,12 @@ Invariants the answer relies on:
   text of a version is cached without expiry (bounded by count); so is a settled
   elevation (``Elevation.settled``: closed, and reviewed if break-glass: the writer's
   dedupe keys refuse any later event), as the page shows it;
-- one page costs at most five queries, in one read-only snapshot (``read_snapshot``: no
+- one page costs at most six queries, in one read-only snapshot (``read_snapshot``: no
   parallel workers, which cost more to start than these index lookups take): the recorded
   policy versions (and the longest grant of any not seen before), the windows (how each
   ended read from an index alone, unless revoked), the elevations of the elevated ones
-  not yet cached (one batched lookup by elevation id), and the policy versions not yet
-  cached.
+  not yet cached (one batched lookup by elevation id near their grants, a second for
+  those not found whole there), and the policy versions not yet cached.
 """
 
 from __future__ import annotations

@@ -72,14 +72,16 @@ async def serve_app(
     tls: ServingTLS | None = None,
     sockets: Sequence[Listen] = (),
     ledger_link: LedgerLink | None = None,
+    worker_metrics: tuple[Path, int] | None = None,
 ) -> None:
     """Serve the broker API, and the Vault-API front door when ``vault_api_port`` is set.
 
     ``on_ready(ports)`` gets the broker API's port, then the front door's if it runs.
     With ``tls`` (from ``serving_tls``) both listeners serve TLS from its one context.
     ``sockets``, when given, are where they listen (already bound: the API's, then the
-    front door's); otherwise ``host`` with ``port`` and ``vault_api_port``. ``ledger_link``:
-    a worker's part in its host's one ledger writer (broker/ledger/relay.py).
+    front door's); otherwise ``host`` with ``port`` and ``vault_api_port``. ``ledger_link``
+    and ``worker_metrics``: a worker's part in its host's one ledger writer and in its
+    workers' shared ``/metrics`` (``create_app``).
     """
     from aiohttp import web
 
@@ -97,7 +99,7 @@ async def serve_app(
 
     # Graceful on SIGTERM/SIGINT: stop accepting, finish in-flight, then cleanup_ctx.
     await serve(
-        create_app(settings, tls=tls, ledger_link=ledger_link),
+        create_app(settings, tls=tls, ledger_link=ledger_link, worker_metrics=worker_metrics),
         api,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         on_ready=on_ready,
@@ -153,7 +155,17 @@ def _serve(args: argparse.Namespace) -> int:
         watch_supervisor(settings.shutdown_grace_seconds + _WORKER_STOP_MARGIN_SECONDS)
         sockets = worker.sockets()
     link = worker.ledger_link() if worker is not None else None
-    asyncio.run(serve_app(settings, on_ready=ready, tls=tls, sockets=sockets, ledger_link=link))
+    shared = worker.worker_metrics() if worker is not None else None
+    asyncio.run(
+        serve_app(
+            settings,
+            on_ready=ready,
+            tls=tls,
+            sockets=sockets,
+            ledger_link=link,
+            worker_metrics=shared,
+        )
+    )
     return 0
 
 
@@ -173,6 +185,8 @@ def _supervise(
     # A console key the workers share when none is configured, on disk only until every
     # worker has read it (a SIGKILL before that leaves it in a 0700 temporary directory).
     shared = Path(tempfile.mkdtemp(prefix="broker-workers-"))
+    # Where the workers publish their metrics for each other, for as long as they run.
+    metrics = Path(tempfile.mkdtemp(prefix="broker-metrics-"))
     try:
         console_key = None
         if settings.console_key_path is None:
@@ -187,6 +201,7 @@ def _supervise(
                 tuple(s.fileno() for s in sockets),
                 console_key,
                 ledger_fds=tuple(s.fileno() for s in pairs[i]),
+                metrics_dir=metrics,
             )
             for i in range(settings.workers)
         ]
@@ -206,6 +221,7 @@ def _supervise(
         )
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(metrics, ignore_errors=True)
 
 
 def _worker_command(args: argparse.Namespace, spec: WorkerSpec) -> list[str]:

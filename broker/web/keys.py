@@ -44,6 +44,8 @@ REVIEWS = web.AppKey("reviews", ReviewService)
 SESSIONS = web.AppKey("sessions", SessionStore)
 SIGNIN = web.AppKey("signin", SignIn)
 OPENAPI = web.AppKey("openapi", bytes)  # the generated document, encoded once
+# What GET /metrics answers: this process's series, or every worker's (broker/worker_metrics.py)
+EXPOSITION: web.AppKey[Callable[[], bytes]] = web.AppKey("exposition")
 CLOCK: web.AppKey[Callable[[], datetime]] = web.AppKey("clock")
 # Per request: the id every log line and ledger row of the request carries.
 REQUEST_ID = web.RequestKey("request_id", str)

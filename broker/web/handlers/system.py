@@ -12,6 +12,7 @@ from broker.background import probe_dependencies
 from ..authn import principal_of
 from ..keys import (
     CHECKPOINT_VERIFIER,
+    EXPOSITION,
     LEDGER,
     METRICS,
     OPENAPI,
@@ -72,7 +73,7 @@ async def _verification(
 
 async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(
-        body=request.app[METRICS].render(),
+        body=request.app[EXPOSITION](),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
 
