@@ -48,11 +48,11 @@ class WorkerMetrics:
     def path(self) -> Path:
         return self._directory / f"{self._index}.prom"
 
-    def publish(self) -> None:
-        """Replace this worker's file with its series now (atomically: readers never see
-        half of one)."""
+    def publish(self, exposition: bytes | None = None) -> None:
+        """Replace this worker's file with ``exposition`` (default: its series now),
+        atomically: readers never see half of one."""
         partial = self.path.with_suffix(".partial")
-        partial.write_bytes(self._metrics.render())
+        partial.write_bytes(self._metrics.render() if exposition is None else exposition)
         os.replace(partial, self.path)
 
     def remove(self) -> None:
@@ -61,12 +61,19 @@ class WorkerMetrics:
             self.path.unlink()
 
     def render(self) -> bytes:
-        """Every worker's series, this one's fresh, each labelled with its worker."""
-        self.publish()
+        """Every worker's series, each labelled with its worker: this one's now (published
+        first, so a later scrape of another worker never shows less), the others' as they
+        last published."""
+        own = self._metrics.render()
+        try:
+            self.publish(own)
+        except OSError as e:  # the directory is gone: still answer
+            _log.warning("cannot publish this worker's metrics: %s", e)
         texts: dict[str, str] = {}
         for file in sorted(self._directory.glob("*.prom")):
             with contextlib.suppress(OSError):  # a worker stopping removes its file
                 texts[file.stem] = file.read_text()
+        texts[str(self._index)] = own.decode()
         return merge_expositions(texts)
 
 

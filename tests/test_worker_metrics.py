@@ -56,3 +56,14 @@ def test_an_unreadable_exposition_is_left_out() -> None:
     assert set(_samples(text, "broker_issuances_total")) == {
         (("outcome", "issued"), ("secret", "stripe/test"), ("worker", "0"))
     }
+
+
+def test_a_scrape_never_shows_less_than_the_one_before(tmp_path: Path) -> None:
+    a, b = Metrics(), Metrics()
+    shared = [WorkerMetrics(tmp_path, i, m) for i, m in enumerate((a, b))]
+    for w in shared:
+        w.publish()
+    b.count_issuance("stripe/test", "issued")  # after b's last publication
+    first = _samples(shared[1].render(), "broker_issuances_total")  # a scrape lands on b
+    second = _samples(shared[0].render(), "broker_issuances_total")  # the next one on a
+    assert sum(first.values()) == sum(second.values()) == 1.0
