@@ -11,7 +11,6 @@ a generic one full of ``$n IS NULL OR ...`` that no index can serve.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from .events import Event
+from .events import Event, decoded_body
 from .store import row_to_event
 
 __all__ = [
@@ -126,13 +125,12 @@ def access_query(
 def _end(r: asyncpg.Record) -> GrantEnd | None:
     if r["end_event"] is None:
         return None
-    body = r["end_body"]
+    body = r["end_body"]  # None for an expiry: its row is not read
     return GrantEnd(
         event=r["end_event"],
         recorded_at=r["end_recorded_at"],
         subject=r["end_subject"],
-        # A connection without the jsonb codec hands the body over as text.
-        body=json.loads(body) if isinstance(body, str) else (body or {}),
+        body=decoded_body(body) if body is not None else {},
     )
 
 

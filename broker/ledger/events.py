@@ -18,7 +18,14 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["EVENT_TYPES", "Event", "NewEvent", "row_to_event", "session_revoked_key"]
+__all__ = [
+    "EVENT_TYPES",
+    "Event",
+    "NewEvent",
+    "decoded_body",
+    "row_to_event",
+    "session_revoked_key",
+]
 
 EVENT_TYPES = frozenset(
     {
@@ -218,6 +225,12 @@ class Event(msgspec.Struct, frozen=True, gc=False):
         }
 
 
+def decoded_body(value: Any) -> Any:
+    """A row's ``body`` as read: the pool's connections decode jsonb, a connection without
+    that codec (``connect_one``, asyncpg's default) hands it over as text."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def row_to_event(r: Mapping[str, Any]) -> Event:
     return Event(
         seq=r["seq"],
@@ -234,8 +247,7 @@ def row_to_event(r: Mapping[str, Any]) -> Event:
         expires_at=r["expires_at"],
         outcome=r["outcome"],
         request_id=r["request_id"],
-        # A connection without the jsonb codec hands the body over as text.
-        body=json.loads(r["body"]) if isinstance(r["body"], str) else r["body"],
+        body=decoded_body(r["body"]),
         dedupe_key=r["dedupe_key"],
         prev_hash=bytes(r["prev_hash"]),
         hash=bytes(r["hash"]),

@@ -3,10 +3,11 @@ archive segments carry (``chain.canonical_record`` turns it back into the hashed
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+from .events import decoded_body
 
 __all__ = ["event_record"]
 
@@ -17,9 +18,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def event_record(r: Mapping[str, Any]) -> dict[str, Any]:
     """One ledger row (record or dict of columns) as the package event record."""
-    body = r["body"]
-    if isinstance(body, str):  # a connection without the jsonb codec
-        body = json.loads(body)
+    body = decoded_body(r["body"])
     grant_id = r["grant_id"]
     return {
         "seq": r["seq"],

@@ -12,14 +12,13 @@ make a signed root or a proof fail to verify, never make a changed row pass.
 from __future__ import annotations
 
 import base64
-import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import asyncpg
 
 from .chain import canonical_event
-from .events import row_to_event
+from .events import decoded_body, row_to_event
 from .merkle import (
     CompactRange,
     Node,
@@ -226,8 +225,7 @@ async def _across_archive(conn: asyncpg.Connection, begin: int, end: int) -> dic
     )
     if body is None:
         raise TreeError(f"ledger rows {begin + 1}..{end} are not all present")
-    if isinstance(body, str):
-        body = json.loads(body)
+    body = decoded_body(body)
     archived = int(body["last_seq"])
     if not begin < archived < end:
         raise TreeError(f"ledger rows {begin + 1}..{end} are not all present")
