@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -152,6 +152,30 @@ def _elevation_json(el: Elevation) -> dict[str, Any]:
     }
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Recent(Generic[_K, _V]):
+    """At most ``size`` values, the least recently used dropped first (both caches below
+    hold immutable things: recorded policy versions, settled elevations)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[_K, _V] = OrderedDict()
+
+    def get(self, key: _K) -> _V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: _K, value: _V) -> None:
+        self._items[key] = value
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
 @dataclass(frozen=True)
 class AccessQuery:
     """Windows overlapping ``[start, end)``, optionally of one subject and/or secret."""
@@ -188,10 +212,8 @@ class AccessAudit:
         elevation_cache_size: int = DEFAULT_ELEVATION_CACHE,
     ) -> None:
         self._ledger = ledger
-        self._documents: OrderedDict[str, Mapping[str, str]] = OrderedDict()
-        self._cache_size = policy_cache_size
-        self._settled: OrderedDict[str, Elevation] = OrderedDict()
-        self._settled_size = elevation_cache_size
+        self._documents: _Recent[str, Mapping[str, str]] = _Recent(policy_cache_size)
+        self._settled: _Recent[str, Elevation] = _Recent(elevation_cache_size)
         self._max_ttl: dict[str, int] = {}  # version -> its longest max_ttl (immutable)
 
     async def _longest_grant(self, conn: asyncpg.Connection) -> timedelta:
@@ -266,7 +288,6 @@ class AccessAudit:
         out: dict[str, Elevation] = {}
         for eid in issued:
             if (cached := self._settled.get(eid)) is not None:
-                self._settled.move_to_end(eid)
                 out[eid] = cached
         missing = [uuid.UUID(i) for i in sorted(issued.keys() - out.keys())]
         if not missing:
@@ -299,26 +320,22 @@ class AccessAudit:
             return whole
         out[str(uid)] = el
         if el.settled(now, _SETTLING):
-            self._settled[str(uid)] = el
-            while len(self._settled) > self._settled_size:
-                self._settled.popitem(last=False)
+            self._settled.put(str(uid), el)
         return True
 
     async def _policies(
         self, conn: asyncpg.Connection, versions: set[str]
     ) -> Mapping[str, Mapping[str, str]]:
         versions.discard("")
-        missing = sorted(v for v in versions if v not in self._documents)
-        if missing:
-            for version, docs in (await policy_documents(conn, missing)).items():
-                self._documents[version] = docs
-                while len(self._documents) > self._cache_size:
-                    self._documents.popitem(last=False)
         found: dict[str, Mapping[str, str]] = {}
         for v in versions:
-            if v in self._documents:
-                self._documents.move_to_end(v)
-                found[v] = self._documents[v]
+            if (docs := self._documents.get(v)) is not None:
+                found[v] = docs
+        missing = sorted(versions - found.keys())
+        if missing:
+            for version, docs in (await policy_documents(conn, missing)).items():
+                self._documents.put(version, docs)
+                found[version] = docs
         return found
 
     @staticmethod
