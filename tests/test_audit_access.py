@@ -250,6 +250,53 @@ class History:
             dedupe_key=f"grant:{grant_id}:end",
         )
 
+    def elevation_requested(
+        self,
+        at: datetime,
+        eid: str,
+        subject: str,
+        *,
+        break_glass: bool = False,
+        expires_in: timedelta = timedelta(days=7),
+        **body: Any,
+    ) -> None:
+        """``subject`` asks for an elevation to stripe/prod (payments-prod), as INC-4711."""
+        self.add(
+            at,
+            "elevation.requested",
+            "break_glass" if break_glass else "pending",
+            subject=subject,
+            subject_kind="human",
+            secret="stripe/prod",
+            role="payments-prod",
+            body={
+                "elevation_id": eid,
+                "reason": REASON,
+                "ticket": "INC-4711",
+                "duration": 3600,
+                "request_expires_at": (at + expires_in).isoformat(),
+                "factors": [{"approver_groups": ["sre-leads"], "approvals": 1}],
+                "break_glass": break_glass,
+                "break_glass_reviewers": ["sre-leads"],
+                **body,
+            },
+        )
+
+    def elevation_step(
+        self, at: datetime, event: str, outcome: str, eid: str, by: str | None, **body: Any
+    ) -> None:
+        """A later event of elevation ``eid`` (approved, activated, closed, reviewed)."""
+        self.add(
+            at,
+            event,
+            outcome,
+            subject=by,
+            subject_kind="human",
+            secret="stripe/prod",
+            role="payments-prod",
+            body={"elevation_id": eid, **body},
+        )
+
     def rows(self) -> list[dict[str, Any]]:
         return rechain(sorted(self._rows, key=lambda r: r["recorded_at"]))
 
@@ -279,47 +326,27 @@ def february_history() -> tuple[History, dict[str, Any]]:
     )
     # The February incident: alice asks, bob approves, the window opens, alice fetches.
     eid = str(uuid.uuid4())
-    common = {
-        "subject_kind": "human",
-        "secret": "stripe/prod",
-        "role": "payments-prod",
-    }
-    h.add(
-        T,
-        "elevation.requested",
-        "pending",
-        subject="alice",
-        **common,
-        body={
-            "elevation_id": eid,
-            "reason": REASON,
-            "ticket": "INC-4711",
-            "duration": 3600,
-            "request_expires_at": (T + timedelta(hours=24)).isoformat(),
-            "factors": [{"approver_groups": ["sre-leads"], "approvals": 1}],
-            "break_glass": False,
-            "break_glass_reviewers": ["sre-leads"],
-            "groups": ["engineering"],
-            "issuer": "dev",
-        },
+    h.elevation_requested(
+        T, eid, "alice", expires_in=timedelta(hours=24), groups=["engineering"], issuer="dev"
     )
     approved_at = T + timedelta(minutes=4)
-    h.add(
+    h.elevation_step(
         approved_at,
         "elevation.approved",
         "approved",
-        subject="bob",
-        **common,
-        body={"elevation_id": eid, "comment": "matches INC-4711", "approver_groups": ["sre-leads"]},
+        eid,
+        "bob",
+        comment="matches INC-4711",
+        approver_groups=["sre-leads"],
     )
     window_ends = approved_at + timedelta(hours=1)
-    h.add(
+    h.elevation_step(
         approved_at,
         "elevation.activated",
         "approved",
-        subject="alice",
-        **common,
-        body={"elevation_id": eid, "window_ends_at": window_ends.isoformat()},
+        eid,
+        "alice",
+        window_ends_at=window_ends.isoformat(),
     )
     issued_at = T + timedelta(minutes=6)
     grant = h.grant(
@@ -332,12 +359,13 @@ def february_history() -> tuple[History, dict[str, Any]]:
         elevation_id=eid,
     )
     h.end(issued_at + timedelta(minutes=16), grant, "grant.expired", "alice")
-    h.add(
+    h.elevation_step(
         window_ends + timedelta(seconds=30),
         "elevation.expired",
         "expired",
-        **common,
-        body={"elevation_id": eid, "why": "window elapsed"},
+        eid,
+        None,
+        why="window elapsed",
     )
     facts = {
         "grant_id": str(grant),
@@ -447,43 +475,6 @@ async def test_why_did_alice_have_stripe_prod_in_february(
     assert pages[0] == facts["grant_id"] and facts["dana"] in pages
 
 
-def _elevation(
-    h: History, eid: str, subject: str, *, requested: datetime, break_glass: bool = False
-) -> None:
-    """An elevation of ``subject`` for stripe/prod, requested at ``requested``."""
-    h.add(
-        requested,
-        "elevation.requested",
-        "break_glass" if break_glass else "pending",
-        subject=subject,
-        subject_kind="human",
-        secret="stripe/prod",
-        role="payments-prod",
-        body={
-            "elevation_id": eid,
-            "reason": REASON,
-            "ticket": "INC-4711",
-            "duration": 3600,
-            "request_expires_at": (requested + timedelta(days=7)).isoformat(),
-            "factors": [{"approver_groups": ["sre-leads"], "approvals": 1}],
-            "break_glass": break_glass,
-            "break_glass_reviewers": ["sre-leads"],
-        },
-    )
-
-
-def _step(h: History, at: datetime, event: str, eid: str, by: str | None, **body: Any) -> None:
-    h.add(
-        at,
-        event,
-        event.removeprefix("elevation."),
-        subject=by,
-        secret="stripe/prod",
-        role="payments-prod",
-        body={"elevation_id": eid, **body},
-    )
-
-
 async def test_why_finds_elevation_events_far_from_the_grant(
     stack: DevStack, broker_settings: Settings
 ) -> None:
@@ -494,24 +485,31 @@ async def test_why_finds_elevation_events_far_from_the_grant(
     h.add(T - timedelta(days=30), "policy.loaded", "active", body={"files": {}})
     reviewed, early, still_open = (str(uuid.uuid4()) for _ in range(3))
     # Break-glass on Feb 10, reviewed five days later.
-    _elevation(h, reviewed, "alice", requested=T, break_glass=True)
-    _step(h, T, "elevation.activated", reviewed, "alice", window_ends_at=(T + HOUR).isoformat())
+    h.elevation_requested(T, reviewed, "alice", break_glass=True)
+    ends = (T + HOUR).isoformat()
+    h.elevation_step(
+        T, "elevation.activated", "break_glass", reviewed, "alice", window_ends_at=ends
+    )
     h.grant(T + MINUTE, "alice", "stripe/prod", role="payments-prod", elevation_id=reviewed)
-    _step(h, T + HOUR, "elevation.expired", reviewed, None, why="window elapsed")
-    _step(h, T + timedelta(days=5), "elevation.reviewed", reviewed, "bob", comment="fine")
+    h.elevation_step(T + HOUR, "elevation.expired", "expired", reviewed, None, why="elapsed")
+    review_at = T + timedelta(days=5)
+    h.elevation_step(review_at, "elevation.reviewed", "reviewed", reviewed, "bob", comment="fine")
     # Requested on Feb 13, approved and used on Feb 16.
     used = datetime(2026, 2, 16, 9, tzinfo=UTC)
-    _elevation(h, early, "carol", requested=used - timedelta(days=3))
-    _step(h, used, "elevation.approved", early, "bob", comment="ok", approver_groups=[])
-    _step(h, used, "elevation.activated", early, "carol", window_ends_at=(used + HOUR).isoformat())
+    h.elevation_requested(used - timedelta(days=3), early, "carol")
+    h.elevation_step(used, "elevation.approved", "approved", early, "bob", comment="ok")
+    ends = (used + HOUR).isoformat()
+    h.elevation_step(used, "elevation.activated", "approved", early, "carol", window_ends_at=ends)
     h.grant(used + MINUTE, "carol", "stripe/prod", role="payments-prod", elevation_id=early)
-    _step(h, used + HOUR, "elevation.expired", early, None, why="window elapsed")
+    h.elevation_step(used + HOUR, "elevation.expired", "expired", early, None, why="elapsed")
     # Approved on Feb 20, not closed yet.
     opened = datetime(2026, 2, 20, 9, tzinfo=UTC)
-    _elevation(h, still_open, "dana", requested=opened)
-    _step(h, opened, "elevation.approved", still_open, "bob", comment="ok", approver_groups=[])
+    h.elevation_requested(opened, still_open, "dana")
+    h.elevation_step(opened, "elevation.approved", "approved", still_open, "bob", comment="ok")
     ends = (opened + HOUR).isoformat()
-    _step(h, opened, "elevation.activated", still_open, "dana", window_ends_at=ends)
+    h.elevation_step(
+        opened, "elevation.activated", "approved", still_open, "dana", window_ends_at=ends
+    )
     h.grant(opened + MINUTE, "dana", "stripe/prod", role="payments-prod", elevation_id=still_open)
     query = AccessQuery(
         start=FEB, end=MAR, subject=None, secret="stripe/prod", after=None, limit=50
@@ -521,7 +519,9 @@ async def test_why_finds_elevation_events_far_from_the_grant(
         async with running_ledger(db.writer_dsn, broker_settings) as ledger:
             audit = AccessAudit(ledger)
             first = await audit.access(query, now=MAR)
-            _step(h, opened + HOUR, "elevation.ended", still_open, "dana", comment="done")
+            h.elevation_step(
+                opened + HOUR, "elevation.ended", "ended", still_open, "dana", comment="done"
+            )
             conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
             try:
                 await replace_all_rows(conn, h.rows())
