@@ -26,6 +26,8 @@ from broker.audit.access import LONGEST_GRANT, end_of, rule_text
 from broker.errors import BadRequest, PolicyError
 from broker.ledger.audit_queries import GrantEnd, access_query, events_query
 from broker.ledger.events import Event
+from broker.ledger.store import ELEVATION_STEP_BYTES as STEP_BYTES
+from broker.ledger.store import ELEVATION_STEP_LIMIT, elevation_steps_query
 from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
 from broker.policy import load_policy_dir
 from broker.settings import Settings
@@ -548,6 +550,61 @@ async def test_why_finds_elevation_events_far_from_the_grant(
     assert later[reviewed] == found[reviewed] and later[early] == found[early]
 
 
+async def test_why_shows_elevations_of_any_size(stack: DevStack, broker_settings: Settings) -> None:
+    """An elevation whose row is too wide for 008's covering index (a long reason in a
+    script of multi-byte letters) is read from the second index, whole; one just at the
+    limit stays in the covering index; the page shows both as written."""
+    h = History()
+    h.add(T - timedelta(days=30), "policy.loaded", "active", body={"files": {}})
+    at_limit, wide = str(uuid.uuid4()), str(uuid.uuid4())
+    async with fresh_ledger_db(stack, broker_settings, "audit_wide") as db:
+        conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
+        try:
+            # The request row's bytes as the index predicate counts them, reason empty;
+            # "é" is two bytes, so the reason below brings the row to 1,599 or 1,600.
+            h.elevation_requested(T, at_limit, "alice", reason="")
+            base = await conn.fetchval(
+                f"SELECT {STEP_BYTES} FROM jsonb_to_record($1::jsonb) AS r(body jsonb,"  # noqa: S608
+                " subject text, subject_kind text, secret text, role text, policy_version text)",
+                json.dumps(h._rows[-1], default=str),
+            )
+            h._rows.pop()
+            long_reason = "é" * ((ELEVATION_STEP_LIMIT - base) // 2)
+            wide_reason = "\N{CLOSED LOCK WITH KEY}" * 500  # 2,000 bytes
+            for eid, who, reason in ((at_limit, "alice", long_reason), (wide, "dana", wide_reason)):
+                h.elevation_requested(T, eid, who, reason=reason)
+                h.elevation_step(T, "elevation.approved", "approved", eid, "bob", comment=reason)
+                ends = (T + HOUR).isoformat()
+                h.elevation_step(
+                    T, "elevation.activated", "approved", eid, who, window_ends_at=ends
+                )
+                h.grant(T + MINUTE, who, "stripe/prod", role="payments-prod", elevation_id=eid)
+                h.elevation_step(T + HOUR, "elevation.expired", "expired", eid, None, why="elapsed")
+            await _seed(db.superuser_dsn, h.rows())
+            sizes = dict(
+                await conn.fetch(
+                    f"SELECT body->>'elevation_id', max({STEP_BYTES}) FROM ledger.events"  # noqa: S608
+                    " WHERE event = 'elevation.requested' GROUP BY 1"
+                )
+            )
+        finally:
+            await conn.close()
+        async with running_ledger(db.writer_dsn, broker_settings) as ledger:
+            query = AccessQuery(
+                start=FEB, end=MAR, subject=None, secret="stripe/prod", after=None, limit=50
+            )
+            answer = await AccessAudit(ledger).access(query, now=MAR)
+    assert ELEVATION_STEP_LIMIT - 1 <= sizes[at_limit] <= ELEVATION_STEP_LIMIT < sizes[wide], sizes
+    shown = {w["subject"]: w["elevation"] for w in answer["access"]}
+    assert shown["alice"] is not None and shown["dana"] is not None, shown
+    assert (shown["alice"]["id"], shown["dana"]["id"]) == (at_limit, wide)
+    assert shown["alice"]["reason"] == long_reason
+    assert shown["dana"]["reason"] == wide_reason
+    assert [a["comment"] for a in shown["dana"]["approvals"]] == [wide_reason]
+    assert shown["dana"]["closed"]["event"] == "elevation.expired"
+    assert shown["dana"]["activated_at"] == T.isoformat()
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 _SUBJECTS = [f"user-{i}" for i in range(40)]
@@ -678,6 +735,77 @@ async def test_access_query_is_an_index_range_scan(
         i for _, i, _ in _grant_lookup(plans["subject"], parents)
     }
     assert "Seq Scan on events_2025" not in events_plan, events_plan
+
+
+def _elevation_history(n: int) -> list[dict[str, Any]]:
+    """``n`` elevations over 2025, each requested, approved, activated, used and expired,
+    with some other traffic between them."""
+    h = History()
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    for i in range(n):
+        at += timedelta(days=365) / n
+        eid, who = str(uuid.uuid4()), _SUBJECTS[i % len(_SUBJECTS)]
+        h.elevation_requested(at, eid, who)
+        h.add(at + MINUTE, "grant.denied", "denied", subject=who, secret="stripe/test")
+        h.elevation_step(at + MINUTE, "elevation.approved", "approved", eid, "bob", comment="ok")
+        ends = (at + HOUR).isoformat()
+        h.elevation_step(
+            at + MINUTE, "elevation.activated", "approved", eid, who, window_ends_at=ends
+        )
+        h.grant(at + 2 * MINUTE, who, "stripe/prod", role="payments-prod", elevation_id=eid)
+        h.elevation_step(at + HOUR, "elevation.expired", "expired", eid, None, why="elapsed")
+    return h.rows()
+
+
+async def test_elevation_steps_are_read_from_indexes_alone(
+    stack: DevStack, broker_settings: Settings
+) -> None:
+    """The page's elevation lookup reads 008's covering index (no table rows, once vacuum
+    has marked the pages visible) and the index of rows too wide for it, nothing else."""
+    migration = (REPO / "broker/ledger/migrations/008_elevation_steps.sql").read_text()
+    assert " ".join(migration.split()).count(" ".join(STEP_BYTES.split())) == 2
+    async with fresh_ledger_db(stack, broker_settings, "audit_steps_plan") as db:
+        await _seed(db.superuser_dsn, _elevation_history(3_000))
+        conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
+        try:
+            await conn.execute("VACUUM (ANALYZE) ledger.events")
+            requested = await conn.fetch(
+                "SELECT body->>'elevation_id' AS id, recorded_at FROM ledger.events"
+                " WHERE event = 'elevation.requested' AND recorded_at >= $1 AND recorded_at < $2"
+                " ORDER BY seq LIMIT 100",
+                # Mid-month: the days around them lie in one partition. (Near a month's
+                # edge the planner may read the few rows of the other month's sliver
+                # through 007's index instead, a cost-based choice.)
+                PLAN_FROM + timedelta(days=9),
+                PLAN_FROM + timedelta(days=19),
+            )
+            ids = [uuid.UUID(r["id"]) for r in requested]
+            times = [r["recorded_at"] for r in requested]
+            near = timedelta(days=1)
+            sql, args = elevation_steps_query(ids, (min(times) - near, max(times) + near))
+            await conn.execute("SET max_parallel_workers_per_gather = 0")  # as read_snapshot
+            rows = await conn.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+            text = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+            print(f"--- elevation steps ---\n{text}")
+            parents = dict(
+                await conn.fetch(
+                    "SELECT c.relname, p.relname FROM pg_inherits h"
+                    " JOIN pg_class c ON c.oid = h.inhrelid JOIN pg_class p ON p.oid = h.inhparent"
+                    " WHERE p.relkind = 'I'"
+                )
+            )
+        finally:
+            await conn.close()
+    plan = json.loads(rows[0][0])[0]["Plan"]
+    scans = [n for n in _nodes(plan) if "Relation Name" in n]
+    read = {(n["Node Type"], parents.get(n.get("Index Name", ""), "")) for n in scans}
+    assert read == {
+        ("Index Only Scan", "events_elevation_steps_idx"),
+        ("Index Scan", "events_elevation_steps_wide_idx"),
+    }, text
+    covered = [n for n in scans if n["Node Type"] == "Index Only Scan"]
+    assert sum(n["Actual Rows"] for n in covered) == 4 * len(ids), text
+    assert all(n["Heap Fetches"] == 0 for n in covered), text
 
 
 # --- the API and the CLI on the session broker ---------------------------------------------

@@ -590,7 +590,11 @@ async def test_a_ledger_from_before_the_tree_migrates_and_keeps_verifying(
             writer_role=writer_role(broker_settings),
             writer_password=writer_password(broker_settings),
         )
-        assert applied == ["006_partitions_tree.sql", "007_why_indexes.sql"]
+        assert applied == [
+            "006_partitions_tree.sql",
+            "007_why_indexes.sql",
+            "008_elevation_steps.sql",
+        ]
         from tests.support.ledger_db import with_database
 
         db = LedgerDb(name, dsn, with_database(broker_settings.database_url, name))

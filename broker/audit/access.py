@@ -20,7 +20,8 @@ Invariants the answer relies on:
   policy versions (and the longest grant of any not seen before), the windows (how each
   ended read from an index alone, unless revoked), the elevations of the elevated ones
   not yet cached (one batched lookup by elevation id near their grants, a second for
-  those not found whole there), and the policy versions not yet cached.
+  those not found whole there; both read 008's indexes alone, no table rows), and the
+  policy versions not yet cached.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ import asyncpg
 
 from broker.elevation.model import Elevation, fold
 from broker.errors import PolicyError
-from broker.ledger import Event, Ledger
+from broker.ledger import ElevationStep, Event, Ledger
 from broker.ledger.audit_queries import AccessRow, GrantEnd, access_windows, events_page
 from broker.ledger.policy_queries import policy_documents, policy_versions
-from broker.ledger.store import elevation_events, read_snapshot
+from broker.ledger.store import elevation_steps, read_snapshot
 from broker.periods import MAX_QUERY_PERIOD, check_period
 from broker.policy.loader import MAX_GRANT_TTL, load_policy_documents
 
@@ -298,16 +299,16 @@ class AccessAudit:
         # much later, requested long before) are read from the whole ledger.
         times = [t for uid in missing for t in issued[str(uid)]]
         near = (min(times) - _NEAR, max(times) + _NEAR)
-        found = await elevation_events(conn, missing, grants=False, between=near)
+        found = await elevation_steps(conn, missing, between=near)
         rest = [uid for uid, events in found.items() if not self._keep(uid, events, out, now)]
-        for uid, events in (await elevation_events(conn, rest, grants=False)).items():
+        for uid, events in (await elevation_steps(conn, rest)).items():
             self._keep(uid, events, out, now, whole=True)
         return out
 
     def _keep(
         self,
         uid: uuid.UUID,
-        events: Sequence[Event],
+        events: Sequence[ElevationStep],
         out: dict[str, Elevation],
         now: datetime,
         *,

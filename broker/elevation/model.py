@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.ledger import Event
+from broker.ledger import ElevationStep, Event
 
 __all__ = [
     "Elevation",
@@ -180,8 +180,9 @@ def _parse_time(value: object) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def fold(events: Iterable[Event]) -> Elevation | None:
-    """Build the elevation from its events in seq order; None if there is no request."""
+def fold(events: Iterable[Event | ElevationStep]) -> Elevation | None:
+    """Build the elevation from its events in seq order; None if there is no request.
+    Without the grant rows under it (``ElevationStep``s only), ``grants`` stays empty."""
     elevation: Elevation | None = None
     for ev in sorted(events, key=lambda e: e.seq):
         body = ev.body

@@ -7,7 +7,7 @@ from .checkpoint import (
     CheckpointVerifier,
     load_or_create_signing_key,
 )
-from .events import EVENT_TYPES, Event, NewEvent, session_revoked_key
+from .events import EVENT_TYPES, ElevationStep, Event, NewEvent, session_revoked_key
 from .migrate import apply_migrations
 from .replication import ReplicationState, replication_refusal, replication_state
 from .store import GrantRecord, Ledger, connect_one, connect_pool
@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointSigner",
     "CheckpointVerifier",
+    "ElevationStep",
     "Event",
     "GrantRecord",
     "Ledger",

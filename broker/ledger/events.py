@@ -20,6 +20,7 @@ import msgspec
 
 __all__ = [
     "EVENT_TYPES",
+    "ElevationStep",
     "Event",
     "NewEvent",
     "decoded_body",
@@ -223,6 +224,23 @@ class Event(msgspec.Struct, frozen=True, gc=False):
             "body": dict(self.body),
             "hash": self.hash.hex(),
         }
+
+
+class ElevationStep(msgspec.Struct, frozen=True, gc=False):
+    """An ``elevation.*`` row with only what ``fold`` reads from it: the columns an index
+    carries (``store.elevation_steps``), so a page of elevations reads no table rows.
+    ``grant_id`` is always None: a grant row is an ``Event``."""
+
+    seq: int
+    recorded_at: datetime
+    event: str
+    subject: str | None
+    subject_kind: str | None
+    secret: str | None
+    role: str | None
+    policy_version: str | None
+    body: Mapping[str, Any]
+    grant_id: uuid.UUID | None = None
 
 
 def decoded_body(value: Any) -> Any:

@@ -23,7 +23,7 @@ import msgspec
 from broker.errors import LedgerTampered, LedgerUnavailable
 
 from .checkpoint import Checkpoint, CheckpointSigner
-from .events import Event, NewEvent, row_to_event
+from .events import ElevationStep, Event, NewEvent, decoded_body, row_to_event
 from .hosts import HostsInTurn
 from .relay import RelayWriter
 from .tls import database_tls, tls_failure
@@ -31,11 +31,15 @@ from .tree import extend_tree, tree_root
 from .writer import LEDGER_LOCK, Appended, LedgerWriter
 
 __all__ = [
+    "ELEVATION_STEP_BYTES",
+    "ELEVATION_STEP_LIMIT",
     "GrantRecord",
     "Ledger",
     "connect_one",
     "connect_pool",
     "elevation_events",
+    "elevation_steps",
+    "elevation_steps_query",
     "read_snapshot",
     "row_to_event",
 ]
@@ -132,15 +136,10 @@ async def read_snapshot(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]
 
 
 async def elevation_events(
-    conn: asyncpg.Connection,
-    ids: Sequence[uuid.UUID],
-    *,
-    grants: bool = True,
-    between: tuple[datetime, datetime] | None = None,
+    conn: asyncpg.Connection, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[Event]]:
     """Every event of each elevation in ``ids``, in seq order: its own (``elevation.*``)
-    and, unless ``grants`` is False, the grants issued under it; only those recorded in
-    ``between`` (inclusive) if given, which reads only that range's partitions.
+    and the grants issued under it.
 
     Run it inside ``read_snapshot``, and only there: the plan PostgreSQL caches for this
     statement must be one made without parallel workers.
@@ -148,22 +147,85 @@ async def elevation_events(
     if not ids:
         return {}
     by_text = {str(i): i for i in ids}
-    args: list[Any] = [list(by_text)]
-    sql = (
+    rows = await conn.fetch(
         "SELECT * FROM ledger.events"
         " WHERE body ? 'elevation_id' AND body->>'elevation_id' = ANY($1::text[])"
+        " ORDER BY seq",
+        list(by_text),
     )
-    if not grants:
-        # A condition no index on event can serve (= ANY, LIKE and starts_with all can):
-        # with one, PostgreSQL ANDs in a scan of (event, recorded_at) over whole months.
-        sql += " AND left(event, 10) = 'elevation.'"
-    if between is not None:
-        args += between
-        sql += " AND recorded_at BETWEEN $2 AND $3"
-    rows = await conn.fetch(sql + " ORDER BY seq", *args)
     out: dict[uuid.UUID, list[Event]] = {i: [] for i in ids}
     for r in rows:
         out[by_text[r["body"]["elevation_id"]]].append(row_to_event(r))
+    return out
+
+
+# An elevation row's bytes as 008's index predicates count them, and the most its covering
+# index takes (spelled as in the migration, so that the planner can prove the predicate;
+# tests/test_audit_access.py checks the plan and that the two spellings agree).
+ELEVATION_STEP_BYTES = (
+    "octet_length(body::text) + octet_length(coalesce(subject, ''))"
+    " + octet_length(coalesce(subject_kind, '')) + octet_length(coalesce(secret, ''))"
+    " + octet_length(coalesce(role, '')) + octet_length(coalesce(policy_version, ''))"
+)
+ELEVATION_STEP_LIMIT = 1600
+_STEP_FITS = f"{ELEVATION_STEP_BYTES} <= {ELEVATION_STEP_LIMIT}"
+# A condition on event no index on event can serve (= ANY, LIKE and starts_with all can:
+# with one, PostgreSQL ANDs in a scan of (event, recorded_at) over whole months).
+_STEPS_OF = (
+    "SELECT seq, recorded_at, event, subject, subject_kind, secret, role, policy_version, body"
+    " FROM ledger.events WHERE left(event, 10) = 'elevation.' AND body ? 'elevation_id'"
+    " AND body->>'elevation_id' = ANY($1::text[]) {time} AND {fits}"
+)
+
+
+def elevation_steps_query(
+    ids: Sequence[uuid.UUID], between: tuple[datetime, datetime] | None = None
+) -> tuple[str, list[Any]]:
+    """SQL and arguments for ``elevation_steps``: one branch per index of migration 008."""
+    args: list[Any] = [[str(i) for i in ids]]
+    time = ""
+    if between is not None:
+        args += between
+        time = "AND recorded_at BETWEEN $2 AND $3"
+    fits = _STEPS_OF.format(time=time, fits=_STEP_FITS)
+    wide = _STEPS_OF.format(time=time, fits=f"NOT ({_STEP_FITS})")
+    return f"{fits} UNION ALL {wide} ORDER BY seq", args
+
+
+async def elevation_steps(
+    conn: asyncpg.Connection,
+    ids: Sequence[uuid.UUID],
+    *,
+    between: tuple[datetime, datetime] | None = None,
+) -> dict[uuid.UUID, list[ElevationStep]]:
+    """The ``elevation.*`` rows of each elevation in ``ids`` (not the grants under it), in
+    seq order; only those recorded in ``between`` (inclusive) if given, which reads only
+    that range's partitions. Served from migration 008's indexes alone: the covering one,
+    and the one of rows too wide for it (normally none).
+
+    Run it inside ``read_snapshot``, as ``elevation_events``.
+    """
+    if not ids:
+        return {}
+    by_text = {str(i): i for i in ids}
+    sql, args = elevation_steps_query(ids, between)
+    rows = await conn.fetch(sql, *args)
+    out: dict[uuid.UUID, list[ElevationStep]] = {i: [] for i in ids}
+    for r in rows:
+        body = decoded_body(r["body"])
+        out[by_text[body["elevation_id"]]].append(
+            ElevationStep(
+                seq=r["seq"],
+                recorded_at=r["recorded_at"],
+                event=r["event"],
+                subject=r["subject"],
+                subject_kind=r["subject_kind"],
+                secret=r["secret"],
+                role=r["role"],
+                policy_version=r["policy_version"],
+                body=body,
+            )
+        )
     return out
 
 
