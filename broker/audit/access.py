@@ -297,9 +297,10 @@ class AccessAudit:
         # request to its final event is whole, since recorded_at never runs backwards
         # (check_chain) and nothing follows a final event. The rest (still open, reviewed
         # much later, requested long before) are read from the whole ledger.
-        times = [t for uid in missing for t in issued[str(uid)]]
-        near = (min(times) - _NEAR, max(times) + _NEAR)
-        found = await elevation_steps(conn, missing, between=near)
+        near = {
+            uid: (min(issued[str(uid)]) - _NEAR, max(issued[str(uid)]) + _NEAR) for uid in missing
+        }
+        found = await elevation_steps(conn, missing, near=near)
         rest = [uid for uid, events in found.items() if not self._keep(uid, events, out, now)]
         for uid, events in (await elevation_steps(conn, rest)).items():
             self._keep(uid, events, out, now, whole=True)

@@ -169,26 +169,34 @@ ELEVATION_STEP_BYTES = (
 )
 ELEVATION_STEP_LIMIT = 1600
 _STEP_FITS = f"{ELEVATION_STEP_BYTES} <= {ELEVATION_STEP_LIMIT}"
-# A condition on event no index on event can serve (= ANY, LIKE and starts_with all can:
-# with one, PostgreSQL ANDs in a scan of (event, recorded_at) over whole months).
+# Each id probes only the partitions of its own time range (run-time pruning: OFFSET 0
+# keeps the lookup a subquery run once per id, not a join PostgreSQL may turn into a hash
+# of every elevation row). The condition on event is one no index on event can serve
+# (= ANY, LIKE and starts_with all can: with one, PostgreSQL ANDs in a scan of
+# (event, recorded_at) over whole months).
 _STEPS_OF = (
-    "SELECT seq, recorded_at, event, subject, subject_kind, secret, role, policy_version, body"
-    " FROM ledger.events WHERE left(event, 10) = 'elevation.' AND body ? 'elevation_id'"
-    " AND body->>'elevation_id' = ANY($1::text[]) {time} AND {fits}"
+    "SELECT s.* FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS w(id, lo, hi)"
+    " CROSS JOIN LATERAL (SELECT seq, recorded_at, event, subject, subject_kind, secret, role,"
+    " policy_version, body FROM ledger.events WHERE left(event, 10) = 'elevation.'"
+    " AND body ? 'elevation_id' AND body->>'elevation_id' = w.id"
+    " AND recorded_at BETWEEN w.lo AND w.hi AND recorded_at BETWEEN $4 AND $5"
+    " AND {fits} OFFSET 0) s"
 )
+_ALWAYS = (datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC))
 
 
 def elevation_steps_query(
-    ids: Sequence[uuid.UUID], between: tuple[datetime, datetime] | None = None
+    ids: Sequence[uuid.UUID],
+    near: Mapping[uuid.UUID, tuple[datetime, datetime]] | None = None,
 ) -> tuple[str, list[Any]]:
     """SQL and arguments for ``elevation_steps``: one branch per index of migration 008."""
-    args: list[Any] = [[str(i) for i in ids]]
-    time = ""
-    if between is not None:
-        args += between
-        time = "AND recorded_at BETWEEN $2 AND $3"
-    fits = _STEPS_OF.format(time=time, fits=_STEP_FITS)
-    wide = _STEPS_OF.format(time=time, fits=f"NOT ({_STEP_FITS})")
+    ranges = [(near or {}).get(i, _ALWAYS) for i in ids]
+    los, his = [lo for lo, _ in ranges], [hi for _, hi in ranges]
+    # All the ranges at once as well: what prunes partitions while planning (each id's own
+    # range prunes only as the query runs, after every partition has been planned for).
+    args: list[Any] = [[str(i) for i in ids], los, his, min(los), max(his)]
+    fits = _STEPS_OF.format(fits=_STEP_FITS)
+    wide = _STEPS_OF.format(fits=f"NOT ({_STEP_FITS})")
     return f"{fits} UNION ALL {wide} ORDER BY seq", args
 
 
@@ -196,19 +204,19 @@ async def elevation_steps(
     conn: asyncpg.Connection,
     ids: Sequence[uuid.UUID],
     *,
-    between: tuple[datetime, datetime] | None = None,
+    near: Mapping[uuid.UUID, tuple[datetime, datetime]] | None = None,
 ) -> dict[uuid.UUID, list[ElevationStep]]:
     """The ``elevation.*`` rows of each elevation in ``ids`` (not the grants under it), in
-    seq order; only those recorded in ``between`` (inclusive) if given, which reads only
-    that range's partitions. Served from migration 008's indexes alone: the covering one,
-    and the one of rows too wide for it (normally none).
+    seq order; for an id in ``near``, only those recorded in its range (inclusive), which
+    reads only that range's partitions. Served from migration 008's indexes alone: the
+    covering one, and the one of rows too wide for it (normally none).
 
     Run it inside ``read_snapshot``, as ``elevation_events``.
     """
     if not ids:
         return {}
     by_text = {str(i): i for i in ids}
-    sql, args = elevation_steps_query(ids, between)
+    sql, args = elevation_steps_query(ids, near)
     rows = await conn.fetch(sql, *args)
     out: dict[uuid.UUID, list[ElevationStep]] = {i: [] for i in ids}
     for r in rows:
