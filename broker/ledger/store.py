@@ -194,7 +194,8 @@ def elevation_steps_query(
     los, his = [lo for lo, _ in ranges], [hi for _, hi in ranges]
     # All the ranges at once as well: what prunes partitions while planning (each id's own
     # range prunes only as the query runs, after every partition has been planned for).
-    args: list[Any] = [[str(i) for i in ids], los, his, min(los), max(his)]
+    first, last = min(los, default=_ALWAYS[0]), max(his, default=_ALWAYS[1])
+    args: list[Any] = [[str(i) for i in ids], los, his, first, last]
     fits = _STEPS_OF.format(fits=_STEP_FITS)
     wide = _STEPS_OF.format(fits=f"NOT ({_STEP_FITS})")
     return f"{fits} UNION ALL {wide} ORDER BY seq", args
