@@ -113,6 +113,14 @@ class _Listener(http.server.ThreadingHTTPServer):
         self.finish = finish  # (query) -> (status, marker, title, text)
         self.got = got
 
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        # Only once the page is sent and its connection closed: the main thread exits soon
+        # after, and a process that exits with a connection still open may reset it before
+        # the browser has read the page.
+        if self.got.answer is not None or self.got.error is not None:
+            self.got.done.set()
+
 
 class _CallbackHandler(http.server.BaseHTTPRequestHandler):
     server: _Listener
@@ -129,12 +137,7 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
         except Exception as e:  # a bug here must end the wait, not hang it
             got.error = got.error or f"the login listener failed: {e!r}"
             page = (500, "signin-failed", "Sign-in failed", "See the terminal.")
-        try:
-            self._page(*page)
-        finally:
-            # Only now: the main thread exits soon after, and the browser needs the page.
-            if got.answer is not None or got.error is not None:
-                got.done.set()
+        self._page(*page)  # the listener ends the wait once this connection is closed
 
     def _page(self, status: int, marker: str, title: str, text: str) -> None:
         body = _PAGE.format(title=html.escape(title), marker=marker, text=html.escape(text))
