@@ -637,6 +637,17 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+async def _index_parents(conn: asyncpg.Connection) -> dict[str, str]:
+    """Each partition's index name -> the partitioned index it belongs to."""
+    return dict(
+        await conn.fetch(
+            "SELECT c.relname, p.relname FROM pg_inherits h"
+            " JOIN pg_class c ON c.oid = h.inhrelid JOIN pg_class p ON p.oid = h.inhparent"
+            " WHERE p.relkind = 'I'"
+        )
+    )
+
+
 def _grant_lookup(plan: dict[str, Any], parents: dict[str, str]) -> list[tuple[str, str, str]]:
     """``(partition, index, condition)`` of each index scan reading the issued rows (alias
     ``i``, or ``i_N`` on a partition); ``index`` is the partitioned index it belongs to."""
@@ -702,13 +713,7 @@ async def test_access_query_is_an_index_range_scan(
             events_plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
             print(f"--- events query ---\n{events_plan}")
             # Each partition's index belongs to the partitioned index of migration 003/006.
-            parents = dict(
-                await conn.fetch(
-                    "SELECT c.relname, p.relname FROM pg_inherits h"
-                    " JOIN pg_class c ON c.oid = h.inhrelid JOIN pg_class p ON p.oid = h.inhparent"
-                    " WHERE p.relkind = 'I'"
-                )
-            )
+            parents = await _index_parents(conn)
         finally:
             await conn.close()
     months = {"events_2025_01", "events_2025_02"}  # [from - the longest grant, to)
@@ -791,13 +796,7 @@ async def test_elevation_steps_are_read_from_indexes_alone(
             explained = await conn.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + sql, *args)
             text = "\n".join(r[0] for r in explained)
             print(f"--- elevation steps ---\n{text}")
-            parents = dict(
-                await conn.fetch(
-                    "SELECT c.relname, p.relname FROM pg_inherits h"
-                    " JOIN pg_class c ON c.oid = h.inhrelid JOIN pg_class p ON p.oid = h.inhparent"
-                    " WHERE p.relkind = 'I'"
-                )
-            )
+            parents = await _index_parents(conn)
         finally:
             await conn.close()
     plan = json.loads(rows[0][0])[0]["Plan"]
