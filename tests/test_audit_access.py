@@ -24,10 +24,21 @@ import pytest
 from broker.audit import AccessAudit, AccessQuery
 from broker.audit.access import LONGEST_GRANT, end_of, rule_text
 from broker.errors import BadRequest, PolicyError
-from broker.ledger.audit_queries import GrantEnd, access_query, events_query
+from broker.ledger.audit_queries import (
+    END_LAG,
+    GrantEnd,
+    access_query,
+    events_query,
+    grant_ends_query,
+)
 from broker.ledger.events import Event
 from broker.ledger.store import ELEVATION_STEP_BYTES as STEP_BYTES
-from broker.ledger.store import ELEVATION_STEP_LIMIT, elevation_steps_query
+from broker.ledger.store import (
+    ELEVATION_STEP_LIMIT,
+    elevation_steps_query,
+    row_to_event,
+    secret_elevation_steps_query,
+)
 from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
 from broker.policy import load_policy_dir
 from broker.settings import Settings
@@ -605,6 +616,80 @@ async def test_why_shows_elevations_of_any_size(stack: DevStack, broker_settings
     assert shown["dana"]["activated_at"] == T.isoformat()
 
 
+async def test_how_a_window_ended_is_the_same_whichever_way_the_page_is_asked(
+    stack: DevStack, broker_settings: Settings
+) -> None:
+    """A subject's or a secret's page reads its grants' ends as one range (009), the rest
+    by grant id: revoked by someone else, swept long after expiry, still open. Every way
+    of asking gives each window the same end, and a grant revoked before the period is
+    on no page."""
+    h = History()
+    h.add(T - timedelta(days=30), "policy.loaded", "active", body={"files": {}})
+    who, secret = fresh_subject("ends"), "stripe/test"
+    day = datetime(2026, 2, 12, 9, tzinfo=UTC)
+    expired = h.grant(day, who, secret)
+    h.end(day + 16 * MINUTE, expired, "grant.expired", who)
+    by_other = h.grant(day + HOUR, who, secret)
+    h.end(
+        day + HOUR + MINUTE,
+        by_other,
+        "grant.revoked",
+        "erin",
+        "offboarding",
+        {"offboarding_id": "ob-1"},
+    )
+    by_self = h.grant(day + 2 * HOUR, who, secret)
+    h.end(day + 2 * HOUR + MINUTE, by_self, "grant.revoked", who, "done with it")
+    swept_late = h.grant(day + 3 * HOUR, who, secret)
+    h.end(day + 3 * HOUR + 2 * END_LAG + timedelta(days=2), swept_late, "grant.expired", who)
+    still_open = h.grant(MAR - 30 * MINUTE, who, secret, minutes=60)
+    before = h.grant(FEB - 10 * MINUTE, who, secret)  # revoked before February
+    h.end(FEB - 5 * MINUTE, before, "grant.revoked", "erin", "wrong role")
+    across = h.grant(FEB - 5 * MINUTE, who, secret)  # revoked in February
+    h.end(FEB + MINUTE, across, "grant.revoked", "erin", "wrong role")
+    other = h.grant(day + 30 * MINUTE, "bob", secret)  # someone else's, around the same time
+    h.end(day + 46 * MINUTE, other, "grant.expired", "bob")
+    async with fresh_ledger_db(stack, broker_settings, "audit_ends") as db:
+        await _seed(db.superuser_dsn, h.rows())
+        async with running_ledger(db.writer_dsn, broker_settings) as ledger:
+            audit = AccessAudit(ledger)
+            pages = {
+                name: await audit.access(
+                    AccessQuery(start=FEB, end=MAR, subject=s, secret=x, after=None, limit=50),
+                    now=MAR,
+                )
+                for name, s, x in (
+                    ("subject", who, None),
+                    ("secret", None, secret),
+                    ("both", who, secret),
+                    ("neither", None, None),
+                )
+            }
+    ended = {
+        name: {w["grant_id"]: w["ended"] for w in page["access"] if w["subject"] == who}
+        for name, page in pages.items()
+    }
+    mine = [across, expired, by_other, by_self, swept_late, still_open]
+    for name, windows in ended.items():
+        assert list(windows) == [str(g) for g in mine], name  # oldest first; not "before"
+        assert windows == ended["neither"], name
+    assert {g: e["how"] if e else None for g, e in ended["subject"].items()} == {
+        str(across): "revoked",
+        str(expired): "expired",
+        str(by_other): "offboarded",
+        str(by_self): "revoked",
+        str(swept_late): "expired",
+        str(still_open): None,
+    }
+    subject_page = ended["subject"]
+    assert subject_page[str(by_other)]["by"] == "erin"
+    assert subject_page[str(by_self)]["reason"] == "done with it"
+    late = subject_page[str(swept_late)]
+    assert late["at"] == (day + 3 * HOUR + 15 * MINUTE).isoformat()
+    assert late["recorded_at"] == (day + 3 * HOUR + 2 * END_LAG + timedelta(days=2)).isoformat()
+    assert [w["subject"] for w in pages["secret"]["access"]].count("bob") == 1
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 _SUBJECTS = [f"user-{i}" for i in range(40)]
@@ -714,8 +799,44 @@ async def test_access_query_is_an_index_range_scan(
             print(f"--- events query ---\n{events_plan}")
             # Each partition's index belongs to the partitioned index of migration 003/006.
             parents = await _index_parents(conn)
+            # A page's ends, by its subject or its secret: one range of 009's indexes.
+            await conn.execute("VACUUM ledger.events")
+            ends_plans: dict[str, dict[str, Any]] = {}
+            for name, subject, secret in (
+                ("subject", "user-3", None),
+                ("secret", None, "stripe/prod"),
+            ):
+                issued = [
+                    row_to_event(r)
+                    for r in await conn.fetch(
+                        "SELECT * FROM ledger.events WHERE event = 'grant.issued'"
+                        " AND recorded_at >= $1 AND coalesce(subject = $2, secret = $3)"
+                        " ORDER BY recorded_at LIMIT 100",
+                        PLAN_FROM + timedelta(days=5),
+                        subject,
+                        secret,
+                    )
+                ]
+                sql, args = grant_ends_query(holder=subject, secret=secret, grants=issued)
+                rows = await conn.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+                ends_plans[name] = json.loads(rows[0][0])[0]["Plan"]
+                text = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+                print(f"--- ends by {name} ---\n{text}")
         finally:
             await conn.close()
+    for name, index in (
+        ("subject", "events_grant_end_subject_idx"),
+        ("secret", "events_grant_end_secret_idx"),
+    ):
+        ran = [
+            n
+            for n in _nodes(ends_plans[name])
+            if (n.get("Alias") == "t" or n.get("Alias", "").startswith("t_")) and n["Actual Loops"]
+        ]
+        read = {(n["Node Type"], parents.get(n["Index Name"])) for n in ran}
+        assert read == {("Index Only Scan", index)}, (name, ran)
+        assert sum(n["Heap Fetches"] for n in ran) == 0, (name, ran)
+        assert sum(n["Actual Rows"] for n in ran) >= 100, (name, ran)
     months = {"events_2025_01", "events_2025_02"}  # [from - the longest grant, to)
     for name, plan in plans.items():
         # A sequential scan only of a partition next to empty (the months ahead).
@@ -767,8 +888,9 @@ async def test_elevation_steps_are_read_from_indexes_alone(
 ) -> None:
     """The page's elevation lookup reads 008's covering index (no table rows, once vacuum
     has marked the pages visible) and the index of rows too wide for it, nothing else."""
-    migration = (REPO / "broker/ledger/migrations/008_elevation_steps.sql").read_text()
-    assert " ".join(migration.split()).count(" ".join(STEP_BYTES.split())) == 2
+    for name in ("008_elevation_steps.sql", "009_why_by_subject_and_secret.sql"):
+        migration = (REPO / "broker/ledger/migrations" / name).read_text()
+        assert " ".join(migration.split()).count(" ".join(STEP_BYTES.split())) == 2, name
     async with fresh_ledger_db(stack, broker_settings, "audit_steps_plan") as db:
         await _seed(db.superuser_dsn, _elevation_history(3_000))
         conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
@@ -796,6 +918,10 @@ async def test_elevation_steps_are_read_from_indexes_alone(
             explained = await conn.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + sql, *args)
             text = "\n".join(r[0] for r in explained)
             print(f"--- elevation steps ---\n{text}")
+            # A secret's page: its elevations as one range of 009's indexes.
+            since, until = near[ids[0]][0], near[ids[-1]][1]
+            sql, args = secret_elevation_steps_query("stripe/prod", since, until)
+            rows_by_secret = await conn.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
             parents = await _index_parents(conn)
         finally:
             await conn.close()
@@ -811,6 +937,16 @@ async def test_elevation_steps_are_read_from_indexes_alone(
     covered = [n for n in scans if n["Node Type"] == "Index Only Scan"]
     assert sum(n["Actual Rows"] * n["Actual Loops"] for n in covered) == 4 * len(ids), text
     assert all(n["Heap Fetches"] == 0 for n in covered), text
+    by_secret = json.loads(rows_by_secret[0][0])[0]["Plan"]
+    scans = [n for n in _nodes(by_secret) if "Relation Name" in n and n["Actual Loops"] > 0]
+    read = {(n["Node Type"], parents.get(n.get("Index Name", ""), "")) for n in scans}
+    assert read == {
+        ("Index Only Scan", "events_elevation_secret_idx"),
+        ("Index Scan", "events_elevation_secret_wide_idx"),
+    }, by_secret
+    covered = [n for n in scans if n["Node Type"] == "Index Only Scan"]
+    assert sum(n["Actual Rows"] for n in covered) >= 4 * len(ids), by_secret
+    assert all(n["Heap Fetches"] == 0 for n in covered), by_secret
 
 
 # --- the API and the CLI on the session broker ---------------------------------------------

@@ -15,13 +15,14 @@ Invariants the answer relies on:
   text of a version is cached without expiry (bounded by count); so is a settled
   elevation (``Elevation.settled``: closed, and reviewed if break-glass: the writer's
   dedupe keys refuse any later event), as the page shows it;
-- one page costs at most six queries, in one read-only snapshot (``read_snapshot``: no
+- one page costs at most seven queries, in one read-only snapshot (``read_snapshot``: no
   parallel workers, which cost more to start than these index lookups take): the recorded
-  policy versions (and the longest grant of any not seen before), the windows (how each
-  ended read from an index alone, unless revoked), the elevations of the elevated ones
-  not yet cached (one batched lookup by elevation id near their grants, a second for
-  those not found whole there; both read 008's indexes alone, no table rows), and the
-  policy versions not yet cached.
+  policy versions (and the longest grant of any not seen before), the windows, how they
+  ended (``access_windows``: a subject's or a secret's page reads its ends as one range
+  of 009's indexes, those not there by grant id), the elevations of the elevated ones not
+  yet cached (a secret's page reads them as one range of 009's indexes, other pages by id
+  near their grants from 008's; then by id, anywhere, those not found whole; all from
+  indexes alone, no table rows), and the policy versions not yet cached.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from broker.errors import PolicyError
 from broker.ledger import ElevationStep, Event, Ledger
 from broker.ledger.audit_queries import AccessRow, GrantEnd, access_windows, events_page
 from broker.ledger.policy_queries import policy_documents, policy_versions
-from broker.ledger.store import elevation_steps, read_snapshot
+from broker.ledger.store import elevation_steps, read_snapshot, secret_elevation_steps
 from broker.periods import MAX_QUERY_PERIOD, check_period
 from broker.policy.loader import MAX_GRANT_TTL, load_policy_documents
 
@@ -246,7 +247,7 @@ class AccessAudit:
                 limit=q.limit,
             )
             moment = now or datetime.now(UTC)
-            elevations = await self._elevations(conn, rows, moment)
+            elevations = await self._elevations(conn, rows, q.secret, moment)
             documents = await self._policies(conn, {r.issued.policy_version or "" for r in rows})
         windows = [self._window(r, elevations, documents, moment) for r in rows]
         more = len(rows) == q.limit
@@ -278,7 +279,11 @@ class AccessAudit:
         }
 
     async def _elevations(
-        self, conn: asyncpg.Connection, rows: Sequence[AccessRow], now: datetime
+        self,
+        conn: asyncpg.Connection,
+        rows: Sequence[AccessRow],
+        secret: str | None,
+        now: datetime,
     ) -> dict[str, Elevation]:
         """The elevations the elevated windows were issued under (without the grants under
         them, which the page does not show); settled ones come from memory once read."""
@@ -293,14 +298,23 @@ class AccessAudit:
         missing = [uuid.UUID(i) for i in sorted(issued.keys() - out.keys())]
         if not missing:
             return out
-        # First only the partitions near the grants: an elevation found there from its
-        # request to its final event is whole, since recorded_at never runs backwards
-        # (check_chain) and nothing follows a final event. The rest (still open, reviewed
-        # much later, requested long before) are read from the whole ledger.
-        near = {
-            uid: (min(issued[str(uid)]) - _NEAR, max(issued[str(uid)]) + _NEAR) for uid in missing
-        }
-        found = await elevation_steps(conn, missing, near=near)
+        # First only the days around the grants: an elevation found there from its request
+        # to its final event is whole, since recorded_at never runs backwards (check_chain)
+        # and nothing follows a final event. On a secret's page that is one range of the
+        # secret's elevations (their rows side by side); otherwise each id's own days.
+        # The rest (still open, reviewed much later, requested long before) are read by
+        # id from the whole ledger.
+        if secret is not None:
+            times = [t for uid in missing for t in issued[str(uid)]]
+            found = await secret_elevation_steps(
+                conn, secret, min(times) - _NEAR, max(times) + _NEAR, missing
+            )
+        else:
+            near = {
+                uid: (min(issued[str(uid)]) - _NEAR, max(issued[str(uid)]) + _NEAR)
+                for uid in missing
+            }
+            found = await elevation_steps(conn, missing, near=near)
         rest = [uid for uid, events in found.items() if not self._keep(uid, events, out, now)]
         for uid, events in (await elevation_steps(conn, rest)).items():
             self._keep(uid, events, out, now, whole=True)

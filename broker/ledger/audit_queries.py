@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,8 +26,10 @@ __all__ = [
     "GrantEnd",
     "access_query",
     "access_windows",
+    "ends_by_grant_query",
     "events_page",
     "events_query",
+    "grant_ends_query",
 ]
 
 
@@ -50,29 +52,40 @@ class AccessRow:
     end: GrantEnd | None
 
 
-# The end of each grant: at most one end row per grant (dedupe key), found by grant id in
-# time order from the issued row on (an end is never recorded before its grant): the
-# partitions are read in order through 007's index of end rows and the first match stops
-# the scan, so a grant costs one or two partitions however many months there are. That
-# index carries the row's type, so an expiry is read from the index alone; the row itself
-# (by whom, why) is fetched only for a revocation (OFFSET 0 keeps that lookup a subquery
-# run only when its condition on t holds, not a join probed for every window).
-_ACCESS_SELECT = """
-SELECT i.*, t.recorded_at AS end_recorded_at, t.event AS end_event,
-    r.subject AS end_subject, r.body AS end_body
-FROM ledger.events i
-LEFT JOIN LATERAL (
+# How a grant ended: its one end row (dedupe key), never recorded before the grant. Two
+# ways to find it, both from an index of end rows alone (their type included), reading
+# the row itself (by whom, why) only for a revocation; OFFSET 0 keeps that read a
+# subquery run only when the end is a revocation, not a join probed for every window.
+#
+# - By grant id (007's index), the partitions in time order from the grant on, the first
+#   match ending the scan: one random leaf per grant, which is what a first question
+#   about a month costs most (a hundred scattered pages for a page of windows).
+# - By subject or secret (009's indexes, plain columns, so read from the index alone): the
+#   end rows of one secret's grants, and the expiries of one subject's (an expiry's
+#   subject is the holder; a revocation's is who revoked), lie side by side in time
+#   order, so a page's ends are one short range. Exact only for ends found there: a grant
+#   with none (revoked by someone else, still open, swept late) is looked up by id.
+_END_BY_GRANT = """
     SELECT e.recorded_at, e.seq, e.event FROM ledger.events e
-    WHERE e.grant_id = i.grant_id AND e.event IN ('grant.revoked', 'grant.expired')
-        AND e.recorded_at >= i.recorded_at
+    WHERE e.grant_id = {grant_id} AND e.event IN ('grant.revoked', 'grant.expired')
+        AND e.recorded_at >= {issued_at}{only_if}
     ORDER BY e.recorded_at, e.seq LIMIT 1
-) t ON true
+"""
+_REVOKED_ROW = """
 LEFT JOIN LATERAL (
     SELECT v.subject, v.body FROM ledger.events v
     WHERE t.event = 'grant.revoked' AND v.recorded_at = t.recorded_at AND v.seq = t.seq
     OFFSET 0
 ) r ON true
 """
+_END_COLUMNS = (
+    "t.recorded_at AS end_recorded_at, t.event AS end_event,"
+    " r.subject AS end_subject, r.body AS end_body"
+)
+# How long after its expiry a grant's end row is looked for among its holder's or secret's
+# ends: the sweeper's lag (a revocation comes before expiry). Later ones are still found,
+# by grant id.
+END_LAG = timedelta(minutes=10)
 
 
 def access_query(
@@ -84,12 +97,16 @@ def access_query(
     secret: str | None,
     after_seq: int | None,
     limit: int,
+    early_ends_only: bool = False,
 ) -> tuple[str, list[Any]]:
     """SQL and arguments for grants issued in ``[issued_from, issued_to)`` still open after
-    ``overlaps_from`` (not expired, not revoked by then), oldest first.
+    ``overlaps_from`` (not expired, not revoked by then), oldest first, with how each ended.
 
     ``issued_from`` is the caller's lower bound (period start minus the longest grant):
     it is what keeps this an index range scan. ``after_seq`` continues after that row.
+    ``early_ends_only``: look up the end only of grants issued before ``overlaps_from``,
+    which the overlap needs (a grant issued later cannot have ended before the period);
+    the caller finds the others' (``grant_ends``).
     """
     args: list[Any] = [issued_from, issued_to, overlaps_from]
     where = [
@@ -113,13 +130,52 @@ def access_query(
         cursor_row = f"SELECT c.recorded_at, c.seq FROM ledger.events c WHERE c.seq = ${n}"  # noqa: S608
         where.append(f"(i.recorded_at, i.seq) > ({cursor_row})")
     args.append(limit)
+    end = _END_BY_GRANT.format(
+        grant_id="i.grant_id",
+        issued_at="i.recorded_at",
+        only_if=" AND i.recorded_at < $3" if early_ends_only else "",
+    )
     sql = (
-        _ACCESS_SELECT
+        f"SELECT i.*, {_END_COLUMNS}\nFROM ledger.events i\nLEFT JOIN LATERAL ({end}) t ON true"
+        + _REVOKED_ROW
         + "WHERE "
         + "\n  AND ".join(where)
         + f"\nORDER BY i.recorded_at, i.seq LIMIT ${len(args)}"
     )
     return sql, args
+
+
+def grant_ends_query(
+    *, holder: str | None, secret: str | None, grants: Sequence[Event]
+) -> tuple[str, list[Any]]:
+    """SQL and arguments for the end rows with subject ``holder`` (if given) or of
+    ``secret`` recorded between the first of ``grants`` and their last expiry plus ``END_LAG``: one
+    range of 009's index, and no other index to choose (the caller picks its grants out:
+    a filter on grant id here could tempt the planner into 007's index, a leaf a grant)."""
+    assert grants and all(g.expires_at is not None for g in grants), "windows expire"
+    key, value = ("subject", holder) if holder is not None else ("secret", secret)
+    assert value is not None, "a holder or a secret"
+    since = min(g.recorded_at for g in grants)
+    until = max(g.expires_at for g in grants if g.expires_at is not None) + END_LAG
+    sql = (
+        f"SELECT t.grant_id, {_END_COLUMNS}\nFROM ledger.events t"
+        + _REVOKED_ROW
+        + f"WHERE t.{key} = $1 AND t.event IN ('grant.revoked', 'grant.expired')"
+        + " AND t.recorded_at >= $2 AND t.recorded_at <= $3"
+        + "\nORDER BY t.recorded_at, t.seq"
+    )
+    return sql, [value, since, until]
+
+
+def ends_by_grant_query(grants: Sequence[Event]) -> tuple[str, list[Any]]:
+    """SQL and arguments for the end rows of ``grants``, looked up one by one by grant id."""
+    end = _END_BY_GRANT.format(grant_id="g.id", issued_at="g.issued_at", only_if="")
+    sql = (
+        f"SELECT g.id AS grant_id, {_END_COLUMNS}\n"
+        "FROM unnest($1::uuid[], $2::timestamptz[]) AS g(id, issued_at)\n"
+        f"CROSS JOIN LATERAL ({end}) t" + _REVOKED_ROW
+    )
+    return sql, [[g.grant_id for g in grants], [g.recorded_at for g in grants]]
 
 
 def _end(r: asyncpg.Record) -> GrantEnd | None:
@@ -134,11 +190,29 @@ def _end(r: asyncpg.Record) -> GrantEnd | None:
     )
 
 
-async def access_windows(db: asyncpg.Pool | asyncpg.Connection, **query: Any) -> list[AccessRow]:
-    """Run ``access_query(**query)``: the grants whose access overlaps the period."""
-    sql, args = access_query(**query)
-    rows = await db.fetch(sql, *args)
-    return [AccessRow(row_to_event(r), _end(r)) for r in rows]
+async def access_windows(conn: asyncpg.Connection, **query: Any) -> list[AccessRow]:
+    """The grants whose access overlaps the period (``access_query``) and how each ended.
+
+    With a subject or a secret to go by, the ends of grants issued in the period are read
+    as one range of 009's indexes (``grant_ends_query``), those not found there by grant
+    id (``ends_by_grant_query``); run in one snapshot (``read_snapshot``) to be exact.
+    """
+    subject, secret = query["subject"], query["secret"]
+    co_located = subject is not None or secret is not None
+    sql, args = access_query(**query, early_ends_only=co_located)
+    rows = [(row_to_event(r), _end(r)) for r in await conn.fetch(sql, *args)]
+    late = [i for i, _ in rows if co_located and i.recorded_at >= query["overlaps_from"]]
+    ends: dict[Any, GrantEnd | None] = {}
+    if late:
+        sql, args = grant_ends_query(holder=subject, secret=secret, grants=late)
+        wanted = {i.grant_id for i in late}
+        for r in await conn.fetch(sql, *args):
+            if r["grant_id"] in wanted:
+                ends.setdefault(r["grant_id"], _end(r))  # the first, as by grant id
+        if unfound := [i for i in late if i.grant_id not in ends]:
+            sql, args = ends_by_grant_query(unfound)
+            ends.update((r["grant_id"], _end(r)) for r in await conn.fetch(sql, *args))
+    return [AccessRow(i, ends.get(i.grant_id, end)) for i, end in rows]
 
 
 def events_query(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +42,8 @@ __all__ = [
     "elevation_steps_query",
     "read_snapshot",
     "row_to_event",
+    "secret_elevation_steps",
+    "secret_elevation_steps_query",
 ]
 
 _TERMINAL = ("grant.revoked", "grant.expired")
@@ -201,6 +203,20 @@ def elevation_steps_query(
     return f"{fits} UNION ALL {wide} ORDER BY seq", args
 
 
+def _step(r: asyncpg.Record, body: dict[str, Any]) -> ElevationStep:
+    return ElevationStep(
+        seq=r["seq"],
+        recorded_at=r["recorded_at"],
+        event=r["event"],
+        subject=r["subject"],
+        subject_kind=r["subject_kind"],
+        secret=r["secret"],
+        role=r["role"],
+        policy_version=r["policy_version"],
+        body=body,
+    )
+
+
 async def elevation_steps(
     conn: asyncpg.Connection,
     ids: Sequence[uuid.UUID],
@@ -218,23 +234,51 @@ async def elevation_steps(
         return {}
     by_text = {str(i): i for i in ids}
     sql, args = elevation_steps_query(ids, near)
-    rows = await conn.fetch(sql, *args)
     out: dict[uuid.UUID, list[ElevationStep]] = {i: [] for i in ids}
-    for r in rows:
+    for r in await conn.fetch(sql, *args):
         body = decoded_body(r["body"])
-        out[by_text[body["elevation_id"]]].append(
-            ElevationStep(
-                seq=r["seq"],
-                recorded_at=r["recorded_at"],
-                event=r["event"],
-                subject=r["subject"],
-                subject_kind=r["subject_kind"],
-                secret=r["secret"],
-                role=r["role"],
-                policy_version=r["policy_version"],
-                body=body,
-            )
-        )
+        out[by_text[body["elevation_id"]]].append(_step(r, body))
+    return out
+
+
+# 009's indexes of elevation rows by secret: the covering one and the one of wide rows.
+_STEPS_IN_RANGE = (
+    "SELECT body->>'elevation_id' AS elevation_id, seq, recorded_at, event, subject,"
+    " subject_kind, secret, role, policy_version, body"
+    " FROM ledger.events WHERE left(event, 10) = 'elevation.' AND body ? 'elevation_id'"
+    " AND secret = $1 AND recorded_at BETWEEN $2 AND $3 AND {fits}"
+)
+
+
+def secret_elevation_steps_query(
+    secret: str, since: datetime, until: datetime
+) -> tuple[str, list[Any]]:
+    """SQL and arguments for ``secret_elevation_steps``: one branch per index of 009."""
+    fits = _STEPS_IN_RANGE.format(fits=_STEP_FITS)
+    wide = _STEPS_IN_RANGE.format(fits=f"NOT ({_STEP_FITS})")
+    return f"{fits} UNION ALL {wide} ORDER BY seq", [secret, since, until]
+
+
+async def secret_elevation_steps(
+    conn: asyncpg.Connection,
+    secret: str,
+    since: datetime,
+    until: datetime,
+    ids: Collection[uuid.UUID],
+) -> dict[uuid.UUID, list[ElevationStep]]:
+    """The ``elevation.*`` rows of the elevations in ``ids`` (all to ``secret``) recorded
+    in ``[since, until]``, in seq order: one range of migration 009's indexes, read from
+    them alone (the other elevations' rows in it are skipped undecoded). An elevation with
+    rows outside the range is not whole here.
+
+    Run it inside ``read_snapshot``, as ``elevation_events``.
+    """
+    by_text = {str(i): i for i in ids}
+    sql, args = secret_elevation_steps_query(secret, since, until)
+    out: dict[uuid.UUID, list[ElevationStep]] = {i: [] for i in ids}
+    for r in await conn.fetch(sql, *args):
+        if (eid := by_text.get(r["elevation_id"])) is not None:
+            out[eid].append(_step(r, decoded_body(r["body"])))
     return out
 
 
