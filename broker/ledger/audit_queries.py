@@ -106,7 +106,7 @@ def access_query(
     it is what keeps this an index range scan. ``after_seq`` continues after that row.
     ``early_ends_only``: look up the end only of grants issued before ``overlaps_from``,
     which the overlap needs (a grant issued later cannot have ended before the period);
-    the caller finds the others' (``grant_ends``).
+    the caller finds the others' (``access_windows``).
     """
     args: list[Any] = [issued_from, issued_to, overlaps_from]
     where = [
@@ -149,9 +149,10 @@ def grant_ends_query(
     *, holder: str | None, secret: str | None, grants: Sequence[Event]
 ) -> tuple[str, list[Any]]:
     """SQL and arguments for the end rows with subject ``holder`` (if given) or of
-    ``secret`` recorded between the first of ``grants`` and their last expiry plus ``END_LAG``: one
-    range of 009's index, and no other index to choose (the caller picks its grants out:
-    a filter on grant id here could tempt the planner into 007's index, a leaf a grant)."""
+    ``secret``, recorded from the first of ``grants`` to their last expiry plus
+    ``END_LAG``: one range of 009's index, and no other index to choose (the caller picks
+    its grants out: a filter on grant id could tempt the planner into 007's index, a leaf
+    a grant)."""
     assert grants and all(g.expires_at is not None for g in grants), "windows expire"
     key, value = ("subject", holder) if holder is not None else ("secret", secret)
     assert value is not None, "a holder or a secret"
