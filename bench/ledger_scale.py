@@ -404,7 +404,8 @@ async def _sign_in(http: Any, url: str, identity: str) -> str:
 
 
 async def _explain(dsn: str, shape: str, path: str) -> list[str]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the SQL the route runs for ``path`` (its first query)."""
+    """EXPLAIN (ANALYZE, BUFFERS) of the SQL the route runs for ``path`` (for "why", its
+    query of the page's rows, as the broker runs it: index scans off, for a bitmap scan)."""
     from urllib.parse import parse_qs, urlsplit
 
     import asyncpg
@@ -427,9 +428,11 @@ async def _explain(dsn: str, shape: str, path: str) -> list[str]:
             overlaps_from=start,
             subject=params.get("subject"),
             secret=params.get("secret"),
-            after_seq=None,
+            after=None,
+            through=None,
             limit=100,
         )
+        setting = "SET enable_indexscan = off"
     else:
         sql, args = events_query(
             subject=params.get("subject"),
@@ -440,8 +443,10 @@ async def _explain(dsn: str, shape: str, path: str) -> list[str]:
             after_seq=int(params["cursor"]) if params.get("cursor") else None,
             limit=50,
         )
+        setting = "RESET enable_indexscan"
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
+        await conn.execute(setting)
         # Twice: a new session first fills its catalog caches (17 partitions' indexes),
         # which a pooled connection of the broker has done long before.
         cold = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args)

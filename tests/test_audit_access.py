@@ -28,8 +28,10 @@ from broker.ledger.audit_queries import (
     END_LAG,
     GrantEnd,
     access_query,
+    ends_by_grant_query,
     events_query,
     grant_ends_query,
+    window_bound_query,
 )
 from broker.ledger.events import Event
 from broker.ledger.store import ELEVATION_STEP_BYTES as STEP_BYTES
@@ -665,6 +667,21 @@ async def test_how_a_window_ended_is_the_same_whichever_way_the_page_is_asked(
                     ("neither", None, None),
                 )
             }
+            # Two windows a page: the same windows, in the same order, whichever way.
+            paged: dict[str, list[str]] = {}
+            for name, s, x in (("subject", who, None), ("secret", None, secret)):
+                paged[name], after = [], None
+                for _ in range(10):
+                    page = await audit.access(
+                        AccessQuery(start=FEB, end=MAR, subject=s, secret=x, after=after, limit=2),
+                        now=MAR,
+                    )
+                    paged[name] += [w["grant_id"] for w in page["access"]]
+                    if page["next_cursor"] is None:
+                        break
+                    after = int(page["next_cursor"])
+    for name, ids in paged.items():
+        assert ids == [w["grant_id"] for w in pages[name]["access"]], name
     ended = {
         name: {w["grant_id"]: w["ended"] for w in page["access"] if w["subject"] == who}
         for name, page in pages.items()
@@ -722,6 +739,15 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+async def _analyzed(conn: asyncpg.Connection, sql: str, args: list[Any]) -> dict[str, Any]:
+    """``EXPLAIN (ANALYZE, FORMAT JSON)`` of ``sql``: its plan (printed as text too)."""
+    rows = await conn.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+    text = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (COSTS OFF) " + sql, *args))
+    print(f"--- {sql.split(chr(10))[0][:60]} ---\n{text}")
+    plan: dict[str, Any] = json.loads(rows[0][0])[0]["Plan"]
+    return plan
+
+
 async def _index_parents(conn: asyncpg.Connection) -> dict[str, str]:
     """Each partition's index name -> the partitioned index it belongs to."""
     return dict(
@@ -761,31 +787,49 @@ def _grant_lookup(plan: dict[str, Any], parents: dict[str, str]) -> list[tuple[s
 async def test_access_query_is_an_index_range_scan(
     stack: DevStack, broker_settings: Settings
 ) -> None:
+    """Each query of a page reads one bounded range of an index: the page's last key from
+    003's index alone, the rows up to it in a bitmap heap scan of the same range, how each
+    ended from 007's index (by grant id) or 009's (by subject or secret) alone."""
     async with fresh_ledger_db(stack, broker_settings, "audit_plan") as db:
         await _seed(db.superuser_dsn, _big_history(20_000))
         conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
         try:
             assert await conn.fetchval("SELECT count(*) FROM ledger.events") >= 20_000
+            await conn.execute("VACUUM ledger.events")  # the visibility map: no heap fetches
+            bounds: dict[str, dict[str, Any]] = {}
             plans: dict[str, dict[str, Any]] = {}
+            ends_by_id: dict[str, dict[str, Any]] = {}
             for name, subject, secret in (
                 ("both", "user-3", "stripe/prod"),
                 ("secret", None, "stripe/prod"),
                 ("subject", "user-3", None),
                 ("neither", None, None),
             ):
+                shape = {"subject": subject, "secret": secret}
+                bounded = name != "both"  # as access_windows
+                sql, args = window_bound_query(
+                    overlaps_from=PLAN_FROM, issued_to=PLAN_TO, after=None, nth=100, **shape
+                )
+                bound = await conn.fetchrow(sql, *args) if bounded else None
+                if bounded:
+                    bounds[name] = await _analyzed(conn, sql, args)
                 sql, args = access_query(
                     issued_from=PLAN_FROM - LONGEST_GRANT,
                     issued_to=PLAN_TO,
                     overlaps_from=PLAN_FROM,
-                    subject=subject,
-                    secret=secret,
-                    after_seq=None,
+                    after=None,
+                    through=(bound["recorded_at"], bound["seq"]) if bound else None,
                     limit=100,
+                    **shape,
                 )
-                rows = await conn.fetch("EXPLAIN (FORMAT JSON) " + sql, *args)
-                plans[name] = json.loads(rows[0][0])[0]["Plan"]
-                text = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
-                print(f"--- access query, {name} ---\n{text}")
+                await conn.execute(f"SET enable_indexscan = {not bounded}")  # as access_windows
+                plans[name] = await _analyzed(conn, sql, args)
+                issued = [row_to_event(r) for r in await conn.fetch(sql, *args)]
+                await conn.execute("RESET enable_indexscan")
+                print(f"--- access query, {name}: {len(issued)} windows ---")
+                if issued:
+                    sql, args = ends_by_grant_query(issued)
+                    ends_by_id[name] = await _analyzed(conn, sql, args)
             sql, args = events_query(
                 subject="user-3",
                 secret=None,
@@ -800,7 +844,6 @@ async def test_access_query_is_an_index_range_scan(
             # Each partition's index belongs to the partitioned index of migration 003/006.
             parents = await _index_parents(conn)
             # A page's ends, by its subject or its secret: one range of 009's indexes.
-            await conn.execute("VACUUM ledger.events")
             ends_plans: dict[str, dict[str, Any]] = {}
             for name, subject, secret in (
                 ("subject", "user-3", None),
@@ -818,44 +861,61 @@ async def test_access_query_is_an_index_range_scan(
                     )
                 ]
                 sql, args = grant_ends_query(holder=subject, secret=secret, grants=issued)
-                rows = await conn.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
-                ends_plans[name] = json.loads(rows[0][0])[0]["Plan"]
-                text = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
-                print(f"--- ends by {name} ---\n{text}")
+                ends_plans[name] = await _analyzed(conn, sql, args)
         finally:
             await conn.close()
+
+    def ran(plan: dict[str, Any], alias: str) -> list[dict[str, Any]]:
+        """The scans of table alias ``alias`` (or its partitions') that ran."""
+        return [
+            n
+            for n in _nodes(plan)
+            if (n.get("Alias") == alias or n.get("Alias", "").startswith(alias + "_"))
+            and n["Actual Loops"]
+        ]
+
+    def index_only(plan: dict[str, Any], alias: str, index: str, rows: int) -> None:
+        scans = ran(plan, alias)
+        read = {(n["Node Type"], parents.get(n["Index Name"])) for n in scans}
+        assert read == {("Index Only Scan", index)}, (index, scans)
+        assert sum(n["Heap Fetches"] for n in scans) == 0, (index, scans)
+        assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) >= rows, (index, scans)
+
     for name, index in (
         ("subject", "events_grant_end_subject_idx"),
         ("secret", "events_grant_end_secret_idx"),
     ):
-        ran = [
-            n
-            for n in _nodes(ends_plans[name])
-            if (n.get("Alias") == "t" or n.get("Alias", "").startswith("t_")) and n["Actual Loops"]
-        ]
-        read = {(n["Node Type"], parents.get(n["Index Name"])) for n in ran}
-        assert read == {("Index Only Scan", index)}, (name, ran)
-        assert sum(n["Heap Fetches"] for n in ran) == 0, (name, ran)
-        assert sum(n["Actual Rows"] for n in ran) >= 100, (name, ran)
+        index_only(ends_plans[name], "t", index, 100)
+    shape_index = {
+        "both": ("events_issued_subject_idx", "events_issued_secret_idx"),
+        "secret": ("events_issued_secret_idx",),
+        "subject": ("events_issued_subject_idx",),
+        "neither": ("events_issued_time_idx",),
+    }
     months = {"events_2025_01", "events_2025_02"}  # [from - the longest grant, to)
+    for name, bound_plan in bounds.items():
+        # The page's last key, from the shape's index alone.
+        scans = ran(bound_plan, "i")
+        assert {n["Node Type"] for n in scans} == {"Index Only Scan"}, (name, scans)
+        assert {parents.get(n["Index Name"]) for n in scans} <= set(shape_index[name]), name
+        assert sum(n["Heap Fetches"] for n in scans) == 0, (name, scans)
     for name, plan in plans.items():
         # A sequential scan only of a partition next to empty (the months ahead).
-        scans = [n for n in _nodes(plan) if n["Node Type"] == "Seq Scan"]
-        assert all(n["Total Cost"] < 2 for n in scans), (name, [n["Relation Name"] for n in scans])
+        seq_scans = [n for n in _nodes(plan) if n["Node Type"] == "Seq Scan"]
+        assert all(n["Actual Loops"] == 0 or n["Actual Rows"] == 0 for n in seq_scans), name
         lookups = _grant_lookup(plan, parents)
         # Only the period's partitions are read, each through an index bounded by the
         # period (recorded_at, or expires_at for grants still open): the cost follows the
         # period, not the size of the ledger.
-        assert {partition for partition, _, _ in lookups} <= months, (name, lookups)
+        assert lookups and {partition for partition, _, _ in lookups} <= months, (name, lookups)
         for _, index, cond in lookups:
             assert "recorded_at >=" in cond or "expires_at >" in cond, (name, index, cond)
-        # How each grant ended is read from 007's index of end rows alone (no heap).
-        ends = {
-            (n["Node Type"], parents.get(n["Index Name"], n["Index Name"]))
-            for n in _nodes(plan)
-            if n.get("Alias", "") == "e" or n.get("Alias", "").startswith("e_")
-        }
-        assert ends == {("Index Only Scan", "events_grant_end_idx")}, (name, ends)
+        if name in bounds:  # the rows up to the key: read ahead
+            assert {n["Node Type"] for n in ran(plan, "i")} == {"Bitmap Heap Scan"}, name
+    assert len(ends_by_id) >= 3, ends_by_id.keys()
+    for plan in ends_by_id.values():
+        # How each grant ended, by grant id: 007's index of end rows alone (no heap).
+        index_only(plan, "e", "events_grant_end_idx", 1)
     assert "events_issued_time_idx" in {i for _, i, _ in _grant_lookup(plans["neither"], parents)}
     assert "events_issued_subject_idx" in {
         i for _, i, _ in _grant_lookup(plans["subject"], parents)

@@ -15,14 +15,16 @@ Invariants the answer relies on:
   text of a version is cached without expiry (bounded by count); so is a settled
   elevation (``Elevation.settled``: closed, and reviewed if break-glass: the writer's
   dedupe keys refuse any later event), as the page shows it;
-- one page costs at most seven queries, in one read-only snapshot (``read_snapshot``: no
-  parallel workers, which cost more to start than these index lookups take): the recorded
-  policy versions (and the longest grant of any not seen before), the windows, how they
-  ended (``access_windows``: a subject's or a secret's page reads its ends as one range
-  of 009's indexes, those not there by grant id), the elevations of the elevated ones not
+- a page is a few queries, in one read-only snapshot (``read_snapshot``: no parallel
+  workers, which cost more to start than these index lookups take): the recorded policy
+  versions (and the longest grant of any not seen before); the windows
+  (``access_windows``: the page's last key from an index alone, the rows up to it read
+  ahead in a bitmap heap scan, how they ended as one range of 009's indexes on a
+  subject's or a secret's page, those not there by grant id; a second round only if
+  windows revoked before the period took places); the elevations of the elevated ones not
   yet cached (a secret's page reads them as one range of 009's indexes, other pages by id
   near their grants from 008's; then by id, anywhere, those not found whole; all from
-  indexes alone, no table rows), and the policy versions not yet cached.
+  indexes alone, no table rows); and the policy versions not yet cached.
 """
 
 from __future__ import annotations

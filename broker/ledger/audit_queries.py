@@ -22,14 +22,17 @@ from .events import Event, decoded_body
 from .store import row_to_event
 
 __all__ = [
+    "END_LAG",
     "AccessRow",
     "GrantEnd",
+    "Key",
     "access_query",
     "access_windows",
     "ends_by_grant_query",
     "events_page",
     "events_query",
     "grant_ends_query",
+    "window_bound_query",
 ]
 
 
@@ -65,27 +68,81 @@ class AccessRow:
 #   subject is the holder; a revocation's is who revoked), lie side by side in time
 #   order, so a page's ends are one short range. Exact only for ends found there: a grant
 #   with none (revoked by someone else, still open, swept late) is looked up by id.
-_END_BY_GRANT = """
-    SELECT e.recorded_at, e.seq, e.event FROM ledger.events e
-    WHERE e.grant_id = {grant_id} AND e.event IN ('grant.revoked', 'grant.expired')
-        AND e.recorded_at >= {issued_at}{only_if}
-    ORDER BY e.recorded_at, e.seq LIMIT 1
-"""
+# {bounds}: the range of the whole statement's end rows again, which PostgreSQL can prune
+# partitions by while planning (t's values prune only as the query runs, after every
+# partition has been planned for).
 _REVOKED_ROW = """
 LEFT JOIN LATERAL (
     SELECT v.subject, v.body FROM ledger.events v
     WHERE t.event = 'grant.revoked' AND v.recorded_at = t.recorded_at AND v.seq = t.seq
+        {bounds}
     OFFSET 0
 ) r ON true
 """
 _END_COLUMNS = (
-    "t.recorded_at AS end_recorded_at, t.event AS end_event,"
+    "t.grant_id, t.recorded_at AS end_recorded_at, t.event AS end_event,"
     " r.subject AS end_subject, r.body AS end_body"
 )
 # How long after its expiry a grant's end row is looked for among its holder's or secret's
 # ends: the sweeper's lag (a revocation comes before expiry). Later ones are still found,
 # by grant id.
 END_LAG = timedelta(minutes=10)
+
+Key = tuple[datetime, int]  # (recorded_at, seq): the order of windows and of pages
+
+
+def _issued(
+    args: list[Any],
+    *,
+    subject: str | None,
+    secret: str | None,
+    after: Key | None,
+    through: Key | None = None,
+) -> list[str]:
+    """The conditions on issued rows ``i`` every window query shares, binding into
+    ``args``; the time bounds are bound separately, each a range condition on its own
+    (what an index range scan starts and stops at) as well as the exact key comparison."""
+
+    def bind(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    where = ["i.event = 'grant.issued'"]
+    if subject is not None:
+        where.append(f"i.subject = {bind(subject)}")
+    if secret is not None:
+        where.append(f"i.secret = {bind(secret)}")
+    if after is not None:
+        at, seq = bind(after[0]), bind(after[1])
+        where += [f"i.recorded_at >= {at}", f"(i.recorded_at, i.seq) > ({at}, {seq})"]
+    if through is not None:
+        at, seq = bind(through[0]), bind(through[1])
+        where += [f"i.recorded_at <= {at}", f"(i.recorded_at, i.seq) <= ({at}, {seq})"]
+    return where
+
+
+def window_bound_query(
+    *,
+    overlaps_from: datetime,
+    issued_to: datetime,
+    subject: str | None,
+    secret: str | None,
+    after: Key | None,
+    nth: int,
+) -> tuple[str, list[Any]]:
+    """SQL and arguments for the key of the ``nth`` grant issued in ``[overlaps_from,
+    issued_to)`` after ``after``, from 003's index alone: every grant issued in the period
+    overlaps it, so a page of ``nth`` windows ends there at the latest."""
+    args: list[Any] = [overlaps_from, issued_to]
+    where = ["i.recorded_at >= $1", "i.recorded_at < $2"]
+    where += _issued(args, subject=subject, secret=secret, after=after)
+    args.append(nth - 1)
+    sql = (
+        "SELECT i.recorded_at, i.seq FROM ledger.events i WHERE "  # noqa: S608 - fixed fragments
+        + " AND ".join(where)
+        + f" ORDER BY i.recorded_at, i.seq OFFSET ${len(args)} LIMIT 1"
+    )
+    return sql, args
 
 
 def access_query(
@@ -95,50 +152,23 @@ def access_query(
     overlaps_from: datetime,
     subject: str | None,
     secret: str | None,
-    after_seq: int | None,
+    after: Key | None,
+    through: Key | None,
     limit: int,
-    early_ends_only: bool = False,
 ) -> tuple[str, list[Any]]:
-    """SQL and arguments for grants issued in ``[issued_from, issued_to)`` still open after
-    ``overlaps_from`` (not expired, not revoked by then), oldest first, with how each ended.
+    """SQL and arguments for the grants issued in ``[issued_from, issued_to)``, after
+    ``after`` and up to ``through`` (keys), not expired by ``overlaps_from``, oldest first:
+    the windows of a page before the revoked are taken out (``access_windows``).
 
     ``issued_from`` is the caller's lower bound (period start minus the longest grant):
-    it is what keeps this an index range scan. ``after_seq`` continues after that row.
-    ``early_ends_only``: look up the end only of grants issued before ``overlaps_from``,
-    which the overlap needs (a grant issued later cannot have ended before the period);
-    the caller finds the others' (``access_windows``).
+    it is what keeps this an index range scan.
     """
     args: list[Any] = [issued_from, issued_to, overlaps_from]
-    where = [
-        "i.event = 'grant.issued'",
-        "i.recorded_at >= $1",
-        "i.recorded_at < $2",
-        "i.expires_at > $3",
-        # Revoked before the period began: no overlap. (An expired row is written by the
-        # sweeper after expires_at, so for expiry expires_at above is what counts.)
-        "(t.event IS DISTINCT FROM 'grant.revoked' OR t.recorded_at > $3)",
-    ]
-    if subject is not None:
-        args.append(subject)
-        where.append(f"i.subject = ${len(args)}")
-    if secret is not None:
-        args.append(secret)
-        where.append(f"i.secret = ${len(args)}")
-    if after_seq is not None:
-        args.append(after_seq)
-        n = len(args)
-        cursor_row = f"SELECT c.recorded_at, c.seq FROM ledger.events c WHERE c.seq = ${n}"  # noqa: S608
-        where.append(f"(i.recorded_at, i.seq) > ({cursor_row})")
+    where = ["i.recorded_at >= $1", "i.recorded_at < $2", "i.expires_at > $3"]
+    where += _issued(args, subject=subject, secret=secret, after=after, through=through)
     args.append(limit)
-    end = _END_BY_GRANT.format(
-        grant_id="i.grant_id",
-        issued_at="i.recorded_at",
-        only_if=" AND i.recorded_at < $3" if early_ends_only else "",
-    )
     sql = (
-        f"SELECT i.*, {_END_COLUMNS}\nFROM ledger.events i\nLEFT JOIN LATERAL ({end}) t ON true"
-        + _REVOKED_ROW
-        + "WHERE "
+        "SELECT i.* FROM ledger.events i WHERE "  # noqa: S608 - fixed fragments
         + "\n  AND ".join(where)
         + f"\nORDER BY i.recorded_at, i.seq LIMIT ${len(args)}"
     )
@@ -159,8 +189,8 @@ def grant_ends_query(
     since = min(g.recorded_at for g in grants)
     until = max(g.expires_at for g in grants if g.expires_at is not None) + END_LAG
     sql = (
-        f"SELECT t.grant_id, {_END_COLUMNS}\nFROM ledger.events t"
-        + _REVOKED_ROW
+        f"SELECT {_END_COLUMNS}\nFROM ledger.events t"
+        + _REVOKED_ROW.format(bounds="AND v.recorded_at >= $2 AND v.recorded_at <= $3")
         + f"WHERE t.{key} = $1 AND t.event IN ('grant.revoked', 'grant.expired')"
         + " AND t.recorded_at >= $2 AND t.recorded_at <= $3"
         + "\nORDER BY t.recorded_at, t.seq"
@@ -169,19 +199,23 @@ def grant_ends_query(
 
 
 def ends_by_grant_query(grants: Sequence[Event]) -> tuple[str, list[Any]]:
-    """SQL and arguments for the end rows of ``grants``, looked up one by one by grant id."""
-    end = _END_BY_GRANT.format(grant_id="g.id", issued_at="g.issued_at", only_if="")
+    """SQL and arguments for the end rows of ``grants``, looked up one by one by grant id
+    (007's index, from each grant's own time on: the first match ends its scan)."""
     sql = (
-        f"SELECT g.id AS grant_id, {_END_COLUMNS}\n"
+        f"SELECT {_END_COLUMNS}\n"  # noqa: S608 - fixed fragments
         "FROM unnest($1::uuid[], $2::timestamptz[]) AS g(id, issued_at)\n"
-        f"CROSS JOIN LATERAL ({end}) t" + _REVOKED_ROW
+        "CROSS JOIN LATERAL (\n"
+        "    SELECT e.grant_id, e.recorded_at, e.seq, e.event FROM ledger.events e\n"
+        "    WHERE e.grant_id = g.id AND e.event IN ('grant.revoked', 'grant.expired')\n"
+        "        AND e.recorded_at >= g.issued_at AND e.recorded_at >= $3\n"
+        "    ORDER BY e.recorded_at, e.seq LIMIT 1\n"
+        ") t" + _REVOKED_ROW.format(bounds="AND v.recorded_at >= $3")
     )
-    return sql, [[g.grant_id for g in grants], [g.recorded_at for g in grants]]
+    issued = [g.recorded_at for g in grants]
+    return sql, [[g.grant_id for g in grants], issued, min(issued)]
 
 
-def _end(r: asyncpg.Record) -> GrantEnd | None:
-    if r["end_event"] is None:
-        return None
+def _end(r: asyncpg.Record) -> GrantEnd:
     body = r["end_body"]  # None for an expiry: its row is not read
     return GrantEnd(
         event=r["end_event"],
@@ -191,29 +225,97 @@ def _end(r: asyncpg.Record) -> GrantEnd | None:
     )
 
 
-async def access_windows(conn: asyncpg.Connection, **query: Any) -> list[AccessRow]:
-    """The grants whose access overlaps the period (``access_query``) and how each ended.
-
-    With a subject or a secret to go by, the ends of grants issued in the period are read
-    as one range of 009's indexes (``grant_ends_query``), those not found there by grant
-    id (``ends_by_grant_query``); run in one snapshot (``read_snapshot``) to be exact.
-    """
-    subject, secret = query["subject"], query["secret"]
-    co_located = subject is not None or secret is not None
-    sql, args = access_query(**query, early_ends_only=co_located)
-    rows = [(row_to_event(r), _end(r)) for r in await conn.fetch(sql, *args)]
-    late = [i for i, _ in rows if co_located and i.recorded_at >= query["overlaps_from"]]
-    ends: dict[Any, GrantEnd | None] = {}
-    if late:
-        sql, args = grant_ends_query(holder=subject, secret=secret, grants=late)
-        wanted = {i.grant_id for i in late}
+async def _ends(
+    conn: asyncpg.Connection, grants: Sequence[Event], *, subject: str | None, secret: str | None
+) -> dict[Any, GrantEnd]:
+    """How each of ``grants`` ended, by grant id (none while open): on a subject's or a
+    secret's page from one range of 009's indexes, those not found there by grant id."""
+    ends: dict[Any, GrantEnd] = {}
+    if grants and (subject is not None or secret is not None):
+        wanted = {g.grant_id for g in grants}
+        sql, args = grant_ends_query(holder=subject, secret=secret, grants=grants)
         for r in await conn.fetch(sql, *args):
             if r["grant_id"] in wanted:
                 ends.setdefault(r["grant_id"], _end(r))  # the first, as by grant id
-        if unfound := [i for i in late if i.grant_id not in ends]:
-            sql, args = ends_by_grant_query(unfound)
-            ends.update((r["grant_id"], _end(r)) for r in await conn.fetch(sql, *args))
-    return [AccessRow(i, ends.get(i.grant_id, end)) for i, end in rows]
+    if unfound := [g for g in grants if g.grant_id not in ends]:
+        sql, args = ends_by_grant_query(unfound)
+        ends.update((r["grant_id"], _end(r)) for r in await conn.fetch(sql, *args))
+    return ends
+
+
+async def access_windows(
+    conn: asyncpg.Connection,
+    *,
+    issued_from: datetime,
+    issued_to: datetime,
+    overlaps_from: datetime,
+    subject: str | None,
+    secret: str | None,
+    after_seq: int | None,
+    limit: int,
+) -> list[AccessRow]:
+    """The grants whose access overlaps the period (issued before its end, not expired or
+    revoked by its start), oldest first, after the window ``after_seq``; how each ended.
+
+    A first question about a month finds the page's rows scattered over it, mostly not
+    in memory. So first the key of the page's last window that can be known from 003's
+    index alone (``window_bound_query``), then the rows up to it in one bitmap heap scan,
+    which PostgreSQL reads ahead (an index scan reads one row at a time), then their ends
+    (``_ends``). A window revoked before the period is dropped after that, so a page may
+    take a second round. Run it in one snapshot (``read_snapshot``) to be exact.
+    """
+    shape = {"subject": subject, "secret": secret}
+    after: Key | None = None
+    if after_seq is not None:
+        row = await conn.fetchrow(
+            "SELECT recorded_at, seq FROM ledger.events WHERE seq = $1", after_seq
+        )
+        if row is None:
+            return []  # no such window: nothing comes after it
+        after = (row["recorded_at"], row["seq"])
+    # With both a subject and a secret no index holds both: one person's grants of one
+    # secret are few, and an index scan of the subject's, checking the secret, finds them.
+    bounded = subject is None or secret is None
+    out: list[AccessRow] = []
+    while len(out) < limit:
+        need = limit - len(out)
+        through: Key | None = None
+        if bounded:
+            sql, args = window_bound_query(
+                overlaps_from=overlaps_from, issued_to=issued_to, after=after, nth=need, **shape
+            )
+            if bound := await conn.fetchrow(sql, *args):
+                through = (bound["recorded_at"], bound["seq"])
+        sql, args = access_query(
+            issued_from=issued_from,
+            issued_to=issued_to,
+            overlaps_from=overlaps_from,
+            after=after,
+            through=through,
+            limit=need,
+            **shape,
+        )
+        if bounded:
+            await conn.execute("SET LOCAL enable_indexscan = off")  # the bitmap heap scan
+        try:
+            grants = [row_to_event(r) for r in await conn.fetch(sql, *args)]
+        finally:
+            if bounded:
+                await conn.execute("RESET enable_indexscan")
+        ends = await _ends(conn, grants, **shape)
+        for g in grants:
+            end = ends.get(g.grant_id)
+            # Revoked before the period began: no overlap. (An expiry is decided by
+            # expires_at above: the sweeper records it later.)
+            if end is None or end.event != "grant.revoked" or end.recorded_at > overlaps_from:
+                out.append(AccessRow(g, end))
+        if len(grants) == need:
+            after = (grants[-1].recorded_at, grants[-1].seq)
+        elif through is not None:
+            after = through  # every grant up to the bound is read
+        else:
+            break  # no more grants in the period
+    return out[:limit]
 
 
 def events_query(
