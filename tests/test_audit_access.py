@@ -498,7 +498,7 @@ async def test_why_finds_elevation_events_far_from_the_grant(
     open is not remembered, and once it closes the page says so."""
     h = History()
     h.add(T - timedelta(days=30), "policy.loaded", "active", body={"files": {}})
-    reviewed, early, still_open = (str(uuid.uuid4()) for _ in range(3))
+    reviewed, early, still_open, ancient = (str(uuid.uuid4()) for _ in range(4))
     # Break-glass on Feb 10, reviewed five days later.
     h.elevation_requested(T, reviewed, "alice", break_glass=True)
     ends = (T + HOUR).isoformat()
@@ -517,6 +517,18 @@ async def test_why_finds_elevation_events_far_from_the_grant(
     h.elevation_step(used, "elevation.activated", "approved", early, "carol", window_ends_at=ends)
     h.grant(used + MINUTE, "carol", "stripe/prod", role="payments-prod", elevation_id=early)
     h.elevation_step(used + HOUR, "elevation.expired", "expired", early, None, why="elapsed")
+    # Requested on Jan 20, used on Feb 5: longer than any request may wait (a ledger the
+    # broker did not write), still found, by reading the whole ledger.
+    long_ago = datetime(2026, 1, 20, 9, tzinfo=UTC)
+    h.elevation_requested(long_ago, ancient, "erin", expires_in=timedelta(days=30))
+    used_late = datetime(2026, 2, 5, 9, tzinfo=UTC)
+    h.elevation_step(used_late, "elevation.approved", "approved", ancient, "bob", comment="ok")
+    ends = (used_late + HOUR).isoformat()
+    h.elevation_step(
+        used_late, "elevation.activated", "approved", ancient, "erin", window_ends_at=ends
+    )
+    h.grant(used_late + MINUTE, "erin", "stripe/prod", role="payments-prod", elevation_id=ancient)
+    h.elevation_step(used_late + HOUR, "elevation.expired", "expired", ancient, None, why="x")
     # Approved on Feb 20, not closed yet.
     opened = datetime(2026, 2, 20, 9, tzinfo=UTC)
     h.elevation_requested(opened, still_open, "dana")
@@ -548,7 +560,8 @@ async def test_why_finds_elevation_events_far_from_the_grant(
         return {w["elevation"]["id"]: w["elevation"] for w in answer["access"]}
 
     found = elevations(first)
-    assert sorted(found) == sorted([reviewed, early, still_open])
+    assert sorted(found) == sorted([reviewed, early, still_open, ancient])
+    assert found[ancient]["requested_at"] == long_ago.isoformat()
     assert found[reviewed]["review"] == {
         "by": "bob",
         "at": (T + timedelta(days=5)).isoformat(),

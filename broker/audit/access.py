@@ -47,6 +47,7 @@ from broker.ledger.policy_queries import policy_documents, policy_versions
 from broker.ledger.store import elevation_steps, read_snapshot, secret_elevation_steps
 from broker.periods import MAX_QUERY_PERIOD, check_period
 from broker.policy.loader import MAX_GRANT_TTL, load_policy_documents
+from broker.policy.model import MAX_REQUEST_EXPIRY
 
 __all__ = [
     "LONGEST_GRANT",
@@ -63,6 +64,8 @@ DEFAULT_POLICY_CACHE = 64  # policy versions kept in memory (each <= a few hundr
 DEFAULT_ELEVATION_CACHE = 4096  # settled elevations kept in memory (each ~2 KiB)
 _SETTLING = timedelta(minutes=1)  # an elevation's last write is this old before it is cached
 _NEAR = timedelta(days=1)  # where an elevation's events are looked for first, around its grants
+_REQUESTED_WITHIN = timedelta(seconds=MAX_REQUEST_EXPIRY, days=1)  # before its first grant
+_END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 @lru_cache(maxsize=4096)  # pure, and a page of windows cites a handful of blocks many times
@@ -318,7 +321,15 @@ class AccessAudit:
             }
             found = await elevation_steps(conn, missing, near=near)
         rest = [uid for uid, events in found.items() if not self._keep(uid, events, out, now)]
-        for uid, events in (await elevation_steps(conn, rest)).items():
+        # Then everything from a week (and a day) before the grants on: an elevation is
+        # activated within its request's expiry (at most MAX_REQUEST_EXPIRY), its grants
+        # after that, and nothing precedes its request; so it is whole there if its
+        # request is. Those without (a clock far off?) are read from the whole ledger.
+        since = {uid: (min(issued[str(uid)]) - _REQUESTED_WITHIN, _END_OF_TIME) for uid in rest}
+        later = await elevation_steps(conn, rest, near=since)
+        unbounded = [uid for uid, events in later.items() if fold(events) is None]
+        later.update(await elevation_steps(conn, unbounded))
+        for uid, events in later.items():
             self._keep(uid, events, out, now, whole=True)
         return out
 

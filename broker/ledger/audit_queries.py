@@ -295,18 +295,16 @@ async def access_windows(
             limit=need,
             **shape,
         )
+        if bounded:  # the bitmap heap scan (LOCAL: an error ends it with the transaction)
+            await conn.execute("SET LOCAL enable_indexscan = off")
+        grants = [row_to_event(r) for r in await conn.fetch(sql, *args)]
         if bounded:
-            await conn.execute("SET LOCAL enable_indexscan = off")  # the bitmap heap scan
-        try:
-            grants = [row_to_event(r) for r in await conn.fetch(sql, *args)]
-        finally:
-            if bounded:
-                await conn.execute("RESET enable_indexscan")
+            await conn.execute("RESET enable_indexscan")
         ends = await _ends(conn, grants, **shape)
         for g in grants:
             end = ends.get(g.grant_id)
-            # Revoked before the period began: no overlap. (An expiry is decided by
-            # expires_at above: the sweeper records it later.)
+            # Revoked before the period began: no overlap. (Expiry is decided in the
+            # query, by expires_at: the sweeper records it later.)
             if end is None or end.event != "grant.revoked" or end.recorded_at > overlaps_from:
                 out.append(AccessRow(g, end))
         if len(grants) == need:
