@@ -308,7 +308,7 @@ class AccessAudit:
         # and nothing follows a final event. On a secret's page that is one range of the
         # secret's elevations (their rows side by side); otherwise each id's own days.
         # The rest (still open, reviewed much later, requested long before) are read by
-        # id from the whole ledger.
+        # id, further out.
         if secret is not None:
             times = [t for uid in missing for t in issued[str(uid)]]
             found = await secret_elevation_steps(
@@ -324,7 +324,8 @@ class AccessAudit:
         # Then everything from a week (and a day) before the grants on: an elevation is
         # activated within its request's expiry (at most MAX_REQUEST_EXPIRY), its grants
         # after that, and nothing precedes its request; so it is whole there if its
-        # request is. Those without (a clock far off?) are read from the whole ledger.
+        # request is. One whose request is not there (a ledger the broker did not write)
+        # is read from the whole ledger.
         since = {uid: (min(issued[str(uid)]) - _REQUESTED_WITHIN, _END_OF_TIME) for uid in rest}
         later = await elevation_steps(conn, rest, near=since)
         unbounded = [uid for uid, events in later.items() if fold(events) is None]
