@@ -915,7 +915,10 @@ async def test_access_query_is_an_index_range_scan(
     for name, plan in plans.items():
         # A sequential scan only of a partition next to empty (the months ahead).
         seq_scans = [n for n in _nodes(plan) if n["Node Type"] == "Seq Scan"]
-        assert all(n["Actual Loops"] == 0 or n["Actual Rows"] == 0 for n in seq_scans), name
+        assert all(n["Total Cost"] < 2 for n in seq_scans), (
+            name,
+            [n["Relation Name"] for n in seq_scans],
+        )
         lookups = _grant_lookup(plan, parents)
         # Only the period's partitions are read, each through an index bounded by the
         # period (recorded_at, or expires_at for grants still open): the cost follows the
