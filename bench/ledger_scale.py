@@ -405,7 +405,8 @@ async def _sign_in(http: Any, url: str, identity: str) -> str:
 
 async def _explain(dsn: str, shape: str, path: str) -> list[str]:
     """EXPLAIN (ANALYZE, BUFFERS) of the SQL the route runs for ``path`` (for "why", its
-    query of the page's rows, as the broker runs it: index scans off, for a bitmap scan)."""
+    query of the page's rows, as the broker runs it: a subject's from 010's covering
+    index, any other with index scans off, for a bitmap scan)."""
     from urllib.parse import parse_qs, urlsplit
 
     import asyncpg
@@ -432,7 +433,8 @@ async def _explain(dsn: str, shape: str, path: str) -> list[str]:
             through=None,
             limit=100,
         )
-        setting = "SET enable_indexscan = off"
+        bitmap = params.get("subject") is None  # as access_windows
+        setting = "SET enable_indexscan = off" if bitmap else "RESET enable_indexscan"
     else:
         sql, args = events_query(
             subject=params.get("subject"),

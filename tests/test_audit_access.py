@@ -27,6 +27,7 @@ from broker.errors import BadRequest, PolicyError
 from broker.ledger.audit_queries import (
     END_LAG,
     GrantEnd,
+    IssuedGrant,
     access_query,
     ends_by_grant_query,
     events_query,
@@ -34,11 +35,10 @@ from broker.ledger.audit_queries import (
     window_bound_query,
 )
 from broker.ledger.events import Event
-from broker.ledger.store import ELEVATION_STEP_BYTES as STEP_BYTES
 from broker.ledger.store import (
-    ELEVATION_STEP_LIMIT,
+    COVERED_ROW_BYTES,
+    COVERED_ROW_LIMIT,
     elevation_steps_query,
-    row_to_event,
     secret_elevation_steps_query,
 )
 from broker.periods import MAX_QUERY_PERIOD, check_period, parse_instant
@@ -128,7 +128,7 @@ def _event(**fields: Any) -> Event:
 
 
 def test_end_of_each_way_a_window_closes() -> None:
-    issued = _event()
+    issued = _event().expires_at
     later = T + timedelta(hours=1)
     assert end_of(issued, None, T) is None  # open
     assert end_of(issued, None, later) == {  # expired, the sweeper has not recorded it yet
@@ -590,12 +590,12 @@ async def test_why_shows_elevations_of_any_size(stack: DevStack, broker_settings
             # "é" is two bytes, so the reason below brings the row to 1,599 or 1,600.
             h.elevation_requested(T, at_limit, "alice", reason="")
             base = await conn.fetchval(
-                f"SELECT {STEP_BYTES} FROM jsonb_to_record($1::jsonb) AS r(body jsonb,"  # noqa: S608
+                f"SELECT {COVERED_ROW_BYTES} FROM jsonb_to_record($1::jsonb) AS r(body jsonb,"  # noqa: S608
                 " subject text, subject_kind text, secret text, role text, policy_version text)",
                 json.dumps(h._rows[-1], default=str),
             )
             h._rows.pop()
-            long_reason = "é" * ((ELEVATION_STEP_LIMIT - base) // 2)
+            long_reason = "é" * ((COVERED_ROW_LIMIT - base) // 2)
             wide_reason = "\N{CLOSED LOCK WITH KEY}" * 500  # 2,000 bytes
             for eid, who, reason in ((at_limit, "alice", long_reason), (wide, "dana", wide_reason)):
                 h.elevation_requested(T, eid, who, reason=reason)
@@ -609,7 +609,7 @@ async def test_why_shows_elevations_of_any_size(stack: DevStack, broker_settings
             await _seed(db.superuser_dsn, h.rows())
             sizes = dict(
                 await conn.fetch(
-                    f"SELECT body->>'elevation_id', max({STEP_BYTES}) FROM ledger.events"  # noqa: S608
+                    f"SELECT body->>'elevation_id', max({COVERED_ROW_BYTES}) FROM ledger.events"  # noqa: S608
                     " WHERE event = 'elevation.requested' GROUP BY 1"
                 )
             )
@@ -620,7 +620,7 @@ async def test_why_shows_elevations_of_any_size(stack: DevStack, broker_settings
                 start=FEB, end=MAR, subject=None, secret="stripe/prod", after=None, limit=50
             )
             answer = await AccessAudit(ledger).access(query, now=MAR)
-    assert ELEVATION_STEP_LIMIT - 1 <= sizes[at_limit] <= ELEVATION_STEP_LIMIT < sizes[wide], sizes
+    assert COVERED_ROW_LIMIT - 1 <= sizes[at_limit] <= COVERED_ROW_LIMIT < sizes[wide], sizes
     shown = {w["subject"]: w["elevation"] for w in answer["access"]}
     assert shown["alice"] is not None and shown["dana"] is not None, shown
     assert (shown["alice"]["id"], shown["dana"]["id"]) == (at_limit, wide)
@@ -629,6 +629,78 @@ async def test_why_shows_elevations_of_any_size(stack: DevStack, broker_settings
     assert [a["comment"] for a in shown["dana"]["approvals"]] == [wide_reason]
     assert shown["dana"]["closed"]["event"] == "elevation.expired"
     assert shown["dana"]["activated_at"] == T.isoformat()
+
+
+async def test_a_subjects_page_shows_grants_of_any_size(
+    stack: DevStack, broker_settings: Settings
+) -> None:
+    """A subject's windows are read from 010's covering index, and a grant whose row is too
+    wide for it (a long reason in a script of multi-byte letters) from the second index:
+    both are on the page in time order, as written, one page or many."""
+    h = History()
+    h.add(T - timedelta(days=30), "policy.loaded", "active", body={"files": {}})
+    async with fresh_ledger_db(stack, broker_settings, "audit_wide_grants") as db:
+        conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
+        try:
+            # The grant row's bytes as the index predicate counts them, reason empty; "é"
+            # is two bytes, so the reason below brings the row to 1,599 or 1,600.
+            h.grant(T, "alice", "stripe/prod", reason="")
+            base = await conn.fetchval(
+                f"SELECT {COVERED_ROW_BYTES} FROM jsonb_to_record($1::jsonb) AS r(body jsonb,"  # noqa: S608
+                " subject text, subject_kind text, secret text, role text, policy_version text)",
+                json.dumps(h._rows[-1], default=str),
+            )
+            h._rows.pop()
+            reasons = [
+                "short",
+                "\N{CLOSED LOCK WITH KEY}" * 500,  # 2,000 bytes: the wide index
+                "é" * ((COVERED_ROW_LIMIT - base) // 2),  # at the limit: the covering one
+                "\N{CLOSED LOCK WITH KEY}" * 450,
+                "short again",
+            ]
+            for n, reason in enumerate(reasons):
+                h.grant(T + n * MINUTE, "alice", "stripe/prod", reason=reason)
+            h.grant(T, "bob", "stripe/prod", reason="\N{CLOSED LOCK WITH KEY}" * 500)
+            await _seed(db.superuser_dsn, h.rows())
+            sizes = [
+                r[0]
+                for r in await conn.fetch(
+                    f"SELECT {COVERED_ROW_BYTES} FROM ledger.events"  # noqa: S608
+                    " WHERE event = 'grant.issued' AND subject = 'alice' ORDER BY seq"
+                )
+            ]
+        finally:
+            await conn.close()
+        async with running_ledger(db.writer_dsn, broker_settings) as ledger:
+            audit = AccessAudit(ledger)
+            pages: dict[int, list[dict[str, Any]]] = {}
+            for limit in (50, 2, 1):
+                cursor, shown = None, []
+                while True:
+                    page = await audit.access(
+                        AccessQuery(
+                            start=FEB, end=MAR, subject="alice", secret=None, after=cursor,
+                            limit=limit,
+                        ),
+                        now=MAR,
+                    )  # fmt: skip
+                    shown += page["access"]
+                    if (cursor := page["next_cursor"]) is None:
+                        break
+                    cursor = int(cursor)
+                pages[limit] = shown
+            both = await audit.access(
+                AccessQuery(
+                    start=FEB, end=MAR, subject="alice", secret="stripe/prod", after=None, limit=50
+                ),
+                now=MAR,
+            )
+    assert sizes[2] <= COVERED_ROW_LIMIT < sizes[1] and sizes[3] > COVERED_ROW_LIMIT, sizes
+    for shown in (*pages.values(), both["access"]):
+        assert [w["reason"] for w in shown] == reasons
+        assert {w["subject"] for w in shown} == {"alice"}
+        assert [w["issued_at"] for w in shown] == sorted(w["issued_at"] for w in shown)
+        assert all(w["rule"]["text"] for w in shown), shown
 
 
 async def test_how_a_window_ended_is_the_same_whichever_way_the_page_is_asked(
@@ -792,7 +864,7 @@ def _grant_lookup(plan: dict[str, Any], parents: dict[str, str]) -> list[tuple[s
                 for n in _nodes(node)
                 if n["Node Type"] == "Bitmap Index Scan"
             ]  # fmt: skip
-        else:
+        elif node["Node Type"] != "Subquery Scan":  # the fence around a subject's wide rows
             raise AssertionError(f"issued rows read by {node['Node Type']}")
     return found
 
@@ -800,9 +872,10 @@ def _grant_lookup(plan: dict[str, Any], parents: dict[str, str]) -> list[tuple[s
 async def test_access_query_is_an_index_range_scan(
     stack: DevStack, broker_settings: Settings
 ) -> None:
-    """Each query of a page reads one bounded range of an index: the page's last key from
-    003's index alone, the rows up to it in a bitmap heap scan of the same range, how each
-    ended from 007's index (by grant id) or 009's (by subject or secret) alone."""
+    """Each query of a page reads one bounded range of an index: a subject's rows from
+    010's indexes alone; any other page's last key from 003's index alone, and the rows up
+    to it in a bitmap heap scan of the same range; how each ended from 007's index (by
+    grant id) or 009's (by subject or secret) alone."""
     async with fresh_ledger_db(stack, broker_settings, "audit_plan") as db:
         await _seed(db.superuser_dsn, _big_history(20_000))
         conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
@@ -819,7 +892,7 @@ async def test_access_query_is_an_index_range_scan(
                 ("neither", None, None),
             ):
                 shape = {"subject": subject, "secret": secret}
-                bounded = name != "both"  # as access_windows
+                bounded = subject is None  # as access_windows
                 sql, args = window_bound_query(
                     overlaps_from=PLAN_FROM, issued_to=PLAN_TO, after=None, nth=100, **shape
                 )
@@ -837,7 +910,7 @@ async def test_access_query_is_an_index_range_scan(
                 )
                 await conn.execute(f"SET enable_indexscan = {not bounded}")  # as access_windows
                 plans[name] = await _analyzed(conn, sql, args)
-                issued = [row_to_event(r) for r in await conn.fetch(sql, *args)]
+                issued = [IssuedGrant.of_row(r) for r in await conn.fetch(sql, *args)]
                 await conn.execute("RESET enable_indexscan")
                 print(f"--- access query, {name}: {len(issued)} windows ---")
                 if issued:
@@ -863,7 +936,7 @@ async def test_access_query_is_an_index_range_scan(
                 ("secret", None, "stripe/prod"),
             ):
                 issued = [
-                    row_to_event(r)
+                    IssuedGrant.of_row(r)
                     for r in await conn.fetch(
                         "SELECT * FROM ledger.events WHERE event = 'grant.issued'"
                         " AND recorded_at >= $1 AND coalesce(subject = $2, secret = $3)"
@@ -900,9 +973,7 @@ async def test_access_query_is_an_index_range_scan(
     ):
         index_only(ends_plans[name], "t", index, 100)
     shape_index = {
-        "both": ("events_issued_subject_idx", "events_issued_secret_idx"),
         "secret": ("events_issued_secret_idx",),
-        "subject": ("events_issued_subject_idx",),
         "neither": ("events_issued_time_idx",),
     }
     months = {"events_2025_01", "events_2025_02"}  # [from - the longest grant, to)
@@ -928,14 +999,24 @@ async def test_access_query_is_an_index_range_scan(
             assert "recorded_at >=" in cond or "expires_at >" in cond, (name, index, cond)
         if name in bounds:  # the rows up to the key: read ahead
             assert {n["Node Type"] for n in ran(plan, "i")} == {"Bitmap Heap Scan"}, name
+        else:  # a subject's rows: 010's indexes only, the covering one alone (no heap)
+            indexes = {index for _, index, _ in lookups}
+            assert indexes == {
+                "events_issued_subject_cover_idx",
+                "events_issued_subject_wide_idx",
+            }, (name, lookups)
+            covered = [
+                n
+                for n in ran(plan, "i")
+                if parents.get(n.get("Index Name", "")) == "events_issued_subject_cover_idx"
+            ]
+            assert {n["Node Type"] for n in covered} == {"Index Only Scan"}, (name, covered)
+            assert sum(n["Heap Fetches"] for n in covered) == 0, (name, covered)
     assert len(ends_by_id) >= 3, ends_by_id.keys()
     for plan in ends_by_id.values():
         # How each grant ended, by grant id: 007's index of end rows alone (no heap).
         index_only(plan, "e", "events_grant_end_idx", 1)
     assert "events_issued_time_idx" in {i for _, i, _ in _grant_lookup(plans["neither"], parents)}
-    assert "events_issued_subject_idx" in {
-        i for _, i, _ in _grant_lookup(plans["subject"], parents)
-    }
     assert "Seq Scan on events_2025" not in events_plan, events_plan
 
 
@@ -964,9 +1045,13 @@ async def test_elevation_steps_are_read_from_indexes_alone(
 ) -> None:
     """The page's elevation lookup reads 008's covering index (no table rows, once vacuum
     has marked the pages visible) and the index of rows too wide for it, nothing else."""
-    for name in ("008_elevation_steps.sql", "009_why_by_subject_and_secret.sql"):
+    for name in (
+        "008_elevation_steps.sql",
+        "009_why_by_subject_and_secret.sql",
+        "010_why_subject_windows.sql",
+    ):
         migration = (REPO / "broker/ledger/migrations" / name).read_text()
-        assert " ".join(migration.split()).count(" ".join(STEP_BYTES.split())) == 2, name
+        assert " ".join(migration.split()).count(" ".join(COVERED_ROW_BYTES.split())) == 2, name
     async with fresh_ledger_db(stack, broker_settings, "audit_steps_plan") as db:
         await _seed(db.superuser_dsn, _elevation_history(3_000))
         conn = await asyncpg.connect(db.superuser_dsn, timeout=10)

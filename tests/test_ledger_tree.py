@@ -595,6 +595,7 @@ async def test_a_ledger_from_before_the_tree_migrates_and_keeps_verifying(
             "007_why_indexes.sql",
             "008_elevation_steps.sql",
             "009_why_by_subject_and_secret.sql",
+            "010_why_subject_windows.sql",
         ]
         from tests.support.ledger_db import with_database
 

@@ -18,10 +18,11 @@ Invariants the answer relies on:
 - a page is a few queries, in one read-only snapshot (``read_snapshot``: no parallel
   workers, which cost more to start than these index lookups take): the recorded policy
   versions (and the longest grant of any not seen before); the windows
-  (``access_windows``: the page's last key from an index alone, the rows up to it read
-  ahead in a bitmap heap scan, how they ended as one range of 009's indexes on a
-  subject's or a secret's page, those not there by grant id; a second round only if
-  windows revoked before the period took places); the elevations of the elevated ones not
+  (``access_windows``: a subject's from 010's covering index alone, any other page's
+  last key from an index alone and the rows up to it read ahead in a bitmap heap scan;
+  how they ended as one range of 009's indexes on a subject's or a secret's page, those
+  not there by grant id; a second round only if windows revoked before the period took
+  places); the elevations of the elevated ones not
   yet cached (a secret's page reads them as one range of 009's indexes, other pages by id
   near their grants from 008's; then by id, anywhere, those not found whole; all from
   indexes alone, no table rows); and the policy versions not yet cached.
@@ -41,7 +42,7 @@ import asyncpg
 
 from broker.elevation.model import Elevation, fold
 from broker.errors import PolicyError
-from broker.ledger import ElevationStep, Event, Ledger
+from broker.ledger import ElevationStep, Ledger
 from broker.ledger.audit_queries import AccessRow, GrantEnd, access_windows, events_page
 from broker.ledger.policy_queries import policy_documents, policy_versions
 from broker.ledger.store import elevation_steps, read_snapshot, secret_elevation_steps
@@ -98,8 +99,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def end_of(issued: Event, end: GrantEnd | None, now: datetime) -> dict[str, Any] | None:
-    """How a window ended: ``{how, at, by, reason, recorded_at}``, or None while open.
+def end_of(expires: datetime | None, end: GrantEnd | None, now: datetime) -> dict[str, Any] | None:
+    """How a window that expires at ``expires`` ended: ``{how, at, by, reason,
+    recorded_at}``, or None while open.
 
     ``how`` is ``revoked``, ``offboarded`` (a revocation the offboarding flow made) or
     ``expired``; ``at`` is when access stopped (for expiry: ``expires_at``, even if the
@@ -117,7 +119,6 @@ def end_of(issued: Event, end: GrantEnd | None, now: datetime) -> dict[str, Any]
             "reason": reason,
             "recorded_at": end.recorded_at.isoformat(),
         }
-    expires = issued.expires_at
     if end is None and (expires is None or expires > now):
         return None
     return {
@@ -401,6 +402,6 @@ class AccessAudit:
             "engine": body.get("engine"),
             "issued_at": issued.recorded_at.isoformat(),
             "expires_at": _iso(issued.expires_at),
-            "ended": end_of(issued, row.end, now),
+            "ended": end_of(issued.expires_at, row.end, now),
             "elevation": _elevation_json(elevation) if elevation is not None else None,
         }

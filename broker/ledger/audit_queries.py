@@ -2,8 +2,9 @@
 
 Both are keyset-paged in ``(recorded_at, seq)`` order and served by the indexes of
 migration ``003_access_indexes.sql`` (on every monthly partition since ``006``; the time
-range prunes the partitions); no query reads more than its time range of one index
-(``tests/test_audit_access.py`` runs ``EXPLAIN`` on the access query to prove it).
+range prunes the partitions), a subject's windows by ``010_why_subject_windows.sql``'s;
+no query reads more than its time range of one index (``tests/test_audit_access.py``
+runs ``EXPLAIN`` on the access queries to prove it).
 SQL text is assembled only from fixed fragments; every value is a bind parameter, and only
 the predicates actually asked for are included, so each shape gets its own plan instead of
 a generic one full of ``$n IS NULL OR ...`` that no index can serve.
@@ -11,20 +12,23 @@ a generic one full of ``$n IS NULL OR ...`` that no index can serve.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from .events import Event, decoded_body
-from .store import row_to_event
+from .store import COVERED_ROW_FITS, row_to_event
 
 __all__ = [
     "END_LAG",
     "AccessRow",
     "GrantEnd",
+    "IssuedGrant",
     "Key",
     "access_query",
     "access_windows",
@@ -47,11 +51,36 @@ class GrantEnd:
     body: dict[str, Any]
 
 
+class IssuedGrant(msgspec.Struct, frozen=True, gc=False):
+    """The columns of a ``grant.issued`` row a window shows: what 010's index holds (a
+    ``msgspec.Struct`` for the reasons ``Event`` is one)."""
+
+    seq: int
+    recorded_at: datetime
+    subject: str | None
+    subject_kind: str | None
+    secret: str | None
+    role: str | None
+    policy_version: str | None
+    grant_id: uuid.UUID | None
+    expires_at: datetime | None
+    body: Mapping[str, Any]
+
+    @classmethod
+    def of_row(cls, r: Mapping[str, Any]) -> IssuedGrant:
+        """From a row with (at least) those columns."""
+        fields = {name: r[name] for name in cls.__struct_fields__}
+        return cls(**(fields | {"body": decoded_body(r["body"])}))
+
+
+_ISSUED_COLUMNS = ", ".join(f"i.{name}" for name in IssuedGrant.__struct_fields__)
+
+
 @dataclass(frozen=True)
 class AccessRow:
     """A ``grant.issued`` row and how it ended (``grant.revoked``/``expired``), if it has."""
 
-    issued: Event
+    issued: IssuedGrant
     end: GrantEnd | None
 
 
@@ -161,22 +190,39 @@ def access_query(
     the windows of a page before the revoked are taken out (``access_windows``).
 
     ``issued_from`` is the caller's lower bound (period start minus the longest grant):
-    it is what keeps this an index range scan.
+    it is what keeps this an index range scan. A subject's windows are read from 010's
+    indexes alone: the covering one, and the one of rows too wide for it (normally none).
     """
     args: list[Any] = [issued_from, issued_to, overlaps_from]
-    where = ["i.recorded_at >= $1", "i.recorded_at < $2", "i.expires_at > $3"]
-    where += _issued(args, subject=subject, secret=secret, after=after, through=through)
+    scan = ["i.recorded_at >= $1", "i.recorded_at < $2"]
+    checks = ["i.expires_at > $3"]
+    if subject is None:
+        scan += _issued(args, subject=None, secret=secret, after=after, through=through)
+    else:  # the secret is checked in 010's index, not a key of it
+        scan += _issued(args, subject=subject, secret=None, after=after, through=through)
+        if secret is not None:
+            args.append(secret)
+            checks.append(f"i.secret = ${len(args)}")
     args.append(limit)
-    sql = (
-        "SELECT i.* FROM ledger.events i WHERE "  # noqa: S608 - fixed fragments
-        + "\n  AND ".join(where)
-        + f"\nORDER BY i.recorded_at, i.seq LIMIT ${len(args)}"
-    )
-    return sql, args
+    order = f"\nORDER BY i.recorded_at, i.seq LIMIT ${len(args)}"
+
+    def select(where: list[str], source: str = "ledger.events i") -> str:
+        columns = f"SELECT {_ISSUED_COLUMNS} FROM {source} WHERE "  # noqa: S608 - fixed fragments
+        return columns + "\n  AND ".join(where)
+
+    if subject is None:
+        return select(scan + checks) + order, args
+    covered = select([*scan, *checks, COVERED_ROW_FITS]) + order
+    # Rows too wide for it are found by subject and time alone: the fence (OFFSET 0) keeps
+    # the checks out of that scan, or the planner, taking a third of rows for wide (it has
+    # no statistics of their width), may prefer an index of secret or expiry. Normally none.
+    fenced = select([*scan, f"NOT ({COVERED_ROW_FITS})"]) + "\nOFFSET 0"
+    wide = select(checks, f"({fenced}) i") + order
+    return f"({covered})\nUNION ALL\n({wide})\nORDER BY recorded_at, seq LIMIT ${len(args)}", args
 
 
 def grant_ends_query(
-    *, holder: str | None, secret: str | None, grants: Sequence[Event]
+    *, holder: str | None, secret: str | None, grants: Sequence[IssuedGrant]
 ) -> tuple[str, list[Any]]:
     """SQL and arguments for the end rows with subject ``holder`` (if given) or of
     ``secret``, recorded from the first of ``grants`` to their last expiry plus
@@ -198,7 +244,7 @@ def grant_ends_query(
     return sql, [value, since, until]
 
 
-def ends_by_grant_query(grants: Sequence[Event]) -> tuple[str, list[Any]]:
+def ends_by_grant_query(grants: Sequence[IssuedGrant]) -> tuple[str, list[Any]]:
     """SQL and arguments for the end rows of ``grants``, looked up one by one by grant id
     (007's index, from each grant's own time on: the first match ends its scan)."""
     sql = (
@@ -226,7 +272,11 @@ def _end(r: asyncpg.Record) -> GrantEnd:
 
 
 async def _ends(
-    conn: asyncpg.Connection, grants: Sequence[Event], *, subject: str | None, secret: str | None
+    conn: asyncpg.Connection,
+    grants: Sequence[IssuedGrant],
+    *,
+    subject: str | None,
+    secret: str | None,
 ) -> dict[Any, GrantEnd]:
     """How each of ``grants`` ended, by grant id (none while open): on a subject's or a
     secret's page from one range of 009's indexes, those not found there by grant id."""
@@ -258,11 +308,13 @@ async def access_windows(
     revoked by its start), oldest first, after the window ``after_seq``; how each ended.
 
     A first question about a month finds the page's rows scattered over it, mostly not
-    in memory. So first the key of the page's last window that can be known from 003's
-    index alone (``window_bound_query``), then the rows up to it in one bitmap heap scan,
-    which PostgreSQL reads ahead (an index scan reads one row at a time), then their ends
-    (``_ends``). A window revoked before the period is dropped after that, so a page may
-    take a second round. Run it in one snapshot (``read_snapshot``) to be exact.
+    in memory. A subject's page reads them side by side from 010's covering index (with
+    a secret too, checking it there). Any other page first finds the key of its last
+    window from 003's index alone (``window_bound_query``), then reads the rows up to it
+    in one bitmap heap scan, which PostgreSQL reads ahead (an index scan reads one row at
+    a time). Then how they ended (``_ends``). A window revoked before the period is
+    dropped after that, so a page may take a second round. Run it in one snapshot
+    (``read_snapshot``) to be exact.
     """
     shape = {"subject": subject, "secret": secret}
     after: Key | None = None
@@ -273,9 +325,7 @@ async def access_windows(
         if row is None:
             return []  # no such window: nothing comes after it
         after = (row["recorded_at"], row["seq"])
-    # With both a subject and a secret no index holds both: one person's grants of one
-    # secret are few, and an index scan of the subject's, checking the secret, finds them.
-    bounded = subject is None or secret is None
+    bounded = subject is None  # else read from 010's index alone, without a bound
     out: list[AccessRow] = []
     while len(out) < limit:
         need = limit - len(out)
@@ -297,7 +347,7 @@ async def access_windows(
         )
         if bounded:  # the bitmap heap scan (LOCAL: an error ends it with the transaction)
             await conn.execute("SET LOCAL enable_indexscan = off")
-        grants = [row_to_event(r) for r in await conn.fetch(sql, *args)]
+        grants = [IssuedGrant.of_row(r) for r in await conn.fetch(sql, *args)]
         if bounded:
             await conn.execute("RESET enable_indexscan")
         ends = await _ends(conn, grants, **shape)

@@ -31,8 +31,9 @@ from .tree import extend_tree, tree_root
 from .writer import LEDGER_LOCK, Appended, LedgerWriter
 
 __all__ = [
-    "ELEVATION_STEP_BYTES",
-    "ELEVATION_STEP_LIMIT",
+    "COVERED_ROW_BYTES",
+    "COVERED_ROW_FITS",
+    "COVERED_ROW_LIMIT",
     "GrantRecord",
     "Ledger",
     "connect_one",
@@ -161,16 +162,17 @@ async def elevation_events(
     return out
 
 
-# An elevation row's bytes as 008's index predicates count them, and the most its covering
-# index takes (spelled as in the migration, so that the planner can prove the predicate;
-# tests/test_audit_access.py checks the plan and that the two spellings agree).
-ELEVATION_STEP_BYTES = (
+# A row's bytes as the predicates of the covering indexes (008, 009, 010) count them, and
+# the most such an index takes; the rest go to each one's companion index of wide rows.
+# Spelled as in the migrations, so that the planner can prove the predicate
+# (tests/test_audit_access.py checks the plans and that the spellings agree).
+COVERED_ROW_BYTES = (
     "octet_length(body::text) + octet_length(coalesce(subject, ''))"
     " + octet_length(coalesce(subject_kind, '')) + octet_length(coalesce(secret, ''))"
     " + octet_length(coalesce(role, '')) + octet_length(coalesce(policy_version, ''))"
 )
-ELEVATION_STEP_LIMIT = 1600
-_STEP_FITS = f"{ELEVATION_STEP_BYTES} <= {ELEVATION_STEP_LIMIT}"
+COVERED_ROW_LIMIT = 1600
+COVERED_ROW_FITS = f"{COVERED_ROW_BYTES} <= {COVERED_ROW_LIMIT}"
 # Each id probes only the partitions of its own time range (run-time pruning: OFFSET 0
 # keeps the lookup a subquery run once per id, not a join PostgreSQL may turn into a hash
 # of every elevation row). The condition on event is one no index on event can serve
@@ -198,8 +200,8 @@ def elevation_steps_query(
     # range prunes only as the query runs, after every partition has been planned for).
     first, last = min(los, default=_ALWAYS[0]), max(his, default=_ALWAYS[1])
     args: list[Any] = [[str(i) for i in ids], los, his, first, last]
-    fits = _STEPS_OF.format(fits=_STEP_FITS)
-    wide = _STEPS_OF.format(fits=f"NOT ({_STEP_FITS})")
+    fits = _STEPS_OF.format(fits=COVERED_ROW_FITS)
+    wide = _STEPS_OF.format(fits=f"NOT ({COVERED_ROW_FITS})")
     return f"{fits} UNION ALL {wide} ORDER BY seq", args
 
 
@@ -254,8 +256,8 @@ def secret_elevation_steps_query(
     secret: str, since: datetime, until: datetime
 ) -> tuple[str, list[Any]]:
     """SQL and arguments for ``secret_elevation_steps``: one branch per index of 009."""
-    fits = _STEPS_IN_RANGE.format(fits=_STEP_FITS)
-    wide = _STEPS_IN_RANGE.format(fits=f"NOT ({_STEP_FITS})")
+    fits = _STEPS_IN_RANGE.format(fits=COVERED_ROW_FITS)
+    wide = _STEPS_IN_RANGE.format(fits=f"NOT ({COVERED_ROW_FITS})")
     return f"{fits} UNION ALL {wide} ORDER BY seq", [secret, since, until]
 
 

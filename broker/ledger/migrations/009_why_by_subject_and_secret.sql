@@ -19,7 +19,7 @@ CREATE INDEX events_grant_end_secret_idx ON ledger.events (secret, recorded_at)
 -- The elevations to one secret (every row of an elevation carries its secret: the broker
 -- copies it from the request), with every column the page folds them from, as 008's
 -- index by elevation id; rows too wide for a B-tree entry go to the second, plain index
--- (the predicate as in 008, and as broker.ledger.store.ELEVATION_STEP_BYTES spells it).
+-- (the predicate as in 008, and as broker.ledger.store.COVERED_ROW_BYTES spells it).
 CREATE INDEX events_elevation_secret_idx ON ledger.events (secret, recorded_at)
     INCLUDE (seq, event, subject, subject_kind, role, policy_version, body)
     WHERE left(event, 10) = 'elevation.' AND body ? 'elevation_id'
