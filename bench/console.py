@@ -103,12 +103,14 @@ async def _measure(url: str, requests: int, start: str, end: str) -> list[dict[s
 
 async def _run_broker(settings: Any, requests: int, start: str, end: str) -> list[dict[str, Any]]:
     from broker.app import create_app
+    from broker.serve import settle_heap
 
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    settle_heap()  # as broker serve does once it listens
     port = runner.addresses[0][1]
     try:
         return await _measure(f"http://127.0.0.1:{port}", requests, start, end)

@@ -470,6 +470,7 @@ async def _queries(settings: Any, mix: AuditMix, requests: int) -> dict[str, Any
     from broker.app import create_app
     from broker.devenv import demo_tokens
     from broker.ledger import connect_one
+    from broker.serve import settle_heap
 
     token = demo_tokens(settings.dev_issuer_key_path)["carol"]
     app = create_app(settings)
@@ -477,6 +478,7 @@ async def _queries(settings: Any, mix: AuditMix, requests: int) -> dict[str, Any
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    settle_heap()  # as broker serve does once it listens
     url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     rng = random.Random(2026)
     results: list[dict[str, Any]] = []

@@ -23,6 +23,7 @@ once every worker has closed its copy (the supervisor closed its own after start
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -31,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-__all__ = ["ExtraSites", "Listen", "serve"]
+__all__ = ["ExtraSites", "Listen", "serve", "settle_heap"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,11 +67,14 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runners: list[web.AppRunner] = []  # main first; stopped in reverse
+    settled = False
     try:
         grace = shutdown_grace_seconds
         ports = [await _start(runners, app, listen, grace, ssl_context, backlog=1024)]
         for extra_app, extra_listen in extra_sites(app) if extra_sites else ():
             ports.append(await _start(runners, extra_app, extra_listen, grace, ssl_context))
+        settle_heap()
+        settled = True
         host = _host(listen)
         _log.info("listening on %s port(s) %s", host, ports, extra={"ports": ports})
         if on_ready is not None:
@@ -91,7 +95,21 @@ async def serve(
             await runner.cleanup()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if settled:
+            gc.unfreeze()  # collectable again, for a caller that goes on (a test)
     _log.info("stopped")
+
+
+def settle_heap() -> None:
+    """Take what start-up made (modules, settings, policy, pools: alive as long as the
+    process) out of the cyclic garbage collector's sight, its garbage collected first.
+
+    A full collection otherwise walks all of it every so often, stalling whichever
+    requests are in flight: 10 to 22 ms each on the "why" bench, its slowest requests;
+    about 4 once frozen (``gc.freeze``).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _start(
