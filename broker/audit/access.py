@@ -45,7 +45,12 @@ from broker.errors import PolicyError
 from broker.ledger import ElevationStep, Ledger
 from broker.ledger.audit_queries import AccessRow, GrantEnd, access_windows, events_page
 from broker.ledger.policy_queries import policy_documents, policy_versions
-from broker.ledger.store import elevation_steps, read_snapshot, secret_elevation_steps
+from broker.ledger.store import (
+    END_OF_TIME,
+    elevation_steps,
+    read_snapshot,
+    secret_elevation_steps,
+)
 from broker.periods import MAX_QUERY_PERIOD, check_period
 from broker.policy.loader import MAX_GRANT_TTL, load_policy_documents
 from broker.policy.model import MAX_REQUEST_EXPIRY
@@ -66,7 +71,6 @@ DEFAULT_ELEVATION_CACHE = 4096  # settled elevations kept in memory (each ~2 KiB
 _SETTLING = timedelta(minutes=1)  # an elevation's last write is this old before it is cached
 _NEAR = timedelta(days=1)  # where an elevation's events are looked for first, around its grants
 _REQUESTED_WITHIN = timedelta(seconds=MAX_REQUEST_EXPIRY, days=1)  # before its first grant
-_END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 @lru_cache(maxsize=4096)  # pure, and a page of windows cites a handful of blocks many times
@@ -327,7 +331,7 @@ class AccessAudit:
         # after that, and nothing precedes its request; so it is whole there if its
         # request is. One whose request is not there (a ledger the broker did not write)
         # is read from the whole ledger.
-        since = {uid: (min(issued[str(uid)]) - _REQUESTED_WITHIN, _END_OF_TIME) for uid in rest}
+        since = {uid: (min(issued[str(uid)]) - _REQUESTED_WITHIN, END_OF_TIME) for uid in rest}
         later = await elevation_steps(conn, rest, near=since)
         unbounded = [uid for uid, events in later.items() if fold(events) is None]
         later.update(await elevation_steps(conn, unbounded))

@@ -34,6 +34,7 @@ __all__ = [
     "COVERED_ROW_BYTES",
     "COVERED_ROW_FITS",
     "COVERED_ROW_LIMIT",
+    "END_OF_TIME",
     "GrantRecord",
     "Ledger",
     "connect_one",
@@ -173,6 +174,16 @@ COVERED_ROW_BYTES = (
 )
 COVERED_ROW_LIMIT = 1600
 COVERED_ROW_FITS = f"{COVERED_ROW_BYTES} <= {COVERED_ROW_LIMIT}"
+
+
+def _covered_and_wide(select: str) -> str:
+    """``select`` (with ``{fits}`` where the width condition goes) from a covering index
+    and from its companion of wide rows, in seq order."""
+    covered = select.format(fits=COVERED_ROW_FITS)
+    wide = select.format(fits=f"NOT ({COVERED_ROW_FITS})")
+    return f"{covered} UNION ALL {wide} ORDER BY seq"
+
+
 # Each id probes only the partitions of its own time range (run-time pruning: OFFSET 0
 # keeps the lookup a subquery run once per id, not a join PostgreSQL may turn into a hash
 # of every elevation row). The condition on event is one no index on event can serve
@@ -186,7 +197,8 @@ _STEPS_OF = (
     " AND recorded_at BETWEEN w.lo AND w.hi AND recorded_at BETWEEN $4 AND $5"
     " AND {fits} OFFSET 0) s"
 )
-_ALWAYS = (datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC))
+END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)  # a range's open end, as a bound
+_ALWAYS = (datetime(1, 1, 1, tzinfo=UTC), END_OF_TIME)
 
 
 def elevation_steps_query(
@@ -200,9 +212,7 @@ def elevation_steps_query(
     # range prunes only as the query runs, after every partition has been planned for).
     first, last = min(los, default=_ALWAYS[0]), max(his, default=_ALWAYS[1])
     args: list[Any] = [[str(i) for i in ids], los, his, first, last]
-    fits = _STEPS_OF.format(fits=COVERED_ROW_FITS)
-    wide = _STEPS_OF.format(fits=f"NOT ({COVERED_ROW_FITS})")
-    return f"{fits} UNION ALL {wide} ORDER BY seq", args
+    return _covered_and_wide(_STEPS_OF), args
 
 
 def _step(r: asyncpg.Record, body: dict[str, Any]) -> ElevationStep:
@@ -256,9 +266,7 @@ def secret_elevation_steps_query(
     secret: str, since: datetime, until: datetime
 ) -> tuple[str, list[Any]]:
     """SQL and arguments for ``secret_elevation_steps``: one branch per index of 009."""
-    fits = _STEPS_IN_RANGE.format(fits=COVERED_ROW_FITS)
-    wide = _STEPS_IN_RANGE.format(fits=f"NOT ({COVERED_ROW_FITS})")
-    return f"{fits} UNION ALL {wide} ORDER BY seq", [secret, since, until]
+    return _covered_and_wide(_STEPS_IN_RANGE), [secret, since, until]
 
 
 async def secret_elevation_steps(
