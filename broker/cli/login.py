@@ -103,6 +103,9 @@ class _Redirect:
         self.lock = threading.Lock()
         self.answer: dict[str, Any] | None = None
         self.error: ClientError | str | None = None
+        # The handler thread whose page tells the outcome: only its connection's close ends
+        # the wait (another request's close, say a refused one still closing, must not).
+        self.outcome_thread: int | None = None
 
 
 class _Listener(http.server.ThreadingHTTPServer):
@@ -115,10 +118,10 @@ class _Listener(http.server.ThreadingHTTPServer):
 
     def shutdown_request(self, request: Any) -> None:
         super().shutdown_request(request)
-        # Only once the page is sent and its connection closed: the main thread exits soon
-        # after, and a process that exits with a connection still open may reset it before
-        # the browser has read the page.
-        if self.got.answer is not None or self.got.error is not None:
+        # Only once the outcome's page is sent and its connection closed (this runs in the
+        # handler's thread): the main thread exits soon after, and a process that exits
+        # mid-page may cut it off before the browser has read it.
+        if self.got.outcome_thread == threading.get_ident():
             self.got.done.set()
 
 
@@ -136,6 +139,7 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
             page = self.server.finish(dict(parse_qsl(url.query)))
         except Exception as e:  # a bug here must end the wait, not hang it
             got.error = got.error or f"the login listener failed: {e!r}"
+            got.outcome_thread = got.outcome_thread or threading.get_ident()
             page = (500, "signin-failed", "Sign-in failed", "See the terminal.")
         self._page(*page)  # the listener ends the wait once this connection is closed
 
@@ -175,6 +179,7 @@ def _browser_login(client: BrokerClient, args: argparse.Namespace, provider: str
         with got.lock:
             if got.answer is not None or got.error is not None:
                 return 409, "signin-used", "Already done", "This sign-in has finished already."
+            got.outcome_thread = threading.get_ident()
             return _finish(client, query, state, nonce, got)
 
     if not 0 <= args.port <= 65535:
