@@ -10,11 +10,14 @@ login ``#login #password #sign-in`` (``#login-error`` after a wrong password), c
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 from urllib.parse import urlsplit
 
 from playwright.async_api import BrowserContext, Page, Playwright, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.support.oidc_provider import OIDCUser
 from tests.support.paths import debian_binary
@@ -35,6 +38,9 @@ _LAUNCH_ARGS = (
 )
 _STEP_TIMEOUT_MS = 20_000  # one page: two shared cores, a cold chromium
 _MAX_STEPS = 8  # login, consent and the device pages take at most five
+# How long a listener's page may take to load once it has answered (it loads in
+# milliseconds unless the listener died mid-page).
+_SETTLE_MS = 3_000
 # Every page of the provider shows one of these; the first visible one says where we are.
 _MARKERS = (
     "#error, #login-error, #login, #allow, #user-code, #device-confirm, #device-success, "
@@ -49,6 +55,18 @@ class ProviderRefused(AssertionError):
 def chromium_bin() -> Path:
     """Debian's chromium; skips (fails under ``CI``) when ``make test`` could not install it."""
     return debian_binary(CHROMIUM, "chromium")
+
+
+async def _settle(page: Page) -> None:
+    """Give a loopback listener's page its load, if it comes.
+
+    ``bao login -method=oidc`` hands its token over before its handler returns and flushes
+    the success page, and may exit with the page half sent: then "load" never fires. Yet
+    the page is not closed mid-load, because Chromium's close then sometimes hangs.
+    """
+    # A listener that is gone has still answered (the commit): all a sign-in needs.
+    with contextlib.suppress(PlaywrightTimeoutError):
+        await page.wait_for_load_state("load", timeout=_SETTLE_MS)
 
 
 def _origin(url: str) -> str:
@@ -116,8 +134,12 @@ class Browser:
             await page.goto(auth_url)
             for _ in range(_MAX_STEPS):
                 if _origin(page.url) != provider:
+                    await _settle(page)
                     return page.url
-                await self._step(page, user, screenshot)
+                # The step that leaves the provider lands on a loopback listener, which
+                # may exit once it has answered: wait for its answer (the commit), not
+                # its page's load. The provider's own pages are awaited by their markers.
+                await self._step(page, user, screenshot, until="commit")
                 screenshot = None
             raise AssertionError(f"sign-in did not leave the provider: at {page.url}")
         finally:
@@ -174,18 +196,25 @@ class Browser:
             await page.close()
 
     async def _step(
-        self, page: Page, user: OIDCUser, screenshot: Path | None, marker: str | None = None
+        self,
+        page: Page,
+        user: OIDCUser,
+        screenshot: Path | None,
+        marker: str | None = None,
+        *,
+        until: Literal["commit", "load"] = "load",
     ) -> None:
-        """One provider page: log in or allow; anything else is a refusal."""
+        """One provider page: log in or allow; anything else is a refusal. ``until`` is
+        how far the page the click leads to must get before this returns."""
         marker = marker or await self._marker(page)
         if marker == "login":
             if screenshot is not None:
                 await page.screenshot(path=str(screenshot), full_page=True)
             await page.fill("#login", user.email)
             await page.fill("#password", user.password)
-            await self._click(page, "#sign-in")
+            await self._click(page, "#sign-in", until)
         elif marker == "allow":
-            await self._click(page, "#allow")
+            await self._click(page, "#allow", until)
         else:
             text = await page.locator("body").inner_text()
             raise ProviderRefused(f"{page.url}: {' '.join(text.split())}")
@@ -198,7 +227,8 @@ class Browser:
         return str(await found.get_attribute("id"))
 
     @staticmethod
-    async def _click(page: Page, selector: str) -> None:
-        """Click a submit button and wait for the page it leads to (redirects followed)."""
-        async with page.expect_navigation():
+    async def _click(page: Page, selector: str, until: Literal["commit", "load"] = "load") -> None:
+        """Click a submit button and wait for the page it leads to (redirects followed)
+        to get as far as ``until``."""
+        async with page.expect_navigation(wait_until=until):
             await page.click(selector)
