@@ -47,7 +47,7 @@ from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.support.brokers import RunningBroker
 from tests.support.commands import cli
-from tests.support.forgery import rechain, replace_all_rows
+from tests.support.forgery import rechain, replace_all_rows, unchained_row
 from tests.support.http import auth, error_of, issue
 from tests.support.ledger_db import fresh_ledger_db, running_ledger
 from tests.support.paths import REPO
@@ -176,24 +176,7 @@ class History:
         self._rows: list[dict[str, Any]] = []
 
     def add(self, at: datetime, event: str, outcome: str, **fields: Any) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "recorded_at": at,
-            "event": event,
-            "replica": "broker-0",
-            "subject": None,
-            "subject_kind": None,
-            "secret": None,
-            "role": None,
-            "policy_version": POLICY.version,
-            "grant_id": None,
-            "lease_id": None,
-            "expires_at": None,
-            "outcome": outcome,
-            "request_id": None,
-            "body": {},
-            "dedupe_key": None,
-        }
-        row.update(fields)
+        row = unchained_row(at, event, outcome, **{"policy_version": POLICY.version, **fields})
         self._rows.append(row)
         return row
 

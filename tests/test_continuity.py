@@ -16,12 +16,15 @@ import aiohttp
 import asyncpg
 
 from broker.evidence import analyze
+from broker.evidence.continuity import Gap, gaps_in
+from broker.ledger.continuity_queries import liveness_at_or_after, liveness_before
 from broker.settings import Settings
 from broker.stack.devstack import DevStack
 from tests.support.brokers import RunningBroker, start_broker
+from tests.support.forgery import rechain, replace_all_rows, unchained_row
 from tests.support.http import auth, error_of
 from tests.support.ledger import fetch_rows
-from tests.support.ledger_db import fresh_ledger_db
+from tests.support.ledger_db import fresh_ledger_db, running_ledger
 from tests.support.polling import poll
 
 HEARTBEAT = 0.2
@@ -163,3 +166,45 @@ async def test_gap_between_replicas_is_reported_and_annotated(
             assert (gap["start"], gap["end"], "gap_annotated") in found
         finally:
             await b.runner.cleanup()
+
+
+def _heartbeat(at: datetime) -> dict[str, Any]:
+    body = {"replica": "continuity-far", "interval_ms": 30_000}
+    return unchained_row(at, "broker.heartbeat", "ok", replica="continuity-far", body=body)
+
+
+async def test_the_liveness_points_around_a_period_are_found_however_far_away(
+    stack: DevStack, broker_settings: Settings
+) -> None:
+    """The lookups try the day next to the period first (so a plan can skip the other
+    months' partitions), then the whole ledger: a period deep inside a 40-day silence, in
+    another month than either end, still gets the silence's two ends."""
+    t = datetime(2026, 3, 30, 12, tzinfo=UTC)
+    beats = [t + timedelta(seconds=30 * i) for i in range(3)]
+    beats += [t + timedelta(days=40, seconds=30 * i) for i in range(3)]
+    silence = Gap(beats[2], beats[3])
+    async with fresh_ledger_db(stack, broker_settings, "continuity_far") as db:
+        conn = await asyncpg.connect(db.superuser_dsn, timeout=10)
+        try:
+            await replace_all_rows(conn, rechain([_heartbeat(at) for at in beats]))
+        finally:
+            await conn.close()
+        async with running_ledger(db.writer_dsn, broker_settings) as ledger:
+            deep_from, deep_to = t + timedelta(days=10), t + timedelta(days=20)
+            near_from, near_to = beats[2] - timedelta(seconds=1), beats[3] + timedelta(seconds=1)
+            async with ledger.pool.acquire() as c:
+                assert await liveness_before(c, deep_from) == beats[2]  # 10 days back
+                assert await liveness_at_or_after(c, deep_to) == beats[3]  # 20 days on
+                assert await liveness_before(c, near_from) == beats[1]  # within the day
+                assert await liveness_at_or_after(c, near_to) == beats[4]
+                assert await liveness_before(c, beats[0]) is None  # nothing before row 1
+                assert await liveness_at_or_after(c, beats[-1] + timedelta(seconds=1)) is None
+            for period in ((deep_from, deep_to), (near_from, near_to)):
+                found = await gaps_in(
+                    ledger,
+                    period_from=period[0],
+                    period_to=period[1],
+                    heartbeat_seconds=30,
+                    limit=10,
+                )
+                assert [gap for gap, _ in found] == [silence], period

@@ -8,6 +8,7 @@ Only ever used on a ``fresh_ledger_db``, never on the session's ledger.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -24,7 +25,34 @@ __all__ = [
     "payload",
     "rechain",
     "replace_all_rows",
+    "unchained_row",
 ]
+
+
+def unchained_row(
+    at: datetime, event: str, outcome: str, *, replica: str = "broker-0", **fields: Any
+) -> dict[str, Any]:
+    """A row dict recorded ``at``, every other column empty unless given in ``fields``;
+    ``rechain`` numbers and hashes a list of them."""
+    row: dict[str, Any] = {
+        "recorded_at": at,
+        "event": event,
+        "replica": replica,
+        "subject": None,
+        "subject_kind": None,
+        "secret": None,
+        "role": None,
+        "policy_version": None,
+        "grant_id": None,
+        "lease_id": None,
+        "expires_at": None,
+        "outcome": outcome,
+        "request_id": None,
+        "body": {},
+        "dedupe_key": None,
+    }
+    row.update(fields)
+    return row
 
 
 def payload(row: dict[str, Any]) -> bytes:
