@@ -41,6 +41,8 @@ _MAX_STEPS = 8  # login, consent and the device pages take at most five
 # How long a listener's page may take to load once it has answered (it loads in
 # milliseconds unless the listener died mid-page).
 _SETTLE_MS = 3_000
+# How far a click's navigation must get: the answer's headers, or the page's load.
+Until = Literal["commit", "load"]
 # Every page of the provider shows one of these; the first visible one says where we are.
 _MARKERS = (
     "#error, #login-error, #login, #allow, #user-code, #device-confirm, #device-success, "
@@ -202,7 +204,7 @@ class Browser:
         screenshot: Path | None,
         marker: str | None = None,
         *,
-        until: Literal["commit", "load"] = "load",
+        until: Until = "load",
     ) -> None:
         """One provider page: log in or allow; anything else is a refusal. ``until`` is
         how far the page the click leads to must get before this returns."""
@@ -227,7 +229,7 @@ class Browser:
         return str(await found.get_attribute("id"))
 
     @staticmethod
-    async def _click(page: Page, selector: str, until: Literal["commit", "load"] = "load") -> None:
+    async def _click(page: Page, selector: str, until: Until = "load") -> None:
         """Click a submit button and wait for the page it leads to (redirects followed)
         to get as far as ``until``."""
         async with page.expect_navigation(wait_until=until):
