@@ -29,32 +29,6 @@ __all__ = [
 ]
 
 
-def unchained_row(
-    at: datetime, event: str, outcome: str, *, replica: str = "broker-0", **fields: Any
-) -> dict[str, Any]:
-    """A row dict recorded ``at``, every other column empty unless given in ``fields``;
-    ``rechain`` numbers and hashes a list of them."""
-    row: dict[str, Any] = {
-        "recorded_at": at,
-        "event": event,
-        "replica": replica,
-        "subject": None,
-        "subject_kind": None,
-        "secret": None,
-        "role": None,
-        "policy_version": None,
-        "grant_id": None,
-        "lease_id": None,
-        "expires_at": None,
-        "outcome": outcome,
-        "request_id": None,
-        "body": {},
-        "dedupe_key": None,
-    }
-    row.update(fields)
-    return row
-
-
 def payload(row: dict[str, Any]) -> bytes:
     """The canonical bytes of a row dict (as the writer and verify compute them)."""
     return canonical_row(
@@ -94,6 +68,17 @@ _COLUMNS = (
     "policy_version", "grant_id", "lease_id", "expires_at", "outcome", "request_id", "body",
     "dedupe_key", "prev_hash", "hash",
 )  # fmt: skip
+
+
+def unchained_row(
+    at: datetime, event: str, outcome: str, *, replica: str = "broker-0", **fields: Any
+) -> dict[str, Any]:
+    """A row dict recorded ``at``, every other column empty unless given in ``fields``
+    (the body ``{}``); ``rechain`` numbers and hashes a list of them."""
+    row: dict[str, Any] = dict.fromkeys(_COLUMNS[1:-2])  # all but seq and the hashes
+    row.update(recorded_at=at, event=event, replica=replica, outcome=outcome, body={})
+    row.update(fields)
+    return row
 
 
 # The events table and each monthly partition carry the triggers (a partition's TRUNCATE
